@@ -1,0 +1,255 @@
+"""Every metric the agent exports: name, type, help and the labels of its own.
+
+This is the one module that knows metric names. Backends refer to the ``MetricSpec``
+objects below (a typo is an ``AttributeError``, not a silently missing series), the renderer
+looks up type and help here, and ``tests/test_docs.py`` keeps ``docs/metrics.md`` in step.
+
+``labels`` lists only the labels a metric adds of its own. The renderer adds the identity
+labels of the scope: ``gpu, uuid`` on GPU series; ``gpu, uuid, gpu_instance_id,
+compute_instance_id`` on MIG series; ``namespace, pod, container`` on device series whose
+device is held by exactly one container.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["gauge", "counter", "info"]
+Scope = Literal["gpu", "mig", "allocation", "container", "node", "agent"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    help: str
+    scope: Scope
+    labels: tuple[str, ...] = ()
+
+
+_ALL: dict[str, MetricSpec] = {}
+
+
+def _metric(name: str, kind: Kind, help: str, scope: Scope, labels: tuple[str, ...] = ()) -> MetricSpec:
+    if name in _ALL:
+        raise ValueError(f"metric {name} defined twice")
+    spec = MetricSpec(name, kind, help, scope, labels)
+    _ALL[name] = spec
+    return spec
+
+
+def all_metrics() -> list[MetricSpec]:
+    """Every metric, in definition order."""
+    return list(_ALL.values())
+
+
+# -- Per GPU ------------------------------------------------------------------------------
+GPU_INFO = _metric(
+    "nvidia_gpu_info", "gauge", "Static facts about a GPU; always 1.", "gpu",
+    ("model", "pci_bus_id", "serial", "vbios_version", "driver_version", "cuda_version",
+     "mig_mode", "persistence_mode", "compute_mode"),
+)
+GPU_UP = _metric(
+    "nvidia_gpu_up", "gauge",
+    "1 when every NVML read of this GPU worked in the last cycle, 0 when the GPU is lost or failed.", "gpu",
+)
+UTILIZATION = _metric(
+    "nvidia_gpu_utilization_ratio", "gauge",
+    "Fraction of the last sample period in which a kernel ran on the GPU (0..1).", "gpu",
+)
+MEMORY_UTILIZATION = _metric(
+    "nvidia_gpu_memory_utilization_ratio", "gauge",
+    "Fraction of the last sample period in which device memory was read or written (0..1).", "gpu",
+)
+ENCODER_UTILIZATION = _metric(
+    "nvidia_gpu_encoder_utilization_ratio", "gauge", "Video encoder utilisation (0..1).", "gpu",
+)
+DECODER_UTILIZATION = _metric(
+    "nvidia_gpu_decoder_utilization_ratio", "gauge", "Video decoder utilisation (0..1).", "gpu",
+)
+MEMORY_TOTAL = _metric("nvidia_gpu_memory_total_bytes", "gauge", "Total device memory.", "gpu")
+MEMORY_USED = _metric(
+    "nvidia_gpu_memory_used_bytes", "gauge", "Device memory allocated by processes (excludes reserved).", "gpu",
+)
+MEMORY_FREE = _metric("nvidia_gpu_memory_free_bytes", "gauge", "Device memory not allocated.", "gpu")
+MEMORY_RESERVED = _metric(
+    "nvidia_gpu_memory_reserved_bytes", "gauge", "Device memory reserved by the driver and firmware.", "gpu",
+)
+TEMPERATURE = _metric("nvidia_gpu_temperature_celsius", "gauge", "GPU core temperature.", "gpu")
+MEMORY_TEMPERATURE = _metric(
+    "nvidia_gpu_memory_temperature_celsius", "gauge", "HBM memory temperature, where the GPU reports it.", "gpu",
+)
+TEMPERATURE_THRESHOLD = _metric(
+    "nvidia_gpu_temperature_threshold_celsius", "gauge",
+    "Temperature at which the GPU acts: slowdown (clocks drop), shutdown, memory_max, gpu_max.", "gpu",
+    ("threshold",),
+)
+POWER = _metric("nvidia_gpu_power_watts", "gauge", "Power drawn by the GPU board.", "gpu")
+POWER_LIMIT = _metric("nvidia_gpu_power_limit_watts", "gauge", "Power limit the driver enforces.", "gpu")
+ENERGY = _metric(
+    "nvidia_gpu_energy_joules_total", "counter", "Energy used by the GPU since the driver was loaded.", "gpu",
+)
+FAN_SPEED = _metric(
+    "nvidia_gpu_fan_speed_ratio", "gauge", "Intended fan speed as a fraction of the maximum.", "gpu",
+)
+CLOCK = _metric(
+    "nvidia_gpu_clock_hz", "gauge", "Current clock frequency by domain (graphics, sm, memory, video).", "gpu",
+    ("clock",),
+)
+CLOCK_MAX = _metric(
+    "nvidia_gpu_clock_max_hz", "gauge", "Maximum clock frequency by domain.", "gpu", ("clock",),
+)
+PERFORMANCE_STATE = _metric(
+    "nvidia_gpu_performance_state", "gauge", "Performance state, 0 (maximum) to 15 (minimum).", "gpu",
+)
+CLOCK_EVENT = _metric(
+    "nvidia_gpu_clock_event_active", "gauge",
+    "1 while the reason holds clocks down (throttling), else 0; one series per reason.", "gpu", ("reason",),
+)
+VIOLATION_TIME = _metric(
+    "nvidia_gpu_violation_seconds_total", "counter",
+    "Time the GPU spent held below its target clocks, by policy (power, thermal, ...).", "gpu", ("reason",),
+)
+PCIE_LINK_GENERATION = _metric(
+    "nvidia_gpu_pcie_link_generation", "gauge", "Current PCIe link generation.", "gpu",
+)
+PCIE_LINK_MAX_GENERATION = _metric(
+    "nvidia_gpu_pcie_link_max_generation", "gauge", "Maximum PCIe link generation of GPU and system.", "gpu",
+)
+PCIE_LINK_WIDTH = _metric("nvidia_gpu_pcie_link_width", "gauge", "Current PCIe link width (lanes).", "gpu")
+PCIE_LINK_MAX_WIDTH = _metric(
+    "nvidia_gpu_pcie_link_max_width", "gauge", "Maximum PCIe link width (lanes).", "gpu",
+)
+PCIE_REPLAYS = _metric(
+    "nvidia_gpu_pcie_replays_total", "counter", "PCIe replays (link-level retransmissions).", "gpu",
+)
+PCIE_THROUGHPUT = _metric(
+    "nvidia_gpu_pcie_throughput_bytes_per_second", "gauge",
+    "PCIe throughput over the last 20 ms sample, by direction (rx, tx).", "gpu", ("direction",),
+)
+ECC_ERRORS = _metric(
+    "nvidia_gpu_ecc_errors_total", "counter",
+    "ECC errors by type (corrected, uncorrected) and counter (volatile since reboot, aggregate lifetime).",
+    "gpu", ("type", "counter"),
+)
+RETIRED_PAGES = _metric(
+    "nvidia_gpu_retired_pages", "gauge", "Memory pages retired, by cause (single_bit, double_bit).", "gpu",
+    ("cause",),
+)
+RETIRED_PAGES_PENDING = _metric(
+    "nvidia_gpu_retired_pages_pending", "gauge", "1 when a page retirement waits for a reboot.", "gpu",
+)
+REMAPPED_ROWS = _metric(
+    "nvidia_gpu_remapped_rows", "gauge", "Memory rows remapped, by error type (correctable, uncorrectable).",
+    "gpu", ("type",),
+)
+REMAPPED_ROWS_PENDING = _metric(
+    "nvidia_gpu_remapped_rows_pending", "gauge", "1 when a row remap waits for a GPU reset.", "gpu",
+)
+REMAPPED_ROWS_FAILURE = _metric(
+    "nvidia_gpu_remapped_rows_failure", "gauge", "1 when a row remap failed; the GPU needs service.", "gpu",
+)
+NVLINK_UP = _metric("nvidia_gpu_nvlink_up", "gauge", "1 when the NVLink link is active.", "gpu", ("link",))
+NVLINK_ERRORS = _metric(
+    "nvidia_gpu_nvlink_errors_total", "counter",
+    "NVLink errors per link by type (replay, recovery, crc_flit, crc_data).", "gpu", ("link", "type"),
+)
+NVLINK_DATA = _metric(
+    "nvidia_gpu_nvlink_data_bytes_total", "counter",
+    "NVLink payload bytes over all links, by direction (rx, tx).", "gpu", ("direction",),
+)
+XID_ERRORS = _metric(
+    "nvidia_gpu_xid_errors_total", "counter",
+    "XID error events seen since the agent started, by XID code.", "gpu", ("xid",),
+)
+PROCESSES = _metric(
+    "nvidia_gpu_processes", "gauge", "Compute processes running on the GPU (all its MIG instances included).",
+    "gpu",
+)
+
+# -- Per MIG instance --------------------------------------------------------------------
+MIG_INFO = _metric(
+    "nvidia_gpu_mig_info", "gauge", "A MIG instance of a GPU; always 1.", "mig", ("mig_uuid", "profile"),
+)
+MIG_MEMORY_TOTAL = _metric(
+    "nvidia_gpu_mig_memory_total_bytes", "gauge", "Memory of a MIG instance.", "mig",
+)
+MIG_MEMORY_USED = _metric(
+    "nvidia_gpu_mig_memory_used_bytes", "gauge", "Memory of a MIG instance allocated by processes.", "mig",
+)
+MIG_MEMORY_FREE = _metric(
+    "nvidia_gpu_mig_memory_free_bytes", "gauge", "Memory of a MIG instance not allocated.", "mig",
+)
+MIG_PROCESSES = _metric(
+    "nvidia_gpu_mig_processes", "gauge", "Compute processes running on the MIG instance.", "mig",
+)
+
+# -- Attribution --------------------------------------------------------------------------
+ALLOCATION_INFO = _metric(
+    "nvidia_gpu_allocation_info", "gauge",
+    "A device (GPU or MIG instance) allocated to a container by the kubelet; always 1. "
+    "Shared (time-sliced, MPS) devices have one series per container.",
+    "allocation",
+    ("namespace", "pod", "container", "resource", "shared", "workload_kind", "workload"),
+)
+ALLOCATABLE_DEVICES = _metric(
+    "nvidia_gpu_allocatable_devices", "gauge", "Devices the kubelet can allocate, by resource name.", "node",
+    ("resource",),
+)
+ALLOCATED_DEVICES = _metric(
+    "nvidia_gpu_allocated_devices", "gauge", "Devices allocated to containers, by resource name.", "node",
+    ("resource",),
+)
+CONTAINER_MEMORY_USED = _metric(
+    "nvidia_gpu_container_memory_used_bytes", "gauge",
+    "Device memory used by the processes of a container on a GPU or MIG instance.", "container",
+)
+CONTAINER_UTILIZATION = _metric(
+    "nvidia_gpu_container_utilization_ratio", "gauge",
+    "SM utilisation of the processes of a container on a GPU over the last cycle (0..1).", "container",
+)
+
+# -- The agent itself ----------------------------------------------------------------------
+BUILD_INFO = _metric(
+    "kube_gpu_exporter_build_info", "gauge", "Version of the agent; simulated=\"true\" when no real GPU is read.",
+    "agent", ("version", "python_version", "simulated"),
+)
+COLLECTOR_SUCCESS = _metric(
+    "kube_gpu_exporter_collector_success", "gauge", "1 when the collector's last run succeeded.", "agent",
+    ("collector",),
+)
+COLLECTOR_DURATION = _metric(
+    "kube_gpu_exporter_collector_duration_seconds", "gauge", "Duration of the collector's last run.", "agent",
+    ("collector",),
+)
+COLLECTOR_ERRORS = _metric(
+    "kube_gpu_exporter_collector_errors_total", "counter", "Errors by collector and kind.", "agent",
+    ("collector", "kind"),
+)
+LAST_COLLECTION = _metric(
+    "kube_gpu_exporter_last_collection_timestamp_seconds", "gauge",
+    "Unix time at which the last collection cycle finished.", "agent",
+)
+COLLECTION_DURATION = _metric(
+    "kube_gpu_exporter_collection_duration_seconds", "gauge", "Duration of the last collection cycle.", "agent",
+)
+GPU_SNAPSHOT_AGE = _metric(
+    "kube_gpu_exporter_gpu_snapshot_age_seconds", "gauge",
+    "Age of the GPU readings served; grows when NVML calls hang.", "agent",
+)
+GPU_SNAPSHOT_STALE = _metric(
+    "kube_gpu_exporter_gpu_snapshot_stale", "gauge",
+    "1 when some GPU readings are from an earlier cycle because an NVML call did not return in time.", "agent",
+)
+NVML_UP = _metric(
+    "kube_gpu_exporter_nvml_up", "gauge", "1 when NVML is initialised (or the simulated backend runs).", "agent",
+)
+KUBELET_UP = _metric(
+    "kube_gpu_exporter_kubelet_up", "gauge", "1 when the last pod-resources call to the kubelet succeeded.",
+    "agent",
+)
+KUBERNETES_API_UP = _metric(
+    "kube_gpu_exporter_kubernetes_api_up", "gauge",
+    "1 when the pod watch on the API server is connected and synced.", "agent",
+)

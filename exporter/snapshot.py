@@ -1,0 +1,115 @@
+"""The data model that flows through a collection cycle.
+
+source (NVML or simulated) -> ``Gpu`` readings -> ``GpuSnapshot``; kubelet -> ``PodResources``;
+API server -> ``PodMeta``; procfs -> ``ContainerRef`` per pid. Attribution joins them, the
+renderer turns the result into bytes. Everything here is immutable: a snapshot handed to the
+renderer is never changed behind its back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .catalog import MetricSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One value of a metric of the catalog; ``labels`` are values for ``metric.labels``, in order."""
+
+    metric: MetricSpec
+    value: float
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """A compute process on a GPU or MIG instance, as NVML reports it."""
+
+    pid: int
+    used_memory_bytes: int | None = None
+    # SM utilisation of this process over the last cycle (0..1); None when NVML has no sample.
+    utilization_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    """A MIG instance (GPU instance + compute instance) of a parent GPU."""
+
+    uuid: str  # MIG-...
+    gpu_instance_id: int
+    compute_instance_id: int
+    profile: str  # e.g. "1g.10gb"
+    samples: tuple[Sample, ...] = ()
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    """Everything read from one physical GPU in one cycle.
+
+    ``up`` is False when the GPU (or a required read on it) failed; ``samples`` then holds only
+    what could still be read (often nothing) and ``error`` says why.
+    """
+
+    index: int
+    uuid: str
+    up: bool = True
+    info: Mapping[str, str] = field(default_factory=dict)  # values for catalog.GPU_INFO labels
+    samples: tuple[Sample, ...] = ()
+    mig_devices: tuple[MigDevice, ...] = ()
+    processes: tuple[GpuProcess, ...] = ()  # processes on the full GPU (not inside a MIG instance)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSnapshot:
+    gpus: tuple[Gpu, ...]
+    timestamp: float  # time.time() when the oldest reading in it was taken
+    stale: bool = False  # some readings come from an earlier cycle (a call hung)
+
+
+# -- Kubernetes side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerDevices:
+    """Devices of one resource name allocated to one container (a row of the kubelet's List)."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource: str
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PodResources:
+    """The kubelet's answer for this node."""
+
+    containers: tuple[ContainerDevices, ...]
+    # resource name -> device ids the kubelet can allocate (GetAllocatableResources)
+    allocatable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PodMeta:
+    """What the API server tells about a pod on this node."""
+
+    namespace: str
+    name: str
+    uid: str
+    workload_kind: str  # Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, Pod, ...
+    workload: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # container id without the runtime prefix ("containerd://") -> container name
+    container_ids: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRef:
+    """Which container a process belongs to, read from its cgroup path."""
+
+    pod_uid: str
+    container_id: str
