@@ -253,3 +253,24 @@ KUBERNETES_API_UP = _metric(
     "kube_gpu_exporter_kubernetes_api_up", "gauge",
     "1 when the pod watch on the API server is connected and synced.", "agent",
 )
+
+
+_SCOPE_LABELS = {
+    "gpu": "gpu, uuid (+ namespace, pod, container when one container holds the GPU)",
+    "mig": "gpu, uuid, gpu_instance_id, compute_instance_id (+ namespace, pod, container when one container "
+    "holds the instance)",
+    "allocation": "gpu, uuid, gpu_instance_id, compute_instance_id (empty for a whole GPU), label_<name> "
+    "for allowlisted pod labels",
+    "container": "namespace, pod, container, gpu, uuid (+ gpu_instance_id, compute_instance_id on MIG)",
+    "node": "",
+    "agent": "",
+}
+
+
+def markdown_table() -> str:
+    """The metric reference table of docs/metrics.md (``make docs`` writes it there)."""
+    rows = ["| metric | type | labels | help |", "| --- | --- | --- | --- |"]
+    for spec in all_metrics():
+        labels = ", ".join(filter(None, [_SCOPE_LABELS[spec.scope], ", ".join(spec.labels)]))
+        rows.append(f"| `{spec.name}` | {spec.kind} | {labels} | {spec.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,243 @@
+"""Which container holds each device, and how much of it each container uses.
+
+Inputs, all read earlier in the cycle: the GPU snapshot, the kubelet's ``PodResources``, pod
+metadata from the API server (may be empty), and the container of each GPU process (from
+cgroups). Output: an ``Attribution`` the renderer reads. Pure functions, no I/O.
+
+Device ids come in the forms the device plugins emit:
+
+===============================  ==========================================
+``GPU-<uuid>``                   a whole GPU
+``MIG-<uuid>``                   a MIG instance
+``MIG-GPU-<uuid>/<gi>/<ci>``     a MIG instance, drivers before R470
+``<any of these>::<n>``          replica n of a time-sliced or MPS device
+``0``, ``nvidia0``               GPU by index (GKE: ``nvidia0/vgpu3`` shared)
+===============================  ==========================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources
+
+_LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
+_INDEX = re.compile(r"^(?:nvidia)?(\d+)(?:/vgpu(\d+))?$")
+_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A container that holds a device."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource: str
+    shared: bool
+    workload_kind: str
+    workload: str
+    pod_labels: tuple[tuple[str, str], ...] = ()  # (sanitised label name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerUsage:
+    namespace: str
+    pod: str
+    container: str
+    memory_used_bytes: int | None
+    utilization_ratio: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    # device uuid (GPU-... or MIG-...) -> containers holding it
+    holders: Mapping[str, tuple[Holder, ...]] = field(default_factory=dict)
+    # device uuid -> per-container usage on that device
+    usage: Mapping[str, tuple[ContainerUsage, ...]] = field(default_factory=dict)
+    allocatable: Mapping[str, int] = field(default_factory=dict)
+    allocated: Mapping[str, int] = field(default_factory=dict)
+    unknown_ids: tuple[str, ...] = ()  # device ids that matched no device this cycle
+
+    def sole_holder(self, device_uuid: str) -> Holder | None:
+        """The container holding the device alone, if exactly one does."""
+        holders = self.holders.get(device_uuid, ())
+        return holders[0] if len(holders) == 1 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    """Lookup tables from every id form to a device uuid."""
+
+    by_uuid: Mapping[str, str]  # GPU-... and MIG-... -> itself
+    by_legacy_mig: Mapping[tuple[str, int, int], str]
+    by_index: Mapping[int, str]
+
+    @classmethod
+    def of(cls, snapshot: GpuSnapshot) -> "_Ids":
+        by_uuid: dict[str, str] = {}
+        legacy: dict[tuple[str, int, int], str] = {}
+        index: dict[int, str] = {}
+        for gpu in snapshot.gpus:
+            if gpu.uuid:
+                by_uuid[gpu.uuid] = gpu.uuid
+                index[gpu.index] = gpu.uuid
+            for mig in gpu.mig_devices:
+                by_uuid[mig.uuid] = mig.uuid
+                legacy[(gpu.uuid, mig.gpu_instance_id, mig.compute_instance_id)] = mig.uuid
+        return cls(by_uuid, legacy, index)
+
+
+def parse_device_id(device_id: str) -> tuple[str | tuple[str, int, int] | int, bool] | None:
+    """Split a device plugin id into (device key, is a replica).
+
+    The key is a uuid string, a (parent uuid, gi, ci) tuple for legacy MIG ids, or a GPU index.
+    None for a form we do not know.
+    """
+    base, sep, replica = device_id.partition("::")
+    shared = bool(sep)
+    if shared and not replica.isdigit():
+        return None
+    if (legacy := _LEGACY_MIG.match(base)) is not None:
+        return (legacy[1], int(legacy[2]), int(legacy[3])), shared
+    if base.startswith(("GPU-", "MIG-")) and len(base) > 4:
+        return base, shared
+    if (index := _INDEX.match(base)) is not None:
+        return int(index[1]), shared or index[2] is not None
+    return None
+
+
+def resolve(device_id: str, ids: _Ids) -> tuple[str, bool] | None:
+    parsed = parse_device_id(device_id)
+    if parsed is None:
+        return None
+    key, shared = parsed
+    if isinstance(key, str):
+        uuid = ids.by_uuid.get(key)
+    elif isinstance(key, tuple):
+        uuid = ids.by_legacy_mig.get(key)
+    else:
+        uuid = ids.by_index.get(key)
+    return (uuid, shared) if uuid else None
+
+
+def sanitize_label_name(name: str) -> str:
+    """``app.kubernetes.io/name`` -> ``label_app_kubernetes_io_name`` (kube-state-metrics style)."""
+    return "label_" + _LABEL_CHARS.sub("_", name)
+
+
+def attribute(
+    snapshot: GpuSnapshot,
+    resources: PodResources | None,
+    pods: Mapping[str, PodMeta],
+    owners: Mapping[int, ContainerRef],
+    pod_labels: Iterable[str] = (),
+) -> Attribution:
+    """Join devices, allocations, pod metadata and process owners."""
+    if resources is None and not owners:
+        return Attribution()
+    ids = _Ids.of(snapshot)
+    pods_by_name = {(p.namespace, p.name): p for p in pods.values()}
+    wanted_labels = tuple(pod_labels)
+
+    holders: dict[str, list[Holder]] = defaultdict(list)
+    allocated: dict[str, set[str]] = defaultdict(set)
+    unknown: list[str] = []
+    replicated: set[str] = set()
+    for row in resources.containers if resources else ():
+        meta = pods_by_name.get((row.namespace, row.pod))
+        for device_id in row.device_ids:
+            allocated[row.resource].add(device_id)
+            resolved = resolve(device_id, ids)
+            if resolved is None:
+                unknown.append(device_id)
+                continue
+            uuid, is_replica = resolved
+            if is_replica:
+                replicated.add(uuid)
+            holder = Holder(
+                namespace=row.namespace,
+                pod=row.pod,
+                container=row.container,
+                resource=row.resource,
+                shared=False,
+                workload_kind=meta.workload_kind if meta else "",
+                workload=meta.workload if meta else "",
+                pod_labels=tuple(
+                    (sanitize_label_name(k), meta.labels.get(k, "") if meta else "") for k in wanted_labels
+                ),
+            )
+            if holder not in holders[uuid]:  # two replicas of one GPU in one container count once
+                holders[uuid].append(holder)
+
+    final: dict[str, tuple[Holder, ...]] = {}
+    for uuid, found in holders.items():
+        shared = uuid in replicated or len({(h.namespace, h.pod, h.container) for h in found}) > 1
+        final[uuid] = tuple(
+            Holder(h.namespace, h.pod, h.container, h.resource, shared, h.workload_kind, h.workload, h.pod_labels)
+            for h in found
+        )
+
+    return Attribution(
+        holders=final,
+        usage=_usage(snapshot, final, pods, owners),
+        allocatable={name: len(devices) for name, devices in (resources.allocatable if resources else {}).items()},
+        allocated={name: len(devices) for name, devices in allocated.items()},
+        unknown_ids=tuple(unknown),
+    )
+
+
+def _usage(
+    snapshot: GpuSnapshot,
+    holders: Mapping[str, tuple[Holder, ...]],
+    pods: Mapping[str, PodMeta],
+    owners: Mapping[int, ContainerRef],
+) -> dict[str, tuple[ContainerUsage, ...]]:
+    """Sum process memory and utilisation per (device, container).
+
+    A process is placed by its cgroup: pod uid and container id, named through the API server's
+    pod metadata. Without metadata for its pod, a process on a device held by exactly one
+    container is that container's (it could run nowhere else); on a shared device it is left out.
+    """
+    result: dict[str, tuple[ContainerUsage, ...]] = {}
+    for gpu in snapshot.gpus:
+        devices = [(gpu.uuid, gpu.processes)] + [(m.uuid, m.processes) for m in gpu.mig_devices]
+        for uuid, processes in devices:
+            sums: dict[tuple[str, str, str], list[float | None]] = {}
+            device_holders = holders.get(uuid, ())
+            for process in processes:
+                ref = owners.get(process.pid)
+                if ref is None:
+                    continue  # a host process, or one that exited
+                key = _container_key(ref, pods, device_holders)
+                if key is None:
+                    continue
+                memory, utilization = sums.setdefault(key, [None, None])
+                if process.used_memory_bytes is not None:
+                    memory = (memory or 0) + process.used_memory_bytes
+                if process.utilization_ratio is not None:
+                    utilization = (utilization or 0.0) + process.utilization_ratio
+                sums[key] = [memory, utilization]
+            if sums:
+                result[uuid] = tuple(
+                    ContainerUsage(ns, pod, container, None if mem is None else int(mem), util)
+                    for (ns, pod, container), (mem, util) in sorted(sums.items())
+                )
+    return result
+
+
+def _container_key(
+    ref: ContainerRef, pods: Mapping[str, PodMeta], device_holders: tuple[Holder, ...]
+) -> tuple[str, str, str] | None:
+    meta = pods.get(ref.pod_uid)
+    if meta is not None:
+        name = meta.container_ids.get(ref.container_id)
+        if name is not None:
+            return meta.namespace, meta.name, name
+    containers = {(h.namespace, h.pod, h.container) for h in device_holders}
+    if len(containers) == 1:
+        return next(iter(containers))
+    return None

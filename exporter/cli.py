@@ -1,0 +1,180 @@
+"""Entry point: parse and validate the config, build the sources, run the loop and the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Sequence
+
+from aiohttp import web
+
+from . import __version__
+from .agent import Agent
+from .config import Config, ConfigError, parse_config
+from .server import make_app
+
+log = logging.getLogger("exporter")
+
+EXIT_USAGE = 2
+EXIT_NVML = 1
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    # Keep the libraries' chatter at warning unless we debug.
+    for noisy in ("aiohttp.access", "kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if config.log_level == "debug" else logging.WARNING)
+
+
+def build_agent(config: Config) -> Agent:
+    """Pick the backend and the Kubernetes sources the config asks for."""
+    if config.simulate:
+        from .simulate import SimulatedBackend, load_scenario
+
+        backend = SimulatedBackend(load_scenario(config.scenario))
+        cluster = backend
+        log.warning("SIMULATED node: no real GPU is read (scenario %s)", config.scenario or "built-in")
+        return Agent(
+            config,
+            backend,
+            pod_resources=_SimulatedPodResources(cluster),
+            pod_metadata=_SimulatedPodMetadata(cluster),
+            process_owners=lambda pids: {
+                pid: ref for pid in pids if (ref := cluster.process_owner(pid)) is not None
+            },
+        )
+
+    from .nvml import NvmlBackend
+
+    pod_resources = None
+    if config.kubelet_enabled:
+        from .kubelet import PodResourcesClient
+
+        pod_resources = PodResourcesClient(
+            config.kubelet_socket,
+            timeout_seconds=config.kubelet_timeout,
+            resource_names=config.resource_names,
+            resource_prefixes=config.resource_prefixes,
+        )
+    pod_metadata = None
+    if config.kubernetes_enabled:
+        from .kube import PodWatcher
+
+        pod_metadata = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
+    return Agent(config, NvmlBackend(), pod_resources=pod_resources, pod_metadata=pod_metadata)
+
+
+class _SimulatedPodResources:
+    """The scenario's pods, served through the same interface as the kubelet client."""
+
+    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
+        self._cluster = cluster
+
+    async def list_resources(self):  # type: ignore[no-untyped-def]
+        return self._cluster.pod_resources()
+
+    async def close(self) -> None:
+        return None
+
+
+class _SimulatedPodMetadata:
+    connected = True
+
+    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
+        self._cluster = cluster
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def pods(self):  # type: ignore[no-untyped-def]
+        return self._cluster.pod_meta()
+
+    def error_counts(self) -> dict[str, int]:
+        return {}
+
+
+async def run_once(agent: Agent) -> int:
+    exposition = await agent.collect_once()
+    await agent.stop()
+    if not agent.gpus.state.up:
+        print(f"kube-gpu-exporter: NVML could not start: {agent.gpus.state.error}", file=sys.stderr)
+        return EXIT_NVML
+    sys.stdout.write(exposition.text.decode())
+    return 0
+
+
+async def serve(agent: Agent, config: Config) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    runner = web.AppRunner(make_app(agent), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    host = config.listen_host or None  # "" = every interface
+    site = web.TCPSite(runner, host, config.listen_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
+        await runner.cleanup()
+        return EXIT_USAGE
+    await agent.start()
+    log.info("serving on http://%s:%d/metrics", config.listen_host or "0.0.0.0", config.listen_port)
+    await stop.wait()
+    log.info("shutting down")
+    await agent.stop()
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+    except ConfigError as exc:
+        print(f"kube-gpu-exporter: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config)
+    try:
+        agent = build_agent(config)
+    except Exception as exc:  # noqa: BLE001 - a scenario file with problems, most likely
+        problems = getattr(exc, "problems", None)
+        if problems is None:
+            raise
+        listing = "\n".join(f"  - {p}" for p in problems)
+        print(f"kube-gpu-exporter: invalid scenario {config.scenario}:\n{listing}", file=sys.stderr)
+        return EXIT_USAGE
+    log.info("kube-gpu-exporter %s starting with %s", __version__, json.dumps(config.as_log_dict()))
+    if config.once:
+        return asyncio.run(run_once(agent))
+    return asyncio.run(serve(agent, config))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

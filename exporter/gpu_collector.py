@@ -1,0 +1,185 @@
+"""Runs a GPU backend from the event loop: worker threads, deadlines, one GPU failing alone.
+
+Each GPU is read in its own daemon thread with a deadline. A GPU whose read has not returned
+by then keeps its previous readings in the snapshot (marked stale), and no second read of it
+is started until the first one returns: a hung NVML call costs one thread, never a pile of
+them, and never the loop. Daemon threads also mean a hung call cannot block process exit.
+
+NVML that cannot start (driver not loaded yet) is retried with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from .backend import BackendUnavailable, GpuBackend
+from .snapshot import Gpu, GpuSnapshot
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+
+
+def run_in_daemon_thread(fn: Callable[..., T], *args: Any, name: str = "nvml") -> asyncio.Future[T]:
+    """Run ``fn`` in a fresh daemon thread; the returned future resolves on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # loop closed while we were blocked: nobody waits any more
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    up: bool
+    error: str | None
+
+
+class GpuCollector:
+    def __init__(self, backend: GpuBackend, *, timeout: float, clock: Callable[[], float] = time.time):
+        self.backend = backend
+        self.timeout = timeout
+        self._clock = clock
+        self._started = False
+        self._start_error: str | None = "not started yet"
+        self._next_start = 0.0
+        self._backoff = BACKOFF_INITIAL_SECONDS
+        self._in_flight: dict[int, asyncio.Future[Gpu]] = {}
+        self._last: dict[int, tuple[Gpu, float]] = {}  # index -> (reading, time taken)
+        self._logged_down: set[tuple[int, str]] = set()
+        self.errors: Counter[str] = Counter()
+
+    @property
+    def state(self) -> BackendState:
+        return BackendState(self._started, None if self._started else self._start_error)
+
+    async def _ensure_started(self) -> bool:
+        if self._started:
+            return True
+        now = time.monotonic()
+        if now < self._next_start:
+            return False
+        try:
+            await asyncio.wait_for(run_in_daemon_thread(self.backend.start, name="nvml-init"), self.timeout * 4)
+        except (BackendUnavailable, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
+            message = str(exc) or type(exc).__name__
+            if message != self._start_error:
+                log.warning("GPU backend unavailable, retrying in %.0fs: %s", self._backoff, message)
+            self._start_error = message
+            self.errors["init"] += 1
+            self._next_start = now + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS)
+            return False
+        log.info("GPU backend started")
+        self._started, self._start_error, self._backoff = True, None, BACKOFF_INITIAL_SECONDS
+        return True
+
+    def _restart_later(self, reason: str) -> None:
+        log.warning("GPU backend failed, restarting: %s", reason)
+        self.errors["backend"] += 1
+        try:
+            self.backend.stop()
+        except Exception:  # noqa: BLE001 - stop after a failure is best effort
+            log.debug("backend stop failed", exc_info=True)
+        self._started, self._start_error = False, reason
+        self._next_start = time.monotonic() + self._backoff
+
+    async def collect(self) -> GpuSnapshot:
+        """One cycle: every GPU read in parallel, each within the deadline."""
+        now = self._clock()
+        if not await self._ensure_started():
+            return self._down_snapshot(now, self._start_error or "backend not started")
+        try:
+            count = await asyncio.wait_for(
+                run_in_daemon_thread(self.backend.device_count, name="nvml-count"), self.timeout
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure here means NVML as a whole broke
+            self._restart_later(f"device count failed: {exc or type(exc).__name__}")
+            return self._down_snapshot(now, self._start_error or "device count failed")
+
+        for index in range(count):
+            if index not in self._in_flight:
+                self._in_flight[index] = run_in_daemon_thread(self.backend.read_gpu, index, name=f"nvml-gpu{index}")
+        pending = [self._in_flight[i] for i in range(count)]
+        await asyncio.wait(pending, timeout=self.timeout)
+
+        gpus: list[Gpu] = []
+        stale = False
+        oldest = now
+        for index in range(count):
+            future = self._in_flight[index]
+            if not future.done():
+                previous = self._last.get(index)
+                stale = True
+                self.errors["timeout"] += 1
+                if previous is None:
+                    gpus.append(Gpu(index=index, uuid="", up=False, error="read timed out"))
+                else:
+                    gpus.append(previous[0])
+                    oldest = min(oldest, previous[1])
+                continue
+            del self._in_flight[index]
+            gpus.append(self._settle(index, future, now))
+        # Forget in-flight reads of GPUs that vanished from the count.
+        for index in [i for i in self._in_flight if i >= count]:
+            self._in_flight.pop(index)
+        return GpuSnapshot(gpus=tuple(gpus), timestamp=oldest, stale=stale)
+
+    def _settle(self, index: int, future: asyncio.Future[Gpu], now: float) -> Gpu:
+        error = future.exception()
+        if error is None:
+            gpu = future.result()
+            self._last[index] = (gpu, now)
+            self._logged_down = {k for k in self._logged_down if k[0] != index}
+            return gpu
+        message = str(error) or type(error).__name__
+        self.errors["gpu"] += 1
+        if (index, message) not in self._logged_down:
+            log.warning("GPU %d read failed: %s", index, message)
+            self._logged_down.add((index, message))
+        previous = self._last.get(index)
+        uuid = previous[0].uuid if previous else ""
+        info = previous[0].info if previous else {}
+        return Gpu(index=index, uuid=uuid, up=False, info=info, error=message)
+
+    def _down_snapshot(self, now: float, reason: str) -> GpuSnapshot:
+        """NVML is down: every GPU seen before is reported with up=0, nothing else."""
+        gpus = tuple(
+            Gpu(index=i, uuid=g.uuid, up=False, info=g.info, error=reason)
+            for i, (g, _) in sorted(self._last.items())
+        )
+        return GpuSnapshot(gpus=gpus, timestamp=now)
+
+    def stop(self) -> None:
+        if self._started:
+            self._started = False
+            try:
+                self.backend.stop()
+            except Exception:  # noqa: BLE001
+                log.debug("backend stop failed", exc_info=True)

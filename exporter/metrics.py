@@ -1,0 +1,202 @@
+"""Snapshot + attribution -> exposition bytes, once per collection cycle.
+
+Metric families are built fresh every cycle (client_python's custom-collector pattern), so the
+series of a GPU or pod that is gone simply are not there next time. The result is rendered in
+both formats and gzipped here, so that serving a scrape is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.samples import Sample as PromSample
+
+from . import __version__, catalog
+from .attribution import Attribution, Holder
+from .catalog import MetricSpec
+from .snapshot import Gpu, GpuSnapshot, MigDevice, Sample
+
+POD_LABELS = ("namespace", "pod", "container")
+GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer bytes here
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorStatus:
+    success: bool
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """The agent's view of itself for this cycle."""
+
+    simulated: bool
+    nvml_up: bool
+    collectors: Mapping[str, CollectorStatus] = field(default_factory=dict)
+    errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (collector, kind) -> count
+    last_collection_timestamp: float = 0.0
+    collection_duration_seconds: float = 0.0
+    gpu_snapshot_age_seconds: float = 0.0
+    gpu_snapshot_stale: bool = False
+    kubelet_up: bool | None = None  # None: attribution through the kubelet is disabled
+    kubernetes_api_up: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """One rendering, in every form a scrape may ask for."""
+
+    text: bytes
+    text_gzip: bytes
+    openmetrics: bytes
+    openmetrics_gzip: bytes
+
+    @classmethod
+    def of(cls, text: bytes, om: bytes) -> "Exposition":
+        return cls(text, gzip.compress(text, GZIP_LEVEL, mtime=0), om, gzip.compress(om, GZIP_LEVEL, mtime=0))
+
+
+TEXT_CONTENT_TYPE = CONTENT_TYPE_LATEST
+OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
+
+
+class _Families:
+    """Metric families of one cycle, in catalog order, built from ``(spec, labels, value)``."""
+
+    def __init__(self) -> None:
+        self._by_spec: dict[MetricSpec, Metric] = {}
+
+    def add(self, spec: MetricSpec, labels: Mapping[str, str], value: float) -> None:
+        family = self._by_spec.get(spec)
+        if family is None:
+            name = spec.name[: -len("_total")] if spec.kind == "counter" else spec.name
+            family = self._by_spec[spec] = Metric(name, spec.help, spec.kind)
+        family.samples.append(PromSample(spec.name, dict(labels), float(value)))
+
+    def metrics(self) -> list[Metric]:
+        order = {spec: i for i, spec in enumerate(catalog.all_metrics())}
+        return [self._by_spec[s] for s in sorted(self._by_spec, key=order.__getitem__)]
+
+
+def _holder_labels(holder: Holder | None) -> dict[str, str]:
+    if holder is None:
+        return {}
+    return {"namespace": holder.namespace, "pod": holder.pod, "container": holder.container}
+
+
+def _add_samples(out: _Families, identity: dict[str, str], samples: Iterable[Sample]) -> None:
+    for sample in samples:
+        labels = dict(identity)
+        labels.update(zip(sample.metric.labels, sample.labels))
+        out.add(sample.metric, labels, sample.value)
+
+
+def _mig_identity(gpu: Gpu, mig: MigDevice) -> dict[str, str]:
+    return {
+        "gpu": str(gpu.index),
+        "uuid": gpu.uuid,
+        "gpu_instance_id": str(mig.gpu_instance_id),
+        "compute_instance_id": str(mig.compute_instance_id),
+    }
+
+
+def _device_families(out: _Families, snapshot: GpuSnapshot, attribution: Attribution) -> None:
+    for gpu in snapshot.gpus:
+        identity = {"gpu": str(gpu.index), "uuid": gpu.uuid}
+        held = identity | _holder_labels(attribution.sole_holder(gpu.uuid))
+        if gpu.info:
+            out.add(catalog.GPU_INFO, held | {k: gpu.info.get(k, "") for k in catalog.GPU_INFO.labels}, 1)
+        out.add(catalog.GPU_UP, held, 1 if gpu.up else 0)
+        _add_samples(out, held, gpu.samples)
+        _add_allocations(out, identity | {"gpu_instance_id": "", "compute_instance_id": ""}, gpu.uuid, attribution)
+        _add_usage(out, identity, gpu.uuid, attribution)
+        for mig in gpu.mig_devices:
+            mig_id = _mig_identity(gpu, mig)
+            mig_held = mig_id | _holder_labels(attribution.sole_holder(mig.uuid))
+            out.add(catalog.MIG_INFO, mig_held | {"mig_uuid": mig.uuid, "profile": mig.profile}, 1)
+            _add_samples(out, mig_held, mig.samples)
+            _add_allocations(out, mig_id, mig.uuid, attribution)
+            _add_usage(out, mig_id, mig.uuid, attribution)
+
+
+def _add_allocations(out: _Families, identity: dict[str, str], device: str, attribution: Attribution) -> None:
+    for h in attribution.holders.get(device, ()):
+        labels = identity | {
+            "namespace": h.namespace, "pod": h.pod, "container": h.container, "resource": h.resource,
+            "shared": "true" if h.shared else "false", "workload_kind": h.workload_kind, "workload": h.workload,
+        }
+        labels.update(h.pod_labels)
+        out.add(catalog.ALLOCATION_INFO, labels, 1)
+
+
+def _add_usage(out: _Families, identity: dict[str, str], device: str, attribution: Attribution) -> None:
+    for u in attribution.usage.get(device, ()):
+        labels = {"namespace": u.namespace, "pod": u.pod, "container": u.container} | identity
+        if u.memory_used_bytes is not None:
+            out.add(catalog.CONTAINER_MEMORY_USED, labels, u.memory_used_bytes)
+        if u.utilization_ratio is not None:
+            out.add(catalog.CONTAINER_UTILIZATION, labels, min(u.utilization_ratio, 1.0))
+
+
+def _agent_families(out: _Families, status: AgentStatus, attribution: Attribution) -> None:
+    out.add(catalog.BUILD_INFO, {
+        "version": __version__,
+        "python_version": platform.python_version(),
+        "simulated": "true" if status.simulated else "false",
+    }, 1)
+    for name, collector in sorted(status.collectors.items()):
+        out.add(catalog.COLLECTOR_SUCCESS, {"collector": name}, 1 if collector.success else 0)
+        out.add(catalog.COLLECTOR_DURATION, {"collector": name}, collector.duration_seconds)
+    for (collector, kind), count in sorted(status.errors.items()):
+        out.add(catalog.COLLECTOR_ERRORS, {"collector": collector, "kind": kind}, count)
+    out.add(catalog.LAST_COLLECTION, {}, status.last_collection_timestamp)
+    out.add(catalog.COLLECTION_DURATION, {}, status.collection_duration_seconds)
+    out.add(catalog.GPU_SNAPSHOT_AGE, {}, status.gpu_snapshot_age_seconds)
+    out.add(catalog.GPU_SNAPSHOT_STALE, {}, 1 if status.gpu_snapshot_stale else 0)
+    out.add(catalog.NVML_UP, {}, 1 if status.nvml_up else 0)
+    if status.kubelet_up is not None:
+        out.add(catalog.KUBELET_UP, {}, 1 if status.kubelet_up else 0)
+        for resource in sorted(set(attribution.allocatable) | set(attribution.allocated)):
+            out.add(catalog.ALLOCATABLE_DEVICES, {"resource": resource}, attribution.allocatable.get(resource, 0))
+            out.add(catalog.ALLOCATED_DEVICES, {"resource": resource}, attribution.allocated.get(resource, 0))
+    if status.kubernetes_api_up is not None:
+        out.add(catalog.KUBERNETES_API_UP, {}, 1 if status.kubernetes_api_up else 0)
+
+
+class Renderer:
+    """Holds the registry (ours plus client_python's process metrics) and renders it."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self._metrics: list[Metric] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def collect(self) -> list[Metric]:  # the registry's collector interface
+        return self._metrics
+
+    def families(self, snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus) -> list[Metric]:
+        out = _Families()
+        _device_families(out, snapshot, attribution)
+        _agent_families(out, status, attribution)
+        return out.metrics()
+
+    def render(self, snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus) -> Exposition:
+        self._metrics = self.families(snapshot, attribution, status)
+        return Exposition.of(generate_latest(self.registry), openmetrics.generate_latest(self.registry))
+
+
+def error_counts(errors: Mapping[str, Counter[str]]) -> dict[tuple[str, str], int]:
+    """Flatten ``{collector: Counter(kind)}`` into the shape ``AgentStatus.errors`` takes."""
+    return {(collector, kind): n for collector, counts in errors.items() for kind, n in counts.items()}

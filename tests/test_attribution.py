@@ -1,0 +1,195 @@
+"""Device ids in every form -> the containers that hold each device, and per-container usage."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.attribution import attribute, parse_device_id, sanitize_label_name
+from exporter.snapshot import (
+    ContainerDevices,
+    ContainerRef,
+    Gpu,
+    GpuProcess,
+    GpuSnapshot,
+    MigDevice,
+    PodMeta,
+    PodResources,
+)
+
+GPU0 = "GPU-00000000-1111-2222-3333-444444444444"
+GPU1 = "GPU-11111111-1111-2222-3333-444444444444"
+GPU2 = "GPU-22222222-1111-2222-3333-444444444444"
+MIG_A = "MIG-aaaaaaaa-1111-2222-3333-444444444444"
+MIG_B = "MIG-bbbbbbbb-1111-2222-3333-444444444444"
+
+
+def node() -> GpuSnapshot:
+    return GpuSnapshot(
+        gpus=(
+            Gpu(index=0, uuid=GPU0, processes=(GpuProcess(100, 2_000, 0.5), GpuProcess(101, 1_000, 0.25))),
+            Gpu(index=1, uuid=GPU1, processes=(GpuProcess(200, 4_000, 0.3), GpuProcess(300, 8_000, 0.6))),
+            Gpu(
+                index=2,
+                uuid=GPU2,
+                mig_devices=(
+                    MigDevice(MIG_A, 1, 0, "3g.40gb", processes=(GpuProcess(400, 5_000, None),)),
+                    MigDevice(MIG_B, 2, 0, "2g.20gb"),
+                ),
+            ),
+        ),
+        timestamp=0.0,
+    )
+
+
+def row(pod: str, container: str, resource: str, *ids: str, namespace: str = "ml") -> ContainerDevices:
+    return ContainerDevices(namespace, pod, container, resource, ids)
+
+
+@pytest.mark.parametrize(
+    ("device_id", "expected"),
+    [
+        (GPU0, (GPU0, False)),
+        (MIG_A, (MIG_A, False)),
+        (f"{GPU0}::3", (GPU0, True)),
+        (f"{MIG_A}::0", (MIG_A, True)),
+        (f"MIG-{GPU2}/1/0", ((GPU2, 1, 0), False)),
+        ("0", (0, False)),
+        ("nvidia1", (1, False)),
+        ("nvidia1/vgpu2", (1, True)),
+        ("something-else", None),
+        (f"{GPU0}::x", None),
+        ("GPU-", None),
+    ],
+)
+def test_parse_device_id_forms(device_id, expected):
+    assert parse_device_id(device_id) == expected
+
+
+def test_exclusive_gpu_has_one_holder_and_is_not_shared():
+    resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
+    result = attribute(node(), resources, {}, {})
+    holder = result.sole_holder(GPU0)
+    assert holder is not None
+    assert (holder.namespace, holder.pod, holder.container, holder.shared) == ("ml", "train-0", "main", False)
+    assert result.sole_holder(GPU1) is None
+
+
+def test_time_sliced_replicas_list_every_container_and_no_sole_holder():
+    resources = PodResources(
+        (
+            row("nb-a", "jupyter", "nvidia.com/gpu.shared", f"{GPU1}::0"),
+            row("nb-b", "jupyter", "nvidia.com/gpu.shared", f"{GPU1}::1"),
+        )
+    )
+    result = attribute(node(), resources, {}, {})
+    holders = result.holders[GPU1]
+    assert {h.pod for h in holders} == {"nb-a", "nb-b"}
+    assert all(h.shared for h in holders)
+    assert result.sole_holder(GPU1) is None
+
+
+def test_one_container_with_two_replicas_of_one_gpu_is_still_shared():
+    # MPS / time-slicing hand out replicas; holding two of them is still sharing the GPU.
+    resources = PodResources((row("mps", "c", "nvidia.com/gpu", f"{GPU0}::0", f"{GPU0}::1"),))
+    result = attribute(node(), resources, {}, {})
+    assert len(result.holders[GPU0]) == 1
+    assert result.holders[GPU0][0].shared is True
+
+
+def test_mig_devices_in_uuid_and_legacy_forms_and_index_ids():
+    resources = PodResources(
+        (
+            row("mig-a", "c", "nvidia.com/mig-3g.40gb", MIG_A),
+            row("mig-b", "c", "nvidia.com/mig-2g.20gb", f"MIG-{GPU2}/2/0"),
+            row("gke", "c", "nvidia.com/gpu", "nvidia0"),
+        )
+    )
+    result = attribute(node(), resources, {}, {})
+    assert result.sole_holder(MIG_A).pod == "mig-a"
+    assert result.sole_holder(MIG_B).pod == "mig-b"
+    assert result.sole_holder(GPU0).pod == "gke"
+    assert result.allocated == {"nvidia.com/mig-3g.40gb": 1, "nvidia.com/mig-2g.20gb": 1, "nvidia.com/gpu": 1}
+
+
+def test_one_container_with_two_gpus_holds_both():
+    resources = PodResources((row("big", "trainer", "nvidia.com/gpu", GPU0, GPU1),))
+    result = attribute(node(), resources, {}, {})
+    assert result.sole_holder(GPU0).pod == result.sole_holder(GPU1).pod == "big"
+
+
+def test_unknown_ids_are_reported_not_fatal():
+    resources = PodResources((row("odd", "c", "nvidia.com/gpu", "weird-id", GPU0, "GPU-99999999-dead"),))
+    result = attribute(node(), resources, {}, {})
+    assert result.unknown_ids == ("weird-id", "GPU-99999999-dead")
+    assert result.sole_holder(GPU0).pod == "odd"
+
+
+def test_allocatable_and_allocated_counts():
+    resources = PodResources(
+        (row("a", "c", "nvidia.com/gpu.shared", f"{GPU1}::0"), row("b", "c", "nvidia.com/gpu.shared", f"{GPU1}::1")),
+        allocatable={"nvidia.com/gpu": (GPU0,), "nvidia.com/gpu.shared": tuple(f"{GPU1}::{i}" for i in range(4))},
+    )
+    result = attribute(node(), resources, {}, {})
+    assert result.allocatable == {"nvidia.com/gpu": 1, "nvidia.com/gpu.shared": 4}
+    assert result.allocated == {"nvidia.com/gpu.shared": 2}
+
+
+def test_workload_and_allowlisted_labels_come_from_pod_metadata():
+    meta = PodMeta("ml", "train-0", "uid-1", "CronJob", "nightly", {"team": "vision", "secret": "x"})
+    resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
+    result = attribute(node(), resources, {"uid-1": meta}, {}, pod_labels=("team", "app.kubernetes.io/name"))
+    holder = result.sole_holder(GPU0)
+    assert (holder.workload_kind, holder.workload) == ("CronJob", "nightly")
+    assert holder.pod_labels == (("label_team", "vision"), ("label_app_kubernetes_io_name", ""))
+
+
+def test_usage_on_exclusive_gpu_without_pod_metadata_goes_to_the_sole_holder():
+    resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
+    owners = {100: ContainerRef("uid-1", "c1"), 101: ContainerRef("uid-1", "c1")}
+    result = attribute(node(), resources, {}, owners)
+    (usage,) = result.usage[GPU0]
+    assert (usage.pod, usage.container, usage.memory_used_bytes) == ("train-0", "main", 3_000)
+    assert usage.utilization_ratio == pytest.approx(0.75)
+
+
+def test_usage_on_shared_gpu_is_split_by_container_through_metadata():
+    resources = PodResources(
+        (row("nb-a", "jupyter", "nvidia.com/gpu.shared", f"{GPU1}::0"),
+         row("nb-b", "jupyter", "nvidia.com/gpu.shared", f"{GPU1}::1"))
+    )
+    pods = {
+        "uid-a": PodMeta("ml", "nb-a", "uid-a", "Deployment", "nb", container_ids={"ca": "jupyter"}),
+        "uid-b": PodMeta("ml", "nb-b", "uid-b", "Deployment", "nb", container_ids={"cb": "jupyter"}),
+    }
+    owners = {200: ContainerRef("uid-a", "ca"), 300: ContainerRef("uid-b", "cb")}
+    result = attribute(node(), resources, pods, owners)
+    by_pod = {u.pod: u for u in result.usage[GPU1]}
+    assert by_pod["nb-a"].memory_used_bytes == 4_000
+    assert by_pod["nb-b"].memory_used_bytes == 8_000
+    assert by_pod["nb-b"].utilization_ratio == pytest.approx(0.6)
+
+
+def test_usage_on_shared_gpu_without_metadata_is_left_out_and_host_processes_ignored():
+    resources = PodResources(
+        (row("nb-a", "j", "nvidia.com/gpu.shared", f"{GPU1}::0"), row("nb-b", "j", "nvidia.com/gpu.shared", f"{GPU1}::1"))
+    )
+    owners = {200: ContainerRef("uid-a", "ca")}  # pid 300 is a host process: no owner
+    result = attribute(node(), resources, {}, owners)
+    assert GPU1 not in result.usage
+
+
+def test_usage_on_mig_instance_keeps_missing_utilization_missing():
+    resources = PodResources((row("mig-a", "c", "nvidia.com/mig-3g.40gb", MIG_A),))
+    result = attribute(node(), resources, {}, {400: ContainerRef("uid", "cid")})
+    (usage,) = result.usage[MIG_A]
+    assert usage.memory_used_bytes == 5_000
+    assert usage.utilization_ratio is None
+
+
+def test_no_kubelet_answer_means_no_holders():
+    result = attribute(node(), None, {}, {})
+    assert result.holders == {} and result.allocated == {}
+
+
+def test_label_names_are_sanitised():
+    assert sanitize_label_name("app.kubernetes.io/name") == "label_app_kubernetes_io_name"
