@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEB_PACKAGES := prometheus prometheus-alertmanager gcc
 
-.PHONY: run test deps venv protos golden clean
+.PHONY: run test deps venv protos golden docs clean
 
 ## run: set up and serve the built-in simulated 4-GPU node at http://localhost:9400/metrics
 run: venv
@@ -40,3 +40,7 @@ golden: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/.build
+
+## docs: rewrite the generated metric table in docs/metrics.md
+docs: venv
+	$(PY) -m exporter.catalog docs/metrics.md

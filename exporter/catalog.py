@@ -274,3 +274,22 @@ def markdown_table() -> str:
         labels = ", ".join(filter(None, [_SCOPE_LABELS[spec.scope], ", ".join(spec.labels)]))
         rows.append(f"| `{spec.name}` | {spec.kind} | {labels} | {spec.help.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
+
+
+BEGIN_MARK, END_MARK = "<!-- metrics:begin -->", "<!-- metrics:end -->"
+
+
+def _write_docs(path: str) -> None:
+    """Replace the generated table between the markers of ``path``."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, _, rest = text.partition(BEGIN_MARK)
+    _, _, tail = rest.partition(END_MARK)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{BEGIN_MARK}\n{markdown_table()}{END_MARK}{tail}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _write_docs(sys.argv[1])
