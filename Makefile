@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## protos: regenerate the committed kubelet pod-resources stubs from their .proto
 protos: venv
-	sh exporter/kubelet/podresources/generate.sh
+	PYTHON=$(PY) sh exporter/kubelet/podresources/generate.sh
 
 ## golden: rewrite tests/fixtures/e2e-output.txt from the current code (review the diff!)
 golden: venv

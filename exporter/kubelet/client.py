@@ -1,0 +1,277 @@
+"""Client of the kubelet pod-resources API: which GPU devices the kubelet gave to which container.
+
+The kubelet serves ``v1.PodResourcesLister`` on a unix socket
+(``/var/lib/kubelet/pod-resources/kubelet.sock``). It rate-limits the whole API to 100 requests/s
+with a burst of 10, shared by every client on the node (device-plugin monitors, NFD, topology
+exporters, ...). A rejected request fails with RESOURCE_EXHAUSTED, for us and for the others. That
+is why this client is called once per collection cycle (one ``List`` + one
+``GetAllocatableResources``), never per scrape, and why it does not retry answered requests: the
+next cycle is the retry. (The one exception, a ``List`` on a stale channel after a kubelet
+restart, is retried on a fresh connection; see ``PodResourcesClient``.)
+
+The client only transports: device ids (``GPU-<uuid>``, ``MIG-<uuid>``, ``GPU-<uuid>::<n>``,
+``nvidia0``, ...) are handed on untouched; mapping them to GPUs is done elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from ..snapshot import ContainerDevices, PodResources
+from .podresources.v1 import api_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET_PATH = "/var/lib/kubelet/pod-resources/kubelet.sock"
+DEFAULT_RESOURCE_NAMES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
+DEFAULT_RESOURCE_PREFIXES: tuple[str, ...] = ("nvidia.com/mig-",)
+
+# The kubelet answers List with up to 16 MiB (its own send limit); grpc's default receive limit
+# is 4 MiB, which a large node with many pods and CPU/memory assignments can exceed.
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    # After the kubelet restarts, reconnect within about a cycle rather than after grpc's
+    # default exponential backoff (up to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # A channel recreated after UNAVAILABLE must not pick up the old channel's subchannel (and
+    # its backoff state) from grpc's process-wide subchannel pool.
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+class KubeletError(Exception):
+    """A failed exchange with the kubelet.
+
+    ``kind`` is one of ``KINDS``, fit for a metric label:
+
+    * ``unavailable``: socket absent, connection refused, kubelet restarting;
+    * ``timeout``: no answer within the client's timeout (DEADLINE_EXCEEDED);
+    * ``rpc_error``: any other gRPC status (e.g. RESOURCE_EXHAUSTED from the kubelet's rate limit);
+    * ``invalid_response``: an answer that cannot be decoded or lacks pod/container names.
+    """
+
+    KINDS = frozenset({"unavailable", "timeout", "rpc_error", "invalid_response"})
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown KubeletError kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"KubeletError({self.kind!r}, {self.message!r})"
+
+
+class PodResourcesClient:
+    """Reads device assignments from the kubelet's pod-resources socket.
+
+    One grpc.aio channel is created lazily on the first call and reused; it is bound to the event
+    loop running that call, so use one client per loop. grpc reconnects a channel by itself, but
+    only after its reconnect backoff: tested with grpcio 1.85, a channel that failed while the
+    socket was absent kept failing after the socket came back. So after UNAVAILABLE the channel
+    is dropped and the next call opens a new one, and a ``List`` failing UNAVAILABLE on a channel
+    from an earlier cycle is retried once on a fresh channel: a kubelet restarted between two
+    cycles costs no failed cycle, one still down costs one failed cycle per cycle.
+
+    Devices are kept when their resource name is in ``resource_names`` or starts with one of
+    ``resource_prefixes`` (MIG ``mixed`` strategy: ``nvidia.com/mig-1g.10gb``, ...).
+    """
+
+    def __init__(
+        self,
+        socket_path: str = DEFAULT_SOCKET_PATH,
+        timeout_seconds: float = 5.0,
+        resource_names: tuple[str, ...] = DEFAULT_RESOURCE_NAMES,
+        resource_prefixes: tuple[str, ...] = DEFAULT_RESOURCE_PREFIXES,
+    ) -> None:
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be > 0")
+        self.socket_path = socket_path
+        self.timeout_seconds = float(timeout_seconds)
+        self.resource_names = frozenset(resource_names)
+        self.resource_prefixes = tuple(resource_prefixes)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: dict[str, grpc.aio.UnaryUnaryMultiCallable] | None = None
+        self._allocatable_unsupported_logged = False
+
+    def wants(self, resource_name: str) -> bool:
+        """True when devices of ``resource_name`` are GPU devices this client reports."""
+        return resource_name in self.resource_names or any(
+            resource_name.startswith(p) for p in self.resource_prefixes
+        )
+
+    def _get_stub(self) -> dict[str, grpc.aio.UnaryUnaryMultiCallable]:
+        # Not the generated stub: responses come back as bytes and are decoded in _call, so a
+        # bad answer becomes KubeletError("invalid_response") instead of a None result and an
+        # ERROR log line from grpc on every call.
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(
+                f"unix://{self.socket_path}", options=_CHANNEL_OPTIONS
+            )
+            self._stub = {
+                name: self._channel.unary_unary(
+                    f"/{_SERVICE.full_name}/{name}",
+                    request_serializer=_serialize,
+                    response_deserializer=None,
+                )
+                for name in ("List", "GetAllocatableResources")
+            }
+        return self._stub
+
+    async def _drop_channel(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            try:
+                await channel.close()
+            except Exception:  # closing a broken channel must not hide the original error
+                pass
+
+    async def list_resources(self) -> PodResources:
+        """One ``List`` and one ``GetAllocatableResources``; returns the GPU devices only.
+
+        Call once per collection cycle (see the module docstring on the kubelet's rate limit).
+        Both calls share one deadline of ``timeout_seconds``, so this returns within about that
+        time whatever the kubelet does. Rows are merged per (namespace, pod, container, resource)
+        — the kubelet sends one entry per device and NUMA node — with ids de-duplicated and
+        sorted, and rows sorted, so equal assignments give equal results from cycle to cycle.
+        Containers without a matching device are left out. A kubelet without
+        ``GetAllocatableResources`` (UNIMPLEMENTED, or disabled by its feature gate) gives an
+        empty ``allocatable``, logged once per client.
+
+        Raises ``KubeletError``; logs nothing per call (the caller logs and counts).
+        """
+        deadline = time.monotonic() + self.timeout_seconds
+        reused = self._stub is not None
+        try:
+            listed = await self._call("List", deadline)
+        except KubeletError as exc:
+            if exc.kind != "unavailable" or not reused:
+                raise
+            # A channel that has seen the kubelet restart can sit in grpc's reconnect backoff
+            # although the new socket already accepts; one retry on a fresh channel (the old
+            # one was dropped) avoids a failed cycle. A refused connection never reaches the
+            # kubelet's rate limiter, so this costs it nothing.
+            listed = await self._call("List", deadline)
+        containers = self._containers(listed)
+        allocatable: dict[str, tuple[str, ...]] = {}
+        try:
+            alloc = await self._call("GetAllocatableResources", deadline)
+        except _AllocatableUnsupported as exc:
+            if not self._allocatable_unsupported_logged:
+                self._allocatable_unsupported_logged = True
+                log.info(
+                    "kubelet at %s does not serve GetAllocatableResources (%s); "
+                    "allocatable devices will not be reported",
+                    self.socket_path,
+                    exc,
+                )
+        else:
+            allocatable = self._allocatable(alloc.devices)
+        return PodResources(containers=containers, allocatable=allocatable)
+
+    async def _call(self, name: str, deadline: float):
+        request_type, response_type = _TYPES[name]
+        method = self._get_stub()[name]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KubeletError(
+                "timeout",
+                f"kubelet pod-resources {name} at {self.socket_path}: no time left of the "
+                f"{self.timeout_seconds:g}s timeout",
+            )
+        try:
+            raw = await method(request_type(), timeout=remaining)
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if name == "GetAllocatableResources" and (
+                code == grpc.StatusCode.UNIMPLEMENTED
+                or (code == grpc.StatusCode.UNKNOWN and "disabled" in details)
+            ):
+                raise _AllocatableUnsupported(f"{code.name}: {details}") from None
+            where = f"kubelet pod-resources {name} at {self.socket_path}"
+            if code == grpc.StatusCode.UNAVAILABLE:
+                # A fresh channel next time: cheap, and sure to see a socket created again.
+                await self._drop_channel()
+                raise KubeletError("unavailable", f"{where}: unavailable: {details}") from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise KubeletError(
+                    "timeout", f"{where}: no answer within {self.timeout_seconds:g}s"
+                ) from None
+            raise KubeletError("rpc_error", f"{where}: {code.name}: {details}") from None
+        try:
+            return response_type.FromString(raw)
+        except (DecodeError, TypeError) as exc:
+            raise KubeletError(
+                "invalid_response",
+                f"kubelet pod-resources {name} at {self.socket_path}: undecodable response "
+                f"({len(raw) if isinstance(raw, bytes) else type(raw).__name__} bytes): {exc}",
+            ) from None
+
+    def _containers(self, resp: api_pb2.ListPodResourcesResponse) -> tuple[ContainerDevices, ...]:
+        rows: dict[tuple[str, str, str, str], set[str]] = {}
+        for pod in resp.pod_resources:
+            for container in pod.containers:
+                for dev in container.devices:
+                    if not self.wants(dev.resource_name):
+                        continue
+                    if not (pod.namespace and pod.name and container.name):
+                        raise KubeletError(
+                            "invalid_response",
+                            f"kubelet pod-resources List at {self.socket_path}: "
+                            f"{dev.resource_name} devices {list(dev.device_ids)} assigned to a "
+                            f"container without a name (namespace={pod.namespace!r}, "
+                            f"pod={pod.name!r}, container={container.name!r})",
+                        )
+                    key = (pod.namespace, pod.name, container.name, dev.resource_name)
+                    rows.setdefault(key, set()).update(i for i in dev.device_ids if i)
+        return tuple(
+            ContainerDevices(ns, pod, ctr, res, tuple(sorted(ids)))
+            for (ns, pod, ctr, res), ids in sorted(rows.items())
+            if ids
+        )
+
+    def _allocatable(self, devices: Iterable[api_pb2.ContainerDevices]) -> dict[str, tuple[str, ...]]:
+        by_resource: dict[str, set[str]] = {}
+        for dev in devices:
+            if self.wants(dev.resource_name):
+                by_resource.setdefault(dev.resource_name, set()).update(i for i in dev.device_ids if i)
+        return {res: tuple(sorted(ids)) for res, ids in sorted(by_resource.items())}
+
+    async def close(self) -> None:
+        """Close the channel; the client may be used again afterwards (a new channel opens)."""
+        await self._drop_channel()
+
+    async def __aenter__(self) -> "PodResourcesClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+
+_SERVICE = api_pb2.DESCRIPTOR.services_by_name["PodResourcesLister"]  # v1.PodResourcesLister
+_TYPES = {
+    "List": (api_pb2.ListPodResourcesRequest, api_pb2.ListPodResourcesResponse),
+    "GetAllocatableResources": (
+        api_pb2.AllocatableResourcesRequest,
+        api_pb2.AllocatableResourcesResponse,
+    ),
+}
+
+
+def _serialize(message) -> bytes:
+    return message.SerializeToString()
+
+
+class _AllocatableUnsupported(Exception):
+    """GetAllocatableResources not served by this kubelet (internal)."""
