@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Sequence
@@ -155,6 +156,8 @@ async def serve(agent: Agent, config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # grpc core logs reconnects (a kubelet restart) straight to stderr at INFO; we count those.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         config = parse_config(argv)
     except ConfigError as exc:

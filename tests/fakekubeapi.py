@@ -1,0 +1,520 @@
+"""A fake Kubernetes API server, just enough of it for the real ``kubernetes`` client.
+
+It serves, over plain HTTP on 127.0.0.1 with an ephemeral port, from a background thread with
+its own event loop (so sync tests and a separately started CLI process can both use it):
+
+* ``GET /api/v1/pods`` and ``GET /api/v1/namespaces/{ns}/pods`` -- a ``PodList`` with
+  ``metadata.resourceVersion``; ``fieldSelector`` (``spec.nodeName=X``, ``metadata.name=X``,
+  ``metadata.namespace=X``, ``status.phase=X``; ``=``, ``==`` and ``!=``, comma separated) and
+  ``labelSelector`` (equality only) are honoured.
+* the same with ``watch=true`` -- newline-delimited JSON watch events (``{"type": "ADDED",
+  "object": {...}}``) after ``resourceVersion`` (all current objects as ``ADDED`` first when it
+  is empty or ``"0"``), until ``timeoutSeconds``; a ``resourceVersion`` older than the retained
+  history gets an ``ERROR`` event with a 410 ``Status``, like the real thing.
+* ``GET /api/v1/namespaces/{ns}/pods/{name}``,
+  ``GET /apis/apps/v1/namespaces/{ns}/{replicasets,deployments,statefulsets,daemonsets}/{name}``,
+  ``GET /apis/batch/v1/namespaces/{ns}/{jobs,cronjobs}/{name}`` -- the object, or a 404
+  ``Status``.
+
+Failure switches: ``set_down(True)`` drops every connection (open watches included) until
+``set_down(False)``; ``set_down(True, status=500)`` (or 403, 401...) answers that status with a
+``Status`` body instead; ``set_resource_error("replicasets", 403)`` fails one resource only;
+``expire_watches()`` forgets the event history and ends open watches, so the next watch from an
+old resourceVersion gets 410 Gone.
+
+Use the ``fake_kube_api`` fixture (a started :class:`FakeKubeApi`, with ``.kubeconfig_path``),
+and :func:`make_pod` / :func:`make_owned` to build objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pytest
+from aiohttp import web
+
+# kind -> (apiVersion, plural) of the objects the fake knows
+KINDS: dict[str, tuple[str, str]] = {
+    "Pod": ("v1", "pods"),
+    "ReplicaSet": ("apps/v1", "replicasets"),
+    "Deployment": ("apps/v1", "deployments"),
+    "StatefulSet": ("apps/v1", "statefulsets"),
+    "DaemonSet": ("apps/v1", "daemonsets"),
+    "Job": ("batch/v1", "jobs"),
+    "CronJob": ("batch/v1", "cronjobs"),
+}
+_PLURAL_TO_KIND = {plural: kind for kind, (_, plural) in KINDS.items()}
+
+
+def _owner_ref(owner: tuple[str, str] | None, api_version: str | None = None) -> list[dict]:
+    if owner is None:
+        return []
+    kind, name = owner
+    return [
+        {
+            "apiVersion": api_version or KINDS.get(kind, ("example.com/v1", ""))[0],
+            "kind": kind,
+            "name": name,
+            "uid": str(uuid.uuid4()),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def make_pod(
+    namespace: str,
+    name: str,
+    uid: str | None = None,
+    node: str | None = "node-a",
+    owner: tuple[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    containers: Mapping[str, str] | None = None,
+    *,
+    init_containers: Mapping[str, str] | None = None,
+    ephemeral_containers: Mapping[str, str] | None = None,
+    phase: str = "Running",
+    owner_api_version: str | None = None,
+) -> dict[str, Any]:
+    """A pod as the API server returns it (a JSON dict).
+
+    ``owner`` is the controller ``(kind, name)`` in ``ownerReferences`` (None: a bare pod);
+    ``containers`` maps container name -> container id, either bare (``"abc"``, then
+    ``containerd://`` is prepended) or with its runtime prefix (``"cri-o://abc"``); a None id
+    leaves the status without ``containerID`` (a container not started yet).
+    """
+    uid = uid or str(uuid.uuid4())
+    containers = dict(containers if containers is not None else {"main": uuid.uuid4().hex * 2})
+
+    def statuses(spec: Mapping[str, str] | None) -> list[dict]:
+        out = []
+        for cname, cid in (spec or {}).items():
+            st: dict[str, Any] = {"name": cname, "image": "busybox", "imageID": "", "ready": True,
+                                  "restartCount": 0, "state": {"running": {}}}
+            if cid is not None:
+                st["containerID"] = cid if "://" in cid else f"containerd://{cid}"
+            out.append(st)
+        return out
+
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "uid": uid,
+            "labels": dict(labels or {}),
+            "ownerReferences": _owner_ref(owner, owner_api_version),
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": c, "image": "busybox"} for c in containers],
+        },
+        "status": {
+            "phase": phase,
+            "containerStatuses": statuses(containers),
+        },
+    }
+    if not pod["metadata"]["ownerReferences"]:
+        del pod["metadata"]["ownerReferences"]
+    if node is None:
+        del pod["spec"]["nodeName"]
+    if init_containers:
+        pod["spec"]["initContainers"] = [{"name": c, "image": "busybox"} for c in init_containers]
+        pod["status"]["initContainerStatuses"] = statuses(init_containers)
+    if ephemeral_containers:
+        pod["spec"]["ephemeralContainers"] = [
+            {"name": c, "image": "busybox"} for c in ephemeral_containers
+        ]
+        pod["status"]["ephemeralContainerStatuses"] = statuses(ephemeral_containers)
+    return pod
+
+
+def make_owned(kind: str, namespace: str, name: str, owner: tuple[str, str] | None = None) -> dict:
+    """A workload object (ReplicaSet, Job, ...) with an optional controller owner."""
+    api_version = KINDS[kind][0]
+    obj: dict[str, Any] = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4())},
+        "spec": {},
+    }
+    if owner is not None:
+        obj["metadata"]["ownerReferences"] = _owner_ref(owner)
+    return obj
+
+
+def _status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 410: "Expired",
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+def _field_value(obj: Mapping, key: str) -> str:
+    cur: Any = obj
+    for part in key.split("."):
+        cur = cur.get(part) if isinstance(cur, Mapping) else None
+    return "" if cur is None else str(cur)
+
+
+def _parse_selector(text: str) -> list[tuple[str, str, str]]:
+    """``a=b,c!=d`` -> [(a, '=', b), (c, '!=', d)]."""
+    terms = []
+    for term in filter(None, (t.strip() for t in (text or "").split(","))):
+        for op in ("!=", "==", "="):
+            if op in term:
+                key, value = term.split(op, 1)
+                terms.append((key.strip(), "!=" if op == "!=" else "=", value.strip()))
+                break
+        else:
+            raise ValueError(f"unsupported selector term {term!r}")
+    return terms
+
+
+def _matches(obj: Mapping, fields: list, labels: list) -> bool:
+    for key, op, value in fields:
+        if (_field_value(obj, key) == value) != (op == "="):
+            return False
+    obj_labels = obj.get("metadata", {}).get("labels") or {}
+    for key, op, value in labels:
+        if (obj_labels.get(key) == value) != (op == "="):
+            return False
+    return True
+
+
+class FakeKubeApi:
+    """The fake API server. All state lives in the server's loop thread; public methods are
+    called from any other thread and run there."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.port = 0
+        self.kubeconfig_path: Path | None = None
+        # (kind, namespace, name) -> object
+        self._objects: dict[tuple[str, str, str], dict] = {}
+        self._rv = 1000
+        self._history: list[tuple[int, str, dict]] = []  # (rv, type, pod) of pod events
+        self._history_floor = self._rv  # watches from below this get 410
+        self._watchers: set[asyncio.Queue] = set()
+        self._open_watches: dict[int, web.Request] = {}  # id -> request
+        self._down = False
+        self._down_status: int | None = None
+        self._resource_errors: dict[str, int] = {}
+        self.requests: list[tuple[str, str]] = []  # (method, path_qs), for assertions
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "FakeKubeApi":
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._start_server())
+            except BaseException as exc:  # pragma: no cover - surfaced below
+                errors.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name="fake-kube-api", daemon=True)
+        self._thread.start()
+        started.wait(10)
+        if errors:
+            raise errors[0]
+        return self
+
+    async def _start_server(self) -> None:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/api/v1/pods", self._list_pods)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_pods)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get_object)
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
+        app.router.add_get("/apis/batch/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        try:
+            self._call(self._close_watches)
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def write_kubeconfig(self, path: str | Path) -> Path:
+        """Write a kubeconfig (http, no auth) pointing at this server; returns its path."""
+        path = Path(path)
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        self.kubeconfig_path = path
+        return path
+
+    def _call(self, fn: Callable, *args: Any) -> Any:
+        """Run ``fn(*args)`` in the loop thread and return its result."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(5)
+
+    # -- state changes (any thread) ------------------------------------------------------------
+
+    def add_pod(self, pod: dict) -> dict:
+        """Add a pod (or replace one with the same namespace/name: MODIFIED)."""
+        return self._call(self._put, "Pod", copy.deepcopy(pod))
+
+    update_pod = add_pod
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        return self._call(self._delete, "Pod", namespace, name)
+
+    def add_replicaset(self, namespace: str, name: str, owner: tuple[str, str] | None = None) -> dict:
+        """A ReplicaSet; ``owner=("Deployment", "web")`` makes it a Deployment's."""
+        return self._call(self._put, "ReplicaSet", make_owned("ReplicaSet", namespace, name, owner))
+
+    def add_job(self, namespace: str, name: str, owner: tuple[str, str] | None = None) -> dict:
+        """A Job; ``owner=("CronJob", "nightly")`` makes it a CronJob's."""
+        return self._call(self._put, "Job", make_owned("Job", namespace, name, owner))
+
+    def add_object(self, obj: dict) -> dict:
+        """Any object of a kind in :data:`KINDS`."""
+        return self._call(self._put, obj["kind"], copy.deepcopy(obj))
+
+    def delete_object(self, kind: str, namespace: str, name: str) -> bool:
+        return self._call(self._delete, kind, namespace, name)
+
+    def set_down(self, down: bool = True, *, status: int | None = None) -> None:
+        """API server down: drop connections (``status=None``) or answer ``status`` to every
+        request. Open watches are cut either way. ``set_down(False)`` brings it back."""
+        self._call(self._set_down, down, status)
+
+    def set_resource_error(self, plural: str, status: int | None) -> None:
+        """Answer ``status`` (e.g. 403) to GETs of one resource ("replicasets", "jobs",
+        "pods"...); None clears it."""
+        def change() -> None:
+            if status:
+                self._resource_errors[plural] = status
+            else:
+                self._resource_errors.pop(plural, None)
+
+        self._call(change)
+
+    def expire_watches(self) -> None:
+        """Forget the event history and end open watches: the next watch from an older
+        resourceVersion gets 410 Gone (what a compacted etcd does)."""
+        self._call(self._expire)
+
+    def pods(self) -> list[dict]:
+        return self._call(lambda: [copy.deepcopy(o) for (k, _, _), o in self._objects.items()
+                                   if k == "Pod"])
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def request_count(self, path_prefix: str) -> int:
+        return sum(1 for _, p in list(self.requests) if p.startswith(path_prefix))
+
+    # -- loop-thread internals -------------------------------------------------------------
+
+    def _put(self, kind: str, obj: dict) -> dict:
+        meta = obj.setdefault("metadata", {})
+        key = (kind, meta.get("namespace", ""), meta["name"])
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        meta.setdefault("uid", str(uuid.uuid4()))
+        event = "MODIFIED" if key in self._objects else "ADDED"
+        self._objects[key] = obj
+        if kind == "Pod":
+            self._emit(event, obj)
+        return copy.deepcopy(obj)
+
+    def _delete(self, kind: str, namespace: str, name: str) -> bool:
+        obj = self._objects.pop((kind, namespace, name), None)
+        if obj is None:
+            return False
+        self._rv += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        if kind == "Pod":
+            self._emit("DELETED", obj)
+        return True
+
+    def _emit(self, event_type: str, obj: dict) -> None:
+        item = (self._rv, event_type, copy.deepcopy(obj))
+        self._history.append(item)
+        for queue in self._watchers:
+            queue.put_nowait(item)
+
+    def _expire(self) -> None:
+        self._history.clear()
+        self._rv += 1  # as if other objects changed since: any client's rv is now too old
+        self._history_floor = self._rv
+        for queue in self._watchers:
+            queue.put_nowait(None)  # end of stream
+
+    def _set_down(self, down: bool, status: int | None) -> None:
+        self._down = down
+        self._down_status = status
+        if down:
+            self._close_watches()
+
+    def _close_watches(self) -> None:
+        for request in list(self._open_watches.values()):
+            if request.transport is not None:
+                request.transport.abort()
+        for queue in self._watchers:
+            queue.put_nowait(None)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs))
+        if self._down:
+            if self._down_status is None:
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=503)  # never reaches the client
+            return self._error(self._down_status, "fake API server failure")
+        return await handler(request)
+
+    @staticmethod
+    def _error(code: int, message: str) -> web.Response:
+        return web.json_response(_status(code, _REASONS.get(code, "Unknown"), message), status=code)
+
+    async def _get_object(self, request: web.Request) -> web.Response:
+        plural = request.match_info.get("plural", "pods")
+        kind = _PLURAL_TO_KIND.get(plural)
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        if plural in self._resource_errors:
+            return self._error(self._resource_errors[plural], f"{plural} is not allowed")
+        obj = self._objects.get((kind, ns, name)) if kind else None
+        if obj is None:
+            return self._error(404, f'{plural} "{name}" not found')
+        return web.json_response(obj)
+
+    async def _list_pods(self, request: web.Request) -> web.StreamResponse:
+        if "pods" in self._resource_errors:
+            return self._error(self._resource_errors["pods"], "pods is not allowed")
+        q = request.query
+        try:
+            fields = _parse_selector(q.get("fieldSelector", ""))
+            labels = _parse_selector(q.get("labelSelector", ""))
+        except ValueError as exc:
+            return self._error(400, str(exc))
+        ns = request.match_info.get("ns")
+        if ns is not None:
+            fields.append(("metadata.namespace", "=", ns))
+
+        def selected(obj: dict) -> bool:
+            return _matches(obj, fields, labels)
+
+        if q.get("watch", "").lower() in ("true", "1"):
+            return await self._watch(request, selected)
+        items = [o for (k, _, _), o in sorted(self._objects.items()) if k == "Pod" and selected(o)]
+        return web.json_response(
+            {"apiVersion": "v1", "kind": "PodList",
+             "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+        )
+
+    async def _watch(self, request: web.Request, selected: Callable[[dict], bool]) -> web.StreamResponse:
+        rv_text = request.query.get("resourceVersion", "")
+        try:
+            timeout = float(request.query.get("timeoutSeconds", "1800"))
+        except ValueError:
+            return self._error(400, "bad timeoutSeconds")
+        queue: asyncio.Queue = asyncio.Queue()
+        # Everything up to registering the queue runs without awaiting: no event is missed.
+        if rv_text in ("", "0"):
+            backlog = [(self._rv, "ADDED", copy.deepcopy(o))
+                       for (k, _, _), o in sorted(self._objects.items()) if k == "Pod"]
+            gone = False
+        else:
+            try:
+                rv = int(rv_text)
+            except ValueError:
+                return self._error(400, f"bad resourceVersion {rv_text!r}")
+            gone = rv < self._history_floor
+            backlog = [item for item in self._history if item[0] > rv]
+        self._watchers.add(queue)
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        self._open_watches[id(request)] = request
+        try:
+            await resp.prepare(request)
+            if gone:
+                status = _status(410, "Expired", f"too old resource version: {rv_text}")
+                await resp.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+                return resp
+            for _, etype, obj in backlog:
+                if selected(obj):
+                    await resp.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if item is None:
+                    break
+                _, etype, obj = item
+                if selected(obj):
+                    await resp.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError, RuntimeError):
+            pass
+        finally:
+            self._watchers.discard(queue)
+            self._open_watches.pop(id(request), None)
+        return resp
+
+
+@pytest.fixture
+def fake_kube_api(tmp_path_factory: pytest.TempPathFactory):
+    """A started :class:`FakeKubeApi` with ``.url`` and ``.kubeconfig_path`` set."""
+    api = FakeKubeApi().start()
+    api.write_kubeconfig(tmp_path_factory.mktemp("kubeapi") / "kubeconfig")
+    try:
+        yield api
+    finally:
+        api.stop()

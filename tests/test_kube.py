@@ -1,0 +1,289 @@
+"""exporter.kube.PodWatcher with the real kubernetes client against the fake API server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import pytest
+
+from exporter.kube import PodWatcher, pod_meta_from_dict, strip_runtime_prefix
+from fakekubeapi import FakeKubeApi, make_pod
+
+NODE = "gpu-node-1"
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def make_watcher(fake_kube_api: FakeKubeApi):
+    started: list[PodWatcher] = []
+
+    def make(**kwargs) -> PodWatcher:
+        opts = dict(
+            kubeconfig=str(fake_kube_api.kubeconfig_path),
+            backoff_initial=0.05,
+            backoff_max=0.3,
+            request_timeout=2.0,
+            watch_timeout_seconds=30,
+        )
+        opts.update(kwargs)
+        w = PodWatcher(NODE, **opts)
+        w.start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+def by_name(w: PodWatcher) -> dict[str, tuple[str, str]]:
+    return {p.name: (p.workload_kind, p.workload) for p in w.pods().values()}
+
+
+def test_import_does_not_import_kubernetes() -> None:
+    code = "import sys, exporter.kube; assert 'kubernetes' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_owners_resolved(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    api = fake_kube_api
+    api.add_replicaset("ml", "trainer-7d9f8c6b5", owner=("Deployment", "trainer"))
+    api.add_replicaset("ml", "orphan-rs", owner=None)
+    api.add_job("ml", "nightly-28000000", owner=("CronJob", "nightly"))
+    api.add_job("ml", "one-off", owner=None)
+    pods = [
+        make_pod("ml", "trainer-7d9f8c6b5-abcde", node=NODE, owner=("ReplicaSet", "trainer-7d9f8c6b5")),
+        make_pod("ml", "orphan-rs-xyz", node=NODE, owner=("ReplicaSet", "orphan-rs")),
+        make_pod("ml", "nightly-28000000-q1", node=NODE, owner=("Job", "nightly-28000000")),
+        make_pod("ml", "one-off-q2", node=NODE, owner=("Job", "one-off")),
+        make_pod("ml", "db-0", node=NODE, owner=("StatefulSet", "db")),
+        make_pod("kube-system", "dcgm-abc", node=NODE, owner=("DaemonSet", "dcgm")),
+        make_pod("ml", "nb-0", node=NODE, owner=("Notebook", "alice"),
+                 owner_api_version="kubeflow.org/v1"),
+        make_pod("ml", "bare", node=NODE, owner=None),
+        make_pod("ml", "elsewhere", node="gpu-node-2", owner=("StatefulSet", "db")),
+    ]
+    for p in pods:
+        api.add_pod(p)
+    w = make_watcher()
+    wait_for(lambda: w.connected)
+    assert by_name(w) == {
+        "trainer-7d9f8c6b5-abcde": ("Deployment", "trainer"),
+        "orphan-rs-xyz": ("ReplicaSet", "orphan-rs"),
+        "nightly-28000000-q1": ("CronJob", "nightly"),
+        "one-off-q2": ("Job", "one-off"),
+        "db-0": ("StatefulSet", "db"),
+        "dcgm-abc": ("DaemonSet", "dcgm"),
+        "nb-0": ("Notebook", "alice"),
+        "bare": ("Pod", "bare"),
+    }  # "elsewhere" is on another node: not listed
+    # keyed by uid; the by-name view agrees
+    for uid, meta in w.pods().items():
+        assert meta.uid == uid
+        assert w.pods_by_name()[(meta.namespace, meta.name)] is meta
+    assert w.error_counts()["owner_lookup"] == 0
+
+
+def test_owner_lookups_are_cached(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    api = fake_kube_api
+    api.add_replicaset("ml", "web-5f6d7c", owner=("Deployment", "web"))
+    for i in range(5):
+        api.add_pod(make_pod("ml", f"web-5f6d7c-{i}", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
+    w = make_watcher()
+    wait_for(lambda: len(w.pods()) == 5)
+    for i in range(5, 10):  # churn through the watch
+        api.add_pod(make_pod("ml", f"web-5f6d7c-{i}", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
+    wait_for(lambda: len(w.pods()) == 10)
+    assert set(by_name(w).values()) == {("Deployment", "web")}
+    assert api.request_count("/apis/apps/v1/namespaces/ml/replicasets/web-5f6d7c") == 1
+
+
+def test_labels_and_container_ids(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    pod = make_pod(
+        "ml", "p", uid="11111111-2222-3333-4444-555555555555", node=NODE,
+        labels={"app": "trainer", "team": "vision", "secret-ish": "x"},
+        containers={"main": "abc123", "sidecar": "cri-o://def456", "pending": None},
+        init_containers={"init": "containerd://0a0b"},
+        ephemeral_containers={"debug": "containerd://dbg1"},
+    )
+    fake_kube_api.add_pod(pod)
+    w = make_watcher(label_allowlist=("app", "team", "absent"))
+    meta = wait_for(lambda: w.pods().get("11111111-2222-3333-4444-555555555555"))
+    assert dict(meta.labels) == {"app": "trainer", "team": "vision"}
+    assert dict(meta.container_ids) == {
+        "abc123": "main", "def456": "sidecar", "0a0b": "init", "dbg1": "debug",
+    }
+    assert (meta.namespace, meta.name) == ("ml", "p")
+
+
+def test_watch_adds_modifies_and_deletes(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    api = fake_kube_api
+    api.add_pod(make_pod("ml", "first", uid="u-first", node=NODE))
+    w = make_watcher(label_allowlist=("v",))
+    wait_for(lambda: w.connected and "u-first" in w.pods())
+    before = w.pods()
+
+    api.add_pod(make_pod("ml", "second", uid="u-second", node=NODE, owner=("DaemonSet", "ds")))
+    api.add_pod(make_pod("ml", "other-node", uid="u-other", node="gpu-node-2"))
+    wait_for(lambda: "u-second" in w.pods())
+    assert w.pods()["u-second"].workload_kind == "DaemonSet"
+    assert "u-first" in before and "u-second" not in before  # earlier views are not changed
+
+    api.update_pod(make_pod("ml", "second", uid="u-second", node=NODE, owner=("DaemonSet", "ds"),
+                            labels={"v": "2"}))
+    wait_for(lambda: w.pods()["u-second"].labels.get("v") == "2")
+
+    api.delete_pod("ml", "first")
+    wait_for(lambda: "u-first" not in w.pods())
+    assert set(w.pods()) == {"u-second"}
+    assert ("ml", "first") not in w.pods_by_name()
+    assert sum(w.error_counts().values()) == 0
+
+
+def test_api_server_down_and_back(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    api = fake_kube_api
+    api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE, owner=("StatefulSet", "s")))
+    w = make_watcher()
+    wait_for(lambda: w.connected and "u-a" in w.pods())
+
+    api.set_down(True)  # connections dropped, the open watch cut
+    wait_for(lambda: not w.connected)
+    wait_for(lambda: w.error_counts()["unavailable"] >= 2)  # retried, still failing
+    assert set(w.pods()) == {"u-a"}  # last known metadata kept
+    assert w.pods()["u-a"].workload == "s"
+
+    api.set_down(False)
+    api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
+    wait_for(lambda: w.connected and "u-b" in w.pods(), timeout=5)
+    assert set(w.pods()) == {"u-a", "u-b"}
+
+    # pods deleted while the watcher was cut off go away with the next list
+    api.set_down(True, status=500)
+    wait_for(lambda: not w.connected)
+    api.delete_pod("ml", "a")
+    api.set_down(False)
+    wait_for(lambda: w.connected and set(w.pods()) == {"u-b"})
+
+
+@pytest.mark.parametrize("status,kind", [(403, "forbidden"), (401, "forbidden"),
+                                         (500, "unavailable"), (503, "unavailable")])
+def test_error_statuses_counted(fake_kube_api: FakeKubeApi, make_watcher, status, kind) -> None:
+    api = fake_kube_api
+    api.set_down(True, status=status)
+    w = make_watcher()
+    wait_for(lambda: w.error_counts()[kind] >= 2)
+    assert not w.connected
+    assert w.pods() == {}
+    api.set_down(False)
+    wait_for(lambda: w.connected)
+
+
+def test_gone_relists(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    api = fake_kube_api
+    api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
+    w = make_watcher()
+    wait_for(lambda: w.connected and "u-a" in w.pods())
+    api.expire_watches()  # history compacted; the watch ends; re-watch from old rv -> 410
+    wait_for(lambda: w.error_counts()["gone"] >= 1)
+    api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
+    wait_for(lambda: "u-b" in w.pods())
+    assert w.connected
+    assert w.error_counts()["unavailable"] == 0
+
+
+def test_owner_lookup_failure_falls_back(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    api = fake_kube_api
+    api.set_resource_error("replicasets", 403)
+    api.set_resource_error("jobs", 500)
+    api.add_pod(make_pod("ml", "web-5f6d7c-a", node=NODE, owner=("ReplicaSet", "web-5f6d7c"),
+                         labels={"pod-template-hash": "5f6d7c"}))
+    api.add_pod(make_pod("ml", "odd-a", node=NODE, owner=("ReplicaSet", "odd")))
+    api.add_pod(make_pod("ml", "nightly-1-x", node=NODE, owner=("Job", "nightly-1")))
+    w = make_watcher()
+    wait_for(lambda: len(w.pods()) == 3)
+    assert by_name(w) == {
+        "web-5f6d7c-a": ("Deployment", "web"),  # pod-template-hash heuristic
+        "odd-a": ("ReplicaSet", "odd"),
+        "nightly-1-x": ("Job", "nightly-1"),
+    }
+    assert w.error_counts()["owner_lookup"] == 3
+    assert w.connected  # the pods themselves are fine
+
+
+def test_missing_owner_object_falls_back(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    fake_kube_api.add_pod(make_pod("ml", "p", node=NODE, owner=("Job", "gone-job")))
+    w = make_watcher()
+    wait_for(lambda: w.pods())
+    assert by_name(w) == {"p": ("Job", "gone-job")}
+    assert w.error_counts()["owner_lookup"] == 1
+
+
+def test_stop_is_prompt(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    fake_kube_api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
+    w = make_watcher(watch_timeout_seconds=300)
+    wait_for(lambda: w.connected)
+    time.sleep(0.2)  # let the watch block waiting for events
+    t0 = time.monotonic()
+    w.stop()
+    assert time.monotonic() - t0 < 2.0
+    assert w._thread is None
+    assert not w.connected
+    assert set(w.pods()) == {"u-a"}  # still readable
+
+
+def test_stop_during_backoff_is_prompt(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    fake_kube_api.set_down(True)
+    w = make_watcher(backoff_initial=20, backoff_max=30)
+    wait_for(lambda: w.error_counts()["unavailable"] >= 1)
+    t0 = time.monotonic()
+    w.stop()
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_errors_logged_once_per_kind(fake_kube_api: FakeKubeApi, make_watcher, caplog) -> None:
+    fake_kube_api.set_down(True)
+    with caplog.at_level("DEBUG", logger="exporter.kube"):
+        w = make_watcher()
+        wait_for(lambda: w.error_counts()["unavailable"] >= 4)
+        w.stop()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "exporter.kube"]
+    assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+
+
+def test_bad_kubeconfig_raises_at_start(tmp_path) -> None:
+    w = PodWatcher(NODE, kubeconfig=str(tmp_path / "missing"))
+    with pytest.raises(Exception):
+        w.start()
+
+
+def test_helpers() -> None:
+    assert strip_runtime_prefix("containerd://abc") == "abc"
+    assert strip_runtime_prefix("abc") == "abc"
+    meta = pod_meta_from_dict(make_pod("n", "p", uid="u", containers={"c": "x"}), ("Pod", "p"))
+    assert (meta.uid, dict(meta.container_ids), dict(meta.labels)) == ("u", {"x": "c"}, {})
+
+
+def test_periodic_resync_lists_again(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    fake_kube_api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
+    w = make_watcher(resync_seconds=1)
+    wait_for(lambda: w.connected)
+    plain_lists = lambda: sum(  # noqa: E731
+        1 for _, p in list(fake_kube_api.requests)
+        if p.startswith("/api/v1/pods?") and "watch=" not in p
+    )
+    wait_for(lambda: plain_lists() >= 2, timeout=5)
+    assert w.connected and set(w.pods()) == {"u-a"}
+    assert sum(w.error_counts().values()) == 0
