@@ -185,7 +185,10 @@ class Agent:
 
     async def start(self) -> None:
         if self.pod_metadata is not None:
-            self.pod_metadata.start()
+            try:
+                self.pod_metadata.start()
+            except Exception as exc:  # noqa: BLE001 - no API config: attribution goes on without it
+                self._error("kubernetes", "config", f"cannot start the pod watch: {exc}")
         self._task = asyncio.create_task(self.run(), name="collection-loop")
 
     async def stop(self) -> None:
@@ -197,13 +200,12 @@ class Agent:
                 pass
         if self.pod_resources is not None:
             await self.pod_resources.close()
+        # Both stops join threads that may sit in a blocking call (a watch, an NVML event wait);
+        # they are daemon threads, so bound the wait and let the process exit regardless.
+        stops = [run_in_daemon_thread(self.gpus.stop, name="nvml-stop")]
         if self.pod_metadata is not None:
-            self.pod_metadata.stop()
-        # NVML shutdown waits for the XID thread; never let it hold up the exit for long.
-        try:
-            await asyncio.wait_for(run_in_daemon_thread(self.gpus.stop, name="nvml-stop"), 0.5)
-        except Exception:  # noqa: BLE001
-            log.debug("GPU backend did not stop in time", exc_info=True)
+            stops.append(run_in_daemon_thread(self.pod_metadata.stop, name="watch-stop"))
+        await asyncio.wait(stops, timeout=0.5)
 
     # -- health --------------------------------------------------------------------------------
 

@@ -122,9 +122,10 @@ class _SimulatedPodMetadata:
 
 async def run_once(agent: Agent) -> int:
     exposition = await agent.collect_once()
+    state = agent.gpus.state
     await agent.stop()
-    if not agent.gpus.state.up:
-        print(f"kube-gpu-exporter: NVML could not start: {agent.gpus.state.error}", file=sys.stderr)
+    if not state.up:
+        print(f"kube-gpu-exporter: NVML could not start: {state.error}", file=sys.stderr)
         return EXIT_NVML
     sys.stdout.write(exposition.text.decode())
     return 0
