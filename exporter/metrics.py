@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Sample as PromSample
@@ -64,7 +64,7 @@ class Exposition:
         return cls(text, gzip.compress(text, GZIP_LEVEL, mtime=0), om, gzip.compress(om, GZIP_LEVEL, mtime=0))
 
 
-TEXT_CONTENT_TYPE = CONTENT_TYPE_LATEST
+TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
 OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
 
 

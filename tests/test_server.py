@@ -1,0 +1,128 @@
+"""HTTP endpoints over the simulated node: negotiation, gzip, health, and the CLI as a process."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from exporter.cli import build_agent
+from exporter.config import parse_config
+from exporter.server import make_app
+
+
+@pytest.fixture
+async def client():
+    agent = build_agent(parse_config(["--simulate", "--collector.interval", "60"], environ={}))
+    async with TestClient(TestServer(make_app(agent))) as test_client:
+        test_client.agent = agent
+        yield test_client
+    await agent.stop()
+
+
+async def test_metrics_is_503_until_the_first_collection_then_serves_the_snapshot(client):
+    response = await client.get("/metrics")
+    assert response.status == 503
+    assert (await client.get("/readyz")).status == 503
+    await client.agent.collect_once()
+    response = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    body = await response.text()
+    assert 'kube_gpu_exporter_build_info{python_version="' in body and 'simulated="true"' in body
+    assert body.count("nvidia_gpu_up{") == 4
+
+
+async def test_openmetrics_and_gzip_are_negotiated(client):
+    await client.agent.collect_once()
+    response = await client.get(
+        "/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5", "Accept-Encoding": "gzip"},
+        auto_decompress=False,
+    )
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.headers["Content-Encoding"] == "gzip"
+    body = gzip.decompress(await response.read()).decode()
+    assert body.endswith("# EOF\n")
+    assert "# TYPE nvidia_gpu_energy_joules counter" in body
+
+    response = await client.get("/metrics", headers={"Accept-Encoding": "gzip;q=0"}, auto_decompress=False)
+    assert "Content-Encoding" not in response.headers
+    assert (await response.read()).startswith(b"# HELP")
+
+
+async def test_health_endpoints_and_landing_page(client):
+    assert (await client.get("/healthz")).status == 200
+    await client.agent.collect_once()
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.text()).strip() == "ok"
+    landing = await client.get("/")
+    assert 'href="metrics"' in await landing.text()
+
+
+async def test_the_same_bytes_are_served_until_the_next_cycle(client):
+    await client.agent.collect_once()
+    first = await (await client.get("/metrics")).read()
+    second = await (await client.get("/metrics")).read()
+    assert first == second
+    await client.agent.collect_once()
+    third = await (await client.get("/metrics")).read()
+    assert third != first  # the collection timestamp moved at least
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, deadline: float = 20.0) -> tuple[int, bytes]:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            if time.monotonic() > end:
+                return error.code, error.read()
+        except OSError:
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.1)
+
+
+def test_cli_serves_the_simulated_node_and_exits_cleanly_on_sigterm():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--simulate", "--web.listen-address", f"127.0.0.1:{port}",
+         "--collector.interval", "1"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        status, body = wait_http(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert b'nvidia_gpu_allocation_info{' in body and b'workload_kind="CronJob"' in body
+        assert wait_http(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=5)
+    finally:
+        process.kill()
+        stderr = process.stderr.read()
+    assert process.returncode == 0, stderr
+    assert "SIMULATED" in stderr and "shutting down" in stderr
+
+
+def test_once_prints_the_exposition():
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--simulate", "--once"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# HELP nvidia_gpu_info")
+    assert 'nvidia_gpu_mig_info{' in result.stdout
