@@ -1,0 +1,325 @@
+"""The fake NVML library for tests: build it, configure it, load it.
+
+``tests/fakes/fake_nvml.c`` is compiled once per session into ``libnvidia-ml.so.1``. It reads a
+``key=value`` file named by ``FAKE_NVML_CONFIG`` and re-reads it whenever it changes, so one
+loaded library serves every test (pynvml never unloads it) and a subprocess (the CLI) alike.
+
+Config keys (values in NVML's own units; ``FakeNode`` writes them from Python values):
+
+==============================  ==============================================================
+``run_id``                      a new value starts a fresh run: XID queue and sequence reset
+``init_error=1``                nvmlInit fails with NVML_ERROR_DRIVER_NOT_LOADED (until cleared)
+``init_error_code=N``           ... fails with nvmlReturn_t N instead
+``driver_version``              e.g. ``550.54.15``
+``cuda_version``                int as NVML gives it: ``12040`` = 12.4
+``gpu_count``                   default: highest ``gpu.<i>`` + 1
+``xid.<seq>=<gpu>:<code>,...``  XID events, queued once when ``seq`` is new (1, 2, 3, ...)
+``gpu.<i>.name/uuid/serial``    identity; ``vbios``, ``pci_bus_id``, ``pci_device_id``
+``gpu.<i>.mig_mode``            0/1 (absent: MIG not supported); ``mig_mode_pending``
+``gpu.<i>.persistence_mode``    0/1; ``compute_mode`` 0 default, 2 prohibited, 3 exclusive_process
+``gpu.<i>.utilization_gpu``     percent; ``utilization_memory``, ``encoder``, ``decoder`` percent
+``gpu.<i>.mem_total``           bytes; ``mem_used`` (allocated), ``mem_reserved``, ``mem_free``
+                                (default total-used-reserved); v1 API reports used+reserved
+``gpu.<i>.temperature``         C; ``memory_temp`` (field 82); ``temp_slowdown``,
+                                ``temp_shutdown``, ``temp_memory_max``, ``temp_gpu_max`` (absent
+                                threshold = NOT_SUPPORTED)
+``gpu.<i>.power_mw``            mW; ``power_limit_mw`` mW; ``energy_mj`` mJ; ``fan`` percent
+``gpu.<i>.clock.<domain>``      MHz, domain graphics/sm/memory/video; ``max_clock.<domain>``
+``gpu.<i>.pstate``              0..15
+``gpu.<i>.clock_events``        bitmask of nvmlClocksEventReason*
+``gpu.<i>.violation.<policy>``  ns; policy = NVML_PERF_POLICY_* number (0 power, 1 thermal, ...)
+``gpu.<i>.pcie_gen``            ``pcie_max_gen``, ``pcie_width``, ``pcie_max_width``,
+                                ``pcie_replay``, ``pcie_rx_kbs``, ``pcie_tx_kbs`` (KB/s)
+``gpu.<i>.ecc.<t>.<c>``         t corrected/uncorrected, c volatile/aggregate
+``gpu.<i>.retired_sbe``         pages; ``retired_dbe``, ``retired_pending`` 0/1
+``gpu.<i>.remap.<k>``           k correctable/uncorrectable/pending/failure
+``gpu.<i>.nvlink_links``        number of links (0: NVLink not supported); ``nvlink_down``
+                                list of inactive links; ``nvlink.<link>.<type>`` error counters
+                                (replay/recovery/crc_flit/crc_data); ``nvlink_tx_kib``,
+                                ``nvlink_rx_kib`` totals over all links (KiB)
+``gpu.<i>.processes``           ``pid:used_bytes:sm_percent,...`` on the full GPU
+``gpu.<i>.mig.count``           MIG devices; ``mig.max`` (default 7);
+                                ``mig.<j>.uuid/gi/ci/profile/mem_total/mem_used/mem_reserved/
+                                mem_free/processes``
+``gpu.<i>.lost=1``              every call on the GPU returns NVML_ERROR_GPU_IS_LOST
+``gpu.<i>.hang_seconds=S``      every call on the GPU sleeps S s first (cleared early if the
+                                key is removed)
+``gpu.<i>.unsupported=a,b``     reads that return NOT_SUPPORTED; names below
+``gpu.<i>.fail.<name>=N``       the read returns nvmlReturn_t N (e.g. 999 unknown, 13 function
+                                not found)
+==============================  ==============================================================
+
+Read names for ``unsupported``/``fail``: handle, name, uuid, serial, vbios, pci, mig_mode,
+persistence_mode, compute_mode, utilization, encoder, decoder, memory, memory_v2, temperature,
+memory_temp, temp_slowdown, temp_shutdown, temp_memory_max, temp_gpu_max, power_mw,
+power_limit_mw, energy, energy_mj, fan, clock, max_clock, pstate, clock_events, violation,
+pcie_gen, pcie_max_gen, pcie_width, pcie_max_width, pcie_replay, pcie_rx_kbs, pcie_tx_kbs, ecc,
+retired_pages, remapped_rows, nvlink, nvlink_errors, nvlink_throughput, field_values, processes,
+process_utilization, mig, events, index.
+(``energy`` is the field value, ``energy_mj`` the function; ``pcie_replay`` covers both.)
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pytest
+
+FAKE_SOURCE = Path(__file__).parent / "fakes" / "fake_nvml.c"
+LIB_NAME = "libnvidia-ml.so.1"
+
+GIB = 1 << 30
+
+
+def nvml_include_dir() -> str | None:
+    """The directory holding nvml.h from the pip package nvidia-nvml-dev (nvidia/<cuXX>/include)."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        hits = sorted(glob.glob(os.path.join(root, "*", "include", "nvml.h")), reverse=True)
+        if hits:
+            return os.path.dirname(hits[0])
+    return None
+
+
+def build_fake_nvml(out_dir: Path) -> Path:
+    """Compile the fake into ``out_dir/libnvidia-ml.so.1``; skip the test if that cannot be done."""
+    include = nvml_include_dir()
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if include is None or gcc is None:
+        pytest.skip("fake NVML needs gcc and nvml.h (pip install nvidia-nvml-dev)")
+    out = out_dir / LIB_NAME
+    cmd = [gcc, "-shared", "-fPIC", "-O1", "-Wall", f"-I{include}", f"-Wl,-soname,{LIB_NAME}",
+           "-o", str(out), str(FAKE_SOURCE), "-lpthread"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the fake NVML failed:\n{proc.stderr}")
+    return out
+
+
+# -- Config builder ---------------------------------------------------------------------------
+
+def h100(index: int, **overrides: Any) -> dict[str, Any]:
+    """A busy H100 SXM (no fan, NVLink, no page retirement: H100 uses row remapping)."""
+    gpu: dict[str, Any] = {
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": f"GPU-7c2e4f10-0000-4000-8000-{index:012x}",
+        "serial": f"165232300{index:04d}",
+        "vbios": "96.00.74.00.01",
+        "pci_bus_id": f"00000000:{0x18 + 0x10 * index:02X}:00.0",
+        "mig_mode": 0,
+        "persistence_mode": 1,
+        "compute_mode": 0,
+        "utilization_gpu": 87,
+        "utilization_memory": 41,
+        "encoder": 0,
+        "decoder": 3,
+        "mem_total": 80 * GIB,
+        "mem_used": 30 * GIB,
+        "mem_reserved": GIB // 2,
+        "temperature": 52,
+        "memory_temp": 60,
+        "temp_slowdown": 90,
+        "temp_shutdown": 95,
+        "temp_memory_max": 95,
+        "temp_gpu_max": 87,
+        "power_mw": 412_345,
+        "power_limit_mw": 700_000,
+        "energy_mj": 123_456_789,
+        "clock": {"graphics": 1980, "sm": 1980, "memory": 2619, "video": 1545},
+        "max_clock": {"graphics": 1980, "sm": 1980, "memory": 2619, "video": 1545},
+        "pstate": 0,
+        "clock_events": 0x4,  # sw_power_cap
+        "violation": {0: 2_500_000_000, 1: 0},
+        "pcie_gen": 5, "pcie_max_gen": 5, "pcie_width": 16, "pcie_max_width": 16,
+        "pcie_replay": 2, "pcie_rx_kbs": 1000, "pcie_tx_kbs": 2000,
+        "ecc": {"corrected": {"volatile": 3, "aggregate": 10}, "uncorrected": {"volatile": 0, "aggregate": 1}},
+        "remap": {"correctable": 1, "uncorrectable": 0, "pending": 0, "failure": 0},
+        "nvlink_links": 18,
+        "nvlink_down": [],
+        "nvlink_tx_kib": 1_000_000,
+        "nvlink_rx_kib": 2_000_000,
+        "processes": [(4242 + index, 20 * GIB, 75)],
+        "unsupported": ["fan", "retired_pages"],
+    }
+    gpu.update(overrides)
+    return gpu
+
+
+def a100_mig(index: int, **overrides: Any) -> dict[str, Any]:
+    """An A100 40GB in MIG mode with two instances (1g.5gb and 3g.20gb), each with a process."""
+    gpu = h100(
+        index,
+        name="NVIDIA A100-SXM4-40GB",
+        mem_total=40 * GIB,
+        mem_used=8 * GIB,
+        mig_mode=1,
+        nvlink_links=12,
+        temp_gpu_max=85,
+        processes=[],
+        unsupported=["fan"],
+        retired_sbe=1, retired_dbe=0, retired_pending=0,
+        mig=[
+            {"uuid": f"MIG-aaaaaaaa-0000-4000-8000-{index:010x}01", "gi": 7, "ci": 0, "profile": "1g.5gb",
+             "mem_total": 5 * GIB, "mem_used": 2 * GIB, "processes": [(7001, 2 * GIB, 0)]},
+            {"uuid": f"MIG-bbbbbbbb-0000-4000-8000-{index:010x}02", "gi": 2, "ci": 0, "profile": "3g.20gb",
+             "mem_total": 20 * GIB, "mem_used": 6 * GIB, "processes": [(7002, 6 * GIB, 0)]},
+        ],
+    )
+    gpu.update(overrides)
+    return gpu
+
+
+def _flatten(prefix: str, value: Any, out: list[str]) -> None:
+    if value is None:
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif prefix.endswith(".mig") and isinstance(value, (list, tuple)):
+        out.append(f"{prefix}.count={len(value)}")
+        for j, mig in enumerate(value):
+            _flatten(f"{prefix}.{j}", mig, out)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        out.append(f"{prefix}=" + ",".join(
+            ":".join(str(x) for x in item) if isinstance(item, (list, tuple)) else str(item) for item in items
+        ))
+    elif isinstance(value, bool):
+        out.append(f"{prefix}={int(value)}")
+    else:
+        out.append(f"{prefix}={value}")
+
+
+class FakeNode:
+    """What the fake NVML reports, as Python values; every change is written to the file at once.
+
+    ``gpus`` is a list of dicts (see ``h100`` / ``a100_mig`` for keys); ``system`` holds
+    top-level keys (driver_version, cuda_version, init_error, ...). The default node has two
+    H100s and one A100 in MIG mode.
+    """
+
+    def __init__(self, path: Path, lib_path: Path | None = None,
+                 gpus: list[dict[str, Any]] | None = None, **system: Any) -> None:
+        self.path = Path(path)
+        self.lib_path = lib_path
+        self.gpus: list[dict[str, Any]] = gpus if gpus is not None else [h100(0), h100(1), a100_mig(2)]
+        self.system: dict[str, Any] = {"driver_version": "550.54.15", "cuda_version": 12040, **system}
+        self.run_id = uuidlib.uuid4().hex
+        self._xids: list[list[tuple[int, int]]] = []
+        self.write()
+
+    # -- changes ------------------------------------------------------------------------
+    def set(self, **system: Any) -> FakeNode:
+        """Set top-level keys (None removes one), e.g. ``set(init_error=1)``."""
+        for k, v in system.items():
+            if v is None:
+                self.system.pop(k, None)
+            else:
+                self.system[k] = v
+        return self.write()
+
+    def update_gpu(self, index: int, **values: Any) -> FakeNode:
+        """Change keys of one GPU (None removes a key), e.g. ``update_gpu(1, lost=1)``."""
+        gpu = self.gpus[index]
+        for k, v in values.items():
+            if v is None:
+                gpu.pop(k, None)
+            else:
+                gpu[k] = copy.deepcopy(v)
+        return self.write()
+
+    def unsupported(self, index: int, *names: str) -> FakeNode:
+        """Make the named reads of a GPU return NOT_SUPPORTED (adds to the GPU's list)."""
+        current = list(self.gpus[index].get("unsupported", []))
+        return self.update_gpu(index, unsupported=current + [n for n in names if n not in current])
+
+    def add_xid(self, gpu: int, *codes: int) -> FakeNode:
+        """Queue XID events (delivered once each, in order) on GPU ``gpu``."""
+        self._xids.append([(gpu, c) for c in codes])
+        return self.write()
+
+    # -- output -------------------------------------------------------------------------
+    def render(self) -> str:
+        lines = [f"run_id={self.run_id}", f"gpu_count={len(self.gpus)}"]
+        for k, v in self.system.items():
+            _flatten(k, v, lines)
+        for i, gpu in enumerate(self.gpus):
+            _flatten(f"gpu.{i}", gpu, lines)
+        for seq, events in enumerate(self._xids, start=1):
+            lines.append(f"xid.{seq}=" + ",".join(f"{g}:{c}" for g, c in events))
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> FakeNode:
+        """Replace the file atomically (a new inode, so the library always sees the change)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(self.render())
+        os.replace(tmp, self.path)
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess (the CLI) that must load the fake: os.environ plus
+        ``LD_LIBRARY_PATH=<dir of the fake>`` and ``FAKE_NVML_CONFIG``."""
+        env = dict(os.environ)
+        env["FAKE_NVML_CONFIG"] = str(self.path)
+        if self.lib_path is not None:
+            old = env.get("LD_LIBRARY_PATH")
+            lib_dir = str(self.lib_path.parent)
+            env["LD_LIBRARY_PATH"] = lib_dir + (os.pathsep + old if old else "")
+        return env
+
+
+# -- Loading into this process -----------------------------------------------------------------
+
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+def load_into_pynvml(lib_path: Path) -> ctypes.CDLL:
+    """Load the fake so that ``pynvml.nvmlInit()`` uses it, and reset its state.
+
+    pynvml loads ``CDLL("libnvidia-ml.so.1")``; once our file (same soname) is loaded with
+    RTLD_GLOBAL, the dynamic loader hands out that one. If pynvml already holds a library (a
+    previous test), it is the same one: only one fake exists per session.
+    """
+    import pynvml
+
+    key = str(lib_path)
+    lib = _loaded.get(key)
+    if lib is None:
+        lib = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
+        _loaded[key] = lib
+    if pynvml.nvmlLib is not None and getattr(pynvml.nvmlLib, "_name", None) not in (key, LIB_NAME):
+        # Something else got loaded first (not expected): point pynvml at the fake.
+        with pynvml.libLoadLock:
+            pynvml.nvmlLib = lib
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+    lib.fake_nvml_reset()
+    return lib
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the compiled fake ``libnvidia-ml.so.1`` (its directory holds nothing else)."""
+    return build_fake_nvml(tmp_path_factory.mktemp("fake_nvml"))
+
+
+@pytest.fixture
+def fake_nvml(fake_nvml_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNode]:
+    """A ``FakeNode`` (default: two H100 + one A100 in MIG mode) written to ``tmp_path``,
+    ``FAKE_NVML_CONFIG`` set, and the fake loaded for in-process pynvml. For a subprocess use
+    ``fake_nvml.env``."""
+    node = FakeNode(tmp_path / "fake_nvml.conf", lib_path=fake_nvml_lib)
+    monkeypatch.setenv("FAKE_NVML_CONFIG", str(node.path))
+    lib = load_into_pynvml(fake_nvml_lib)
+    yield node
+    lib.fake_nvml_reset()
