@@ -96,7 +96,7 @@ def build_fake_nvml(out_dir: Path) -> Path:
     include = nvml_include_dir()
     gcc = shutil.which("gcc") or shutil.which("cc")
     if include is None or gcc is None:
-        pytest.skip("fake NVML needs gcc and nvml.h (pip install nvidia-nvml-dev)")
+        pytest.fail("the fake NVML needs gcc and nvml.h: run `make test`, which installs both")
     out = out_dir / LIB_NAME
     cmd = [gcc, "-shared", "-fPIC", "-O1", "-Wall", f"-I{include}", f"-Wl,-soname,{LIB_NAME}",
            "-o", str(out), str(FAKE_SOURCE), "-lpthread"]

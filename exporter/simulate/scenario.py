@@ -95,7 +95,7 @@ LOAD_PATTERNS = ("idle", "constant", "sine", "ramp", "square", "bursty")
 FAULT_KINDS = ("xid", "ecc", "thermal", "power_cap", "gpu_lost", "row_remap", "pcie_replay",
                "nvlink_errors", "nvlink_down")
 NVLINK_ERROR_TYPES = ("replay", "recovery", "crc_flit", "crc_data")
-COMPUTE_MODES = ("Default", "Exclusive_Process", "Prohibited")
+COMPUTE_MODES = ("default", "exclusive_process", "prohibited")
 _MIG_PROFILE = re.compile(r"^([1-7])g\.(\d+)gb(\+me)?$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
@@ -507,7 +507,7 @@ def _parse_gpu(c: _Checker, raw: Any, i: int, node: str, seed: int) -> GpuSpec |
         index=i, model=model, uuid=uuid, pci_bus_id=f"00000000:{bus:02X}:00.0", serial=serial,
         vbios_version=c.get(g, "vbios_version", path, "str", d.vbios_version), memory=memory,
         power_limit=power_limit, nvlink_links=c.get(g, "nvlink_links", path, "int", d.nvlink_links, lo=0, hi=18),
-        compute_mode=c.get(g, "compute_mode", path, "str", "Default", choices=COMPUTE_MODES),
+        compute_mode=c.get(g, "compute_mode", path, "str", "default", choices=COMPUTE_MODES),
         persistence_mode=c.get(g, "persistence_mode", path, "bool", True),
         load=load, mig=tuple(mig), sharing=sharing, defaults=d,
     )
