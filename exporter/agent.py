@@ -141,7 +141,7 @@ class Agent:
         if self.pod_metadata is None:
             return {}
         pods = self.pod_metadata.pods()
-        self._collectors["kubernetes"] = CollectorStatus(bool(self.pod_metadata.connected), 0.0)
+        self._collectors["kubernetes"] = CollectorStatus(bool(self.pod_metadata.connected))
         return pods
 
     def _count_unknown_ids(self, attribution: Attribution) -> None:

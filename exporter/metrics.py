@@ -31,7 +31,7 @@ GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer byt
 @dataclass(frozen=True, slots=True)
 class CollectorStatus:
     success: bool
-    duration_seconds: float
+    duration_seconds: float | None = None  # None: the collector runs in the background (a watch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,8 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
     }, 1)
     for name, collector in sorted(status.collectors.items()):
         out.add(catalog.COLLECTOR_SUCCESS, {"collector": name}, 1 if collector.success else 0)
-        out.add(catalog.COLLECTOR_DURATION, {"collector": name}, collector.duration_seconds)
+        if collector.duration_seconds is not None:
+            out.add(catalog.COLLECTOR_DURATION, {"collector": name}, collector.duration_seconds)
     for (collector, kind), count in sorted(status.errors.items()):
         out.add(catalog.COLLECTOR_ERRORS, {"collector": collector, "kind": kind}, count)
     out.add(catalog.LAST_COLLECTION, {}, status.last_collection_timestamp)

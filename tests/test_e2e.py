@@ -1,0 +1,285 @@
+"""End to end: the real CLI on the fake NVML library, the fake kubelet and the fake API server.
+
+``UPDATE_GOLDEN=1`` (``make golden``) rewrites tests/fixtures/e2e-output.txt from this run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e import GIB, GPU, MIG_1G, MIG_3G, NODE, OWNERS, PODS, AgentProcess, kubelet_pods, samples, value, write_procfs
+from fakekubeapi import make_pod
+from fakekubelet import FakeKubelet
+
+from exporter import catalog
+
+GOLDEN = Path(__file__).parent / "fixtures" / "e2e-output.txt"
+# Values that change from run to run; their label sets are still compared.
+VOLATILE = (
+    "kube_gpu_exporter_collection_duration_seconds",
+    "kube_gpu_exporter_collector_duration_seconds",
+    "kube_gpu_exporter_last_collection_timestamp_seconds",
+    "kube_gpu_exporter_gpu_snapshot_age_seconds",
+    "kube_gpu_exporter_collector_errors_total",
+)
+
+
+@pytest.fixture
+def cluster(fake_nvml, fake_kube_api, tmp_path):
+    """The fixed fake node, its kubelet, API server and procfs; yields a function starting the CLI."""
+    fake_nvml.update_gpu(1, processes=[(5001, 4 * GIB, 30), (5002, 8 * GIB, 50)])
+    kubelet = FakeKubelet().start()
+    kubelet.set_pods(kubelet_pods(PODS) + [
+        {"namespace": "ml", "name": "odd", "containers": [
+            {"name": "c", "devices": [{"resource": "nvidia.com/gpu", "ids": ["weird-device-0"]}]}]},
+    ])
+    kubelet.set_allocatable({
+        "nvidia.com/gpu": [GPU[0]],
+        "nvidia.com/gpu.shared": [f"{GPU[1]}::{i}" for i in range(4)],
+        "nvidia.com/mig-1g.5gb": [MIG_1G],
+        "nvidia.com/mig-3g.20gb": [MIG_3G],
+    })
+    for (namespace, kind, name), owner in OWNERS.items():
+        if kind == "Job":
+            fake_kube_api.add_job(namespace, name, owner=owner)
+        else:
+            fake_kube_api.add_replicaset(namespace, name, owner=owner)
+    for p in PODS:
+        fake_kube_api.add_pod(make_pod(p.namespace, p.name, uid=p.uid, node=NODE, owner=p.owner, labels=p.labels,
+                                       containers={p.container: p.container_id}))
+    fake_kube_api.add_pod(make_pod("ml", "elsewhere", node="node-b", owner=("Job", "other")))
+    procfs = write_procfs(tmp_path / "proc", PODS)
+    agents: list[AgentProcess] = []
+
+    def start(*extra: str, kubernetes: bool = True, env: dict[str, str] | None = None) -> AgentProcess:
+        args = ["--kubelet.pod-resources-socket", kubelet.socket_path, "--path.procfs", str(procfs),
+                "--collector.timeout", "3", *extra]
+        if kubernetes:
+            args += ["--kubernetes.enabled", "--kubernetes.node-name", NODE,
+                     "--kubernetes.kubeconfig", str(fake_kube_api.kubeconfig_path),
+                     "--kubernetes.pod-labels", "team"]
+        agent = AgentProcess(args, env or fake_nvml.env)
+        agents.append(agent)
+        return agent
+
+    start.nvml, start.kubelet, start.api = fake_nvml, kubelet, fake_kube_api
+    yield start
+    for agent in agents:
+        agent.stop()
+    kubelet.close()
+
+
+def settled(body: str) -> bool:
+    """The API server's workloads have arrived."""
+    return (
+        value(body, "kube_gpu_exporter_kubernetes_api_up") == 1
+        and len(samples(body, "nvidia_gpu_allocation_info", workload_kind="CronJob")) == 1
+        and len(samples(body, "nvidia_gpu_allocation_info", workload_kind="Deployment")) == 2
+    )
+
+
+def normalise(body: str) -> str:
+    lines = []
+    for line in body.splitlines():
+        if line.startswith(("process_", "python_", "# HELP process_", "# TYPE process_", "# HELP python_",
+                            "# TYPE python_")):
+            continue
+        if line.startswith(VOLATILE):
+            line = re.sub(r" \S+$", " <volatile>", line)
+        line = re.sub(r'python_version="[^"]*"', 'python_version="<python>"', line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_golden_exposition_and_promtool(cluster, tmp_path):
+    cluster.nvml.add_xid(0, 79)
+    agent = cluster()
+    body = agent.wait_for(
+        lambda b: settled(b) and value(b, "nvidia_gpu_xid_errors_total", gpu="0", xid="79") == 1,
+        what="workloads and XID",
+    )
+    got = normalise(body)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(got)
+    assert got == GOLDEN.read_text(), "exposition differs from the golden file: review, then `make golden`"
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs the Debian package prometheus"
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    names = {f.name for f in __import__("prometheus_client.parser").parser.text_string_to_metric_families(body)}
+    ours = {re.sub(r"_total$", "", s.name) for s in catalog.all_metrics()}
+    undocumented = {n for n in names if not n.startswith(("process_", "python_"))} - ours
+    assert not undocumented, f"metrics missing from the catalog (and docs/metrics.md): {undocumented}"
+
+
+def test_labels_in_every_allocation_mode(cluster):
+    agent = cluster()
+    body = agent.wait_for(settled, what="workloads")
+
+    # Exclusive GPU: pod labels on its device series; workload through Job -> CronJob.
+    assert value(body, "nvidia_gpu_utilization_ratio", gpu="0", namespace="ml", pod="train-0",
+                 container="trainer") == pytest.approx(0.87)
+    (labels, _), = samples(body, "nvidia_gpu_allocation_info", uuid=GPU[0])
+    assert labels | {} == labels and (labels["workload_kind"], labels["workload"], labels["shared"]) == (
+        "CronJob", "train", "false")
+    assert labels["label_team"] == "vision" and labels["resource"] == "nvidia.com/gpu"
+
+    # Time-sliced GPU: two holders, shared, no pod labels on the device series.
+    holders = samples(body, "nvidia_gpu_allocation_info", uuid=GPU[1])
+    assert {(l["pod"], l["workload"], l["shared"]) for l, _ in holders} == {
+        ("nb-a-7d9f-x1", "nb-a", "true"), ("nb-b-5c4d-y2", "nb-b", "true")}
+    (gpu1_labels, _), = samples(body, "nvidia_gpu_utilization_ratio", gpu="1")
+    assert "pod" not in gpu1_labels
+    # ... and its use split per container through cgroups and the API server's container ids.
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod="nb-a-7d9f-x1") == 4 * GIB
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod="nb-b-5c4d-y2") == 8 * GIB
+    assert value(body, "nvidia_gpu_container_utilization_ratio", pod="nb-b-5c4d-y2") == pytest.approx(0.5)
+
+    # MIG, mixed strategy: each instance has its holder, in the MIG-uuid and the legacy id form.
+    assert value(body, "nvidia_gpu_mig_memory_used_bytes", gpu_instance_id="7", pod="eval-0") == 2 * GIB
+    assert value(body, "nvidia_gpu_mig_memory_used_bytes", gpu_instance_id="2", pod="embed") == 6 * GIB
+    (mig_labels, _), = samples(body, "nvidia_gpu_allocation_info", pod="embed")
+    assert (mig_labels["gpu_instance_id"], mig_labels["workload_kind"], mig_labels["workload"]) == ("2", "Pod", "embed")
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod="eval-0", gpu_instance_id="7") == 2 * GIB
+
+    # Counts per resource, and the unknown id counted, not fatal.
+    assert value(body, "nvidia_gpu_allocatable_devices", resource="nvidia.com/gpu.shared") == 4
+    assert value(body, "nvidia_gpu_allocated_devices", resource="nvidia.com/gpu.shared") == 2
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="unknown_device_id") >= 1
+    assert "elsewhere" not in body  # another node's pod
+
+    # MPS replicas and one container with two GPUs, then a pod that ends: gone in one cycle.
+    kubelet = cluster.kubelet
+    kubelet.set_pods(kubelet_pods(PODS[:1]) + [
+        {"namespace": "ml", "name": "mps-0", "containers": [
+            {"name": "a", "devices": [{"resource": "nvidia.com/gpu", "ids": [f"{GPU[1]}::2", f"{GPU[1]}::3"]}]}]},
+    ])
+    body = agent.wait_for(lambda b: len(samples(b, "nvidia_gpu_allocation_info")) == 2, what="MPS layout")
+    (mps, _), = samples(body, "nvidia_gpu_allocation_info", uuid=GPU[1])
+    assert (mps["pod"], mps["shared"]) == ("mps-0", "true")
+    assert not samples(body, "nvidia_gpu_allocation_info", pod="eval-0")
+    assert not samples(body, "nvidia_gpu_mig_memory_used_bytes", pod="eval-0")
+    assert value(body, "nvidia_gpu_mig_memory_used_bytes", gpu_instance_id="7") == 2 * GIB  # device stays
+
+    kubelet.set_pods([{"namespace": "ml", "name": "big", "containers": [
+        {"name": "t", "devices": [{"resource": "nvidia.com/gpu", "ids": [GPU[0], GPU[1]]}]}]}])
+    body = agent.wait_for(lambda b: len(samples(b, "nvidia_gpu_allocation_info", pod="big")) == 2, what="2 GPUs")
+    assert value(body, "nvidia_gpu_up", gpu="0", pod="big") == 1
+    assert value(body, "nvidia_gpu_up", gpu="1", pod="big") == 1
+
+
+def test_losing_kubelet_or_api_server_costs_only_attribution(cluster):
+    agent = cluster()
+    body = agent.wait_for(settled, what="workloads")
+    device_series = len(samples(body, "nvidia_gpu_temperature_celsius"))
+
+    cluster.api.set_down(True)
+    body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_kubernetes_api_up") == 0, what="API down")
+    # The last known workloads stay.
+    assert len(samples(body, "nvidia_gpu_allocation_info", workload_kind="CronJob")) == 1
+
+    cluster.kubelet.stop()
+    body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_kubelet_up") == 0, what="kubelet down")
+    assert not samples(body, "nvidia_gpu_allocation_info")
+    assert len(samples(body, "nvidia_gpu_temperature_celsius")) == device_series
+    assert all(v == 1 for _, v in samples(body, "nvidia_gpu_up"))
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="unavailable") >= 1
+    assert agent.get("/readyz")[0] == 200
+
+    cluster.kubelet.start()
+    cluster.api.set_down(False)
+    agent.wait_for(lambda b: value(b, "kube_gpu_exporter_kubelet_up") == 1
+                   and value(b, "kube_gpu_exporter_kubernetes_api_up") == 1
+                   and len(samples(b, "nvidia_gpu_allocation_info")) == len(PODS), timeout=30, what="recovery")
+
+
+def test_a_lost_gpu_keeps_every_other_gpus_series(cluster):
+    agent = cluster(kubernetes=False)
+    body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="2") == 1)
+    before = {gpu: len([1 for line in body.splitlines() if f'gpu="{gpu}"' in line]) for gpu in "02"}
+
+    cluster.nvml.update_gpu(1, lost=1)
+    body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 0, what="GPU 1 down")
+    after = {gpu: len([1 for line in body.splitlines() if f'gpu="{gpu}"' in line]) for gpu in "02"}
+    assert after == before
+    assert not samples(body, "nvidia_gpu_temperature_celsius", gpu="1")
+    assert value(body, "kube_gpu_exporter_collector_success", collector="nvml") == 0
+    assert agent.get("/readyz")[0] == 200  # the agent serves; the lost GPU is an alert, not unreadiness
+
+    cluster.nvml.update_gpu(1, lost=None)
+    body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 1, what="GPU 1 back")
+    assert value(body, "nvidia_gpu_temperature_celsius", gpu="1") == 52
+
+
+def test_xid_events_increment_the_counter_per_code(cluster):
+    agent = cluster(kubernetes=False)
+    agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="0") == 1)
+    cluster.nvml.add_xid(0, 79, 79, 13)
+    body = agent.wait_for(lambda b: value(b, "nvidia_gpu_xid_errors_total", gpu="0", xid="79") == 2, what="XID")
+    assert value(body, "nvidia_gpu_xid_errors_total", gpu="0", xid="13") == 1
+    assert not samples(body, "nvidia_gpu_xid_errors_total", gpu="1")
+    cluster.nvml.add_xid(1, 13)
+    body = agent.wait_for(lambda b: value(b, "nvidia_gpu_xid_errors_total", gpu="1", xid="13") == 1)
+    assert value(body, "nvidia_gpu_xid_errors_total", gpu="0", xid="79") == 2  # a counter, not a gauge
+
+
+def test_nvml_init_failure_is_503_on_readyz_then_recovers(cluster):
+    cluster.nvml.set(init_error=1)
+    agent = cluster(kubernetes=False)
+    body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_nvml_up") == 0, what="nvml down")
+    assert not samples(body, "nvidia_gpu_up")
+    status, reason = agent.get("/readyz")
+    assert status == 503 and "NVML is not initialised" in reason
+    assert agent.get("/healthz")[0] == 200
+
+    cluster.nvml.set(init_error=None)
+    body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_nvml_up") == 1, timeout=20, what="nvml up")
+    assert len(samples(body, "nvidia_gpu_up")) == 3
+    assert agent.get("/readyz")[0] == 200
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="nvml", kind="init") >= 1
+
+
+def test_scrape_during_a_hung_nvml_call_answers_from_the_last_snapshot(cluster):
+    agent = cluster("--collector.timeout", "0.3", kubernetes=False)
+    agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 1)
+    cluster.nvml.update_gpu(1, hang_seconds=60, temperature=70)
+    try:
+        body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_gpu_snapshot_stale") == 1, what="stale")
+        # The hung GPU keeps its last readings, the others are fresh.
+        assert value(body, "nvidia_gpu_temperature_celsius", gpu="1") == 52
+        started = time.monotonic()
+        status, _ = agent.get("/metrics", timeout=2)
+        assert status == 200 and time.monotonic() - started < 2
+        body = agent.wait_for(lambda b: (value(b, "kube_gpu_exporter_gpu_snapshot_age_seconds") or 0) > 1,
+                              what="age grows")
+        assert agent.get("/healthz")[0] == 200
+    finally:
+        cluster.nvml.update_gpu(1, hang_seconds=None)
+    body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_gpu_snapshot_stale") == 0, what="fresh again")
+    assert value(body, "nvidia_gpu_temperature_celsius", gpu="1") == 70
+
+
+def test_once_prints_then_fails_clearly_without_nvml(cluster):
+    run = [sys.executable, "-m", "exporter", "--once", "--no-kubelet.enabled"]
+    result = subprocess.run(run, env=cluster.nvml.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 'nvidia_gpu_temperature_celsius{gpu="0",uuid="' + GPU[0] + '"} 52.0' in result.stdout
+
+    cluster.nvml.set(init_error=1)
+    result = subprocess.run(run, env=cluster.nvml.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "NVML could not start" in result.stderr and "Driver Not Loaded" in result.stderr
+
+    no_library = {k: v for k, v in cluster.nvml.env.items() if k != "LD_LIBRARY_PATH"}
+    result = subprocess.run(run, env=no_library, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "NVML could not start" in result.stderr
