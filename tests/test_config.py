@@ -83,3 +83,16 @@ def test_cli_exits_2_with_a_message_naming_the_problem(args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text("node:\n  drivr_version: '1'\ngpus:\n  - model: X\n    memry: 1GiB\npods: 7\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--simulate", str(scenario), "--once"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"invalid scenario {scenario}" in result.stderr
+    for fragment in ("node.drivr_version", "gpus[0].memry", "pods"):
+        assert fragment in result.stderr
