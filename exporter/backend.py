@@ -7,7 +7,7 @@ costs only its own series.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Mapping, Protocol
 
 from .snapshot import Gpu
 
@@ -31,6 +31,13 @@ class GpuBackend(Protocol):
 
         Metrics a GPU does not support are omitted (not an error). Raising means the GPU is
         lost or broken: the caller reports it with ``up=0`` and tries again next cycle.
+        """
+
+    def xid_counts(self) -> Mapping[tuple[str, int], int]:
+        """XID events seen since start, by (GPU uuid, XID code); cumulative, never reset.
+
+        Kept apart from ``read_gpu`` on purpose: the XIDs that matter most (79, 48, 119) come
+        right before a GPU is lost, and must stay visible while its reads fail.
         """
 
     def stop(self) -> None:

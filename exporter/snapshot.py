@@ -56,6 +56,8 @@ class Gpu:
     index: int
     uuid: str
     up: bool = True
+    # /dev/nvidia<minor>: what GKE's device plugin calls "nvidia<minor>"; may differ from index.
+    minor_number: int | None = None
     info: Mapping[str, str] = field(default_factory=dict)  # values for catalog.GPU_INFO labels
     samples: tuple[Sample, ...] = ()
     mig_devices: tuple[MigDevice, ...] = ()
