@@ -15,11 +15,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, TypeVar
 
+from . import catalog
 from .backend import BackendUnavailable, GpuBackend
-from .snapshot import Gpu, GpuSnapshot
+from .snapshot import Gpu, GpuSnapshot, Sample
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class GpuCollector:
         self._next_start = 0.0
         self._backoff = BACKOFF_INITIAL_SECONDS
         self._in_flight: dict[int, asyncio.Future[Gpu]] = {}
+        self._count: asyncio.Future[int] | None = None  # a device_count call still running
         self._last: dict[int, tuple[Gpu, float]] = {}  # index -> (reading, time taken)
         self._logged_down: set[tuple[int, str]] = set()
         self.errors: Counter[str] = Counter()
@@ -101,33 +103,44 @@ class GpuCollector:
         return True
 
     def _restart_later(self, reason: str) -> None:
+        """NVML failed as a whole: stop it (in the background: stop may block) and start again later."""
         log.warning("GPU backend failed, restarting: %s", reason)
         self.errors["backend"] += 1
+        run_in_daemon_thread(self._stop_quietly, name="nvml-stop")
+        self._started, self._start_error = False, reason
+        self._next_start = time.monotonic() + self._backoff
+
+    def _stop_quietly(self) -> None:
         try:
             self.backend.stop()
         except Exception:  # noqa: BLE001 - stop after a failure is best effort
             log.debug("backend stop failed", exc_info=True)
-        self._started, self._start_error = False, reason
-        self._next_start = time.monotonic() + self._backoff
 
     async def collect(self) -> GpuSnapshot:
         """One cycle: every GPU read in parallel, each within the deadline."""
         now = self._clock()
         if not await self._ensure_started():
             return self._down_snapshot(now, self._start_error or "backend not started")
-        try:
-            count = await asyncio.wait_for(
-                run_in_daemon_thread(self.backend.device_count, name="nvml-count"), self.timeout
-            )
-        except Exception as exc:  # noqa: BLE001 - any failure here means NVML as a whole broke
-            self._restart_later(f"device count failed: {exc or type(exc).__name__}")
+        if self._count is None:
+            self._count = run_in_daemon_thread(self.backend.device_count, name="nvml-count")
+        await asyncio.wait([self._count], timeout=self.timeout)
+        if not self._count.done():
+            # NVML as a whole hangs (a driver in trouble blocks every call): serve what we had,
+            # marked stale, and start nothing new until that call returns.
+            self.errors["timeout"] += 1
+            return self._held_snapshot(now)
+        count_future, self._count = self._count, None
+        if (error := count_future.exception()) is not None:
+            self._restart_later(f"device count failed: {str(error) or type(error).__name__}")
             return self._down_snapshot(now, self._start_error or "device count failed")
+        count = count_future.result()
 
         for index in range(count):
             if index not in self._in_flight:
                 self._in_flight[index] = run_in_daemon_thread(self.backend.read_gpu, index, name=f"nvml-gpu{index}")
         pending = [self._in_flight[i] for i in range(count)]
-        await asyncio.wait(pending, timeout=self.timeout)
+        if pending:
+            await asyncio.wait(pending, timeout=self.timeout)
 
         gpus: list[Gpu] = []
         stale = False
@@ -135,21 +148,45 @@ class GpuCollector:
         for index in range(count):
             future = self._in_flight[index]
             if not future.done():
-                previous = self._last.get(index)
                 stale = True
                 self.errors["timeout"] += 1
-                if previous is None:
-                    gpus.append(Gpu(index=index, uuid="", up=False, error="read timed out"))
-                else:
-                    gpus.append(previous[0])
-                    oldest = min(oldest, previous[1])
+                gpu, taken = self._held(index, now)
+                gpus.append(gpu)
+                oldest = min(oldest, taken)
                 continue
             del self._in_flight[index]
             gpus.append(self._settle(index, future, now))
         # Forget in-flight reads of GPUs that vanished from the count.
         for index in [i for i in self._in_flight if i >= count]:
             self._in_flight.pop(index)
-        return GpuSnapshot(gpus=tuple(gpus), timestamp=oldest, stale=stale)
+        return GpuSnapshot(gpus=self._with_xids(gpus), timestamp=oldest, stale=stale)
+
+    def _held(self, index: int, now: float) -> tuple[Gpu, float]:
+        """A GPU whose read hangs: down, but its last readings stay so graphs do not gap."""
+        previous = self._last.get(index)
+        if previous is None:
+            return Gpu(index=index, uuid="", up=False, error="read timed out"), now
+        return replace(previous[0], up=False, error="read timed out"), previous[1]
+
+    def _held_snapshot(self, now: float) -> GpuSnapshot:
+        held = [self._held(i, now) for i in sorted(self._last)]
+        oldest = min((taken for _, taken in held), default=now)
+        return GpuSnapshot(gpus=self._with_xids([g for g, _ in held]), timestamp=oldest, stale=True)
+
+    def _with_xids(self, gpus: list[Gpu]) -> tuple[Gpu, ...]:
+        """Add XID counters to every GPU, up or down: the XIDs that matter most come right
+        before a GPU is lost, and must stay visible while its reads fail."""
+        try:
+            counts: Mapping[tuple[str, int], int] = self.backend.xid_counts()
+        except Exception:  # noqa: BLE001 - XIDs are an extra; a failure costs only them
+            log.debug("reading XID counts failed", exc_info=True)
+            return tuple(gpus)
+        by_uuid: dict[str, list[Sample]] = {}
+        for (uuid, code), n in sorted(counts.items()):
+            by_uuid.setdefault(uuid, []).append(Sample(catalog.XID_ERRORS, n, (str(code),)))
+        return tuple(
+            replace(g, samples=g.samples + tuple(by_uuid[g.uuid])) if g.uuid in by_uuid else g for g in gpus
+        )
 
     def _settle(self, index: int, future: asyncio.Future[Gpu], now: float) -> Gpu:
         error = future.exception()
@@ -164,17 +201,18 @@ class GpuCollector:
             log.warning("GPU %d read failed: %s", index, message)
             self._logged_down.add((index, message))
         previous = self._last.get(index)
-        uuid = previous[0].uuid if previous else ""
-        info = previous[0].info if previous else {}
-        return Gpu(index=index, uuid=uuid, up=False, info=info, error=message)
+        if previous is None:
+            return Gpu(index=index, uuid="", up=False, error=message)
+        last = previous[0]
+        return Gpu(index=index, uuid=last.uuid, up=False, minor_number=last.minor_number, info=last.info, error=message)
 
     def _down_snapshot(self, now: float, reason: str) -> GpuSnapshot:
         """NVML is down: every GPU seen before is reported with up=0, nothing else."""
-        gpus = tuple(
-            Gpu(index=i, uuid=g.uuid, up=False, info=g.info, error=reason)
+        gpus = [
+            Gpu(index=i, uuid=g.uuid, up=False, minor_number=g.minor_number, info=g.info, error=reason)
             for i, (g, _) in sorted(self._last.items())
-        )
-        return GpuSnapshot(gpus=gpus, timestamp=now)
+        ]
+        return GpuSnapshot(gpus=self._with_xids(gpus), timestamp=now)
 
     def stop(self) -> None:
         if self._started:

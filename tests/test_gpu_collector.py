@@ -7,7 +7,9 @@ library are covered in test_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 from exporter import catalog
 from exporter.backend import BackendUnavailable
@@ -27,6 +29,11 @@ class ScriptedBackend:
         self.hung_gpu: int | None = None
         self.reads: dict[int, int] = {}
         self.temperature = 40.0
+        self.xids: dict[tuple[str, int], int] = {}
+        self.count_hang = threading.Event()
+        self.count_hangs = False
+        self.stop_hang = threading.Event()
+        self.stops = 0
 
     def start(self) -> None:
         self.starts += 1
@@ -35,7 +42,12 @@ class ScriptedBackend:
             raise BackendUnavailable("driver not loaded")
 
     def device_count(self) -> int:
+        if self.count_hangs:
+            self.count_hang.wait(10)
         return self.count
+
+    def xid_counts(self) -> dict[tuple[str, int], int]:
+        return dict(self.xids)
 
     def read_gpu(self, index: int) -> Gpu:
         self.reads[index] = self.reads.get(index, 0) + 1
@@ -46,7 +58,8 @@ class ScriptedBackend:
         return Gpu(index=index, uuid=f"GPU-{index}", samples=(Sample(catalog.TEMPERATURE, self.temperature),))
 
     def stop(self) -> None:
-        pass
+        self.stops += 1
+        self.stop_hang.wait(10)
 
 
 def temps(snapshot):
@@ -78,6 +91,7 @@ async def test_a_hung_gpu_keeps_its_last_readings_marked_stale_and_gets_one_thre
             snapshot = await collector.collect()
             assert snapshot.stale
             assert temps(snapshot) == {0: 55.0, 1: 55.0, 2: 40.0}  # GPU 2 keeps its old reading
+            assert [g.up for g in snapshot.gpus] == [True, True, False]  # ... and is down
         assert backend.reads[2] == 2  # one good read, then one that hangs: never a pile of threads
         assert collector.errors["timeout"] == 3
     finally:
@@ -118,6 +132,46 @@ async def test_device_count_failure_reports_known_gpus_down_and_restarts():
         raise RuntimeError("NVML_ERROR_UNKNOWN")
 
     backend.device_count = broken_count  # type: ignore[method-assign]
-    snapshot = await collector.collect()
+    backend.xids = {("GPU-1", 79): 2}
+    started = time.monotonic()
+    snapshot = await collector.collect()  # backend.stop() blocks: it must not block the loop
+    assert time.monotonic() - started < 1
     assert [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
     assert not collector.state.up
+    # XIDs stay visible while the GPUs are down: 79 comes right before a GPU falls off the bus.
+    assert [(s.metric, s.value, s.labels) for s in snapshot.gpus[1].samples] == [(catalog.XID_ERRORS, 2, ("79",))]
+    backend.stop_hang.set()
+
+
+async def test_a_node_without_gpus_still_collects():
+    collector = GpuCollector(ScriptedBackend(count=0), timeout=1)
+    snapshot = await collector.collect()
+    assert snapshot.gpus == () and collector.state.up
+
+
+async def test_a_hung_device_count_serves_the_last_readings_stale_and_starts_no_second_call():
+    backend = ScriptedBackend(count=2)
+    collector = GpuCollector(backend, timeout=0.2)
+    await collector.collect()
+    backend.count_hangs = True
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            snapshot = await collector.collect()
+            assert time.monotonic() - started < 1
+            assert snapshot.stale and [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
+            assert temps(snapshot) == {0: 40.0, 1: 40.0}
+        assert collector.state.up and backend.stops == 0  # a hang is not a failure: no restart
+    finally:
+        backend.count_hang.set()
+    await asyncio.sleep(0.05)
+    snapshot = await collector.collect()
+    assert not snapshot.stale and all(g.up for g in snapshot.gpus)
+
+
+async def test_xid_counts_are_added_to_their_gpus():
+    backend = ScriptedBackend(count=2)
+    backend.xids = {("GPU-0", 13): 1, ("GPU-0", 79): 3, ("GPU-gone", 48): 1}
+    snapshot = await GpuCollector(backend, timeout=1).collect()
+    xids = {(g.index, s.labels, s.value) for g in snapshot.gpus for s in g.samples if s.metric is catalog.XID_ERRORS}
+    assert xids == {(0, ("13",), 1), (0, ("79",), 3)}

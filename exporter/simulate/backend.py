@@ -112,6 +112,14 @@ class _GpuModel:
 
     # -- state at t --
 
+    def xid_counts(self, t: float) -> dict[int, int]:
+        """XID events up to t by code (faults of kind xid; repeating schedules count again)."""
+        xids: dict[int, int] = {}
+        for f in self.faults:
+            if f.kind == "xid" and (n := _count(f, t, self.period, f.count)):
+                xids[f.code] = xids.get(f.code, 0) + n
+        return xids
+
     def active(self, kind: str, t: float) -> list[FaultSpec]:
         return [f for f in self.faults if f.kind == kind and _active(f, t, self.period)]
 
@@ -288,14 +296,6 @@ class _GpuModel:
             add(C.NVLINK_DATA, round(nv_rx), "rx")
             add(C.NVLINK_DATA, round(nv_tx), "tx")
 
-        xids: dict[int, int] = {}
-        for f in self.faults:
-            if f.kind == "xid":
-                n = _count(f, t, self.period, f.count)
-                if n:
-                    xids[f.code] = xids.get(f.code, 0) + n
-        for code in sorted(xids):
-            add(C.XID_ERRORS, xids[code], str(code))
         add(C.PROCESSES, len(full) + sum(len(ps) for ps in per_mig.values()))
 
         migs = []
@@ -317,7 +317,7 @@ class _GpuModel:
             "persistence_mode": "enabled" if g.persistence_mode else "disabled",
             "compute_mode": g.compute_mode,
         }
-        return Gpu(index=g.index, uuid=g.uuid, up=True, info=info, samples=tuple(s),
+        return Gpu(index=g.index, uuid=g.uuid, up=True, minor_number=g.index, info=info, samples=tuple(s),
                    mig_devices=tuple(migs), processes=tuple(full))
 
     def _total(self, kind: str, t: float, attr: str, *, spread: bool = True) -> int:
@@ -418,6 +418,10 @@ class SimulatedBackend:
             raise IndexError(f"no GPU {index}; the scenario has {len(self._gpus)}")
         node = self.scenario.node
         return self._gpus[index].read(self.elapsed(), node.driver_version, node.cuda_version, self._procs[index])
+
+    def xid_counts(self) -> dict[tuple[str, int], int]:
+        t = self.elapsed()
+        return {(g.spec.uuid, code): n for g in self._gpus for code, n in g.xid_counts(t).items()}
 
     # The Kubernetes side, for callers that hold only the backend.
     def pod_resources(self) -> PodResources:
