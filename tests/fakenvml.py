@@ -10,11 +10,15 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
 ``run_id``                      a new value starts a fresh run: XID queue and sequence reset
 ``init_error=1``                nvmlInit fails with NVML_ERROR_DRIVER_NOT_LOADED (until cleared)
 ``init_error_code=N``           ... fails with nvmlReturn_t N instead
+``init_seconds=S``              nvmlInit takes S s (as without persistence mode)
 ``driver_version``              e.g. ``550.54.15``
 ``cuda_version``                int as NVML gives it: ``12040`` = 12.4
 ``gpu_count``                   default: highest ``gpu.<i>`` + 1
-``xid.<seq>=<gpu>:<code>,...``  XID events, queued once when ``seq`` is new (1, 2, 3, ...)
-``gpu.<i>.name/uuid/serial``    identity; ``vbios``, ``pci_bus_id``, ``pci_device_id``
+``xid.<seq>=<gpu>:<code>,...``  XID events, queued once when ``seq`` is new (1, 2, 3, ...);
+                                ``<gpu>:<code>:<gi>:<ci>`` for an event on a MIG instance
+``gpu.<i>.name/uuid/serial``    identity; ``vbios``, ``pci_bus_id``, ``pci_device_id``;
+                                ``minor`` (/dev/nvidia<minor>, default: the index)
+``gpu.<i>.handle_seconds=S``    nvmlDeviceGetHandleByIndex takes S s (no persistence mode)
 ``gpu.<i>.mig_mode``            0/1 (absent: MIG not supported); ``mig_mode_pending``
 ``gpu.<i>.persistence_mode``    0/1; ``compute_mode`` 0 default, 2 prohibited, 3 exclusive_process
 ``gpu.<i>.utilization_gpu``     percent; ``utilization_memory``, ``encoder``, ``decoder`` percent
@@ -38,9 +42,14 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
                                 (replay/recovery/crc_flit/crc_data); ``nvlink_tx_kib``,
                                 ``nvlink_rx_kib`` totals over all links (KiB)
 ``gpu.<i>.processes``           ``pid:used_bytes:sm_percent,...`` on the full GPU
+``gpu.<i>.mps_processes``       same format: MPS clients (nvmlDeviceGetMPSComputeRunningProcesses)
+                                Process utilisation, as real NVML: samples only for sm% > 0,
+                                NOT_FOUND when none; ``no_util_samples_result=N`` answers N
+                                instead (0: SUCCESS on the sizing call)
 ``gpu.<i>.mig.count``           MIG devices; ``mig.max`` (default 7);
                                 ``mig.<j>.uuid/gi/ci/profile/mem_total/mem_used/mem_reserved/
-                                mem_free/processes``
+                                mem_free/processes/mps_processes``. The parent's lists include
+                                them with their gi/ci, as real NVML does
 ``gpu.<i>.lost=1``              every call on the GPU returns NVML_ERROR_GPU_IS_LOST
 ``gpu.<i>.hang_seconds=S``      every call on the GPU sleeps S s first (cleared early if the
                                 key is removed)
@@ -55,7 +64,8 @@ memory_temp, temp_slowdown, temp_shutdown, temp_memory_max, temp_gpu_max, power_
 power_limit_mw, energy, energy_mj, fan, clock, max_clock, pstate, clock_events, violation,
 pcie_gen, pcie_max_gen, pcie_width, pcie_max_width, pcie_replay, pcie_rx_kbs, pcie_tx_kbs, ecc,
 retired_pages, remapped_rows, nvlink, nvlink_errors, nvlink_throughput, field_values, processes,
-process_utilization, mig, events, index.
+mps_processes, mig_processes, mig_mps_processes (a MIG handle's own lists), process_utilization,
+minor, mig, events, index.
 (``energy`` is the field value, ``energy_mj`` the function; ``pcie_replay`` covers both.)
 """
 
@@ -215,7 +225,7 @@ class FakeNode:
         self.gpus: list[dict[str, Any]] = gpus if gpus is not None else [h100(0), h100(1), a100_mig(2)]
         self.system: dict[str, Any] = {"driver_version": "550.54.15", "cuda_version": 12040, **system}
         self.run_id = uuidlib.uuid4().hex
-        self._xids: list[list[tuple[int, int]]] = []
+        self._xids: list[list[tuple[int, ...]]] = []
         self.write()
 
     # -- changes ------------------------------------------------------------------------
@@ -243,9 +253,10 @@ class FakeNode:
         current = list(self.gpus[index].get("unsupported", []))
         return self.update_gpu(index, unsupported=current + [n for n in names if n not in current])
 
-    def add_xid(self, gpu: int, *codes: int) -> FakeNode:
-        """Queue XID events (delivered once each, in order) on GPU ``gpu``."""
-        self._xids.append([(gpu, c) for c in codes])
+    def add_xid(self, gpu: int, *codes: int, mig: tuple[int, int] | None = None) -> FakeNode:
+        """Queue XID events (delivered once each, in order) on GPU ``gpu``; ``mig=(gi, ci)``
+        makes them events of that MIG instance."""
+        self._xids.append([(gpu, c, *(mig or ())) for c in codes])
         return self.write()
 
     # -- output -------------------------------------------------------------------------
@@ -256,7 +267,7 @@ class FakeNode:
         for i, gpu in enumerate(self.gpus):
             _flatten(f"gpu.{i}", gpu, lines)
         for seq, events in enumerate(self._xids, start=1):
-            lines.append(f"xid.{seq}=" + ",".join(f"{g}:{c}" for g, c in events))
+            lines.append(f"xid.{seq}=" + ",".join(":".join(map(str, e)) for e in events))
         return "\n".join(lines) + "\n"
 
     def write(self) -> FakeNode:
@@ -265,6 +276,11 @@ class FakeNode:
         tmp.write_text(self.render())
         os.replace(tmp, self.path)
         return self
+
+    def util_calls(self, gpu: int) -> int:
+        """nvmlDeviceGetProcessUtilization calls on GPU ``gpu`` since the fake was reset."""
+        lib = _loaded.get(str(self.lib_path))
+        return int(lib.fake_nvml_util_calls(gpu)) if lib is not None else 0
 
     @property
     def env(self) -> dict[str, str]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pynvml
 import pytest
 
 from exporter import catalog
@@ -18,6 +19,8 @@ from exporter.nvml import GpuReadError, NvmlBackend
 from exporter.nvml.backend import mig_profile
 from exporter.snapshot import Gpu
 from fakenvml import GIB, FakeNode, h100
+
+MIB = 1 << 20
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -205,22 +208,42 @@ def test_gpu_lost_on_an_optional_read_raises(fake_nvml: FakeNode, started: NvmlB
 
 
 def test_xid_events_counted_per_code(fake_nvml: FakeNode, started: NvmlBackend) -> None:
-    uuid0 = started.read_gpu(0).uuid
+    uuid0, uuid1 = started.read_gpu(0).uuid, started.read_gpu(1).uuid
     fake_nvml.add_xid(0, 79, 79)
     fake_nvml.add_xid(0, 13)
     fake_nvml.add_xid(1, 48)
     assert wait_for(lambda: sum(started.xid_counts().values()) == 4)
-    assert started.xid_counts()[(uuid0, 79)] == 2
-    g0 = started.read_gpu(0)
-    assert value(g0, catalog.XID_ERRORS, "79") == 2
-    assert value(g0, catalog.XID_ERRORS, "13") == 1
-    assert value(g0, catalog.XID_ERRORS, "48") is None
-    assert value(started.read_gpu(1), catalog.XID_ERRORS, "48") == 1
-    assert catalog.XID_ERRORS.name not in names(started.read_gpu(2))
+    assert started.xid_counts() == {(uuid0, 79): 2, (uuid0, 13): 1, (uuid1, 48): 1}
     # Rewriting the config (other changes) does not replay old events.
     fake_nvml.update_gpu(0, temperature=60)
     time.sleep(0.3)
-    assert value(started.read_gpu(0), catalog.XID_ERRORS, "79") == 2
+    assert started.xid_counts()[(uuid0, 79)] == 2
+
+
+def test_read_gpu_has_no_xid_samples(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    """The collector adds XID series from xid_counts(), also for a GPU that is down."""
+    fake_nvml.add_xid(0, 79)
+    assert wait_for(lambda: started.xid_counts() != {})
+    assert catalog.XID_ERRORS.name not in names(started.read_gpu(0))
+
+
+def test_xid_counts_stay_readable_while_the_gpu_is_lost(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    uuid1 = started.read_gpu(1).uuid
+    fake_nvml.add_xid(1, 79)
+    assert wait_for(lambda: started.xid_counts() != {})
+    fake_nvml.update_gpu(1, lost=1)
+    with pytest.raises(GpuReadError):
+        started.read_gpu(1)
+    assert started.xid_counts() == {(uuid1, 79): 1}
+
+
+def test_xid_on_a_mig_instance_counts_on_the_gpu_and_logs_the_instance(
+    fake_nvml: FakeNode, started: NvmlBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    uuid2 = started.read_gpu(2).uuid
+    fake_nvml.add_xid(2, 31, mig=(7, 0))
+    assert wait_for(lambda: started.xid_counts() == {(uuid2, 31): 1})
+    assert "MIG GPU instance 7 compute instance 0" in caplog.text
 
 
 def test_xid_gpu_refusing_registration_leaves_others_watched(fake_nvml: FakeNode, backend: NvmlBackend) -> None:
@@ -229,8 +252,33 @@ def test_xid_gpu_refusing_registration_leaves_others_watched(fake_nvml: FakeNode
     fake_nvml.add_xid(0, 31)
     fake_nvml.add_xid(1, 31)
     assert wait_for(lambda: sum(backend.xid_counts().values()) == 1)
-    assert value(backend.read_gpu(1), catalog.XID_ERRORS, "31") == 1
-    assert value(backend.read_gpu(0), catalog.XID_ERRORS, "31") is None
+    assert backend.xid_counts() == {(backend.read_gpu(1).uuid, 31): 1}
+
+
+def test_start_is_fast_and_xid_registration_runs_in_the_thread(fake_nvml: FakeNode, backend: NvmlBackend) -> None:
+    for i in range(3):  # no persistence mode: every handle takes its time
+        fake_nvml.update_gpu(i, handle_seconds=0.5)
+    t0 = time.monotonic()
+    backend.start()
+    assert time.monotonic() - t0 < 0.4
+    fake_nvml.add_xid(2, 79)
+    assert wait_for(lambda: backend.xid_counts() != {}, timeout_s=10)
+    assert list(backend.xid_counts().values()) == [1]
+
+
+def test_concurrent_starts_initialise_once(fake_nvml: FakeNode, backend: NvmlBackend) -> None:
+    fake_nvml.set(init_seconds=0.3)  # both calls are inside nvmlInit at once
+    before = {t.ident for t in threading.enumerate()}
+    starters = [threading.Thread(target=backend.start) for _ in range(2)]
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join(timeout=5)
+    watchers = [t for t in threading.enumerate() if t.name == "nvml-xid-events" and t.ident not in before]
+    assert len(watchers) == 1
+    backend.stop()
+    with pytest.raises(pynvml.NVMLError_Uninitialized):  # one nvmlInit, so one stop shuts NVML down
+        pynvml.nvmlDeviceGetCount()
 
 
 def test_init_failure_then_recovery(fake_nvml: FakeNode, backend: NvmlBackend) -> None:
@@ -252,6 +300,114 @@ def test_values_change_while_loaded(fake_nvml: FakeNode, started: NvmlBackend) -
     assert value(g, catalog.ENERGY) == pytest.approx(223_456.789)
     assert value(g, catalog.CLOCK_EVENT, "hw_thermal_slowdown") == 1
     assert value(g, catalog.CLOCK_EVENT, "sw_power_cap") == 0
+
+
+def test_mig_processes_come_from_the_parent_list_by_instance(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    """The MIG handles' own lists refused (as for an unprivileged caller): the parent's list,
+    tagged with gi/ci, still puts each process on its instance, not on the full GPU."""
+    fake_nvml.unsupported(2, "mig_processes")
+    fake_nvml.update_gpu(2, processes=[(9001, GIB, 50)])  # gi 0xFFFFFFFF: the full GPU
+    g = started.read_gpu(2)
+    assert [[p.pid for p in m.processes] for m in g.mig_devices] == [[7001], [7002]]
+    assert g.mig_devices[1].processes[0].used_memory_bytes == 6 * GIB
+    assert {s.metric.name: s.value for s in g.mig_devices[0].samples}[catalog.MIG_PROCESSES.name] == 1
+    assert [(p.pid, p.utilization_ratio) for p in g.processes] == [(9001, None)]
+    assert value(g, catalog.PROCESSES) == 3
+    assert fake_nvml.util_calls(2) == 0  # not supported on a MIG GPU: never asked
+    assert started.errors_by_kind() == {}
+
+
+def test_mig_processes_merge_own_and_parent_lists_by_pid(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    g = started.read_gpu(2)  # both lists hold 7001 and 7002: one entry each
+    assert [[p.pid for p in m.processes] for m in g.mig_devices] == [[7001], [7002]]
+    fake_nvml.update_gpu(2, fail={"processes": 4})  # the parent's list refused: NO_PERMISSION
+    mig = dict(fake_nvml.gpus[2]["mig"][0], mps_processes=[(7101, GIB, 0)])
+    fake_nvml.update_gpu(2, mig=[mig, fake_nvml.gpus[2]["mig"][1]])
+    g = started.read_gpu(2)
+    assert [[p.pid for p in m.processes] for m in g.mig_devices] == [[7001, 7101], [7002]]
+    assert g.processes == () and value(g, catalog.PROCESSES) == 3
+    assert fake_nvml.util_calls(2) == 0
+
+
+def test_mps_clients_are_merged_with_the_plain_list(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    # The plain list shows the MPS server; its clients are only in the MPS list.
+    fake_nvml.update_gpu(1, processes=[(50, 512 * MIB, 0)],
+                         mps_processes=[(100, 3 * GIB, 40), (200, GIB, 0), (50, 512 * MIB, 0)])
+    g = started.read_gpu(1)
+    procs = {p.pid: p for p in g.processes}
+    assert sorted(procs) == [50, 100, 200] and len(g.processes) == 3
+    assert procs[100].used_memory_bytes == 3 * GIB
+    assert procs[100].utilization_ratio == pytest.approx(0.40)
+    assert procs[200].utilization_ratio == 0.0
+    assert value(g, catalog.PROCESSES) == 3
+
+
+@pytest.mark.parametrize("refusal", [{"unsupported": ["mps_processes"]}, {"fail": {"mps_processes": 13}}])
+def test_no_mps_list_means_no_mps(fake_nvml: FakeNode, started: NvmlBackend, refusal: dict) -> None:
+    fake_nvml.update_gpu(1, mps_processes=[(100, GIB, 40)], **refusal)  # NOT_SUPPORTED, FUNCTION_NOT_FOUND
+    g = started.read_gpu(1)
+    assert [p.pid for p in g.processes] == [4243]
+    assert started.errors_by_kind() == {}
+
+
+def test_idle_processes_have_zero_utilization(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    """NVML samples only processes that used the SMs; NOT_FOUND when none did."""
+    fake_nvml.update_gpu(1, processes=[(100, GIB, 40), (200, GIB, 0)])
+    util = {p.pid: p.utilization_ratio for p in started.read_gpu(1).processes}
+    assert util == {100: pytest.approx(0.4), 200: 0.0}
+    fake_nvml.update_gpu(1, processes=[(100, GIB, 0), (200, GIB, 0)])  # no samples: NOT_FOUND
+    assert {p.pid: p.utilization_ratio for p in started.read_gpu(1).processes} == {100: 0.0, 200: 0.0}
+    fake_nvml.update_gpu(1, no_util_samples_result=0)  # SUCCESS on the sizing call: NVMLError(0)
+    assert {p.pid: p.utilization_ratio for p in started.read_gpu(1).processes} == {100: 0.0, 200: 0.0}
+    assert started.errors_by_kind() == {}
+    fake_nvml.unsupported(1, "process_utilization")  # NVML cannot tell: unknown, not 0
+    assert {p.pid: p.utilization_ratio for p in started.read_gpu(1).processes} == {100: None, 200: None}
+
+
+def test_process_utilization_reads_since_the_last_sample(
+    fake_nvml: FakeNode, started: NvmlBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pynvml.nvmlDeviceGetProcessUtilization
+    calls: list[tuple[int, list[int]]] = []
+
+    def spy(handle, since):  # type: ignore[no-untyped-def]
+        try:
+            samples = real(handle, since)
+        except pynvml.NVMLError:
+            calls.append((since, []))
+            raise
+        calls.append((since, [s.timeStamp for s in samples]))
+        return samples
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetProcessUtilization", spy)
+    started.read_gpu(1)
+    fake_nvml.update_gpu(1, processes=[(4243, GIB, 0)])  # idle: NOT_FOUND keeps the timestamp
+    started.read_gpu(1)
+    fake_nvml.update_gpu(1, processes=[(4243, GIB, 10)])
+    started.read_gpu(1)
+    (since0, stamps0), (since1, _), (since2, _) = calls
+    assert since0 == 0 and stamps0 and since1 == max(stamps0) and since2 == since1
+
+
+def test_minor_number(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    assert started.read_gpu(1).minor_number == 1
+    fake_nvml.update_gpu(1, minor=5)  # /dev/nvidia5 need not be GPU index 5
+    assert started.read_gpu(1).minor_number == 5
+    fake_nvml.unsupported(1, "minor")
+    assert started.read_gpu(1).minor_number is None
+
+
+def test_v1_memory_fallback_omits_reserved(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    fake_nvml.unsupported(0, "memory_v2")
+    g = started.read_gpu(0)
+    assert value(g, catalog.MEMORY_TOTAL) == 80 * GIB
+    assert value(g, catalog.MEMORY_USED) == 30 * GIB + GIB // 2  # v1 counts reserved in used
+    assert catalog.MEMORY_RESERVED.name not in names(g)
+
+
+def test_unknown_performance_state_is_omitted(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    fake_nvml.update_gpu(0, pstate=pynvml.NVML_PSTATE_UNKNOWN)
+    assert catalog.PERFORMANCE_STATE.name not in names(started.read_gpu(0))
 
 
 def test_processes_with_memory_and_utilization(fake_nvml: FakeNode, started: NvmlBackend) -> None:
@@ -281,7 +437,7 @@ def test_stop_is_quick_and_idempotent(fake_nvml: FakeNode) -> None:
     assert wait_for(lambda: b.xid_counts() != {})
     b.stop()
     b.start()
-    assert value(b.read_gpu(0), catalog.XID_ERRORS, "79") == 1
+    assert b.xid_counts() == {(b.read_gpu(0).uuid, 79): 1}
     b.stop()
 
 

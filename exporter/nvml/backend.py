@@ -14,10 +14,11 @@ Error policy, per read:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import pynvml
 
@@ -85,7 +86,10 @@ _NVLINK_ERRORS = (
 )
 _PCIE_KB = 1024.0  # NVML's PCIe throughput "KB/s" are KiB/s
 _MHZ = 1e6
-_NOT_MIG = 0xFFFFFFFF
+_NOT_MIG = 0xFFFFFFFF  # gpuInstanceId of a process on the full GPU
+#: Answers of nvmlDeviceGetProcessUtilization that mean "no process used the SMs since then":
+#: NOT_FOUND per nvml.h, SUCCESS where a sizing call finds nothing (pynvml raises NVMLError(0)).
+_NO_UTIL_SAMPLES = frozenset({pynvml.NVML_SUCCESS, pynvml.NVML_ERROR_NOT_FOUND})
 
 
 class GpuReadError(RuntimeError):
@@ -113,6 +117,7 @@ class NvmlBackend:
         self._log = logger or logging.getLogger("exporter.nvml")
         self._xid_timeout_ms = xid_event_timeout_ms
         self._lock = threading.Lock()
+        self._life = threading.Lock()  # serialises start() and stop(): one nvmlInit, one XID thread
         self._started = False
         self._handles: dict[int, Any] = {}
         self._logged: set[tuple[int, str]] = set()
@@ -123,32 +128,40 @@ class NvmlBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """``nvmlInit`` and start XID watching. Raises ``BackendUnavailable``; may be retried."""
-        if self._started:
-            return
-        try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as e:
-            raise BackendUnavailable(f"NVML init failed: {e} ({error_kind(e)})") from e
-        except OSError as e:  # the loader itself failed in an unexpected way
-            raise BackendUnavailable(f"NVML library cannot be loaded: {e}") from e
-        self._started = True
-        self._handles.clear()
-        self._system = self._read_system()
-        self._start_xid()
+        """``nvmlInit`` and start XID watching. Raises ``BackendUnavailable``; may be retried.
+
+        Fast: GPU handles (seconds each without persistence mode) are looked up by the XID thread
+        and by ``read_gpu``, not here. Concurrent calls initialise once.
+        """
+        with self._life:
+            if self._started:
+                return
+            try:
+                pynvml.nvmlInit()
+            except pynvml.NVMLError as e:
+                raise BackendUnavailable(f"NVML init failed: {e} ({error_kind(e)})") from e
+            except OSError as e:  # the loader itself failed in an unexpected way
+                raise BackendUnavailable(f"NVML library cannot be loaded: {e}") from e
+            self._started = True
+            with self._lock:
+                self._handles.clear()
+            self._system = self._read_system()
+            self._start_xid()
 
     def stop(self) -> None:
         """Stop the XID thread (within about one event timeout) and ``nvmlShutdown``. Idempotent."""
-        if self._xid is not None:
-            self._xid.stop()
-        if not self._started:
-            return
-        self._started = False
-        self._handles.clear()
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError as e:
-            self._log.debug("nvmlShutdown: %s", e)
+        with self._life:
+            if self._xid is not None:
+                self._xid.stop()
+            if not self._started:
+                return
+            self._started = False
+            with self._lock:
+                self._handles.clear()
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as e:
+                self._log.debug("nvmlShutdown: %s", e)
 
     def device_count(self) -> int:
         return int(pynvml.nvmlDeviceGetCount())
@@ -160,8 +173,10 @@ class NvmlBackend:
             return dict(self._errors)
 
     def xid_counts(self) -> dict[tuple[str, int], int]:
-        """(GPU uuid, XID code) -> events seen since start."""
-        return self._xid.counts() if self._xid is not None else {}
+        """(GPU uuid, XID code) -> events seen since the first start; served apart from
+        ``read_gpu`` so that they stay readable while a GPU is lost (see ``GpuBackend``)."""
+        xid = self._xid
+        return xid.counts() if xid is not None else {}
 
     # -- reading a GPU -------------------------------------------------------------------------
     def read_gpu(self, index: int) -> Gpu:
@@ -234,9 +249,6 @@ class NvmlBackend:
                 self._util_since[index] = max(new, self._util_since.get(index, 0))
             return self._util_since.get(index, 0)
 
-    def _xid_counts_for(self, uuid: str) -> dict[int, int]:
-        return self._xid.counts_for(uuid) if self._xid is not None else {}
-
     # -- start-up ------------------------------------------------------------------------------
     def _read_system(self) -> dict[str, str]:
         system = {"driver_version": "", "cuda_version": ""}
@@ -252,25 +264,29 @@ class NvmlBackend:
         return system
 
     def _start_xid(self) -> None:
-        gpus: list[tuple[str, Any]] = []
+        if self._xid is None:  # kept across restarts: XID counts stay cumulative
+            self._xid = XidWatcher(timeout_ms=self._xid_timeout_ms, logger=self._log)
+        try:
+            self._xid.start(self._xid_gpus)
+        except pynvml.NVMLError as e:
+            self._log.warning("XID events unavailable: %s", e)
+
+    def _xid_gpus(self) -> Iterator[tuple[str, Any]]:
+        """(uuid, handle) of every GPU that can be looked up; runs in the XID thread."""
         try:
             count = self.device_count()
         except pynvml.NVMLError as e:
             self._log.warning("cannot count GPUs for XID events: %s", e)
-            count = 0
+            return
         for i in range(count):
             try:
                 handle = self._handle(i)
-                gpus.append((_text(pynvml.nvmlDeviceGetUUID(handle)), handle))
+                uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
             except pynvml.NVMLError as e:
                 self._drop_handle(i)
                 self._log.warning("GPU %d: XID events not watched: %s", i, e)
-        if self._xid is None:  # kept across restarts: XID counts stay cumulative
-            self._xid = XidWatcher(timeout_ms=self._xid_timeout_ms, logger=self._log)
-        try:
-            self._xid.start(gpus)
-        except pynvml.NVMLError as e:
-            self._log.warning("XID events unavailable: %s", e)
+                continue
+            yield uuid, handle
 
 
 class _GpuReader:
@@ -302,13 +318,12 @@ class _GpuReader:
         self._remapped_rows()
         self._nvlink()
         self._field_batch()
-        for code, n in sorted(self.b._xid_counts_for(uuid).items()):
-            self.add(catalog.XID_ERRORS, n, (str(code),))
-        migs = self._mig_devices(name) if mig_enabled else ()
-        processes = self._processes(migs)
+        # XID counters are not read here: the collector adds them (GpuBackend.xid_counts).
+        minor = self.opt("minor_number", pynvml.nvmlDeviceGetMinorNumber, self.h)
+        migs, processes = self._devices_and_processes(name, mig_enabled)
         self.add(catalog.PROCESSES, len(processes) + sum(len(m.processes) for m in migs))
-        return Gpu(index=self.index, uuid=uuid, up=True, info=info, samples=tuple(self.samples),
-                   mig_devices=migs, processes=processes)
+        return Gpu(index=self.index, uuid=uuid, up=True, minor_number=None if minor is None else int(minor),
+                   info=info, samples=tuple(self.samples), mig_devices=migs, processes=processes)
 
     # -- identity ------------------------------------------------------------------------------
     def _info(self, name: str) -> tuple[dict[str, str], bool]:
@@ -378,7 +393,8 @@ class _GpuReader:
             self.add(catalog.CLOCK, None if cur is None else cur * _MHZ, (label,))
             top = self.opt(f"max_clock_{label}", pynvml.nvmlDeviceGetMaxClockInfo, self.h, clock)
             self.add(catalog.CLOCK_MAX, None if top is None else top * _MHZ, (label,))
-        self.add(catalog.PERFORMANCE_STATE, self.opt("pstate", pynvml.nvmlDeviceGetPerformanceState, self.h))
+        pstate = self.opt("pstate", pynvml.nvmlDeviceGetPerformanceState, self.h)
+        self.add(catalog.PERFORMANCE_STATE, None if pstate == pynvml.NVML_PSTATE_UNKNOWN else pstate)
         self._clock_events()
         for label, policy in _VIOLATIONS:
             v = self.opt(f"violation_{label}", pynvml.nvmlDeviceGetViolationStatus, self.h, policy)
@@ -461,7 +477,26 @@ class _GpuReader:
                 self.add(spec.metric, None if raw is None else float(raw) * spec.scale, spec.labels)
 
     # -- MIG and processes -----------------------------------------------------------------------
-    def _mig_devices(self, parent_name: str) -> tuple[MigDevice, ...]:
+    def _devices_and_processes(
+        self, name: str, mig_enabled: bool
+    ) -> tuple[tuple[MigDevice, ...], tuple[GpuProcess, ...]]:
+        """MIG devices (with their processes) and the processes on the full GPU.
+
+        On a MIG GPU the parent's list holds every instance's processes, tagged with
+        gpuInstanceId/computeInstanceId: they go to their MigDevice (merged with the MIG
+        handle's own list, which may be empty or refused), and only gi 0xFFFFFFFF stays with
+        the full GPU. NVML has no per-process utilisation in MIG mode, so none is asked for.
+        """
+        listed = self._listed_processes("processes", self.h)
+        if not mig_enabled:
+            return (), self._with_utilization(merge_processes(p for _, p in listed))
+        by_instance = split_by_instance(listed)
+        migs = self._mig_devices(name, by_instance)
+        return migs, merge_processes(p for (gi, _), p in listed if gi == _NOT_MIG)
+
+    def _mig_devices(
+        self, parent_name: str, by_instance: dict[tuple[int, int], list[GpuProcess]]
+    ) -> tuple[MigDevice, ...]:
         count = self.opt("mig", pynvml.nvmlDeviceGetMaxMigDeviceCount, self.h)
         devices = []
         for i in range(count or 0):
@@ -471,12 +506,14 @@ class _GpuReader:
                 if e.value not in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT):
                     self.b._optional_failed(self.index, "mig", e)
                 continue
-            device = self._mig_device(mig, parent_name)
+            device = self._mig_device(mig, parent_name, by_instance)
             if device is not None:
                 devices.append(device)
         return tuple(devices)
 
-    def _mig_device(self, mig: Any, parent_name: str) -> MigDevice | None:
+    def _mig_device(
+        self, mig: Any, parent_name: str, by_instance: dict[tuple[int, int], list[GpuProcess]]
+    ) -> MigDevice | None:
         uuid = self.opt("mig_uuid", pynvml.nvmlDeviceGetUUID, mig)
         gi = self.opt("mig_gpu_instance_id", pynvml.nvmlDeviceGetGpuInstanceId, mig)
         ci = self.opt("mig_compute_instance_id", pynvml.nvmlDeviceGetComputeInstanceId, mig)
@@ -489,35 +526,48 @@ class _GpuReader:
             total, used, free, _reserved = mem
             samples += [Sample(catalog.MIG_MEMORY_TOTAL, float(total)), Sample(catalog.MIG_MEMORY_USED, float(used)),
                         Sample(catalog.MIG_MEMORY_FREE, float(free))]
-        procs = self._process_list("mig_processes", mig)
+        own = (p for _, p in self._listed_processes("mig_processes", mig))
+        procs = merge_processes(own, by_instance.get((int(gi), int(ci)), ()))
         samples.append(Sample(catalog.MIG_PROCESSES, float(len(procs))))
         return MigDevice(uuid=_text(uuid), gpu_instance_id=int(gi), compute_instance_id=int(ci),
                          profile=mig_profile(_text(name) if name is not None else "", parent_name),
-                         samples=tuple(samples), processes=tuple(procs))
+                         samples=tuple(samples), processes=procs)
 
-    def _process_list(self, what: str, handle: Any) -> list[GpuProcess]:
-        procs = self.opt(what, pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle) or []
-        return [GpuProcess(pid=int(p.pid), used_memory_bytes=None if p.usedGpuMemory is None else int(p.usedGpuMemory))
-                for p in procs]
+    def _listed_processes(self, what: str, handle: Any) -> list[tuple[tuple[int, int], GpuProcess]]:
+        """((gpuInstanceId, computeInstanceId), process) for the compute processes of a GPU or
+        MIG handle: the plain list, then the MPS list. MPS clients show only in the latter (the
+        plain list has the MPS server); NOT_SUPPORTED / FUNCTION_NOT_FOUND there means no MPS.
 
-    def _processes(self, migs: tuple[MigDevice, ...]) -> tuple[GpuProcess, ...]:
-        """Processes on the full GPU, with SM utilisation since the previous read. On a MIG GPU
-        the parent also lists the MIG devices' processes: those stay with their MigDevice."""
-        in_mig = {p.pid for m in migs for p in m.processes}
-        procs = [p for p in self._process_list("processes", self.h) if p.pid not in in_mig]
+        The ``_v3`` names on purpose: pynvml's unversioned wrappers turn FUNCTION_NOT_FOUND
+        (an older driver) into ``NVMLLibraryMismatchError``, which is no ``NVMLError``."""
+        plain = self.opt(what, pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle) or []
+        mps = self.opt(f"{what}_mps", pynvml.nvmlDeviceGetMPSComputeRunningProcesses_v3, handle) or []
+        return [(_instance_of(p), _process_of(p)) for p in [*plain, *mps]]
+
+    def _with_utilization(self, procs: tuple[GpuProcess, ...]) -> tuple[GpuProcess, ...]:
         if not procs:
             return ()
         util = self._process_utilization()
-        return tuple(GpuProcess(p.pid, p.used_memory_bytes, util.get(p.pid)) for p in procs)
+        if util is None:
+            return procs
+        # No sample: the process did not use the SMs since the last read (nvml.h), so 0.0.
+        return tuple(dataclasses.replace(p, utilization_ratio=util.get(p.pid, 0.0)) for p in procs)
 
-    def _process_utilization(self) -> dict[int, float]:
+    def _process_utilization(self) -> dict[int, float] | None:
+        """SM utilisation by pid since the previous read; None when NVML cannot tell.
+
+        NVML returns samples only for processes with non-zero utilisation since
+        ``lastSeenTimeStamp``, which is kept per GPU so that each read covers the time since
+        the previous one.
+        """
         since = self.b._util_timestamp(self.index)
         try:
             samples = pynvml.nvmlDeviceGetProcessUtilization(self.h, since)
         except pynvml.NVMLError as e:
-            if e.value != pynvml.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: no sample since `since`
-                self.b._optional_failed(self.index, "process_utilization", e)
-            return {}
+            if e.value in _NO_UTIL_SAMPLES:
+                return {}
+            self.b._optional_failed(self.index, "process_utilization", e)
+            return None
         latest: dict[int, Any] = {}
         for s in samples:
             if s.pid not in latest or s.timeStamp > latest[s.pid].timeStamp:
@@ -527,11 +577,48 @@ class _GpuReader:
         return {pid: min(s.smUtil, 100) / 100.0 for pid, s in latest.items()}
 
 
+def _instance_of(p: Any) -> tuple[int, int]:
+    gi = getattr(p, "gpuInstanceId", _NOT_MIG)
+    ci = getattr(p, "computeInstanceId", _NOT_MIG)
+    return (_NOT_MIG if gi is None else int(gi), _NOT_MIG if ci is None else int(ci))
+
+
+def _process_of(p: Any) -> GpuProcess:
+    mem = p.usedGpuMemory
+    return GpuProcess(pid=int(p.pid), used_memory_bytes=None if mem is None else int(mem))
+
+
+def split_by_instance(
+    listed: Iterable[tuple[tuple[int, int], GpuProcess]]
+) -> dict[tuple[int, int], list[GpuProcess]]:
+    """The MIG processes of a parent GPU's list, by (gpuInstanceId, computeInstanceId)."""
+    out: dict[tuple[int, int], list[GpuProcess]] = {}
+    for instance, proc in listed:
+        if instance[0] != _NOT_MIG:
+            out.setdefault(instance, []).append(proc)
+    return out
+
+
+def merge_processes(*lists: Iterable[GpuProcess]) -> tuple[GpuProcess, ...]:
+    """One entry per pid, in order of first appearance; a later list fills in what an earlier
+    one lacks (memory NVML could not tell), it never overrides a known value."""
+    merged: dict[int, GpuProcess] = {}
+    for procs in lists:
+        for p in procs:
+            seen = merged.get(p.pid)
+            if seen is None:
+                merged[p.pid] = p
+            elif seen.used_memory_bytes is None and p.used_memory_bytes is not None:
+                merged[p.pid] = dataclasses.replace(seen, used_memory_bytes=p.used_memory_bytes)
+    return tuple(merged.values())
+
+
 def read_memory(
     backend: NvmlBackend, index: int, handle: Any, what: str = "memory"
-) -> tuple[int, int, int, int] | None:
+) -> tuple[int, int, int, int | None] | None:
     """(total, used, free, reserved) bytes via the v2 API (``used`` excludes reserved memory);
-    the v1 API on drivers without v2, where reserved is unknown (0) and counted in used."""
+    the v1 API on drivers without v2, where reserved is unknown (None: omitted, not 0) and
+    counted in used."""
     try:
         m = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
         return int(m.total), int(m.used), int(m.free), int(m.reserved)
@@ -542,7 +629,7 @@ def read_memory(
     m = backend._optional(index, what, pynvml.nvmlDeviceGetMemoryInfo, handle)
     if m is None:
         return None
-    return int(m.total), int(m.used), int(m.free), 0
+    return int(m.total), int(m.used), int(m.free), None
 
 
 def mig_profile(mig_name: str, parent_name: str = "") -> str:

@@ -15,8 +15,9 @@
  *   gpu.<i>.hang_seconds=s  every call on the GPU sleeps s seconds first (re-checked every 50 ms)
  *   gpu.<i>.unsupported=a,b the named reads return NVML_ERROR_NOT_SUPPORTED
  *   gpu.<i>.fail.<name>=n   the named read returns nvmlReturn_t n
- *   gpu.<i>.mig.<j>.<key>   MIG device j of GPU i (uuid, gi, ci, profile, mem_*, processes)
- *   xid.<seq>=<gpu>:<code>[,<gpu>:<code>...]   events queued once per seq (seq > last seen)
+ *   gpu.<i>.mig.<j>.<key>   MIG device j of GPU i (uuid, gi, ci, profile, mem_*, processes,
+ *                           mps_processes)
+ *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events queued once per seq (seq > last seen)
  *
  * Build: gcc -shared -fPIC -O1 -I<nvml include> -Wl,-soname,libnvidia-ml.so.1 -o libnvidia-ml.so.1 fake_nvml.c
  */
@@ -49,7 +50,7 @@ struct nvmlEventSet_st {
     unsigned long long mask[MAX_GPUS];
 };
 
-struct event { int gpu; unsigned long long code; };
+struct event { int gpu; unsigned long long code; unsigned int gi, ci; };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct nvmlDevice_st gpu_handles[MAX_GPUS];
@@ -67,6 +68,7 @@ static char run_id[128];
 static long last_xid_seq;
 static struct event events[MAX_EVENTS];
 static int ev_head, ev_len;
+static unsigned int util_calls[MAX_GPUS]; /* nvmlDeviceGetProcessUtilization calls per GPU */
 
 /* ---- configuration ------------------------------------------------------------------- */
 
@@ -88,11 +90,11 @@ static const char *get(const char *key)
     return NULL;
 }
 
-static void push_event(int gpu, unsigned long long code)
+static void push_event(int gpu, unsigned long long code, unsigned int gi, unsigned int ci)
 {
     if (ev_len >= MAX_EVENTS)
         return;
-    events[(ev_head + ev_len) % MAX_EVENTS] = (struct event){gpu, code};
+    events[(ev_head + ev_len) % MAX_EVENTS] = (struct event){gpu, code, gi, ci};
     ev_len++;
 }
 
@@ -113,8 +115,9 @@ static void queue_new_xids(void)
         for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
             int gpu;
             unsigned long long code;
-            if (sscanf(tok, " %d:%llu", &gpu, &code) == 2 && gpu >= 0 && gpu < MAX_GPUS)
-                push_event(gpu, code);
+            unsigned int gi = NOT_MIG, ci = NOT_MIG; /* an event on a MIG instance carries its ids */
+            if (sscanf(tok, " %d:%llu:%u:%u", &gpu, &code, &gi, &ci) >= 2 && gpu >= 0 && gpu < MAX_GPUS)
+                push_event(gpu, code, gi, ci);
         }
     }
     last_xid_seq = newest;
@@ -338,8 +341,21 @@ static nvmlReturn_t copy_str(char *dst, unsigned int len, const char *src)
 
 /* ---- init, system -------------------------------------------------------------------- */
 
+/* Seconds a config key asks some call to take (read under the lock, slept outside it). */
+static double delay_of(const char *key)
+{
+    pthread_mutex_lock(&lock);
+    refresh();
+    const char *v = get(key);
+    pthread_mutex_unlock(&lock);
+    return v ? atof(v) : 0;
+}
+
 static nvmlReturn_t do_init(void)
 {
+    double delay = delay_of("init_seconds"); /* real nvmlInit takes seconds without persistence mode */
+    if (delay > 0)
+        sleep_ms((int)(delay * 1000));
     pthread_mutex_lock(&lock);
     for (int i = 0; i < MAX_GPUS; i++) {
         gpu_handles[i] = (struct nvmlDevice_st){i, -1};
@@ -388,6 +404,7 @@ void fake_nvml_reset(void)
     run_id[0] = 0;
     have_stat = 0;
     memset(sets, 0, sizeof sets);
+    memset(util_calls, 0, sizeof util_calls);
     pthread_mutex_unlock(&lock);
 }
 
@@ -460,6 +477,11 @@ nvmlReturn_t DECLDIR nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevic
 {
     if (!device || index >= MAX_GPUS)
         return NVML_ERROR_INVALID_ARGUMENT;
+    char key[64];
+    snprintf(key, sizeof key, "gpu.%u.handle_seconds", index); /* 1-3 s per GPU without persistence mode */
+    double delay = delay_of(key);
+    if (delay > 0)
+        sleep_ms((int)(delay * 1000));
     ENTER(&gpu_handles[index], "handle", 0);
     *device = &gpu_handles[index];
     LEAVE(NVML_SUCCESS);
@@ -482,6 +504,14 @@ nvmlReturn_t DECLDIR nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *d
         pthread_mutex_unlock(&lock);
     }
     return NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMinorNumber(nvmlDevice_t dev, unsigned int *minor)
+{
+    ENTER(dev, "minor", 0);
+    if (!minor) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    *minor = (unsigned int)gnum(dev->gpu, "minor", (unsigned long long)dev->gpu);
+    LEAVE(NVML_SUCCESS);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetIndex(nvmlDevice_t dev, unsigned int *index)
@@ -915,9 +945,12 @@ nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t dev, int count, nvmlF
 /* ---- processes ------------------------------------------------------------------------- */
 
 /*
- * Processes are "pid:used_bytes[:sm_percent]" lists in gpu.<i>.processes and
- * gpu.<i>.mig.<j>.processes. The parent of a MIG GPU also reports the processes of its MIG
- * devices (with their instance ids), like the real driver.
+ * Processes are "pid:used_bytes[:sm_percent]" lists: gpu.<i>.processes (plain compute list),
+ * gpu.<i>.mps_processes (MPS clients, nvmlDeviceGetMPSComputeRunningProcesses), and the same
+ * keys under gpu.<i>.mig.<j>. Like the real driver, the parent of a MIG GPU also reports the
+ * processes of its MIG devices, each with its gpuInstanceId/computeInstanceId; full-GPU
+ * processes carry 0xFFFFFFFF. A MIG handle's own list is the read "mig_processes" (resp.
+ * "mig_mps_processes"), so it can fail apart from the parent's "processes" ("mps_processes").
  */
 struct proc { unsigned int pid, gi, ci, sm; unsigned long long mem; };
 
@@ -937,27 +970,36 @@ static int parse_procs(const char *list, unsigned int gi, unsigned int ci, struc
     return n;
 }
 
-static int procs_of(nvmlDevice_t dev, struct proc *out, int max)
+/* The processes of list `key` ("processes" or "mps_processes") on a GPU or MIG handle. Lock held. */
+static int procs_of(nvmlDevice_t dev, const char *key, struct proc *out, int max)
 {
     int g = dev->gpu;
     if (dev->mig >= 0)
-        return parse_procs(mget(g, dev->mig, "processes"), (unsigned)mnum(g, dev->mig, "gi", 1),
+        return parse_procs(mget(g, dev->mig, key), (unsigned)mnum(g, dev->mig, "gi", 1),
                            (unsigned)mnum(g, dev->mig, "ci", 0), out, max, 0);
-    int n = parse_procs(gget(g, "processes"), NOT_MIG, NOT_MIG, out, max, 0);
+    int n = parse_procs(gget(g, key), NOT_MIG, NOT_MIG, out, max, 0);
     if (gnum(g, "mig_mode", 0))
         for (int j = 0; j < mig_count(g); j++)
-            n = parse_procs(mget(g, j, "processes"), (unsigned)mnum(g, j, "gi", 1), (unsigned)mnum(g, j, "ci", 0),
+            n = parse_procs(mget(g, j, key), (unsigned)mnum(g, j, "gi", 1), (unsigned)mnum(g, j, "ci", 0),
                             out, max, n);
     return n;
 }
 
-nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
-                                                             nvmlProcessInfo_t *infos)
+static int is_mig_handle(nvmlDevice_t dev)
 {
-    ENTER(dev, "processes", 1);
+    const char *p = (const char *)dev;
+    return p >= (const char *)mig_handles && p < (const char *)mig_handles + sizeof mig_handles;
+}
+
+/* nvmlDeviceGet{,MPS}ComputeRunningProcesses_v3: sizing call, then the list. */
+static nvmlReturn_t running_processes(nvmlDevice_t dev, const char *key, unsigned int *count, nvmlProcessInfo_t *infos)
+{
+    char what[32];
+    snprintf(what, sizeof what, "%s%s", is_mig_handle(dev) ? "mig_" : "", key);
+    ENTER(dev, what, 1);
     if (!count) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
     struct proc p[64];
-    int n = procs_of(dev, p, 64);
+    int n = procs_of(dev, key, p, 64);
     if (n == 0) {
         *count = 0;
         LEAVE(NVML_SUCCESS);
@@ -976,18 +1018,53 @@ nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, u
     LEAVE(NVML_SUCCESS);
 }
 
+nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
+                                                             nvmlProcessInfo_t *infos)
+{
+    return running_processes(dev, "processes", count, infos);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
+                                                                nvmlProcessInfo_t *infos)
+{
+    return running_processes(dev, "mps_processes", count, infos);
+}
+
+/*
+ * Like the real driver (nvml.h): one sample per process with non-zero SM utilisation newer than
+ * lastSeen, NVML_ERROR_NOT_FOUND when there is none (gpu.<i>.no_util_samples_result=N answers
+ * N instead, e.g. 0: drivers whose sizing call says SUCCESS with no samples), NOT_SUPPORTED in
+ * MIG mode. fake_nvml_util_calls(gpu) (a test hook, not NVML) counts the calls per GPU.
+ */
+unsigned int fake_nvml_util_calls(int gpu)
+{
+    pthread_mutex_lock(&lock);
+    unsigned int n = gpu >= 0 && gpu < MAX_GPUS ? util_calls[gpu] : 0;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
 nvmlReturn_t DECLDIR nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProcessUtilizationSample_t *samples,
                                                      unsigned int *count, unsigned long long lastSeen)
 {
     ENTER(dev, "process_utilization", 0);
+    util_calls[dev->gpu]++;
     if (!count) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
     if (gnum(dev->gpu, "mig_mode", 0)) LEAVE(NVML_ERROR_NOT_SUPPORTED);
-    struct proc p[64];
-    int n = parse_procs(gget(dev->gpu, "processes"), NOT_MIG, NOT_MIG, p, 64, 0);
+    struct proc all[128], p[128];
+    int total = procs_of(dev, "processes", all, 64);
+    total += procs_of(dev, "mps_processes", all + total, 64);
+    int n = 0;
+    for (int i = 0; i < total; i++)
+        if (all[i].sm > 0)
+            p[n++] = all[i];
     struct timeval tv;
     gettimeofday(&tv, NULL);
     unsigned long long now = (unsigned long long)tv.tv_sec * 1000000ULL + tv.tv_usec;
-    if (n == 0 || now <= lastSeen) LEAVE(NVML_ERROR_NOT_FOUND);
+    if (n == 0 || now <= lastSeen) {
+        *count = 0;
+        LEAVE((nvmlReturn_t)gnum(dev->gpu, "no_util_samples_result", NVML_ERROR_NOT_FOUND));
+    }
     if (!samples || *count < (unsigned)n) {
         *count = (unsigned)n;
         LEAVE(NVML_ERROR_INSUFFICIENT_SIZE);
@@ -1121,8 +1198,8 @@ nvmlReturn_t DECLDIR nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *da
             data->device = &gpu_handles[e.gpu];
             data->eventType = nvmlEventTypeXidCriticalError;
             data->eventData = e.code;
-            data->gpuInstanceId = NOT_MIG;
-            data->computeInstanceId = NOT_MIG;
+            data->gpuInstanceId = e.gi;
+            data->computeInstanceId = e.ci;
             LEAVE(NVML_SUCCESS);
         }
         pthread_mutex_unlock(&lock);
