@@ -11,7 +11,8 @@ Device ids come in the forms the device plugins emit:
 ``MIG-<uuid>``                   a MIG instance
 ``MIG-GPU-<uuid>/<gi>/<ci>``     a MIG instance, drivers before R470
 ``<any of these>::<n>``          replica n of a time-sliced or MPS device
-``0``, ``nvidia0``               GPU by index (GKE: ``nvidia0/vgpu3`` shared)
+``0``                            GPU by NVML index (``deviceIDStrategy=index``)
+``nvidia0``, ``nvidia0/vgpu3``   GPU by /dev/nvidia minor number (GKE; vgpu = shared)
 ===============================  ==========================================
 """
 
@@ -25,7 +26,8 @@ from typing import Iterable, Mapping
 from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources
 
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
-_INDEX = re.compile(r"^(?:nvidia)?(\d+)(?:/vgpu(\d+))?$")
+_INDEX = re.compile(r"^\d+$")
+_MINOR = re.compile(r"^nvidia(\d+)(?:/vgpu\d+)?$")
 _LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -63,50 +65,53 @@ class Attribution:
     unknown_ids: tuple[str, ...] = ()  # device ids that matched no device this cycle
 
     def sole_holder(self, device_uuid: str) -> Holder | None:
-        """The container holding the device alone, if exactly one does."""
+        """The container holding the device alone, if exactly one does and the device is not
+        shared: a time-sliced GPU with one replica taken now may have two holders next cycle,
+        and its device series must not change label sets when that happens."""
         holders = self.holders.get(device_uuid, ())
-        return holders[0] if len(holders) == 1 else None
+        return holders[0] if len(holders) == 1 and not holders[0].shared else None
 
 
 @dataclass(frozen=True, slots=True)
 class _Ids:
     """Lookup tables from every id form to a device uuid."""
 
-    by_uuid: Mapping[str, str]  # GPU-... and MIG-... -> itself
-    by_legacy_mig: Mapping[tuple[str, int, int], str]
-    by_index: Mapping[int, str]
+    by_key: Mapping[tuple[str, object], str]  # (id kind, key) -> device uuid
 
     @classmethod
     def of(cls, snapshot: GpuSnapshot) -> "_Ids":
-        by_uuid: dict[str, str] = {}
-        legacy: dict[tuple[str, int, int], str] = {}
-        index: dict[int, str] = {}
+        by_key: dict[tuple[str, object], str] = {}
         for gpu in snapshot.gpus:
-            if gpu.uuid:
-                by_uuid[gpu.uuid] = gpu.uuid
-                index[gpu.index] = gpu.uuid
+            if not gpu.uuid:
+                continue
+            by_key["uuid", gpu.uuid] = gpu.uuid
+            by_key["index", gpu.index] = gpu.uuid
+            minor = gpu.index if gpu.minor_number is None else gpu.minor_number
+            by_key["minor", minor] = gpu.uuid
             for mig in gpu.mig_devices:
-                by_uuid[mig.uuid] = mig.uuid
-                legacy[(gpu.uuid, mig.gpu_instance_id, mig.compute_instance_id)] = mig.uuid
-        return cls(by_uuid, legacy, index)
+                by_key["uuid", mig.uuid] = mig.uuid
+                by_key["legacy_mig", (gpu.uuid, mig.gpu_instance_id, mig.compute_instance_id)] = mig.uuid
+        return cls(by_key)
 
 
-def parse_device_id(device_id: str) -> tuple[str | tuple[str, int, int] | int, bool] | None:
-    """Split a device plugin id into (device key, is a replica).
+def parse_device_id(device_id: str) -> tuple[str, object, bool] | None:
+    """Split a device plugin id into (id kind, key, is shared); None for a form we do not know.
 
-    The key is a uuid string, a (parent uuid, gi, ci) tuple for legacy MIG ids, or a GPU index.
-    None for a form we do not know.
+    Kinds: ``uuid`` (key: the GPU-/MIG- uuid), ``legacy_mig`` (key: parent uuid, gi, ci),
+    ``index`` (NVML index), ``minor`` (/dev/nvidia minor number).
     """
     base, sep, replica = device_id.partition("::")
     shared = bool(sep)
     if shared and not replica.isdigit():
         return None
     if (legacy := _LEGACY_MIG.match(base)) is not None:
-        return (legacy[1], int(legacy[2]), int(legacy[3])), shared
+        return "legacy_mig", (legacy[1], int(legacy[2]), int(legacy[3])), shared
     if base.startswith(("GPU-", "MIG-")) and len(base) > 4:
-        return base, shared
-    if (index := _INDEX.match(base)) is not None:
-        return int(index[1]), shared or index[2] is not None
+        return "uuid", base, shared
+    if _INDEX.match(base):
+        return "index", int(base), shared
+    if (minor := _MINOR.match(base)) is not None:
+        return "minor", int(minor[1]), shared or "/vgpu" in base
     return None
 
 
@@ -114,13 +119,8 @@ def resolve(device_id: str, ids: _Ids) -> tuple[str, bool] | None:
     parsed = parse_device_id(device_id)
     if parsed is None:
         return None
-    key, shared = parsed
-    if isinstance(key, str):
-        uuid = ids.by_uuid.get(key)
-    elif isinstance(key, tuple):
-        uuid = ids.by_legacy_mig.get(key)
-    else:
-        uuid = ids.by_index.get(key)
+    kind, key, shared = parsed
+    uuid = ids.by_key.get((kind, key))
     return (uuid, shared) if uuid else None
 
 

@@ -26,7 +26,7 @@ MIG_B = "MIG-bbbbbbbb-1111-2222-3333-444444444444"
 def node() -> GpuSnapshot:
     return GpuSnapshot(
         gpus=(
-            Gpu(index=0, uuid=GPU0, processes=(GpuProcess(100, 2_000, 0.5), GpuProcess(101, 1_000, 0.25))),
+            Gpu(index=0, uuid=GPU0, minor_number=3, processes=(GpuProcess(100, 2_000, 0.5), GpuProcess(101, 1_000, 0.25))),
             Gpu(index=1, uuid=GPU1, processes=(GpuProcess(200, 4_000, 0.3), GpuProcess(300, 8_000, 0.6))),
             Gpu(
                 index=2,
@@ -48,14 +48,15 @@ def row(pod: str, container: str, resource: str, *ids: str, namespace: str = "ml
 @pytest.mark.parametrize(
     ("device_id", "expected"),
     [
-        (GPU0, (GPU0, False)),
-        (MIG_A, (MIG_A, False)),
-        (f"{GPU0}::3", (GPU0, True)),
-        (f"{MIG_A}::0", (MIG_A, True)),
-        (f"MIG-{GPU2}/1/0", ((GPU2, 1, 0), False)),
-        ("0", (0, False)),
-        ("nvidia1", (1, False)),
-        ("nvidia1/vgpu2", (1, True)),
+        (GPU0, ("uuid", GPU0, False)),
+        (MIG_A, ("uuid", MIG_A, False)),
+        (f"{GPU0}::3", ("uuid", GPU0, True)),
+        (f"{MIG_A}::0", ("uuid", MIG_A, True)),
+        (f"MIG-{GPU2}/1/0", ("legacy_mig", (GPU2, 1, 0), False)),
+        ("0", ("index", 0, False)),
+        ("nvidia1", ("minor", 1, False)),
+        ("nvidia1/vgpu2", ("minor", 1, True)),
+        ("nvidiaX", None),
         ("something-else", None),
         (f"{GPU0}::x", None),
         ("GPU-", None),
@@ -94,6 +95,9 @@ def test_one_container_with_two_replicas_of_one_gpu_is_still_shared():
     result = attribute(node(), resources, {}, {})
     assert len(result.holders[GPU0]) == 1
     assert result.holders[GPU0][0].shared is True
+    # One holder of a shared GPU is no sole holder: the next replica taken must not change the
+    # label set of the GPU's series.
+    assert result.sole_holder(GPU0) is None
 
 
 def test_mig_devices_in_uuid_and_legacy_forms_and_index_ids():
@@ -101,14 +105,16 @@ def test_mig_devices_in_uuid_and_legacy_forms_and_index_ids():
         (
             row("mig-a", "c", "nvidia.com/mig-3g.40gb", MIG_A),
             row("mig-b", "c", "nvidia.com/mig-2g.20gb", f"MIG-{GPU2}/2/0"),
-            row("gke", "c", "nvidia.com/gpu", "nvidia0"),
+            row("gke", "c", "nvidia.com/gpu", "nvidia3"),  # GKE names GPUs by /dev/nvidia minor
+            row("by-index", "c", "nvidia.com/gpu", "1"),
         )
     )
     result = attribute(node(), resources, {}, {})
     assert result.sole_holder(MIG_A).pod == "mig-a"
     assert result.sole_holder(MIG_B).pod == "mig-b"
     assert result.sole_holder(GPU0).pod == "gke"
-    assert result.allocated == {"nvidia.com/mig-3g.40gb": 1, "nvidia.com/mig-2g.20gb": 1, "nvidia.com/gpu": 1}
+    assert result.sole_holder(GPU1).pod == "by-index"
+    assert result.allocated == {"nvidia.com/mig-3g.40gb": 1, "nvidia.com/mig-2g.20gb": 1, "nvidia.com/gpu": 2}
 
 
 def test_one_container_with_two_gpus_holds_both():
