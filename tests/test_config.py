@@ -96,3 +96,17 @@ def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
     assert f"invalid scenario {scenario}" in result.stderr
     for fragment in ("node.drivr_version", "gpus[0].memry", "pods"):
         assert fragment in result.stderr
+
+
+def test_json_logs_are_one_object_per_line_and_include_the_resolved_config():
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--simulate", "--once", "--log.format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    start = next(e for e in entries if "starting with" in e["message"])
+    assert start["level"] == "info" and '"simulate": true' in start["message"]
+    assert any(e["level"] == "warning" and "SIMULATED" in e["message"] for e in entries)

@@ -130,8 +130,7 @@ def test_labels_in_every_allocation_mode(cluster):
     assert value(body, "nvidia_gpu_utilization_ratio", gpu="0", namespace="ml", pod="train-0",
                  container="trainer") == pytest.approx(0.87)
     (labels, _), = samples(body, "nvidia_gpu_allocation_info", uuid=GPU[0])
-    assert labels | {} == labels and (labels["workload_kind"], labels["workload"], labels["shared"]) == (
-        "CronJob", "train", "false")
+    assert (labels["workload_kind"], labels["workload"], labels["shared"]) == ("CronJob", "train", "false")
     assert labels["label_team"] == "vision" and labels["resource"] == "nvidia.com/gpu"
 
     # Time-sliced GPU: two holders, shared, no pod labels on the device series.
@@ -208,8 +207,12 @@ def test_a_lost_gpu_keeps_every_other_gpus_series(cluster):
     body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="2") == 1)
     before = {gpu: len([1 for line in body.splitlines() if f'gpu="{gpu}"' in line]) for gpu in "02"}
 
+    cluster.nvml.add_xid(1, 79)
+    agent.wait_for(lambda b: value(b, "nvidia_gpu_xid_errors_total", gpu="1", xid="79") == 1, what="XID 79")
     cluster.nvml.update_gpu(1, lost=1)
     body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 0, what="GPU 1 down")
+    # The XID that came before the loss stays visible while the GPU is down.
+    assert value(body, "nvidia_gpu_xid_errors_total", gpu="1", xid="79") == 1
     after = {gpu: len([1 for line in body.splitlines() if f'gpu="{gpu}"' in line]) for gpu in "02"}
     assert after == before
     assert not samples(body, "nvidia_gpu_temperature_celsius", gpu="1")
@@ -219,6 +222,12 @@ def test_a_lost_gpu_keeps_every_other_gpus_series(cluster):
     cluster.nvml.update_gpu(1, lost=None)
     body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 1, what="GPU 1 back")
     assert value(body, "nvidia_gpu_temperature_celsius", gpu="1") == 52
+
+    # SIGTERM: a clean exit, the XID thread blocked in nvmlEventSetWait included.
+    started = time.monotonic()
+    stderr = agent.stop()
+    assert agent.process.returncode == 0, stderr
+    assert time.monotonic() - started < 3 and "shutting down" in stderr
 
 
 def test_xid_events_increment_the_counter_per_code(cluster):
@@ -255,7 +264,9 @@ def test_scrape_during_a_hung_nvml_call_answers_from_the_last_snapshot(cluster):
     cluster.nvml.update_gpu(1, hang_seconds=60, temperature=70)
     try:
         body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_gpu_snapshot_stale") == 1, what="stale")
-        # The hung GPU keeps its last readings, the others are fresh.
+        # The hung GPU is down but keeps its last readings; the others are fresh.
+        assert value(body, "nvidia_gpu_up", gpu="1") == 0
+        assert value(body, "nvidia_gpu_up", gpu="0") == 1
         assert value(body, "nvidia_gpu_temperature_celsius", gpu="1") == 52
         started = time.monotonic()
         status, _ = agent.get("/metrics", timeout=2)
