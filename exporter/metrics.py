@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import platform
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -197,7 +196,3 @@ class Renderer:
         self._metrics = self.families(snapshot, attribution, status)
         return Exposition.of(generate_latest(self.registry), openmetrics.generate_latest(self.registry))
 
-
-def error_counts(errors: Mapping[str, Counter[str]]) -> dict[tuple[str, str], int]:
-    """Flatten ``{collector: Counter(kind)}`` into the shape ``AgentStatus.errors`` takes."""
-    return {(collector, kind): n for collector, counts in errors.items() for kind, n in counts.items()}

@@ -7,7 +7,6 @@ procfs tree that puts each GPU process in its container's cgroup.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
