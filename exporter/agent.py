@@ -45,6 +45,10 @@ class Health:
     reason: str
 
 
+async def _none() -> None:
+    return None
+
+
 class Agent:
     def __init__(
         self,
@@ -75,8 +79,11 @@ class Agent:
 
     async def collect_once(self) -> Exposition:
         started = time.monotonic()
-        snapshot = await self._timed("nvml", self._collect_gpus)
-        resources = await self._timed("kubelet", self._list_pod_resources) if self.pod_resources else None
+        # NVML and the kubelet are independent: wait for both at once.
+        snapshot, resources = await asyncio.gather(
+            self._timed("nvml", self._collect_gpus),
+            self._timed("kubelet", self._list_pod_resources) if self.pod_resources else _none(),
+        )
         pods = self._pod_metadata()
         owners = await self._timed("procfs", self._process_owners, snapshot)
         attribution = attribute(snapshot, resources, pods, owners or {}, self.config.pod_labels)
