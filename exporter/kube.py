@@ -21,7 +21,11 @@ ReplicaSet whose name ends in ``-<pod-template-hash>`` of the pod is taken to be
 (the Deployment controller names them so); the failure is counted as ``owner_lookup``.
 
 The ``kubernetes`` package is imported only by :meth:`PodWatcher.start`: importing this module
-costs nothing when the feature is off.
+costs nothing when the feature is off. Of that package only the configuration loading, the
+``ApiClient``'s low-level request path (``param_serialize`` + ``call_api``, kubernetes >= 37) and
+``watch.Watch`` are used, never the generated ``CoreV1Api``/``AppsV1Api``/``BatchV1Api``
+methods: since kubernetes 37 those are pydantic ``@validate_call`` functions whose validation
+schemas, built on the first call, cost about 20 MB of memory. Responses are read as plain JSON.
 
 Failures never stop the thread: each one is counted by kind (:meth:`PodWatcher.error_counts`),
 logged at warning the first time a kind is seen (then at debug), and followed by a capped
@@ -228,7 +232,6 @@ class PodWatcher:
     def _run(self) -> None:
         from kubernetes import client, watch
 
-        v1 = client.CoreV1Api(self._api_client)
         backoff = self._backoff_initial
         need_list = True
         gone_in_a_row = 0
@@ -236,10 +239,10 @@ class PodWatcher:
             watch_started = time.monotonic()
             try:
                 if need_list:
-                    self._list(v1)
+                    self._list()
                     need_list = False
                 watch_started = time.monotonic()
-                self._watch_once(v1, watch)
+                self._watch_once(watch)
                 backoff = self._backoff_initial  # a watch that ran to its timeout: healthy
                 gone_in_a_row = 0
                 if time.monotonic() - self._last_list >= self.resync_seconds:
@@ -269,18 +272,79 @@ class PodWatcher:
             finally:
                 self._watch = None
 
-    def _list(self, v1: Any) -> None:
-        resp = v1.list_pod_for_all_namespaces(
-            field_selector=self._field_selector,
-            _preload_content=False,
-            _request_timeout=self._request_timeout,
+    # -- requests ----------------------------------------------------------------------------
+
+    def _get(
+        self,
+        resource_path: str,
+        *,
+        path_params: Mapping[str, str] | None = None,
+        query: list[tuple[str, str]] | None = None,
+        request_timeout: Any = None,
+    ) -> Any:
+        """GET through the ApiClient's low-level path (auth, TLS, proxy from the loaded config)
+        and return the urllib3 response, body unread: the caller reads ``.data`` or streams it,
+        then releases it. A status other than 2xx raises ``ApiException`` (body read, connection
+        released), as the generated API methods do."""
+        from kubernetes.client.exceptions import ApiException
+
+        api = self._api_client
+        request = api.param_serialize(
+            method="GET",
+            resource_path=resource_path,
+            path_params=dict(path_params) if path_params else None,
+            query_params=list(query or ()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],  # the name Configuration.auth_settings() uses
         )
+        resp = api.call_api(*request, _request_timeout=request_timeout).response
+        if not 200 <= resp.status <= 299:
+            try:  # NotFoundException, ForbiddenException, ... (ApiException subclasses)
+                raise ApiException.from_response(http_resp=resp, body=None, data=None)
+            finally:
+                resp.release_conn()
+        return resp
+
+    def _get_json(self, resource_path: str, **kwargs: Any) -> Any:
+        resp = self._get(resource_path, request_timeout=self._request_timeout, **kwargs)
         try:
-            data = json.loads(resp.data)
-        except ValueError as exc:
-            raise _InvalidResponse(f"pod list is not JSON: {exc}") from exc
+            data = resp.data
         finally:
             resp.release_conn()
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise _InvalidResponse(f"{resource_path} is not JSON: {exc}") from exc
+
+    def _list_pods_call(
+        self,
+        *,
+        watch: bool = False,
+        resource_version: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_watch_bookmarks: bool = False,
+        _request_timeout: Any = None,
+        _preload_content: bool = False,
+    ) -> Any:
+        """``GET /api/v1/pods?fieldSelector=spec.nodeName=<node>``, callable as
+        ``Watch.stream(func, **kwargs)`` calls it: with ``watch=True``,
+        ``_preload_content=False`` (moot: the body is never preloaded) and the caller's keywords;
+        returns the urllib3 response, which ``Watch.stream`` reads line by line and closes."""
+        query = [("fieldSelector", self._field_selector)]
+        if allow_watch_bookmarks:
+            query.append(("allowWatchBookmarks", "true"))
+        if resource_version is not None:
+            query.append(("resourceVersion", str(resource_version)))
+        if timeout_seconds is not None:
+            query.append(("timeoutSeconds", str(int(timeout_seconds))))
+        if watch:
+            query.append(("watch", "true"))
+        return self._get("/api/v1/pods", query=query, request_timeout=_request_timeout)
+
+    # -- list and watch ----------------------------------------------------------------------
+
+    def _list(self) -> None:
+        data = self._get_json("/api/v1/pods", query=[("fieldSelector", self._field_selector)])
         try:
             items = data["items"] or []
             rv = str(data["metadata"]["resourceVersion"])
@@ -300,7 +364,7 @@ class PodWatcher:
         if self._logged_kinds:
             self._log.debug("pod list of node %s succeeded: %d pods", self.node_name, len(pods))
 
-    def _watch_once(self, v1: Any, watch_mod: Any) -> None:
+    def _watch_once(self, watch_mod: Any) -> None:
         remaining = self.resync_seconds - (time.monotonic() - self._last_list)
         timeout = int(max(1, min(self._watch_timeout, remaining)))
         w = watch_mod.Watch(return_type="object")  # raw dicts: no model validation
@@ -308,8 +372,7 @@ class PodWatcher:
         if self._stop.is_set():
             return
         stream = w.stream(
-            v1.list_pod_for_all_namespaces,
-            field_selector=self._field_selector,
+            self._list_pods_call,
             resource_version=self._resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout,
@@ -397,20 +460,9 @@ class PodWatcher:
 
     def _get_controller(self, namespace: str, kind: str, name: str) -> tuple[str, str] | None:
         """The controller owner (kind, name) of a ReplicaSet or Job, None when it has none."""
-        from kubernetes import client
-
-        if kind == "ReplicaSet":
-            resp = client.AppsV1Api(self._api_client).read_namespaced_replica_set(
-                name, namespace, _preload_content=False, _request_timeout=self._request_timeout
-            )
-        else:
-            resp = client.BatchV1Api(self._api_client).read_namespaced_job(
-                name, namespace, _preload_content=False, _request_timeout=self._request_timeout
-            )
-        try:
-            obj = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        path = ("/apis/apps/v1/namespaces/{namespace}/replicasets/{name}" if kind == "ReplicaSet"
+                else "/apis/batch/v1/namespaces/{namespace}/jobs/{name}")
+        obj = self._get_json(path, path_params={"namespace": namespace, "name": name})
         ref = _controller_ref(obj["metadata"])
         return None if ref is None else (str(ref["kind"]), str(ref["name"]))
 

@@ -22,6 +22,12 @@ Failure switches: ``set_down(True)`` drops every connection (open watches includ
 ``expire_watches()`` forgets the event history and ends open watches, so the next watch from an
 old resourceVersion gets 410 Gone.
 
+Authentication: ``FakeKubeApi(token="t")`` answers 401 to every request without the header
+``Authorization: Bearer t`` (the scheme in any case); ``FakeKubeApi(tls_dir=dir)`` serves HTTPS with a self-signed
+certificate for 127.0.0.1 that it writes to ``dir`` (``.ca_cert_path``; needs the ``openssl``
+command), as an in-cluster API server does. The ``Authorization`` header of every request is kept
+in ``.authorizations``.
+
 Use the ``fake_kube_api`` fixture (a started :class:`FakeKubeApi`, with ``.kubeconfig_path``),
 and :func:`make_pod` / :func:`make_owned` to build objects.
 """
@@ -31,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import ssl
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -195,10 +203,16 @@ class FakeKubeApi:
     """The fake API server. All state lives in the server's loop thread; public methods are
     called from any other thread and run there."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, token: str | None = None, tls_dir: str | Path | None = None) -> None:
         self.url = ""
         self.port = 0
         self.kubeconfig_path: Path | None = None
+        self.token = token  # when set, requests need "Authorization: Bearer <token>"
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
+        self.ca_cert_path: Path | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if tls_dir is not None:
+            self._ssl = self._make_tls(Path(tls_dir))
         # (kind, namespace, name) -> object
         self._objects: dict[tuple[str, str, str], dict] = {}
         self._rv = 1000
@@ -242,6 +256,21 @@ class FakeKubeApi:
             raise errors[0]
         return self
 
+    def _make_tls(self, tls_dir: Path) -> ssl.SSLContext:
+        """A self-signed certificate for 127.0.0.1 (also its own CA), made with openssl."""
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        cert, key = tls_dir / "ca.crt", tls_dir / "server.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        self.ca_cert_path = cert
+        return ctx
+
     async def _start_server(self) -> None:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/api/v1/pods", self._list_pods)
@@ -251,10 +280,10 @@ class FakeKubeApi:
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self._loop is None or self._thread is None:
@@ -266,16 +295,20 @@ class FakeKubeApi:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def write_kubeconfig(self, path: str | Path) -> Path:
-        """Write a kubeconfig (http, no auth) pointing at this server; returns its path."""
+    def write_kubeconfig(self, path: str | Path, *, token: str | None = None) -> Path:
+        """Write a kubeconfig pointing at this server (with its CA certificate when it serves
+        HTTPS; with a bearer ``token`` when given); returns its path."""
         path = Path(path)
+        cluster: dict[str, Any] = {"server": self.url}
+        if self.ca_cert_path is not None:
+            cluster["certificate-authority"] = str(self.ca_cert_path)
         path.write_text(
             json.dumps(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "fake", "user": {}}],
+                    "clusters": [{"name": "fake", "cluster": cluster}],
+                    "users": [{"name": "fake", "user": {"token": token} if token else {}}],
                     "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
                     "current-context": "fake",
                 }
@@ -407,6 +440,11 @@ class FakeKubeApi:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        auth = request.headers.get("Authorization")
+        self.authorizations.append(auth)
+        scheme, _, credentials = (auth or "").partition(" ")
+        if self.token is not None and (scheme.lower(), credentials) != ("bearer", self.token):
+            return self._error(401, "Unauthorized")
         if self._down:
             if self._down_status is None:
                 if request.transport is not None:

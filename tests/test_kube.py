@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -286,4 +287,85 @@ def test_periodic_resync_lists_again(fake_kube_api: FakeKubeApi, make_watcher) -
     )
     wait_for(lambda: plain_lists() >= 2, timeout=5)
     assert w.connected and set(w.pods()) == {"u-a"}
+    assert sum(w.error_counts().values()) == 0
+
+
+# -- authentication, and the request path ----------------------------------------------------
+
+def _auth_pods(api: FakeKubeApi) -> None:
+    api.add_replicaset("ml", "web-5f6d7c", owner=("Deployment", "web"))
+    api.add_job("ml", "nightly-1", owner=("CronJob", "nightly"))
+    api.add_pod(make_pod("ml", "web-5f6d7c-a", uid="u-a", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
+    api.add_pod(make_pod("ml", "nightly-1-b", uid="u-b", node=NODE, owner=("Job", "nightly-1")))
+
+
+def _check_authenticated(api: FakeKubeApi, w: PodWatcher, token: str) -> None:
+    wait_for(lambda: w.connected and len(w.pods()) == 2)
+    api.add_pod(make_pod("ml", "c", uid="u-c", node=NODE))  # through the watch
+    wait_for(lambda: "u-c" in w.pods())
+    assert by_name(w) == {"web-5f6d7c-a": ("Deployment", "web"),
+                          "nightly-1-b": ("CronJob", "nightly"), "c": ("Pod", "c")}
+    assert sum(w.error_counts().values()) == 0
+    assert api.request_count("/apis/apps/v1/namespaces/ml/replicasets/web-5f6d7c") == 1
+    assert api.request_count("/apis/batch/v1/namespaces/ml/jobs/nightly-1") == 1
+    assert any("watch=true" in p for _, p in api.requests)
+    # the in-cluster loader writes "bearer <token>", kubeconfig "Bearer <token>"
+    assert {a.lower() for a in api.authorizations} == {f"bearer {token}"}
+
+
+def test_kubeconfig_bearer_token(tmp_path) -> None:
+    api = FakeKubeApi(token="s3cret").start()
+    try:
+        _auth_pods(api)
+        good = api.write_kubeconfig(tmp_path / "good", token="s3cret")
+        with PodWatcher(NODE, kubeconfig=str(good), backoff_initial=0.05, backoff_max=0.3,
+                        request_timeout=2.0) as w:
+            _check_authenticated(api, w, "s3cret")
+        bad = api.write_kubeconfig(tmp_path / "bad", token="wrong")
+        with PodWatcher(NODE, kubeconfig=str(bad), backoff_initial=0.05, backoff_max=0.3,
+                        request_timeout=2.0) as w:
+            wait_for(lambda: w.error_counts()["forbidden"] >= 2)  # 401
+            assert not w.connected and w.pods() == {}
+    finally:
+        api.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_in_cluster_service_account(tmp_path, monkeypatch) -> None:
+    """In-cluster config: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, the service
+    account's CA certificate and bearer token."""
+    from kubernetes.config import incluster_config
+
+    api = FakeKubeApi(token="sa-token", tls_dir=tmp_path / "tls").start()
+    try:
+        _auth_pods(api)
+        token_file = tmp_path / "token"
+        token_file.write_text("sa-token")
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token_file))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(api.ca_cert_path))
+        with PodWatcher(NODE, backoff_initial=0.05, backoff_max=0.3, request_timeout=2.0) as w:
+            assert api.url.startswith("https://")
+            _check_authenticated(api, w, "sa-token")
+    finally:
+        api.stop()
+
+
+def test_generated_api_methods_not_used(fake_kube_api: FakeKubeApi, make_watcher,
+                                        monkeypatch) -> None:
+    """Since kubernetes 37 the generated API methods are pydantic validate_call functions whose
+    schemas cost ~20 MB on the first call: requests go through ApiClient.param_serialize and
+    call_api instead."""
+    from kubernetes import client
+
+    def boom(*args, **kwargs):
+        raise AssertionError("generated API class used")
+
+    for name in ("CoreV1Api", "AppsV1Api", "BatchV1Api"):
+        monkeypatch.setattr(client, name, boom)
+    _auth_pods(fake_kube_api)
+    w = make_watcher()
+    wait_for(lambda: w.connected and len(w.pods()) == 2)
+    assert set(by_name(w).values()) == {("Deployment", "web"), ("CronJob", "nightly")}
     assert sum(w.error_counts().values()) == 0
