@@ -149,6 +149,8 @@ def attribute(
     replicated: set[str] = set()
     for row in resources.containers if resources else ():
         meta = pods_by_name.get((row.namespace, row.pod))
+        if meta is not None and meta.finished:
+            continue  # some kubelets keep listing completed pods with their devices
         for device_id in row.device_ids:
             allocated[row.resource].add(device_id)
             resolved = resolve(device_id, ids)

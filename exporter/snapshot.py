@@ -107,6 +107,12 @@ class PodMeta:
     labels: Mapping[str, str] = field(default_factory=dict)
     # container id without the runtime prefix ("containerd://") -> container name
     container_ids: Mapping[str, str] = field(default_factory=dict)
+    phase: str = ""  # Pending, Running, Succeeded, Failed; "" when unknown
+
+    @property
+    def finished(self) -> bool:
+        """A pod whose containers all ended: the kubelet may still list it, but it holds nothing."""
+        return self.phase in ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,3 +199,16 @@ def test_no_kubelet_answer_means_no_holders():
 
 def test_label_names_are_sanitised():
     assert sanitize_label_name("app.kubernetes.io/name") == "label_app_kubernetes_io_name"
+
+
+def test_finished_pods_hold_nothing_even_if_the_kubelet_still_lists_them():
+    resources = PodResources(
+        (row("done", "c", "nvidia.com/gpu", GPU0), row("next", "c", "nvidia.com/gpu", GPU0))
+    )
+    pods = {
+        "u1": PodMeta("ml", "done", "u1", "Job", "j", phase="Succeeded"),
+        "u2": PodMeta("ml", "next", "u2", "Job", "k", phase="Running"),
+    }
+    result = attribute(node(), resources, pods, {})
+    assert result.sole_holder(GPU0).pod == "next"
+    assert not result.holders[GPU0][0].shared
