@@ -87,7 +87,8 @@ class Agent:
         pods = self._pod_metadata()
         owners = await self._timed("procfs", self._process_owners, snapshot)
         attribution = attribute(snapshot, resources, pods, owners or {}, self.config.pod_labels)
-        self._count_unknown_ids(attribution)
+        if self.gpus.state.up:  # without NVML every id is "unknown": that is not the kubelet's fault
+            self._count_unknown_ids(attribution)
 
         now = time.time()
         status = AgentStatus(

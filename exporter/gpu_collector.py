@@ -63,44 +63,68 @@ class BackendState:
 
 
 class GpuCollector:
-    def __init__(self, backend: GpuBackend, *, timeout: float, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        backend: GpuBackend,
+        *,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self.backend = backend
         self.timeout = timeout
-        self._clock = clock
+        self._clock = clock  # wall time, for snapshot timestamps
+        self._monotonic = monotonic  # for retry backoff
         self._started = False
         self._start_error: str | None = "not started yet"
         self._next_start = 0.0
         self._backoff = BACKOFF_INITIAL_SECONDS
         self._in_flight: dict[int, asyncio.Future[Gpu]] = {}
         self._count: asyncio.Future[int] | None = None  # a device_count call still running
+        self._start: asyncio.Future[None] | None = None  # a start call still running
         self._last: dict[int, tuple[Gpu, float]] = {}  # index -> (reading, time taken)
         self._logged_down: set[tuple[int, str]] = set()
         self.errors: Counter[str] = Counter()
 
     @property
     def state(self) -> BackendState:
-        return BackendState(self._started, None if self._started else self._start_error)
+        if not self._started:
+            return BackendState(False, self._start_error)
+        if self._count is not None and not self._count.done():
+            return BackendState(False, "NVML calls do not return (device count hangs)")
+        return BackendState(True, None)
 
     async def _ensure_started(self) -> bool:
         if self._started:
             return True
-        now = time.monotonic()
-        if now < self._next_start:
+        if self._start is None:
+            if self._monotonic() < self._next_start:
+                return False
+            self._start = run_in_daemon_thread(self.backend.start, name="nvml-init")
+        # A hung nvmlInit keeps its one thread; no second attempt starts until it returns.
+        await asyncio.wait([self._start], timeout=self.timeout)
+        if not self._start.done():
+            self._note_start_failure("NVML initialisation does not return")
             return False
-        try:
-            await asyncio.wait_for(run_in_daemon_thread(self.backend.start, name="nvml-init"), self.timeout * 4)
-        except (BackendUnavailable, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
-            message = str(exc) or type(exc).__name__
-            if message != self._start_error:
-                log.warning("GPU backend unavailable, retrying in %.0fs: %s", self._backoff, message)
-            self._start_error = message
-            self.errors["init"] += 1
-            self._next_start = now + self._backoff
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS)
+        attempt, self._start = self._start, None
+        if (error := attempt.exception()) is not None:
+            self._note_start_failure(str(error) or type(error).__name__)
             return False
         log.info("GPU backend started")
-        self._started, self._start_error, self._backoff = True, None, BACKOFF_INITIAL_SECONDS
+        self._started, self._start_error = True, None
         return True
+
+    def _note_start_failure(self, message: str) -> None:
+        if message != self._start_error:
+            log.warning("GPU backend unavailable, retrying in %.0fs: %s", self._backoff, message)
+        self._start_error = message
+        self.errors["init"] += 1
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        """Capped exponential backoff; reset only by a cycle that reads the GPUs."""
+        self._next_start = self._monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS)
 
     def _restart_later(self, reason: str) -> None:
         """NVML failed as a whole: stop it (in the background: stop may block) and start again later."""
@@ -108,7 +132,7 @@ class GpuCollector:
         self.errors["backend"] += 1
         run_in_daemon_thread(self._stop_quietly, name="nvml-stop")
         self._started, self._start_error = False, reason
-        self._next_start = time.monotonic() + self._backoff
+        self._schedule_retry()
 
     def _stop_quietly(self) -> None:
         try:
@@ -134,6 +158,7 @@ class GpuCollector:
             self._restart_later(f"device count failed: {str(error) or type(error).__name__}")
             return self._down_snapshot(now, self._start_error or "device count failed")
         count = count_future.result()
+        self._backoff = BACKOFF_INITIAL_SECONDS  # NVML answers again: the next failure retries soon
 
         for index in range(count):
             if index not in self._in_flight:

@@ -34,9 +34,13 @@ class ScriptedBackend:
         self.count_hangs = False
         self.stop_hang = threading.Event()
         self.stops = 0
+        self.start_hang = threading.Event()
+        self.start_hangs = False
 
     def start(self) -> None:
         self.starts += 1
+        if self.start_hangs:
+            self.start_hang.wait(10)
         if self.fail_start:
             self.fail_start -= 1
             raise BackendUnavailable("driver not loaded")
@@ -60,6 +64,16 @@ class ScriptedBackend:
     def stop(self) -> None:
         self.stops += 1
         self.stop_hang.wait(10)
+
+
+async def collect_until(collector, condition, attempts: int = 50):
+    """Collect until ``condition(snapshot)``: a released thread needs a moment on a busy machine."""
+    for _ in range(attempts):
+        snapshot = await collector.collect()
+        if condition(snapshot):
+            return snapshot
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition never held; last snapshot {snapshot}")
 
 
 def temps(snapshot):
@@ -101,12 +115,11 @@ async def test_a_hung_gpu_keeps_its_last_readings_marked_stale_and_gets_one_thre
     assert not snapshot.stale and temps(snapshot)[2] == 55.0
 
 
-async def test_backend_that_cannot_start_is_retried_with_backoff_and_recovers(monkeypatch):
+async def test_backend_that_cannot_start_is_retried_with_backoff_and_recovers():
     clock = [1000.0]
-    monkeypatch.setattr("exporter.gpu_collector.time.monotonic", lambda: clock[0])
     backend = ScriptedBackend()
     backend.fail_start = 2
-    collector = GpuCollector(backend, timeout=1)
+    collector = GpuCollector(backend, timeout=1, monotonic=lambda: clock[0])
     snapshot = await collector.collect()
     assert snapshot.gpus == () and not collector.state.up
     assert "driver not loaded" in collector.state.error
@@ -161,12 +174,12 @@ async def test_a_hung_device_count_serves_the_last_readings_stale_and_starts_no_
             assert time.monotonic() - started < 1
             assert snapshot.stale and [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
             assert temps(snapshot) == {0: 40.0, 1: 40.0}
-        assert collector.state.up and backend.stops == 0  # a hang is not a failure: no restart
+        assert backend.stops == 0  # a hang is no failure to restart from ...
+        assert not collector.state.up and "hangs" in collector.state.error  # ... but not ready either
     finally:
         backend.count_hang.set()
-    await asyncio.sleep(0.05)
-    snapshot = await collector.collect()
-    assert not snapshot.stale and all(g.up for g in snapshot.gpus)
+    snapshot = await collect_until(collector, lambda s: not s.stale)
+    assert all(g.up for g in snapshot.gpus)
 
 
 async def test_xid_counts_are_added_to_their_gpus():
@@ -175,3 +188,42 @@ async def test_xid_counts_are_added_to_their_gpus():
     snapshot = await GpuCollector(backend, timeout=1).collect()
     xids = {(g.index, s.labels, s.value) for g in snapshot.gpus for s in g.samples if s.metric is catalog.XID_ERRORS}
     assert xids == {(0, ("13",), 1), (0, ("79",), 3)}
+
+
+async def test_a_hung_nvml_init_holds_one_thread_however_often_the_cycle_retries():
+    clock = [1000.0]
+    backend = ScriptedBackend()
+    backend.start_hangs = True
+    collector = GpuCollector(backend, timeout=0.05, monotonic=lambda: clock[0])
+    try:
+        for _ in range(5):
+            await collector.collect()
+            clock[0] += 120  # far past any backoff
+        assert backend.starts == 1
+        assert "does not return" in collector.state.error
+    finally:
+        backend.start_hang.set()
+    snapshot = await collect_until(collector, lambda s: collector.state.up)
+    assert len(snapshot.gpus) == 3
+
+
+async def test_restarts_after_count_failures_back_off_exponentially():
+    clock = [1000.0]
+    backend = ScriptedBackend()
+    backend.stop_hang.set()
+
+    def broken_count() -> int:
+        raise RuntimeError("NVML_ERROR_UNKNOWN")
+
+    backend.device_count = broken_count  # type: ignore[method-assign]
+    collector = GpuCollector(backend, timeout=1, monotonic=lambda: clock[0])
+    starts_at = []
+    for _ in range(40):  # 40 s of cycles, one a second
+        before = backend.starts
+        await collector.collect()
+        if backend.starts != before:
+            starts_at.append(clock[0] - 1000)
+        clock[0] += 1
+    # Each restart waits twice as long as the one before: 1, 2, 4, 8, 16 s apart.
+    gaps = [b - a for a, b in zip(starts_at, starts_at[1:])]
+    assert gaps[:4] == [1, 2, 4, 8]
