@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEB_PACKAGES := prometheus prometheus-alertmanager gcc
+# gcc + libc6-dev build the fake libnvidia-ml.so.1; prometheus brings promtool.
+DEB_PACKAGES := prometheus gcc libc6-dev python3-venv
 
 .PHONY: run test deps venv protos golden docs clean
 
@@ -11,10 +12,10 @@ run: venv
 	$(VENV)/bin/kube-gpu-exporter --simulate $(ARGS)
 
 ## test: set up (Python and Debian packages) and run the whole suite
-test: venv deps
+test: deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## deps: Debian packages the tests use (promtool, prometheus, alertmanager, gcc for the fake NVML)
+## deps: Debian packages the tests use
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

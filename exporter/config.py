@@ -128,8 +128,8 @@ def _apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str])
             continue
         flag = next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
         value = environ.get(env_name(flag))
-        if value is None:
-            continue
+        if value is None or value.strip() == "":
+            continue  # unset and empty are the same: a blank templated value must not switch anything
         if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
             parser.set_defaults(**{action.dest: _env_bool(value) if _env_bool(value) is not None else value})
         else:
@@ -186,6 +186,10 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         problems.append(f"--log.format: {ns.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
 
     scenario: str | None = None
+    if isinstance(ns.simulate, str) and ns.simulate.lower() in ("true", "1", "yes", "on"):
+        ns.simulate = ""  # KUBE_GPU_EXPORTER_SIMULATE=true: the built-in node
+    elif isinstance(ns.simulate, str) and ns.simulate.lower() in ("false", "0", "no", "off"):
+        ns.simulate = None
     simulate = ns.simulate is not None
     if simulate and ns.simulate:
         scenario = ns.simulate

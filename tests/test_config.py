@@ -110,3 +110,17 @@ def test_json_logs_are_one_object_per_line_and_include_the_resolved_config():
     start = next(e for e in entries if "starting with" in e["message"])
     assert start["level"] == "info" and '"simulate": true' in start["message"]
     assert any(e["level"] == "warning" and "SIMULATED" in e["message"] for e in entries)
+
+
+def test_empty_environment_variables_count_as_unset():
+    config = parse_config([], environ={env_name("--simulate"): "", env_name("--kubelet.enabled"): " "})
+    assert config.simulate is False and config.kubelet_enabled is True
+
+
+def test_simulate_from_the_environment_takes_a_boolean_or_a_file(tmp_path):
+    assert parse_config([], environ={env_name("--simulate"): "true"}).scenario is None
+    assert parse_config([], environ={env_name("--simulate"): "true"}).simulate is True
+    assert parse_config([], environ={env_name("--simulate"): "false"}).simulate is False
+    scenario = tmp_path / "node.yaml"
+    scenario.write_text("gpus: []\n")
+    assert parse_config([], environ={env_name("--simulate"): str(scenario)}).scenario == str(scenario)
