@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -92,12 +93,12 @@ def free_port() -> int:
 
 
 def samples(text: str, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
-    """The samples of ``name`` whose labels include ``match``."""
+    """The samples of ``name`` ("" = any metric) whose labels include ``match``."""
     found = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in match.items()):
-                found.append((sample.labels, sample.value))
+            if name in ("", sample.name) and all(sample.labels.get(k) == v for k, v in match.items()):
+                found.append((sample.labels | {"__name__": sample.name}, sample.value))
     return found
 
 
@@ -114,7 +115,9 @@ class AgentProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{self.port}",
                    "--collector.interval", str(interval), *args]
-        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        # stderr to a file, not a pipe: nobody reads a pipe until the end, and a full one blocks the agent.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=self._stderr, text=True)
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         try:
@@ -134,7 +137,7 @@ class AgentProcess:
         body = ""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"agent exited: {self.process.returncode}\n{self.process.stderr.read()}")
+                raise AssertionError(f"agent exited: {self.process.returncode}\n{self.stderr()}")
             try:
                 status, body = self.get("/metrics")
                 if status == 200 and condition(body):
@@ -144,6 +147,25 @@ class AgentProcess:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what or condition}; last scrape:\n{body[-3000:]}")
 
+    def after_cycles(self, n: int = 2) -> str:
+        """The first scrape from the n-th cycle that started after this call.
+
+        The cycle running now may have read its sources before a change the test just made;
+        the one after it cannot have, so n=2 is "within one cycle" of the change.
+        """
+        seen = value(self.scrape(), "kube_gpu_exporter_last_collection_timestamp_seconds")
+        for _ in range(n):
+            body = self.wait_for(
+                lambda b, seen=seen: value(b, "kube_gpu_exporter_last_collection_timestamp_seconds") != seen,
+                what="a new cycle",
+            )
+            seen = value(body, "kube_gpu_exporter_last_collection_timestamp_seconds")
+        return body
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
+
     def stop(self) -> str:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -152,7 +174,7 @@ class AgentProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.stderr.read()
+        return self.stderr()
 
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -100,10 +101,11 @@ def wait_http(url: str, deadline: float = 20.0) -> tuple[int, bytes]:
 
 def test_cli_serves_the_simulated_node_and_exits_cleanly_on_sigterm():
     port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody reads until the end
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "--simulate", "--web.listen-address", f"127.0.0.1:{port}",
          "--collector.interval", "1"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=log, text=True,
     )
     try:
         status, body = wait_http(f"http://127.0.0.1:{port}/metrics")
@@ -114,7 +116,8 @@ def test_cli_serves_the_simulated_node_and_exits_cleanly_on_sigterm():
         process.wait(timeout=5)
     finally:
         process.kill()
-        stderr = process.stderr.read()
+        log.seek(0)
+        stderr = log.read()
     assert process.returncode == 0, stderr
     assert "SIMULATED" in stderr and "shutting down" in stderr
 
