@@ -14,10 +14,21 @@ id. The shapes seen in the wild, all matched by :data:`_CONTAINER_RE`::
     4:pids:/kubepods/pod<uid>/<64 hex>
     # nested (kind, a kubelet in a container): a prefix before "kubepods" is fine
     0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod<uid_>.slice/cri-containerd-<64 hex>.scope
+    # the reader in its own cgroup namespace (containerd's default on cgroup v2): paths are
+    # relative to the reader's own cgroup, and may not name "kubepods" at all
+    0::/../../besteffort/pod<uid>/<64 hex>
+    0::/../pod<uid>/<64 hex>
+    0::/../../kubepods-besteffort-pod<uid_>.slice/cri-containerd-<64 hex>.scope
+
+What is required is a path segment naming the pod (``pod<uid>``, or ``<prefix>-pod<uid>`` with
+an optional ``.slice``) directly followed by a segment naming the container
+(``[<runtime>-]<hex id>[.scope]``); "kubepods" is not required (relative paths, and a kubelet
+with ``cgroupsPerQOS: false``, put pods right under the root).
 
 Not containers: ``crio-conmon-<id>.scope`` (CRI-O's monitor process), the pod-level cgroup
-itself, and everything outside ``kubepods`` (host processes: ``/system.slice/...``,
-``/user.slice/...``, ``/``).
+itself, and host processes (``/system.slice/...``, ``/user.slice/...``, ``/``). From inside a
+cgroup namespace, a sibling container of the reader's own pod shows as ``/../<id>``, with no pod
+segment: it is not attributed.
 """
 
 from __future__ import annotations
@@ -30,12 +41,14 @@ from .snapshot import ContainerRef
 
 __all__ = ["container_of", "containers_of", "parse_cgroup_file"]
 
-# kubepods ... [/-]pod<uid>[.slice]/[runtime-]<container id>[.scope] followed by / or the end.
-# The uid is 32 hex digits, with '-' (cgroupfs) or '_' (systemd) between groups or without
-# separators (static pods: a hash of the manifest). "crio-conmon-..." does not match: "conmon"
+# A segment [<anything>-]pod<uid>[.slice] then a segment [runtime-]<container id>[.scope],
+# followed by / or the end. The uid is 32 hex digits, with '-' (cgroupfs) or '_' (systemd)
+# between groups or without separators (static pods: a hash of the manifest). The pod segment
+# must start a segment (after "/" or a "-"-ended prefix within it), so "/../pod<uid>" and
+# "/kubepods-besteffort-pod<uid>.slice" both match. "crio-conmon-..." does not match: "conmon"
 # is not hex.
 _CONTAINER_RE = re.compile(
-    r"kubepods.*?[/-]pod(?P<uid>[0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12})"
+    r"(?:^|/)(?:[^/]*-)?pod(?P<uid>[0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12})"
     r"(?:\.slice)?/"
     r"(?:cri-containerd-|crio-|docker-|containerd-)?(?P<id>[0-9a-f]{12,128})(?:\.scope)?"
     r"(?:/|$)"
@@ -61,7 +74,7 @@ def parse_cgroup_file(text: str) -> ContainerRef | None:
     candidates: list[tuple[int, str]] = []
     for line in text.splitlines():
         parts = line.strip().split(":", 2)
-        if len(parts) != 3 or "kubepods" not in parts[2]:
+        if len(parts) != 3 or "pod" not in parts[2]:
             continue
         hierarchy, controllers, path = parts
         if hierarchy == "0" and controllers == "":

@@ -63,6 +63,20 @@ CASES = {
     "v2-subcgroup-inside-container": (
         f"0::/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope/init.scope\n"
     ),
+    # The reader in its own cgroup namespace (containerd's default on cgroup v2): other pods'
+    # paths are relative to the reader's cgroup, often without "kubepods".
+    "v2-cgroupns-cgroupfs-other-qos": f"0::/../../besteffort/pod{UID}/{CID}\n",
+    "v2-cgroupns-cgroupfs-same-qos": f"0::/../pod{UID}/{CID}\n",
+    "v2-cgroupns-cgroupfs-guaranteed": f"0::/../../pod{UID}/{CID}\n",
+    "v2-cgroupns-systemd": (
+        f"0::/../../kubepods-besteffort-pod{UID_}.slice/cri-containerd-{CID}.scope\n"
+    ),
+    "v2-cgroupns-systemd-via-kubepods-slice": (
+        f"0::/../../../kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/"
+        f"cri-containerd-{CID}.scope\n"
+    ),
+    "v2-cgroupns-systemd-crio": f"0::/../../kubepods-pod{UID_}.slice/crio-{CID}.scope\n",
+    "v2-no-qos-cgroups": f"0::/pod{UID}/{CID}\n",  # kubelet cgroupsPerQOS: false
     "v1-cgroupfs": V1_CGROUPFS_DOCKERLESS,
     "v1-systemd-containerd": V1_SYSTEMD_CONTAINERD,
 }
@@ -87,11 +101,23 @@ def test_container_paths(tmp_path: Path, name: str) -> None:
         # the pod cgroup itself, no container level
         f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice\n",
         f"0::/kubepods/burstable/pod{UID}\n",
+        # relative paths from inside a cgroup namespace
+        "0::/../../system.slice/containerd.service\n",
+        "0::/../../../user.slice/user-1000.slice/session-3.scope\n",
+        f"0::/../../kubepods-burstable-pod{UID_}.slice/crio-conmon-{CID}.scope\n",
+        f"0::/../../kubepods-burstable-pod{UID_}.slice\n",
+        f"0::/../pod{UID}\n",
+        f"0::/../{CID}\n",  # a sibling container of the reader's own pod: no pod segment
+        # "pod<uid>" must be a whole segment (or end a "-" prefixed one)
+        f"0::/system.slice/mypod{UID}/{CID}\n",
+        f"0::/system.slice/x-pod{UID}.service/{CID}\n",
         "",
         "garbage without colons\n",
     ],
     ids=["containerd-service", "user-session", "root", "v1-host", "crio-conmon",
-         "pod-slice", "pod-cgroupfs", "empty", "garbage"],
+         "pod-slice", "pod-cgroupfs", "rel-containerd-service", "rel-user-session",
+         "rel-crio-conmon", "rel-pod-slice", "rel-pod-cgroupfs", "rel-sibling", "not-a-pod-segment",
+         "pod-segment-not-a-slice", "empty", "garbage"],
 )
 def test_not_a_container(tmp_path: Path, text: str) -> None:
     write_proc(tmp_path, 1, text)
