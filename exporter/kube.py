@@ -16,9 +16,11 @@ owner is an implementation detail::
 
 A ReplicaSet or Job owned by another controller (an Argo ``Rollout``, a ``JobSet``) reports that
 controller. Lookups of ReplicaSets and Jobs are cached per namespace/kind/name with a TTL. When
-a lookup fails (403, 404, API server down) the direct owner is reported instead, except that a
-ReplicaSet whose name ends in ``-<pod-template-hash>`` of the pod is taken to be a Deployment's
-(the Deployment controller names them so); the failure is counted as ``owner_lookup``.
+a lookup fails (403, 404, 429, API server down) the last good result for that ReplicaSet or Job
+is reported again, however old (a brief outage must not turn a CronJob's pods into a Job's);
+only when there never was one is the direct owner reported, except that a ReplicaSet whose name
+ends in ``-<pod-template-hash>`` of the pod is taken to be a Deployment's (the Deployment
+controller names them so). Either way the failure is counted as ``owner_lookup``.
 
 The ``kubernetes`` package is imported only by :meth:`PodWatcher.start`: importing this module
 costs nothing when the feature is off. Of that package only the configuration loading, the
@@ -92,6 +94,7 @@ def pod_meta_from_dict(
         workload=workload[1],
         labels=MappingProxyType({k: str(labels[k]) for k in label_allowlist if k in labels}),
         container_ids=MappingProxyType(container_ids),
+        phase=str(status.get("phase") or ""),
     )
 
 
@@ -142,6 +145,10 @@ class PodWatcher:
         self._logged_kinds: set[str] = set()
         # (namespace, kind, name) -> (expires at, (workload kind, workload name))
         self._owner_cache: dict[tuple[str, str, str], tuple[float, tuple[str, str]]] = {}
+        # (namespace, kind, name) -> the last successful lookup's result, kept past its TTL for
+        # when a later lookup fails; dropped at a list that no longer needs it.
+        self._owner_good: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._owner_keys_used: set[tuple[str, str, str]] = set()  # since the last list began
 
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -351,11 +358,15 @@ class PodWatcher:
         except (KeyError, TypeError) as exc:
             raise _InvalidResponse(f"pod list without items/resourceVersion: {exc!r}") from exc
         self._prune_owner_cache()
+        self._owner_keys_used = set()
         pods: dict[str, PodMeta] = {}
         for item in items:
             meta = self._pod_meta(item)
             if meta is not None:
                 pods[meta.uid] = meta
+        # Owners of pods that are gone: their last good results are not needed any more.
+        for key in [k for k in self._owner_good if k not in self._owner_keys_used]:
+            del self._owner_good[key]
         with self._lock:
             self._publish(pods)
             self._connected = True
@@ -436,6 +447,7 @@ class PodWatcher:
             return (kind, name)  # StatefulSet, DaemonSet, a custom resource...
         namespace = meta.get("namespace", "")
         key = (namespace, kind, name)
+        self._owner_keys_used.add(key)
         now = time.monotonic()
         cached = self._owner_cache.get(key)
         if cached is not None and cached[0] > now:
@@ -444,11 +456,16 @@ class PodWatcher:
             parent = self._get_controller(namespace, kind, name)
             result = parent if parent is not None else (kind, name)
             ttl = self._owner_cache_ttl
-        except Exception as exc:  # noqa: BLE001 - any failure falls back to the direct owner
-            result = (kind, name)
-            template_hash = (meta.get("labels") or {}).get("pod-template-hash")
-            if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
-                result = ("Deployment", name[: -len(template_hash) - 1])
+            self._owner_good[key] = result
+        except Exception as exc:  # noqa: BLE001 - any failure falls back (see the module doc)
+            good = self._owner_good.get(key)
+            if good is not None:
+                result = good  # a transient failure must not change the workload
+            else:
+                result = (kind, name)
+                template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+                if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+                    result = ("Deployment", name[: -len(template_hash) - 1])
             self._count(
                 "owner_lookup",
                 f"cannot read {kind} {namespace}/{name}; reporting {result[0]}/{result[1]}: "
