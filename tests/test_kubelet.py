@@ -28,7 +28,7 @@ MIG_2 = "MIG-5d1f3071-1a2b-4c3d-8e9f-000000000012"
 
 @pytest.fixture
 async def client(fake_kubelet):
-    c = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=1.0)
+    c = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=5.0)  # roomy for slow CI
     try:
         yield c
     finally:
@@ -226,14 +226,15 @@ async def test_changes_between_cycles_are_seen(fake_kubelet, client):
 
 
 async def test_socket_absent_is_unavailable(kubelet_socket_path):
-    c = PodResourcesClient(kubelet_socket_path, timeout_seconds=1.0)
+    # Fails at once, not at the deadline (bounds generous for a loaded CI machine).
+    c = PodResourcesClient(kubelet_socket_path, timeout_seconds=8.0)
     t0 = time.monotonic()
     with pytest.raises(KubeletError) as ei:
         await c.list_resources()
     await c.close()
     assert ei.value.kind == "unavailable"
     assert kubelet_socket_path in str(ei.value)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 3.0
 
 
 async def test_server_restart_mid_run(fake_kubelet, client):
@@ -268,7 +269,9 @@ async def test_server_restart_between_cycles_costs_no_cycle(fake_kubelet, client
 
 async def test_slow_server_times_out_promptly(fake_kubelet):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
-    fake_kubelet.delay = 3.0
+    # The server would answer after 6 s; the call returns on its 0.3 s deadline (the upper
+    # bound is generous for a loaded CI machine and still far below the server's delay).
+    fake_kubelet.delay = 6.0
     c = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=0.3)
     try:
         t0 = time.monotonic()
@@ -277,7 +280,7 @@ async def test_slow_server_times_out_promptly(fake_kubelet):
         elapsed = time.monotonic() - t0
         assert ei.value.kind == "timeout"
         assert fake_kubelet.socket_path in str(ei.value)
-        assert 0.25 <= elapsed < 0.8
+        assert 0.25 <= elapsed < 3.0
         fake_kubelet.delay = 0.0
         assert len((await c.list_resources()).containers) == 1
     finally:
@@ -285,16 +288,19 @@ async def test_slow_server_times_out_promptly(fake_kubelet):
 
 
 async def test_both_calls_share_one_deadline(fake_kubelet):
-    # 0.2 s per call, 0.3 s for the cycle: List fits, GetAllocatableResources does not.
-    fake_kubelet.delay = 0.2
-    c = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=0.3)
+    # 2 s per call, 3 s for the cycle: List fits (1 s to spare), GetAllocatableResources does
+    # not; with a deadline of its own it would succeed at 4 s. The call returns at the shared
+    # deadline (3 s), well before the server would answer (4 s).
+    fake_kubelet.delay = 2.0
+    c = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=3.0)
     try:
         t0 = time.monotonic()
         with pytest.raises(KubeletError) as ei:
             await c.list_resources()
+        elapsed = time.monotonic() - t0
         assert ei.value.kind == "timeout"
         assert "GetAllocatableResources" in str(ei.value)
-        assert time.monotonic() - t0 < 0.6
+        assert 2.5 <= elapsed < 3.9
     finally:
         await c.close()
 
@@ -379,17 +385,17 @@ async def test_fake_serves_get(fake_kubelet):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
     async with grpc.aio.insecure_channel(f"unix://{fake_kubelet.socket_path}") as ch:
         stub = api_pb2_grpc.PodResourcesListerStub(ch)
-        got = await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="p", pod_namespace="ml"), timeout=2)
+        got = await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="p", pod_namespace="ml"), timeout=10)
         assert got.pod_resources.containers[0].devices[0].device_ids == [GPU_A]
         with pytest.raises(grpc.aio.AioRpcError) as ei:
-            await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="nope", pod_namespace="ml"), timeout=2)
+            await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="nope", pod_namespace="ml"), timeout=10)
         assert ei.value.code() == grpc.StatusCode.UNKNOWN
 
 
 def test_fake_usable_from_sync_code(fake_kubelet):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
     with grpc.insecure_channel(f"unix://{fake_kubelet.socket_path}") as ch:
-        resp = api_pb2_grpc.PodResourcesListerStub(ch).List(api_pb2.ListPodResourcesRequest(), timeout=2)
+        resp = api_pb2_grpc.PodResourcesListerStub(ch).List(api_pb2.ListPodResourcesRequest(), timeout=10)
     assert resp.pod_resources[0].name == "p"
 
 
@@ -412,7 +418,7 @@ async def test_standalone_fake_in_a_subprocess(kubelet_socket_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    c = PodResourcesClient(kubelet_socket_path, timeout_seconds=2.0)
+    c = PodResourcesClient(kubelet_socket_path, timeout_seconds=10.0)
     try:
         assert proc.stdout.readline().strip() == f"READY {kubelet_socket_path}"
         res = await c.list_resources()
