@@ -157,8 +157,11 @@ class Agent:
             self._error("kubelet", "unknown_device_id", f"device id {device_id!r} matches no GPU or MIG device")
 
     def _error(self, collector: str, kind: str, message: str) -> None:
+        """Count every error; log each distinct message once (then again after 1000 others)."""
         self.errors[collector][kind] += 1
         if message not in self._logged:
+            if len(self._logged) >= 1000:  # bounded: messages can carry ids that churn
+                self._logged.clear()
             self._logged.add(message)
             log.warning(message)
 

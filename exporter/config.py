@@ -10,6 +10,7 @@ All problems are found in one pass and reported together; the CLI exits with cod
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -201,6 +202,9 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     node_name = ns.node_name or environ.get("NODE_NAME", "")
     if kubernetes_enabled and not simulate and not node_name:
         problems.append("--kubernetes.node-name: required with --kubernetes.enabled (or set NODE_NAME)")
+    if kubernetes_enabled and not simulate and importlib.util.find_spec("kubernetes") is None:
+        problems.append("--kubernetes.enabled: the kubernetes package is not installed "
+                        "(pip install 'kube-gpu-exporter[kubernetes]')")
     if ns.kubeconfig and not Path(ns.kubeconfig).is_file():
         problems.append(f"--kubernetes.kubeconfig: file {ns.kubeconfig!r} does not exist")
     pod_labels = _csv(ns.pod_labels)

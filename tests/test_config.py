@@ -124,3 +124,12 @@ def test_simulate_from_the_environment_takes_a_boolean_or_a_file(tmp_path):
     scenario = tmp_path / "node.yaml"
     scenario.write_text("gpus: []\n")
     assert parse_config([], environ={env_name("--simulate"): str(scenario)}).scenario == str(scenario)
+
+
+def test_kubernetes_without_the_package_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kubernetes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"kube-gpu-exporter\[kubernetes\]"):
+        parse_config(["--kubernetes.enabled", "--kubernetes.node-name", "n"], environ={})
