@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, TypeVar
 
 from . import catalog
-from .backend import BackendUnavailable, GpuBackend
+from .backend import GpuBackend
 from .snapshot import Gpu, GpuSnapshot, Sample
 
 T = TypeVar("T")
@@ -190,7 +190,7 @@ class GpuCollector:
         """A GPU whose read hangs: down, but its last readings stay so graphs do not gap."""
         previous = self._last.get(index)
         if previous is None:
-            return Gpu(index=index, uuid="", up=False, error="read timed out"), now
+            return self._down(index, "read timed out"), now
         return replace(previous[0], up=False, error="read timed out"), previous[1]
 
     def _held_snapshot(self, now: float) -> GpuSnapshot:
@@ -225,18 +225,19 @@ class GpuCollector:
         if (index, message) not in self._logged_down:
             log.warning("GPU %d read failed: %s", index, message)
             self._logged_down.add((index, message))
+        return self._down(index, message)
+
+    def _down(self, index: int, reason: str) -> Gpu:
+        """A GPU that could not be read: up=0, its identity (not its readings) from the last good read."""
         previous = self._last.get(index)
         if previous is None:
-            return Gpu(index=index, uuid="", up=False, error=message)
+            return Gpu(index=index, uuid="", up=False, error=reason)
         last = previous[0]
-        return Gpu(index=index, uuid=last.uuid, up=False, minor_number=last.minor_number, info=last.info, error=message)
+        return Gpu(index=index, uuid=last.uuid, up=False, minor_number=last.minor_number, info=last.info, error=reason)
 
     def _down_snapshot(self, now: float, reason: str) -> GpuSnapshot:
         """NVML is down: every GPU seen before is reported with up=0, nothing else."""
-        gpus = [
-            Gpu(index=i, uuid=g.uuid, up=False, minor_number=g.minor_number, info=g.info, error=reason)
-            for i, (g, _) in sorted(self._last.items())
-        ]
+        gpus = [self._down(i, reason) for i in sorted(self._last)]
         return GpuSnapshot(gpus=self._with_xids(gpus), timestamp=now)
 
     def stop(self) -> None:

@@ -67,6 +67,9 @@ TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
 OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
 
 
+_CATALOG_ORDER = {spec: i for i, spec in enumerate(catalog.all_metrics())}
+
+
 class _Families:
     """Metric families of one cycle, in catalog order, built from ``(spec, labels, value)``."""
 
@@ -81,8 +84,7 @@ class _Families:
         family.samples.append(PromSample(spec.name, dict(labels), float(value)))
 
     def metrics(self) -> list[Metric]:
-        order = {spec: i for i, spec in enumerate(catalog.all_metrics())}
-        return [self._by_spec[s] for s in sorted(self._by_spec, key=order.__getitem__)]
+        return [self._by_spec[s] for s in sorted(self._by_spec, key=_CATALOG_ORDER.__getitem__)]
 
 
 def _holder_labels(holder: Holder | None) -> dict[str, str]:

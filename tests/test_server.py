@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ import urllib.request
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from e2e import free_port
 
 from exporter.cli import build_agent
 from exporter.config import parse_config
@@ -76,12 +76,6 @@ async def test_the_same_bytes_are_served_until_the_next_cycle(client):
     await client.agent.collect_once()
     third = await (await client.get("/metrics")).read()
     assert third != first  # the collection timestamp moved at least
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, deadline: float = 20.0) -> tuple[int, bytes]:
