@@ -6,8 +6,10 @@ looks up type and help here, and ``tests/test_docs.py`` keeps ``docs/metrics.md`
 
 ``labels`` lists only the labels a metric adds of its own. The renderer adds the identity
 labels of the scope: ``gpu, uuid`` on GPU series; ``gpu, uuid, gpu_instance_id,
-compute_instance_id`` on MIG series; ``namespace, pod, container`` on device series whose
-device is held by exactly one container.
+compute_instance_id`` on MIG series. Device series never carry pod labels, whoever holds the
+device: a pod change would otherwise re-create every series of the GPU (and move its lifetime
+counters to the next pod). Pods are joined in through ``nvidia_gpu_allocation_info`` (see
+docs/attribution.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["gauge", "counter", "info"]
+Kind = Literal["gauge", "counter"]
 Scope = Literal["gpu", "mig", "allocation", "container", "node", "agent"]
 
 
@@ -46,13 +48,13 @@ def all_metrics() -> list[MetricSpec]:
 
 # -- Per GPU ------------------------------------------------------------------------------
 GPU_INFO = _metric(
-    "nvidia_gpu_info", "gauge", "Static facts about a GPU; always 1.", "gpu",
+    "nvidia_gpu_info", "gauge", "Facts about a GPU, to join on by uuid; always 1. Kept while the GPU is down.", "gpu",
     ("model", "pci_bus_id", "serial", "vbios_version", "driver_version", "cuda_version",
      "mig_mode", "persistence_mode", "compute_mode"),
 )
 GPU_UP = _metric(
     "nvidia_gpu_up", "gauge",
-    "1 when every NVML read of this GPU worked in the last cycle, 0 when the GPU is lost or failed.", "gpu",
+    "1 when every NVML read of this GPU worked in the last cycle, 0 when the GPU is lost, failed or hangs.", "gpu",
 )
 UTILIZATION = _metric(
     "nvidia_gpu_utilization_ratio", "gauge",
@@ -94,11 +96,11 @@ FAN_SPEED = _metric(
     "nvidia_gpu_fan_speed_ratio", "gauge", "Intended fan speed as a fraction of the maximum.", "gpu",
 )
 CLOCK = _metric(
-    "nvidia_gpu_clock_hz", "gauge", "Current clock frequency by domain (graphics, sm, memory, video).", "gpu",
+    "nvidia_gpu_clock_hertz", "gauge", "Current clock frequency by domain (graphics, sm, memory, video).", "gpu",
     ("clock",),
 )
 CLOCK_MAX = _metric(
-    "nvidia_gpu_clock_max_hz", "gauge", "Maximum clock frequency by domain.", "gpu", ("clock",),
+    "nvidia_gpu_clock_max_hertz", "gauge", "Maximum clock frequency by domain.", "gpu", ("clock",),
 )
 PERFORMANCE_STATE = _metric(
     "nvidia_gpu_performance_state", "gauge", "Performance state, 0 (maximum) to 15 (minimum).", "gpu",
@@ -124,14 +126,20 @@ PCIE_LINK_MAX_WIDTH = _metric(
 PCIE_REPLAYS = _metric(
     "nvidia_gpu_pcie_replays_total", "counter", "PCIe replays (link-level retransmissions).", "gpu",
 )
-PCIE_THROUGHPUT = _metric(
-    "nvidia_gpu_pcie_throughput_bytes_per_second", "gauge",
-    "PCIe throughput over the last 20 ms sample, by direction (rx, tx).", "gpu", ("direction",),
+PCIE_DATA = _metric(
+    "nvidia_gpu_pcie_data_bytes_total", "counter",
+    "Bytes moved over PCIe by direction (rx, tx); NVML lets this counter wrap, rate() reads a wrap as a reset.",
+    "gpu", ("direction",),
 )
 ECC_ERRORS = _metric(
     "nvidia_gpu_ecc_errors_total", "counter",
-    "ECC errors by type (corrected, uncorrected) and counter (volatile since reboot, aggregate lifetime).",
-    "gpu", ("type", "counter"),
+    "ECC errors by type (corrected, uncorrected) since the driver was loaded (NVML's volatile count).",
+    "gpu", ("type",),
+)
+ECC_AGGREGATE_ERRORS = _metric(
+    "nvidia_gpu_ecc_aggregate_errors_total", "counter",
+    "ECC errors by type over the GPU's lifetime (NVML's aggregate count, kept across reboots; includes the "
+    "volatile ones).", "gpu", ("type",),
 )
 RETIRED_PAGES = _metric(
     "nvidia_gpu_retired_pages", "gauge", "Memory pages retired, by cause (single_bit, double_bit).", "gpu",
@@ -161,7 +169,13 @@ NVLINK_DATA = _metric(
 )
 XID_ERRORS = _metric(
     "nvidia_gpu_xid_errors_total", "counter",
-    "XID error events seen since the agent started, by XID code.", "gpu", ("xid",),
+    "XID error events since the agent started, by XID code; a code's series appears with its first event.",
+    "gpu", ("xid",),
+)
+XID_EVENTS = _metric(
+    "nvidia_gpu_xid_events_total", "counter",
+    "XID error events of every code since the agent started; present from the start (0), so that increase() "
+    "sees the first one.", "gpu",
 )
 PROCESSES = _metric(
     "nvidia_gpu_processes", "gauge", "Compute processes running on the GPU (all its MIG instances included).",
@@ -170,7 +184,8 @@ PROCESSES = _metric(
 
 # -- Per MIG instance --------------------------------------------------------------------
 MIG_INFO = _metric(
-    "nvidia_gpu_mig_info", "gauge", "A MIG instance of a GPU; always 1.", "mig", ("mig_uuid", "profile"),
+    "nvidia_gpu_mig_info", "gauge", "A MIG instance of a GPU; always 1. Kept while the GPU is down.", "mig",
+    ("mig_uuid", "profile"),
 )
 MIG_MEMORY_TOTAL = _metric(
     "nvidia_gpu_mig_memory_total_bytes", "gauge", "Memory of a MIG instance.", "mig",
@@ -188,8 +203,8 @@ MIG_PROCESSES = _metric(
 # -- Attribution --------------------------------------------------------------------------
 ALLOCATION_INFO = _metric(
     "nvidia_gpu_allocation_info", "gauge",
-    "A device (GPU or MIG instance) allocated to a container by the kubelet; always 1. "
-    "Shared (time-sliced, MPS) devices have one series per container.",
+    "A device (GPU or MIG instance) allocated to a container by the kubelet; always 1. The join point "
+    "between device series and pods: one series per device and holder (a shared device has one per container).",
     "allocation",
     ("namespace", "pod", "container", "resource", "shared", "workload_kind", "workload"),
 )
@@ -203,11 +218,13 @@ ALLOCATED_DEVICES = _metric(
 )
 CONTAINER_MEMORY_USED = _metric(
     "nvidia_gpu_container_memory_used_bytes", "gauge",
-    "Device memory used by the processes of a container on a GPU or MIG instance.", "container",
+    "Device memory a container uses on a GPU or MIG instance it holds: the device's own reading when it "
+    "holds the device alone, its processes' sum on a shared device.", "container",
 )
 CONTAINER_UTILIZATION = _metric(
     "nvidia_gpu_container_utilization_ratio", "gauge",
-    "SM utilisation of the processes of a container on a GPU over the last cycle (0..1).", "container",
+    "Utilisation a container makes of a GPU it holds (0..1): the GPU's own reading when it holds the GPU "
+    "alone, its processes' SM share on a shared GPU.", "container",
 )
 
 # -- The agent itself ----------------------------------------------------------------------
@@ -216,50 +233,52 @@ BUILD_INFO = _metric(
     "agent", ("version", "python_version", "simulated"),
 )
 COLLECTOR_SUCCESS = _metric(
-    "kube_gpu_exporter_collector_success", "gauge", "1 when the collector's last run succeeded.", "agent",
+    "kube_gpu_exporter_collector_success", "gauge",
+    "1 when the collector's last run fully succeeded (nvml: NVML up and every GPU read in time; kubelet: "
+    "pod-resources answered; kubernetes: the pod watch is connected; procfs: cgroups read).", "agent",
     ("collector",),
 )
 COLLECTOR_DURATION = _metric(
-    "kube_gpu_exporter_collector_duration_seconds", "gauge", "Duration of the collector's last run.", "agent",
+    "kube_gpu_exporter_collector_duration_seconds", "gauge",
+    "Time one collector took in the last cycle (not the cycle: see kube_gpu_exporter_cycle_duration_seconds).",
+    "agent", ("collector",),
+)
+COLLECTOR_LAST_SUCCESS = _metric(
+    "kube_gpu_exporter_collector_last_success_timestamp_seconds", "gauge",
+    "Unix time of the collector's last full success; time() minus this is how old its data may be.", "agent",
     ("collector",),
 )
 COLLECTOR_ERRORS = _metric(
-    "kube_gpu_exporter_collector_errors_total", "counter", "Errors by collector and kind.", "agent",
-    ("collector", "kind"),
+    "kube_gpu_exporter_collector_errors_total", "counter",
+    "Errors by collector and kind; the known kinds of every enabled collector are present from the start (0).",
+    "agent", ("collector", "kind"),
 )
-LAST_COLLECTION = _metric(
-    "kube_gpu_exporter_last_collection_timestamp_seconds", "gauge",
+LAST_CYCLE = _metric(
+    "kube_gpu_exporter_last_cycle_timestamp_seconds", "gauge",
     "Unix time at which the last collection cycle finished.", "agent",
 )
-COLLECTION_DURATION = _metric(
-    "kube_gpu_exporter_collection_duration_seconds", "gauge", "Duration of the last collection cycle.", "agent",
+CYCLE_DURATION = _metric(
+    "kube_gpu_exporter_cycle_duration_seconds", "gauge",
+    "Duration of the last collection cycle: its collectors and attribution, up to its rendering.", "agent",
 )
 GPU_SNAPSHOT_AGE = _metric(
     "kube_gpu_exporter_gpu_snapshot_age_seconds", "gauge",
-    "Age of the GPU readings served; grows when NVML calls hang.", "agent",
+    "Age of the oldest GPU reading served; grows while NVML calls hang.", "agent",
 )
 GPU_SNAPSHOT_STALE = _metric(
     "kube_gpu_exporter_gpu_snapshot_stale", "gauge",
     "1 when some GPU readings are from an earlier cycle because an NVML call did not return in time.", "agent",
 )
 NVML_UP = _metric(
-    "kube_gpu_exporter_nvml_up", "gauge", "1 when NVML is initialised (or the simulated backend runs).", "agent",
-)
-KUBELET_UP = _metric(
-    "kube_gpu_exporter_kubelet_up", "gauge", "1 when the last pod-resources call to the kubelet succeeded.",
-    "agent",
-)
-KUBERNETES_API_UP = _metric(
-    "kube_gpu_exporter_kubernetes_api_up", "gauge",
-    "1 when the pod watch on the API server is connected and synced.", "agent",
+    "kube_gpu_exporter_nvml_up", "gauge",
+    "1 when NVML is initialised and answers (or the simulated backend runs).", "agent",
 )
 
 
 _SCOPE_LABELS = {
-    "gpu": "gpu, uuid (+ namespace, pod, container when one container holds the GPU)",
-    "mig": "gpu, uuid, gpu_instance_id, compute_instance_id (+ namespace, pod, container when one container "
-    "holds the instance)",
-    "allocation": "gpu, uuid, gpu_instance_id, compute_instance_id (empty for a whole GPU), label_<name> "
+    "gpu": "gpu, uuid",
+    "mig": "gpu, uuid, gpu_instance_id, compute_instance_id",
+    "allocation": "gpu, uuid, gpu_instance_id, compute_instance_id (absent for a whole GPU), label_<name> "
     "for allowlisted pod labels",
     "container": "namespace, pod, container, gpu, uuid (+ gpu_instance_id, compute_instance_id on MIG)",
     "node": "",

@@ -46,6 +46,17 @@ class MigDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuIdentity:
+    """What names a GPU: read first, before any reading, and kept while the GPU is down, so that
+    a GPU lost at its first read still has its uuid (for its XIDs, its holders, its alerts)."""
+
+    index: int
+    uuid: str
+    minor_number: int | None = None
+    info: Mapping[str, str] = field(default_factory=dict)  # values for catalog.GPU_INFO labels
+
+
+@dataclass(frozen=True, slots=True)
 class Gpu:
     """Everything read from one physical GPU in one cycle.
 
@@ -65,11 +76,19 @@ class Gpu:
     error: str | None = None
 
 
+    @property
+    def identity(self) -> GpuIdentity:
+        return GpuIdentity(self.index, self.uuid, self.minor_number, self.info)
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
     gpus: tuple[Gpu, ...]
-    timestamp: float  # time.time() when the oldest reading in it was taken
+    taken: float  # time.monotonic() when the oldest reading in it was taken
     stale: bool = False  # some readings come from an earlier cycle (a call hung)
+    # XID events since the agent started by (GPU uuid, XID code); kept apart from the GPUs'
+    # readings because they must stay visible while a GPU is down.
+    xids: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
 
 # -- Kubernetes side ------------------------------------------------------------------------
