@@ -15,13 +15,15 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
 ``cuda_version``                int as NVML gives it: ``12040`` = 12.4
 ``gpu_count``                   default: highest ``gpu.<i>`` + 1
 ``xid.<seq>=<gpu>:<code>,...``  XID events, queued once when ``seq`` is new (1, 2, 3, ...);
-                                ``<gpu>:<code>:<gi>:<ci>`` for an event on a MIG instance
+                                ``<gpu>:<code>:<gi>:<ci>`` for an event on a MIG instance. An
+                                event waits in the queue until an event set watches its GPU
 ``gpu.<i>.name/uuid/serial``    identity; ``vbios``, ``pci_bus_id``, ``pci_device_id``;
                                 ``minor`` (/dev/nvidia<minor>, default: the index)
 ``gpu.<i>.handle_seconds=S``    nvmlDeviceGetHandleByIndex takes S s (no persistence mode)
 ``gpu.<i>.mig_mode``            0/1 (absent: MIG not supported); ``mig_mode_pending``
 ``gpu.<i>.persistence_mode``    0/1; ``compute_mode`` 0 default, 2 prohibited, 3 exclusive_process
-``gpu.<i>.utilization_gpu``     percent; ``utilization_memory``, ``encoder``, ``decoder`` percent
+``gpu.<i>.utilization_gpu``     percent; ``utilization_memory``, ``encoder``, ``decoder`` percent.
+                                All four answer NOT_SUPPORTED on a MIG-enabled GPU, as in nvml.h
 ``gpu.<i>.mem_total``           bytes; ``mem_used`` (allocated), ``mem_reserved``, ``mem_free``
                                 (default total-used-reserved); v1 API reports used+reserved
 ``gpu.<i>.temperature``         C; ``memory_temp`` (field 82); ``temp_slowdown``,
@@ -33,15 +35,23 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
 ``gpu.<i>.clock_events``        bitmask of nvmlClocksEventReason*
 ``gpu.<i>.violation.<policy>``  ns; policy = NVML_PERF_POLICY_* number (0 power, 1 thermal, ...)
 ``gpu.<i>.pcie_gen``            ``pcie_max_gen``, ``pcie_width``, ``pcie_max_width``,
-                                ``pcie_replay``, ``pcie_rx_kbs``, ``pcie_tx_kbs`` (KB/s)
+                                ``pcie_replay``; ``pcie_tx_bytes``, ``pcie_rx_bytes``: byte
+                                counters, fields 197/198 (``NVML_FI_DEV_PCIE_COUNT_*_BYTES``)
 ``gpu.<i>.ecc.<t>.<c>``         t corrected/uncorrected, c volatile/aggregate
 ``gpu.<i>.retired_sbe``         pages; ``retired_dbe``, ``retired_pending`` 0/1
 ``gpu.<i>.remap.<k>``           k correctable/uncorrectable/pending/failure
-``gpu.<i>.nvlink_links``        number of links (0: NVLink not supported); ``nvlink_down``
-                                list of inactive links; ``nvlink.<link>.<type>`` error counters
+``gpu.<i>.nvlink_links``        list of the link numbers that exist, e.g. ``[0, 1, 4, 5]``
+                                (numbering need not be dense; ``[]``: NVLink not supported). A
+                                link not listed answers NOT_SUPPORTED (a gap) or
+                                INVALID_ARGUMENT (beyond the highest), like the driver.
+                                ``nvlink_down`` list of inactive links; ``nvlink.<link>.<type>``
+                                error counters
                                 (replay/recovery/crc_flit/crc_data); ``nvlink_tx_kib``,
                                 ``nvlink_rx_kib`` totals over all links (KiB)
-``gpu.<i>.processes``           ``pid:used_bytes:sm_percent,...`` on the full GPU
+``gpu.<i>.processes``           ``pid:used_bytes:sm_percent,...`` on the full GPU; ``na`` for
+                                used_bytes (Python: ``None``) is NVML_VALUE_NOT_AVAILABLE, which
+                                pynvml turns into ``None``. A non-empty list answers the sizing
+                                call (count 0, no buffer) with INSUFFICIENT_SIZE, as NVML does
 ``gpu.<i>.mps_processes``       same format: MPS clients (nvmlDeviceGetMPSComputeRunningProcesses)
                                 Process utilisation, as real NVML: samples only for sm% > 0,
                                 NOT_FOUND when none; ``no_util_samples_result=N`` answers N
@@ -62,11 +72,16 @@ Read names for ``unsupported``/``fail``: handle, name, uuid, serial, vbios, pci,
 persistence_mode, compute_mode, utilization, encoder, decoder, memory, memory_v2, temperature,
 memory_temp, temp_slowdown, temp_shutdown, temp_memory_max, temp_gpu_max, power_mw,
 power_limit_mw, energy, energy_mj, fan, clock, max_clock, pstate, clock_events, violation,
-pcie_gen, pcie_max_gen, pcie_width, pcie_max_width, pcie_replay, pcie_rx_kbs, pcie_tx_kbs, ecc,
+pcie_gen, pcie_max_gen, pcie_width, pcie_max_width, pcie_replay, pcie_data (fields 197/198), ecc,
 retired_pages, remapped_rows, nvlink, nvlink_errors, nvlink_throughput, field_values, processes,
 mps_processes, mig_processes, mig_mps_processes (a MIG handle's own lists), process_utilization,
-minor, mig, events, index.
+minor, mig, events.
 (``energy`` is the field value, ``energy_mj`` the function; ``pcie_replay`` covers both.)
+
+Test hooks, not NVML: ``FakeNode.stat(gpu, name)`` reads the library's counters:
+``process_utilization`` (nvmlDeviceGetProcessUtilization calls since the reset),
+``process_list_sizing`` (INSUFFICIENT_SIZE answers of the process lists since the reset) and
+``hanging`` (calls on the GPU held by ``hang_seconds`` right now).
 """
 
 from __future__ import annotations
@@ -119,7 +134,7 @@ def build_fake_nvml(out_dir: Path) -> Path:
 # -- Config builder ---------------------------------------------------------------------------
 
 def h100(index: int, **overrides: Any) -> dict[str, Any]:
-    """A busy H100 SXM (no fan, NVLink, no page retirement: H100 uses row remapping)."""
+    """A busy H100 SXM (no fan, 18 NVLink links, no page retirement: H100 uses row remapping)."""
     gpu: dict[str, Any] = {
         "name": "NVIDIA H100 80GB HBM3",
         "uuid": f"GPU-7c2e4f10-0000-4000-8000-{index:012x}",
@@ -151,10 +166,10 @@ def h100(index: int, **overrides: Any) -> dict[str, Any]:
         "clock_events": 0x4,  # sw_power_cap
         "violation": {0: 2_500_000_000, 1: 0},
         "pcie_gen": 5, "pcie_max_gen": 5, "pcie_width": 16, "pcie_max_width": 16,
-        "pcie_replay": 2, "pcie_rx_kbs": 1000, "pcie_tx_kbs": 2000,
+        "pcie_replay": 2, "pcie_tx_bytes": 123_456_789_000, "pcie_rx_bytes": 98_765_432_000,
         "ecc": {"corrected": {"volatile": 3, "aggregate": 10}, "uncorrected": {"volatile": 0, "aggregate": 1}},
         "remap": {"correctable": 1, "uncorrectable": 0, "pending": 0, "failure": 0},
-        "nvlink_links": 18,
+        "nvlink_links": list(range(18)),
         "nvlink_down": [],
         "nvlink_tx_kib": 1_000_000,
         "nvlink_rx_kib": 2_000_000,
@@ -166,14 +181,15 @@ def h100(index: int, **overrides: Any) -> dict[str, Any]:
 
 
 def a100_mig(index: int, **overrides: Any) -> dict[str, Any]:
-    """An A100 40GB in MIG mode with two instances (1g.5gb and 3g.20gb), each with a process."""
+    """An A100 40GB in MIG mode with two instances (1g.5gb and 3g.20gb), each with a process.
+    In MIG mode NVML has no utilisation for the whole GPU: the fake answers NOT_SUPPORTED."""
     gpu = h100(
         index,
         name="NVIDIA A100-SXM4-40GB",
         mem_total=40 * GIB,
         mem_used=8 * GIB,
         mig_mode=1,
-        nvlink_links=12,
+        nvlink_links=list(range(12)),
         temp_gpu_max=85,
         processes=[],
         unsupported=["fan"],
@@ -202,8 +218,11 @@ def _flatten(prefix: str, value: Any, out: list[str]) -> None:
     elif isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value) if isinstance(value, (set, frozenset)) else value
         out.append(f"{prefix}=" + ",".join(
-            ":".join(str(x) for x in item) if isinstance(item, (list, tuple)) else str(item) for item in items
+            ":".join("na" if x is None else str(x) for x in item) if isinstance(item, (list, tuple)) else str(item)
+            for item in items
         ))
+    elif prefix.endswith(".nvlink_links"):
+        raise TypeError(f"{prefix} lists link numbers, e.g. list(range(18)) or []; got {value!r}")
     elif isinstance(value, bool):
         out.append(f"{prefix}={int(value)}")
     else:
@@ -277,10 +296,15 @@ class FakeNode:
         os.replace(tmp, self.path)
         return self
 
-    def util_calls(self, gpu: int) -> int:
-        """nvmlDeviceGetProcessUtilization calls on GPU ``gpu`` since the fake was reset."""
+    def stat(self, gpu: int, name: str) -> int:
+        """A counter of the loaded library for GPU ``gpu`` (see the module's test hooks)."""
         lib = _loaded.get(str(self.lib_path))
-        return int(lib.fake_nvml_util_calls(gpu)) if lib is not None else 0
+        if lib is None:
+            raise RuntimeError("the fake is not loaded in this process")
+        n = int(lib.fake_nvml_stat(gpu, name.encode()))
+        if n < 0:
+            raise ValueError(f"no such counter: {name}")
+        return n
 
     @property
     def env(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ import pynvml
 
 from .. import catalog
 from ..catalog import MetricSpec
+from ..vocabulary import BYTES_PER_KIB, DIRECTIONS, ECC_ERROR_TYPES, JOULES_PER_MILLIJOULE, NOT_MIG, RETIREMENT_CAUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,7 @@ class FieldSpec:
     key: str  # name used for once-only logging and error accounting
     metric: MetricSpec
     labels: tuple[str, ...] = ()
-    scale: float = 1.0  # multiply the raw value by this to get the catalog's unit
+    scale: float = 1.0  # vocabulary factor from the raw value to the catalog's unit
     scope_id: int | None = None  # nvmlFieldValue_t.scopeId; None = 0
     # (handle) -> raw value, used when nvmlDeviceGetFieldValues itself is unavailable
     fallback: Callable[[Any], float] | None = None
@@ -37,7 +38,9 @@ def _ecc(error_type: int, counter: int) -> Callable[[Any], float]:
     return lambda h: float(pynvml.nvmlDeviceGetTotalEccErrors(h, error_type, counter))
 
 
-ALL_LINKS = 0xFFFFFFFF  # scopeId UINT_MAX: NVLink counters summed over every link
+_CORRECTED, _UNCORRECTED = ECC_ERROR_TYPES
+_SINGLE_BIT, _DOUBLE_BIT = RETIREMENT_CAUSES
+_RX, _TX = DIRECTIONS
 _CORR = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
 _UNCORR = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 _VOL = pynvml.NVML_VOLATILE_ECC
@@ -46,36 +49,39 @@ _AGG = pynvml.NVML_AGGREGATE_ECC
 #: Fields read from every GPU, in one batch.
 GPU_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(pynvml.NVML_FI_DEV_MEMORY_TEMP, "memory_temp", catalog.MEMORY_TEMPERATURE),
-    FieldSpec(pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, "energy", catalog.ENERGY, scale=1e-3,
+    FieldSpec(pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, "energy", catalog.ENERGY, scale=JOULES_PER_MILLIJOULE,
               fallback=pynvml.nvmlDeviceGetTotalEnergyConsumption),
     FieldSpec(pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER, "pcie_replay", catalog.PCIE_REPLAYS,
               fallback=pynvml.nvmlDeviceGetPcieReplayCounter),
-    FieldSpec(pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, "ecc", catalog.ECC_ERRORS, ("corrected", "volatile"),
+    # Byte counters; no fallback: nvmlDeviceGetPcieThroughput is a rate that samples for 20 ms a call.
+    FieldSpec(pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, "pcie_data", catalog.PCIE_DATA, (_RX,)),
+    FieldSpec(pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, "pcie_data", catalog.PCIE_DATA, (_TX,)),
+    # ECC: volatile (since the driver loaded) and aggregate (lifetime, includes volatile) apart.
+    FieldSpec(pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, "ecc", catalog.ECC_ERRORS, (_CORRECTED,),
               fallback=_ecc(_CORR, _VOL)),
-    FieldSpec(pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, "ecc", catalog.ECC_ERRORS, ("uncorrected", "volatile"),
+    FieldSpec(pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL, "ecc", catalog.ECC_ERRORS, (_UNCORRECTED,),
               fallback=_ecc(_UNCORR, _VOL)),
-    FieldSpec(pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL, "ecc", catalog.ECC_ERRORS, ("corrected", "aggregate"),
+    FieldSpec(pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL, "ecc_aggregate", catalog.ECC_AGGREGATE_ERRORS, (_CORRECTED,),
               fallback=_ecc(_CORR, _AGG)),
-    FieldSpec(pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, "ecc", catalog.ECC_ERRORS, ("uncorrected", "aggregate"),
+    FieldSpec(pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, "ecc_aggregate", catalog.ECC_AGGREGATE_ERRORS, (_UNCORRECTED,),
               fallback=_ecc(_UNCORR, _AGG)),
-    FieldSpec(pynvml.NVML_FI_DEV_RETIRED_SBE, "retired_pages", catalog.RETIRED_PAGES, ("single_bit",),
+    FieldSpec(pynvml.NVML_FI_DEV_RETIRED_SBE, "retired_pages", catalog.RETIRED_PAGES, (_SINGLE_BIT,),
               fallback=_retired_count(pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)),
-    FieldSpec(pynvml.NVML_FI_DEV_RETIRED_DBE, "retired_pages", catalog.RETIRED_PAGES, ("double_bit",),
+    FieldSpec(pynvml.NVML_FI_DEV_RETIRED_DBE, "retired_pages", catalog.RETIRED_PAGES, (_DOUBLE_BIT,),
               fallback=_retired_count(pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)),
     FieldSpec(pynvml.NVML_FI_DEV_RETIRED_PENDING, "retired_pages", catalog.RETIRED_PAGES_PENDING,
               fallback=pynvml.nvmlDeviceGetRetiredPagesPendingStatus),
     # NVLink payload over all links (scopeId UINT_MAX = sum of links), KiB -> bytes.
-    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, "nvlink_throughput", catalog.NVLINK_DATA, ("tx",),
-              scale=1024.0, scope_id=ALL_LINKS),
-    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, "nvlink_throughput", catalog.NVLINK_DATA, ("rx",),
-              scale=1024.0, scope_id=ALL_LINKS),
+    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, "nvlink_throughput", catalog.NVLINK_DATA, (_RX,),
+              scale=BYTES_PER_KIB, scope_id=NOT_MIG),
+    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, "nvlink_throughput", catalog.NVLINK_DATA, (_TX,),
+              scale=BYTES_PER_KIB, scope_id=NOT_MIG),
 )
 
 
 def field_ids(specs: tuple[FieldSpec, ...]) -> list[int | tuple[int, int]]:
     """The argument of ``pynvml.nvmlDeviceGetFieldValues`` for these specs."""
     return [s.field_id if s.scope_id is None else (s.field_id, s.scope_id) for s in specs]
-
 
 
 def field_value(value: Any) -> float:

@@ -2,32 +2,33 @@
 
 NVML delivers XIDs only as events: a thread blocks in ``nvmlEventSetWait`` (ctypes releases the
 GIL meanwhile) and counts each event per (GPU uuid, XID code). Counts are cumulative since the
-agent started, exported as a counter: a "last XID" gauge loses repeats and never resets.
+watcher was made (across restarts), exported as a counter: a "last XID" gauge loses repeats and
+never resets. An event on a MIG instance is counted on its parent GPU.
 
-The thread also registers the GPUs, before it starts waiting: that needs a handle per GPU, and
-without persistence mode the driver takes 1-3 s per GPU to hand one out, far too long for
-``start()``. Each run (start .. stop) has its own stop flag, event set and handle map, so a
+GPUs are registered at any time: ``watch()`` queues a GPU, and the thread registers what is
+queued between two waits, so every NVML call on the event set stays in that one thread. The
+backend submits a GPU each time it identifies or reads it, so a GPU whose registration failed
+(lost at that moment, say) is retried at its next good read; one already registered costs a set
+lookup. Each run (start .. stop) has its own stop flag, event set and registrations, so a
 thread that outlives ``stop()`` (stuck in the driver) can never mix with the next run's.
 
-The wait uses a timeout so that ``stop()`` is noticed within about one timeout.
+The wait uses a timeout: ``stop()`` and newly queued GPUs are noticed within about one timeout.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pynvml
 
-_ERROR_BACKOFF_S = 0.5
-_NOT_MIG = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of an event not tied to a MIG instance
+from ..vocabulary import NOT_MIG
+from .policy import ReadPolicy, error_kind
 
-#: Yields (uuid, handle) for each GPU to watch; called in the event thread.
-GpuSource = Callable[[], Iterable[tuple[str, Any]]]
+_ERROR_BACKOFF_S = 0.5
 
 
 def handle_key(handle: Any) -> int | None:
@@ -37,41 +38,40 @@ def handle_key(handle: Any) -> int | None:
 
 @dataclass
 class _Run:
-    """State of one start .. stop of the thread."""
+    """State of one start .. stop of the thread. ``pending``, ``uuid_by_handle`` and ``refused``
+    are keyed by ``handle_key`` and guarded by the watcher's lock."""
 
     event_set: Any
     stop: threading.Event = field(default_factory=threading.Event)
+    pending: dict[int, tuple[str, Any]] = field(default_factory=dict)
     uuid_by_handle: dict[int, str] = field(default_factory=dict)
-    registered: threading.Event = field(default_factory=threading.Event)
+    refused: set[int] = field(default_factory=set)  # NOT_SUPPORTED: not asked again this run
 
 
 class XidWatcher:
-    """Registers every GPU for XID events and counts them in a daemon thread."""
+    """Counts XID events of the GPUs it is asked to watch, in a daemon thread."""
 
-    def __init__(self, *, timeout_ms: int = 1000, logger: logging.Logger | None = None) -> None:
+    def __init__(self, policy: ReadPolicy, *, timeout_ms: int = 1000) -> None:
+        self._policy = policy
+        self._log = policy.log
         self._timeout_ms = max(1, int(timeout_ms))
-        self._log = logger or logging.getLogger(__name__)
-        self._lock = threading.Lock()  # guards _counts and _logged
+        self._lock = threading.Lock()  # guards _counts and the current run's maps
         self._life = threading.Lock()  # serialises start() and stop()
         self._counts: Counter[tuple[str, int]] = Counter()
-        self._run_state: _Run | None = None
+        self._run: _Run | None = None
         self._thread: threading.Thread | None = None
-        self._logged: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, gpus: GpuSource) -> None:
-        """Create the event set and start the thread, which registers what ``gpus()`` yields.
-
-        Returns at once; a GPU that refuses registration (NOT_SUPPORTED, lost) is logged and
-        skipped by the thread. Raises ``pynvml.NVMLError`` only if no event set can be created.
-        A second call while running does nothing.
-        """
+    def start(self) -> None:
+        """Create the event set and start the thread; no GPU is watched until ``watch()``.
+        Raises ``pynvml.NVMLError`` if no event set can be created. Does nothing while running."""
         with self._life:
             if self._thread is not None:
                 return
             run = _Run(event_set=pynvml.nvmlEventSetCreate())
-            thread = threading.Thread(target=self._main, args=(run, gpus), name="nvml-xid-events", daemon=True)
-            self._run_state, self._thread = run, thread
+            thread = threading.Thread(target=self._main, args=(run,), name="nvml-xid-events", daemon=True)
+            with self._lock:
+                self._run, self._thread = run, thread
             thread.start()
 
     def stop(self) -> bool:
@@ -79,31 +79,35 @@ class XidWatcher:
         time (a call that hangs in the driver); the set is then left alone rather than freed
         under it."""
         with self._life:
-            run, thread = self._run_state, self._thread
-            self._run_state = self._thread = None
-        if run is None or thread is None:
+            with self._lock:
+                run, thread = self._run, self._thread
+                self._run = self._thread = None
+            if run is None or thread is None:
+                return True
+            run.stop.set()
+            limit_s = self._timeout_ms / 1000.0 + 1.0
+            thread.join(timeout=limit_s)
+            if thread.is_alive():
+                self._log.warning("XID event thread did not stop within %.1f s", limit_s)
+                return False
+            try:
+                pynvml.nvmlEventSetFree(run.event_set)
+            except pynvml.NVMLError as e:
+                self._log.debug("nvmlEventSetFree: %s", e)
             return True
-        run.stop.set()
-        limit_s = self._timeout_ms / 1000.0 + 1.0
-        thread.join(timeout=limit_s)
-        if thread.is_alive():
-            self._log.warning("XID event thread did not stop within %.1f s", limit_s)
-            return False
-        try:
-            pynvml.nvmlEventSetFree(run.event_set)
-        except pynvml.NVMLError as e:
-            self._log.debug("nvmlEventSetFree: %s", e)
-        return True
 
-    @property
-    def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
-    def wait_registered(self, timeout_s: float) -> bool:
-        """Wait until the thread has registered the GPUs (for tests and diagnostics)."""
-        run = self._run_state
-        return run is not None and run.registered.wait(timeout_s)
+    def watch(self, uuid: str, handle: Any) -> None:
+        """Have GPU ``uuid`` registered by the thread (soon, not now). Thread-safe and cheap when
+        the GPU is already watched, queued, or refused events in this run; ignored while the
+        watcher is not running."""
+        key = handle_key(handle)
+        if key is None:
+            return
+        with self._lock:
+            run = self._run
+            if run is None or key in run.uuid_by_handle or key in run.refused or key in run.pending:
+                return
+            run.pending[key] = (uuid, handle)
 
     # -- results ---------------------------------------------------------------------------
     def counts(self) -> dict[tuple[str, int], int]:
@@ -112,10 +116,9 @@ class XidWatcher:
             return dict(self._counts)
 
     # -- the thread ------------------------------------------------------------------------
-    def _main(self, run: _Run, gpus: GpuSource) -> None:
-        self._register_all(run, gpus)
-        run.registered.set()
+    def _main(self, run: _Run) -> None:
         while not run.stop.is_set():
+            self._register_pending(run)
             try:
                 data = pynvml.nvmlEventSetWait(run.event_set, self._timeout_ms)
             except pynvml.NVMLError_Timeout:
@@ -124,51 +127,52 @@ class XidWatcher:
                 self._log.info("NVML shut down; XID event thread ends")
                 return
             except pynvml.NVMLError as e:
-                self._log_once(type(e).__name__, "nvmlEventSetWait failed: %s", e)
+                self._policy.count(error_kind(e))
+                if self._policy.once(("xid_wait", error_kind(e))):
+                    self._log.warning("nvmlEventSetWait failed: %s", e)
                 run.stop.wait(_ERROR_BACKOFF_S)
                 continue
             self._record(run, data)
 
-    def _register_all(self, run: _Run, gpus: GpuSource) -> None:
-        try:
-            for uuid, handle in gpus():
-                if run.stop.is_set():
-                    return
-                self._register(run, uuid, handle)
-        except pynvml.NVMLError as e:
-            self._log.warning("XID events: listing GPUs failed: %s", e)
+    def _register_pending(self, run: _Run) -> None:
+        with self._lock:
+            pending, run.pending = run.pending, {}
+        for key, (uuid, handle) in pending.items():
+            try:
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, run.event_set)
+            except pynvml.NVMLError as e:
+                self._refused(run, key, uuid, e)
+                continue
+            with self._lock:
+                run.uuid_by_handle[key] = uuid
 
-    def _register(self, run: _Run, uuid: str, handle: Any) -> None:
-        try:
-            pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, run.event_set)
-        except pynvml.NVMLError as e:
-            self._log.warning("GPU %s: XID events not watched: %s", uuid, e)
+    def _refused(self, run: _Run, key: int, uuid: str, err: pynvml.NVMLError) -> None:
+        if err.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
+            with self._lock:
+                run.refused.add(key)
+            if self._policy.once(("xid_unsupported", uuid)):
+                self._log.warning("GPU %s: XID events not supported; its XIDs are not counted", uuid)
             return
-        key = handle_key(handle)
-        if key is not None:
-            run.uuid_by_handle[key] = uuid
+        self._policy.count(error_kind(err))  # retried when the GPU is next identified or read
+        if self._policy.once(("xid_register", uuid)):
+            self._log.warning("GPU %s: XID events not watched yet: %s; retried at its next read", uuid, err)
 
     def _record(self, run: _Run, data: Any) -> None:
         if not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
             return
         code = int(data.eventData)
-        uuid = run.uuid_by_handle.get(handle_key(data.device) or 0)
-        if uuid is None:
-            self._log_once("unknown-device", "XID %d on an unregistered device; ignored", code)
-            return
         with self._lock:
-            self._counts[(uuid, code)] += 1
+            uuid = run.uuid_by_handle.get(handle_key(data.device) or 0)
+            if uuid is not None:
+                self._counts[(uuid, code)] += 1
+        if uuid is None:
+            if self._policy.once(("xid_unknown_device",)):
+                self._log.warning("XID %d on an unregistered device; ignored", code)
+            return
         gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
-        if gi != _NOT_MIG:
+        if gi != NOT_MIG:
             # Counted on the parent GPU (the series has no MIG labels); the log names the instance.
             self._log.warning("XID %d on GPU %s, MIG GPU instance %d compute instance %s", code, uuid, gi,
-                              "any" if ci == _NOT_MIG else ci)
+                              "any" if ci == NOT_MIG else ci)
         else:
             self._log.warning("XID %d on GPU %s", code, uuid)
-
-    def _log_once(self, key: str, msg: str, *args: Any) -> None:
-        with self._lock:
-            if key in self._logged:
-                return
-            self._logged.add(key)
-        self._log.warning(msg, *args)

@@ -7,9 +7,9 @@
  * documented in tests/fakenvml.py, which writes the file. In short:
  *
  *   run_id=<str>            new value = fresh run: XID queue and sequence reset
- *   init_error=1            nvmlInit* fails with NVML_ERROR_DRIVER_NOT_LOADED
+ *   init_error=1            nvmlInitWithFlags fails with NVML_ERROR_DRIVER_NOT_LOADED
  *   init_error_code=<n>     ... or with this nvmlReturn_t
- *   driver_version, cuda_version (int, 12040), nvml_version, gpu_count
+ *   driver_version, cuda_version (int, 12040), gpu_count
  *   gpu.<i>.<key>=<value>   per GPU values (name, uuid, temperature, power_mw, ...)
  *   gpu.<i>.lost=1          every call on the GPU returns NVML_ERROR_GPU_IS_LOST
  *   gpu.<i>.hang_seconds=s  every call on the GPU sleeps s seconds first (re-checked every 50 ms)
@@ -17,7 +17,19 @@
  *   gpu.<i>.fail.<name>=n   the named read returns nvmlReturn_t n
  *   gpu.<i>.mig.<j>.<key>   MIG device j of GPU i (uuid, gi, ci, profile, mem_*, processes,
  *                           mps_processes)
- *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events queued once per seq (seq > last seen)
+ *   gpu.<i>.processes=pid:bytes[:sm%],...   compute processes; "pid:na[:sm%]" for memory
+ *                           the driver cannot tell (NVML_VALUE_NOT_AVAILABLE). A process list
+ *                           answers the sizing call with INSUFFICIENT_SIZE when it is not empty
+ *   gpu.<i>.nvlink_links=0,1,4,5   the links that exist (sparse numbering; empty: no NVLink);
+ *                           other links answer NOT_SUPPORTED (a gap) or INVALID_ARGUMENT
+ *                           (beyond the highest)
+ *   gpu.<i>.pcie_tx_bytes, pcie_rx_bytes   fields 197/198 (NVML_FI_DEV_PCIE_COUNT_*_BYTES)
+ *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events queued once per seq (seq > last seen);
+ *                           an event waits in the queue until an event set watches its GPU
+ *
+ * As real NVML does, a MIG-enabled GPU answers NOT_SUPPORTED to utilisation (GPU, memory,
+ * encoder, decoder) and to per-process utilisation.
+ * Test hooks (not NVML): fake_nvml_reset(), fake_nvml_stat(gpu, name).
  *
  * Build: gcc -shared -fPIC -O1 -I<nvml include> -Wl,-soname,libnvidia-ml.so.1 -o libnvidia-ml.so.1 fake_nvml.c
  */
@@ -68,7 +80,10 @@ static char run_id[128];
 static long last_xid_seq;
 static struct event events[MAX_EVENTS];
 static int ev_head, ev_len;
-static unsigned int util_calls[MAX_GPUS]; /* nvmlDeviceGetProcessUtilization calls per GPU */
+/* Test hooks (not NVML), read through fake_nvml_stat(gpu, name): */
+static unsigned int util_calls[MAX_GPUS];   /* "process_utilization": nvmlDeviceGetProcessUtilization calls */
+static unsigned int sizing_calls[MAX_GPUS]; /* "process_list_sizing": INSUFFICIENT_SIZE from a process list */
+static unsigned int hanging[MAX_GPUS];      /* "hanging": calls now held by hang_seconds */
 
 /* ---- configuration ------------------------------------------------------------------- */
 
@@ -283,9 +298,11 @@ static nvmlReturn_t enter(nvmlDevice_t dev, const char *what, int allow_mig)
         return NVML_ERROR_INVALID_ARGUMENT;
     int gpu = dev->gpu;
     double start = now_s();
+    int held = 0; /* counted in hanging[gpu] while this call sleeps */
     for (;;) {
         pthread_mutex_lock(&lock);
         if (init_count == 0) {
+            hanging[gpu] -= held;
             pthread_mutex_unlock(&lock);
             return NVML_ERROR_UNINITIALIZED;
         }
@@ -296,9 +313,12 @@ static nvmlReturn_t enter(nvmlDevice_t dev, const char *what, int allow_mig)
             hang = atof(h);
         if (hang <= 0 || now_s() - start >= hang)
             break;
+        if (!held)
+            hanging[gpu] += held = 1;
         pthread_mutex_unlock(&lock);
         sleep_ms(50);
     }
+    hanging[gpu] -= held;
     nvmlReturn_t r = NVML_SUCCESS;
     if (gpu >= gpu_count())
         r = NVML_ERROR_INVALID_ARGUMENT;
@@ -380,8 +400,6 @@ static nvmlReturn_t do_init(void)
 }
 
 nvmlReturn_t DECLDIR nvmlInitWithFlags(unsigned int flags) { (void)flags; return do_init(); }
-nvmlReturn_t DECLDIR nvmlInit_v2(void) { return do_init(); }
-
 nvmlReturn_t DECLDIR nvmlShutdown(void)
 {
     pthread_mutex_lock(&lock);
@@ -405,6 +423,7 @@ void fake_nvml_reset(void)
     have_stat = 0;
     memset(sets, 0, sizeof sets);
     memset(util_calls, 0, sizeof util_calls);
+    memset(sizing_calls, 0, sizeof sizing_calls);
     pthread_mutex_unlock(&lock);
 }
 
@@ -443,14 +462,6 @@ nvmlReturn_t DECLDIR nvmlSystemGetDriverVersion(char *version, unsigned int leng
     LEAVE(copy_str(version, length, v ? v : "550.54.15"));
 }
 
-nvmlReturn_t DECLDIR nvmlSystemGetNVMLVersion(char *version, unsigned int length)
-{
-    nvmlReturn_t r = system_enter();
-    if (r) return r;
-    const char *v = get("nvml_version");
-    LEAVE(copy_str(version, length, v ? v : "12.550.54.15"));
-}
-
 static nvmlReturn_t cuda_version(int *out)
 {
     nvmlReturn_t r = system_enter();
@@ -461,7 +472,6 @@ static nvmlReturn_t cuda_version(int *out)
     LEAVE(NVML_SUCCESS);
 }
 
-nvmlReturn_t DECLDIR nvmlSystemGetCudaDriverVersion(int *v) { return cuda_version(v); }
 nvmlReturn_t DECLDIR nvmlSystemGetCudaDriverVersion_v2(int *v) { return cuda_version(v); }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetCount_v2(unsigned int *count)
@@ -487,38 +497,11 @@ nvmlReturn_t DECLDIR nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevic
     LEAVE(NVML_SUCCESS);
 }
 
-nvmlReturn_t DECLDIR nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device)
-{
-    nvmlReturn_t r = system_enter();
-    if (r) return r;
-    if (!uuid || !device) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    int n = gpu_count();
-    pthread_mutex_unlock(&lock);
-    for (int i = 0; i < n; i++) {
-        ENTER(&gpu_handles[i], NULL, 0);
-        const char *u = gget(i, "uuid");
-        if (u && strcmp(u, uuid) == 0) {
-            *device = &gpu_handles[i];
-            LEAVE(NVML_SUCCESS);
-        }
-        pthread_mutex_unlock(&lock);
-    }
-    return NVML_ERROR_NOT_FOUND;
-}
-
 nvmlReturn_t DECLDIR nvmlDeviceGetMinorNumber(nvmlDevice_t dev, unsigned int *minor)
 {
     ENTER(dev, "minor", 0);
     if (!minor) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
     *minor = (unsigned int)gnum(dev->gpu, "minor", (unsigned long long)dev->gpu);
-    LEAVE(NVML_SUCCESS);
-}
-
-nvmlReturn_t DECLDIR nvmlDeviceGetIndex(nvmlDevice_t dev, unsigned int *index)
-{
-    ENTER(dev, "index", 0);
-    if (!index) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    *index = (unsigned int)dev->gpu;
     LEAVE(NVML_SUCCESS);
 }
 
@@ -626,6 +609,7 @@ nvmlReturn_t DECLDIR nvmlDeviceGetUtilizationRates(nvmlDevice_t dev, nvmlUtiliza
 {
     ENTER(dev, "utilization", 0);
     if (!u) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    if (gnum(dev->gpu, "mig_mode", 0)) LEAVE(NVML_ERROR_NOT_SUPPORTED); /* nvml.h: not in MIG mode */
     u->gpu = (unsigned int)gnum(dev->gpu, "utilization_gpu", 0);
     u->memory = (unsigned int)gnum(dev->gpu, "utilization_memory", 0);
     LEAVE(NVML_SUCCESS);
@@ -635,6 +619,7 @@ static nvmlReturn_t codec_util(nvmlDevice_t dev, const char *what, unsigned int 
 {
     ENTER(dev, what, 0);
     if (!u || !period) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    if (gnum(dev->gpu, "mig_mode", 0)) LEAVE(NVML_ERROR_NOT_SUPPORTED);
     *u = (unsigned int)gnum(dev->gpu, what, 0);
     *period = 167000;
     LEAVE(NVML_SUCCESS);
@@ -735,15 +720,6 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMaxPcieLinkGeneration(nvmlDevice_t dev, unsign
 nvmlReturn_t DECLDIR nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t dev, unsigned int *w) { return get_uint(dev, "pcie_width", w, 16); }
 nvmlReturn_t DECLDIR nvmlDeviceGetMaxPcieLinkWidth(nvmlDevice_t dev, unsigned int *w) { return get_uint(dev, "pcie_max_width", w, 16); }
 nvmlReturn_t DECLDIR nvmlDeviceGetPcieReplayCounter(nvmlDevice_t dev, unsigned int *n) { return get_uint(dev, "pcie_replay", n, 0); }
-
-nvmlReturn_t DECLDIR nvmlDeviceGetPcieThroughput(nvmlDevice_t dev, nvmlPcieUtilCounter_t counter, unsigned int *kbs)
-{
-    if (counter == NVML_PCIE_UTIL_TX_BYTES)
-        return get_uint(dev, "pcie_tx_kbs", kbs, 0);
-    if (counter == NVML_PCIE_UTIL_RX_BYTES)
-        return get_uint(dev, "pcie_rx_kbs", kbs, 0);
-    return NVML_ERROR_INVALID_ARGUMENT;
-}
 
 static const char *clock_name(nvmlClockType_t type)
 {
@@ -851,13 +827,48 @@ nvmlReturn_t DECLDIR nvmlDeviceGetRemappedRows(nvmlDevice_t dev, unsigned int *c
 
 /* ---- NVLink ------------------------------------------------------------------------------ */
 
+/*
+ * gpu.<i>.nvlink_links lists the numbers of the links that exist ("0,1,4,5": numbering need not
+ * be dense; empty or absent: no NVLink). Asking for another link answers like the driver:
+ * NOT_SUPPORTED without NVLink or for a gap in the numbering, INVALID_ARGUMENT beyond the
+ * highest link. Lock held in all three helpers.
+ */
+static int link_present(int gpu, unsigned int link)
+{
+    char name[16];
+    snprintf(name, sizeof name, "%u", link);
+    return in_list(gget(gpu, "nvlink_links"), name);
+}
+
+/* Number of links; *highest = the highest link number (-1: none). */
+static int links_of(int gpu, int *highest)
+{
+    int n = 0;
+    *highest = -1;
+    for (int link = 0; link < NVML_NVLINK_MAX_LINKS; link++)
+        if (link_present(gpu, (unsigned)link)) {
+            n++;
+            *highest = link;
+        }
+    return n;
+}
+
+static nvmlReturn_t link_result(int gpu, unsigned int link)
+{
+    int highest;
+    if (links_of(gpu, &highest) == 0)
+        return NVML_ERROR_NOT_SUPPORTED;
+    if ((long)link > highest)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    return link_present(gpu, link) ? NVML_SUCCESS : NVML_ERROR_NOT_SUPPORTED;
+}
+
 nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkState(nvmlDevice_t dev, unsigned int link, nvmlEnableState_t *active)
 {
     ENTER(dev, "nvlink", 0);
     if (!active) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    unsigned int links = (unsigned int)gnum(dev->gpu, "nvlink_links", 0);
-    if (links == 0) LEAVE(NVML_ERROR_NOT_SUPPORTED);
-    if (link >= links) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    nvmlReturn_t r = link_result(dev->gpu, link);
+    if (r != NVML_SUCCESS) LEAVE(r);
     char name[16];
     snprintf(name, sizeof name, "%u", link);
     *active = in_list(gget(dev->gpu, "nvlink_down"), name) ? NVML_FEATURE_DISABLED : NVML_FEATURE_ENABLED;
@@ -870,7 +881,8 @@ nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkErrorCounter(nvmlDevice_t dev, unsigned 
     static const char *names[] = {"replay", "recovery", "crc_flit", "crc_data", "ecc_data"};
     ENTER(dev, "nvlink_errors", 0);
     if (!value || (unsigned)counter >= 5) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    if (link >= (unsigned int)gnum(dev->gpu, "nvlink_links", 0)) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    nvmlReturn_t r = link_result(dev->gpu, link);
+    if (r != NVML_SUCCESS) LEAVE(r);
     char key[64];
     snprintf(key, sizeof key, "nvlink.%u.%s", link, names[counter]);
     *value = gnum(dev->gpu, key, 0);
@@ -884,12 +896,14 @@ static nvmlReturn_t field(int gpu, nvmlFieldValue_t *f)
 {
     const char *what = NULL, *key = NULL;
     nvmlValueType_t type = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
-    unsigned long long scale = 1;
+    int links = 0, highest = -1;
     char buf[64];
     switch (f->fieldId) {
     case NVML_FI_DEV_MEMORY_TEMP: what = key = "memory_temp"; type = NVML_VALUE_TYPE_UNSIGNED_INT; break;
     case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: what = "energy"; key = "energy_mj"; break;
     case NVML_FI_DEV_PCIE_REPLAY_COUNTER: what = key = "pcie_replay"; break;
+    case NVML_FI_DEV_PCIE_COUNT_TX_BYTES: what = "pcie_data"; key = "pcie_tx_bytes"; break;
+    case NVML_FI_DEV_PCIE_COUNT_RX_BYTES: what = "pcie_data"; key = "pcie_rx_bytes"; break;
     case NVML_FI_DEV_ECC_SBE_VOL_TOTAL: what = "ecc"; key = "ecc.corrected.volatile"; break;
     case NVML_FI_DEV_ECC_DBE_VOL_TOTAL: what = "ecc"; key = "ecc.uncorrected.volatile"; break;
     case NVML_FI_DEV_ECC_SBE_AGG_TOTAL: what = "ecc"; key = "ecc.corrected.aggregate"; break;
@@ -900,14 +914,14 @@ static nvmlReturn_t field(int gpu, nvmlFieldValue_t *f)
     case NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX:
     case NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX:
         what = "nvlink_throughput";
-        if (gnum(gpu, "nvlink_links", 0) == 0 || configured_result(gpu, "nvlink") != NVML_SUCCESS)
+        links = links_of(gpu, &highest);
+        if (links == 0 || configured_result(gpu, "nvlink") != NVML_SUCCESS)
             return NVML_ERROR_NOT_SUPPORTED;
-        /* scopeId UINT_MAX: total over all links; a link: total / links (the last takes the rest) */
-        if (f->scopeId != NOT_MIG && f->scopeId >= gnum(gpu, "nvlink_links", 0))
+        /* scopeId UINT_MAX: total over all links; a link: total / links (the highest takes the rest) */
+        if (f->scopeId != NOT_MIG && link_result(gpu, f->scopeId) != NVML_SUCCESS)
             return NVML_ERROR_INVALID_ARGUMENT;
         snprintf(buf, sizeof buf, "nvlink_%s_kib", f->fieldId == NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX ? "tx" : "rx");
         key = buf;
-        scale = f->scopeId == NOT_MIG ? 1 : gnum(gpu, "nvlink_links", 1);
         break;
     default:
         return NVML_ERROR_NOT_SUPPORTED;
@@ -916,9 +930,9 @@ static nvmlReturn_t field(int gpu, nvmlFieldValue_t *f)
     if (r != NVML_SUCCESS)
         return r;
     unsigned long long v = gnum(gpu, key, 0);
-    if (scale > 1) {
-        unsigned long long share = v / scale;
-        v = f->scopeId == scale - 1 ? v - share * (scale - 1) : share;
+    if (links > 0 && f->scopeId != NOT_MIG) {
+        unsigned long long share = v / (unsigned)links;
+        v = (long)f->scopeId == highest ? v - share * (unsigned)(links - 1) : share;
     }
     f->valueType = type;
     if (type == NVML_VALUE_TYPE_UNSIGNED_INT)
@@ -964,8 +978,11 @@ static int parse_procs(const char *list, unsigned int gi, unsigned int ci, struc
     for (char *tok = strtok_r(buf, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save)) {
         unsigned int pid = 0, sm = 0;
         unsigned long long mem = 0;
-        if (sscanf(tok, " %u:%llu:%u", &pid, &mem, &sm) >= 1)
-            out[n++] = (struct proc){pid, gi, ci, sm, mem};
+        if (strstr(tok, ":na") && sscanf(tok, " %u:na:%u", &pid, &sm) >= 1)
+            mem = (unsigned long long)NVML_VALUE_NOT_AVAILABLE; /* the driver cannot tell */
+        else if (sscanf(tok, " %u:%llu:%u", &pid, &mem, &sm) < 1)
+            continue;
+        out[n++] = (struct proc){pid, gi, ci, sm, mem};
     }
     return n;
 }
@@ -1006,6 +1023,7 @@ static nvmlReturn_t running_processes(nvmlDevice_t dev, const char *key, unsigne
     }
     if (!infos || *count < (unsigned)n) {
         *count = (unsigned)n;
+        sizing_calls[dev->gpu]++;
         LEAVE(NVML_ERROR_INSUFFICIENT_SIZE);
     }
     for (int i = 0; i < n; i++) {
@@ -1030,19 +1048,26 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t dev
     return running_processes(dev, "mps_processes", count, infos);
 }
 
+/* Test hook, not NVML: the counters above ("process_utilization", "process_list_sizing",
+   "hanging") for one GPU; -1 for an unknown name. */
+int fake_nvml_stat(int gpu, const char *name)
+{
+    if (gpu < 0 || gpu >= MAX_GPUS || !name)
+        return -1;
+    pthread_mutex_lock(&lock);
+    int n = strcmp(name, "process_utilization") == 0 ? (int)util_calls[gpu]
+          : strcmp(name, "process_list_sizing") == 0 ? (int)sizing_calls[gpu]
+          : strcmp(name, "hanging") == 0 ? (int)hanging[gpu] : -1;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
 /*
  * Like the real driver (nvml.h): one sample per process with non-zero SM utilisation newer than
  * lastSeen, NVML_ERROR_NOT_FOUND when there is none (gpu.<i>.no_util_samples_result=N answers
  * N instead, e.g. 0: drivers whose sizing call says SUCCESS with no samples), NOT_SUPPORTED in
- * MIG mode. fake_nvml_util_calls(gpu) (a test hook, not NVML) counts the calls per GPU.
+ * MIG mode.
  */
-unsigned int fake_nvml_util_calls(int gpu)
-{
-    pthread_mutex_lock(&lock);
-    unsigned int n = gpu >= 0 && gpu < MAX_GPUS ? util_calls[gpu] : 0;
-    pthread_mutex_unlock(&lock);
-    return n;
-}
 
 nvmlReturn_t DECLDIR nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProcessUtilizationSample_t *samples,
                                                      unsigned int *count, unsigned long long lastSeen)
@@ -1096,22 +1121,6 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t dev, unsig
     LEAVE(NVML_SUCCESS);
 }
 
-nvmlReturn_t DECLDIR nvmlDeviceIsMigDeviceHandle(nvmlDevice_t dev, unsigned int *is_mig)
-{
-    ENTER(dev, NULL, 1);
-    if (!is_mig) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    *is_mig = dev->mig >= 0;
-    LEAVE(NVML_SUCCESS);
-}
-
-nvmlReturn_t DECLDIR nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mig, nvmlDevice_t *dev)
-{
-    ENTER(mig, NULL, 1);
-    if (!dev || mig->mig < 0) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    *dev = &gpu_handles[mig->gpu];
-    LEAVE(NVML_SUCCESS);
-}
-
 static nvmlReturn_t instance_id(nvmlDevice_t dev, const char *what, unsigned int dflt, unsigned int *id)
 {
     ENTER(dev, NULL, 1);
@@ -1145,14 +1154,6 @@ nvmlReturn_t DECLDIR nvmlEventSetFree(nvmlEventSet_t set)
     if (!set) return NVML_ERROR_INVALID_ARGUMENT;
     pthread_mutex_lock(&lock);
     set->used = 0;
-    LEAVE(NVML_SUCCESS);
-}
-
-nvmlReturn_t DECLDIR nvmlDeviceGetSupportedEventTypes(nvmlDevice_t dev, unsigned long long *types)
-{
-    ENTER(dev, "events", 0);
-    if (!types) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
-    *types = nvmlEventTypeXidCriticalError;
     LEAVE(NVML_SUCCESS);
 }
 

@@ -1,0 +1,355 @@
+"""One read of one GPU: its identity, its readings, its MIG instances and processes.
+
+Every optional read goes through the backend's ``ReadPolicy`` (see ``policy.py``); what the
+backend keeps about a GPU between reads lives in its ``GpuState`` until the handle is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pynvml
+
+from .. import catalog, vocabulary
+from ..catalog import MetricSpec
+from ..snapshot import Gpu, GpuIdentity, GpuProcess, MigDevice, Sample
+from ..vocabulary import (
+    DISABLED, ENABLED, HERTZ_PER_MEGAHERTZ, RATIO_PER_PERCENT, SECONDS_PER_NANOSECOND, WATTS_PER_MILLIWATT,
+)
+from . import fields, processes
+from .policy import ABSENT, ReadPolicy
+from .units import scaled
+
+# The NVML number behind each vocabulary name, where NVML asks for one.
+_CLOCK_TYPES = dict(zip(vocabulary.CLOCK_DOMAINS, (
+    pynvml.NVML_CLOCK_GRAPHICS, pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM, pynvml.NVML_CLOCK_VIDEO), strict=True))
+_THRESHOLDS = dict(zip(vocabulary.TEMPERATURE_THRESHOLDS, (
+    pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN, pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN,
+    pynvml.NVML_TEMPERATURE_THRESHOLD_MEM_MAX, pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX), strict=True))
+_POLICIES = dict(zip(vocabulary.VIOLATION_POLICIES, (
+    pynvml.NVML_PERF_POLICY_POWER, pynvml.NVML_PERF_POLICY_THERMAL, pynvml.NVML_PERF_POLICY_SYNC_BOOST,
+    pynvml.NVML_PERF_POLICY_BOARD_LIMIT, pynvml.NVML_PERF_POLICY_LOW_UTILIZATION,
+    pynvml.NVML_PERF_POLICY_RELIABILITY, pynvml.NVML_PERF_POLICY_TOTAL_APP_CLOCKS,
+    pynvml.NVML_PERF_POLICY_TOTAL_BASE_CLOCKS), strict=True))
+_NVLINK_COUNTERS = dict(zip(vocabulary.NVLINK_ERROR_TYPES, (
+    pynvml.NVML_NVLINK_ERROR_DL_REPLAY, pynvml.NVML_NVLINK_ERROR_DL_RECOVERY,
+    pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT, pynvml.NVML_NVLINK_ERROR_DL_CRC_DATA), strict=True))
+_CORRECTABLE, _UNCORRECTABLE = vocabulary.REMAPPED_ROW_TYPES
+
+#: What a link that does not exist answers: links are numbered sparsely on some boards.
+_NO_LINK = ABSENT | {pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_FOUND}
+#: What a MIG slot without a device answers.
+_NO_MIG_DEVICE = frozenset({pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT})
+_MIG_NAME = re.compile(r"\bMIG\s+(\S+)\s*$")
+
+
+@dataclass
+class GpuState:
+    """What the backend keeps about one GPU between reads, dropped with its handle."""
+
+    handle: Any
+    identity: GpuIdentity | None = None  # read once: identify(), or the first read
+    nvlink_links: tuple[int, ...] | None = None  # links that exist; None until probed
+    util_since: int = 0  # NVML timestamp (us) of the newest process utilisation sample seen
+
+
+def text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class GpuReader:
+    """Reads one GPU once; collects samples as it goes."""
+
+    def __init__(self, policy: ReadPolicy, index: int, state: GpuState) -> None:
+        self.policy = policy
+        self.index = index
+        self.state = state
+        self.h = state.handle
+        self.samples: list[Sample] = []
+
+    def opt(self, what: str, fn: Any, *args: Any) -> Any:
+        return self.policy.optional(self.index, what, fn, *args)
+
+    def add(self, metric: MetricSpec, value: float | None, labels: tuple[str, ...] = (), factor: float = 1) -> None:
+        """A sample of ``value`` (raw NVML number) times the vocabulary ``factor``; None: none."""
+        if value is not None:
+            self.samples.append(Sample(metric, scaled(float(value), factor), labels))
+
+    # -- identity ------------------------------------------------------------------------------
+    def identify(self, system: Mapping[str, str]) -> GpuIdentity:
+        """UUID (required), minor number and the facts of ``nvidia_gpu_info``; kept in the state."""
+        uuid = text(self.policy.required(self.index, "uuid", pynvml.nvmlDeviceGetUUID, self.h))
+        minor = self.opt("minor_number", pynvml.nvmlDeviceGetMinorNumber, self.h)
+        name = self.opt("name", pynvml.nvmlDeviceGetName, self.h)
+        pci = self.opt("pci", pynvml.nvmlDeviceGetPciInfo, self.h)
+        serial = self.opt("serial", pynvml.nvmlDeviceGetSerial, self.h)
+        vbios = self.opt("vbios", pynvml.nvmlDeviceGetVbiosVersion, self.h)
+        info = {
+            "model": "" if name is None else text(name),
+            "pci_bus_id": "" if pci is None else text(pci.busId),
+            "serial": "" if serial is None else text(serial),
+            "vbios_version": "" if vbios is None else text(vbios),
+            "driver_version": system.get("driver_version", ""),
+            "cuda_version": system.get("cuda_version", ""),
+            **self._modes(),
+        }
+        identity = GpuIdentity(self.index, uuid, None if minor is None else int(minor), info)
+        self.state.identity = identity
+        return identity
+
+    def _modes(self) -> dict[str, str]:
+        """The facts of ``nvidia_gpu_info`` that an operator can change at run time."""
+        mig = self.opt("mig_mode", pynvml.nvmlDeviceGetMigMode, self.h)
+        persistence = self.opt("persistence_mode", pynvml.nvmlDeviceGetPersistenceMode, self.h)
+        compute = self.opt("compute_mode", pynvml.nvmlDeviceGetComputeMode, self.h)
+        return {
+            "mig_mode": "" if mig is None else _enabled(mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE),
+            "persistence_mode": "" if persistence is None else _enabled(persistence == pynvml.NVML_FEATURE_ENABLED),
+            "compute_mode": "" if compute is None else (
+                vocabulary.COMPUTE_MODES[compute] if 0 <= compute < len(vocabulary.COMPUTE_MODES) else str(compute)),
+        }
+
+    # -- the whole reading ---------------------------------------------------------------------
+    def read(self, system: Mapping[str, str]) -> Gpu:
+        identity = self.state.identity or self.identify(system)
+        modes = self._modes()  # read every time: they change, and MIG mode decides what to read
+        mig_enabled = modes["mig_mode"] == ENABLED
+        self._utilization()
+        self._memory()
+        self._thermals()
+        self._power()
+        self._clocks()
+        self._pcie()
+        self._remapped_rows()
+        self._nvlink()
+        self._field_batch()
+        # XID counters are not read here: the collector adds them (GpuBackend.xid_counts).
+        migs, procs = self._devices_and_processes(identity.info.get("model", ""), mig_enabled)
+        self.add(catalog.PROCESSES, len(procs) + sum(len(m.processes) for m in migs))
+        return Gpu(index=self.index, uuid=identity.uuid, up=True, minor_number=identity.minor_number,
+                   info={**identity.info, **modes}, samples=tuple(self.samples), mig_devices=migs,
+                   processes=procs)
+
+    # -- activity and memory -----------------------------------------------------------------
+    def _utilization(self) -> None:
+        """NOT_SUPPORTED on a MIG-enabled GPU (nvml.h): its instances have no such reading."""
+        u = self.opt("utilization", pynvml.nvmlDeviceGetUtilizationRates, self.h)
+        if u is not None:
+            self.add(catalog.UTILIZATION, u.gpu, factor=RATIO_PER_PERCENT)
+            self.add(catalog.MEMORY_UTILIZATION, u.memory, factor=RATIO_PER_PERCENT)
+        for what, fn, metric in (("encoder", pynvml.nvmlDeviceGetEncoderUtilization, catalog.ENCODER_UTILIZATION),
+                                 ("decoder", pynvml.nvmlDeviceGetDecoderUtilization, catalog.DECODER_UTILIZATION)):
+            codec = self.opt(what, fn, self.h)  # (percent, sampling period in us)
+            self.add(metric, None if codec is None else codec[0], factor=RATIO_PER_PERCENT)
+
+    def _memory(self) -> None:
+        mem = read_memory(self.policy, self.index, self.h)
+        if mem is None:
+            return
+        total, used, free, reserved = mem
+        self.add(catalog.MEMORY_TOTAL, total)
+        self.add(catalog.MEMORY_USED, used)
+        self.add(catalog.MEMORY_FREE, free)
+        self.add(catalog.MEMORY_RESERVED, reserved)
+
+    # -- thermals, power, clocks ----------------------------------------------------------------
+    def _thermals(self) -> None:
+        self.add(catalog.TEMPERATURE,
+                 self.opt("temperature", pynvml.nvmlDeviceGetTemperature, self.h, pynvml.NVML_TEMPERATURE_GPU))
+        for label, threshold in _THRESHOLDS.items():
+            value = self.opt(f"temp_threshold_{label}", pynvml.nvmlDeviceGetTemperatureThreshold, self.h, threshold)
+            self.add(catalog.TEMPERATURE_THRESHOLD, value, (label,))
+
+    def _power(self) -> None:
+        self.add(catalog.POWER, self.opt("power", pynvml.nvmlDeviceGetPowerUsage, self.h), factor=WATTS_PER_MILLIWATT)
+        self.add(catalog.POWER_LIMIT, self.opt("power_limit", pynvml.nvmlDeviceGetEnforcedPowerLimit, self.h),
+                 factor=WATTS_PER_MILLIWATT)
+        self.add(catalog.FAN_SPEED, self.opt("fan", pynvml.nvmlDeviceGetFanSpeed, self.h), factor=RATIO_PER_PERCENT)
+
+    def _clocks(self) -> None:
+        for label, clock in _CLOCK_TYPES.items():
+            self.add(catalog.CLOCK, self.opt(f"clock_{label}", pynvml.nvmlDeviceGetClockInfo, self.h, clock),
+                     (label,), HERTZ_PER_MEGAHERTZ)
+            self.add(catalog.CLOCK_MAX, self.opt(f"max_clock_{label}", pynvml.nvmlDeviceGetMaxClockInfo, self.h, clock),
+                     (label,), HERTZ_PER_MEGAHERTZ)
+        pstate = self.opt("pstate", pynvml.nvmlDeviceGetPerformanceState, self.h)
+        self.add(catalog.PERFORMANCE_STATE, None if pstate == pynvml.NVML_PSTATE_UNKNOWN else pstate)
+        self._clock_events()
+        for label, policy in _POLICIES.items():
+            v = self.opt(f"violation_{label}", pynvml.nvmlDeviceGetViolationStatus, self.h, policy)
+            self.add(catalog.VIOLATION_TIME, None if v is None else v.violationTime, (label,), SECONDS_PER_NANOSECOND)
+
+    def _clock_events(self) -> None:
+        """Clock event reasons; drivers before r535 only have the "throttle reasons" name."""
+        try:
+            reasons = pynvml.nvmlDeviceGetCurrentClocksEventReasons(self.h)
+        except pynvml.NVMLError_FunctionNotFound:
+            reasons = self.opt("clock_events", pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, self.h)
+        except pynvml.NVMLError as e:
+            self.policy.failed(self.index, "clock_events", e)
+            reasons = None
+        if reasons is None:
+            return
+        for label, bit in vocabulary.CLOCK_EVENT_REASONS:
+            self.add(catalog.CLOCK_EVENT, 1.0 if reasons & bit else 0.0, (label,))
+
+    # -- PCIe, memory health, NVLink ------------------------------------------------------------
+    def _pcie(self) -> None:
+        """The link; its traffic comes as byte counters in the field batch."""
+        self.add(catalog.PCIE_LINK_GENERATION, self.opt("pcie_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, self.h))
+        self.add(catalog.PCIE_LINK_MAX_GENERATION,
+                 self.opt("pcie_max_gen", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, self.h))
+        self.add(catalog.PCIE_LINK_WIDTH, self.opt("pcie_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, self.h))
+        self.add(catalog.PCIE_LINK_MAX_WIDTH, self.opt("pcie_max_width", pynvml.nvmlDeviceGetMaxPcieLinkWidth, self.h))
+
+    def _remapped_rows(self) -> None:
+        rows = self.opt("remapped_rows", pynvml.nvmlDeviceGetRemappedRows, self.h)
+        if rows is None:
+            return
+        correctable, uncorrectable, pending, failure = rows
+        self.add(catalog.REMAPPED_ROWS, correctable, (_CORRECTABLE,))
+        self.add(catalog.REMAPPED_ROWS, uncorrectable, (_UNCORRECTABLE,))
+        self.add(catalog.REMAPPED_ROWS_PENDING, 1.0 if pending else 0.0)
+        self.add(catalog.REMAPPED_ROWS_FAILURE, 1.0 if failure else 0.0)
+
+    def _nvlink(self) -> None:
+        """Per link: up, error counters.
+
+        Link numbers are not dense (a board may have links 0, 1, 4, 5): the first read probes
+        every possible link and keeps those that exist in the GPU's state, so that later reads
+        ask only for those; a GPU without any keeps none and costs no call at all.
+        """
+        known = self.state.nvlink_links
+        present: list[int] = []
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS) if known is None else known:
+            try:
+                active = pynvml.nvmlDeviceGetNvLinkState(self.h, link)
+            except pynvml.NVMLError as e:
+                if e.value not in _NO_LINK:
+                    self.policy.failed(self.index, "nvlink", e)
+                    present.append(link)  # it exists; the error may pass
+                continue
+            present.append(link)
+            self.add(catalog.NVLINK_UP, 1.0 if active == pynvml.NVML_FEATURE_ENABLED else 0.0, (str(link),))
+            for label, counter in _NVLINK_COUNTERS.items():
+                n = self.opt(f"nvlink_errors_{label}", pynvml.nvmlDeviceGetNvLinkErrorCounter, self.h, link, counter)
+                self.add(catalog.NVLINK_ERRORS, n, (str(link), label))
+        if known is None:
+            self.state.nvlink_links = tuple(present)
+            if not present:
+                self.policy.absent(self.index, "nvlink", "no link answered")
+
+    def _field_batch(self) -> None:
+        """One ``nvmlDeviceGetFieldValues`` for every field metric; per-field errors omit one series."""
+        specs = fields.GPU_FIELDS
+        try:
+            values = pynvml.nvmlDeviceGetFieldValues(self.h, fields.field_ids(specs))
+        except pynvml.NVMLError as e:
+            self.policy.failed(self.index, "field_values", e)
+            if e.value in ABSENT:
+                self._field_fallbacks(specs)
+            return
+        for spec, value in zip(specs, values):
+            if value.nvmlReturn != pynvml.NVML_SUCCESS:
+                self.policy.failed(self.index, spec.key, pynvml.NVMLError(value.nvmlReturn))
+                continue
+            self.add(spec.metric, fields.field_value(value), spec.labels, spec.scale)
+
+    def _field_fallbacks(self, specs: tuple[fields.FieldSpec, ...]) -> None:
+        for spec in specs:
+            if spec.fallback is not None:
+                self.add(spec.metric, self.opt(spec.key, spec.fallback, self.h), spec.labels, spec.scale)
+
+    # -- MIG and processes -----------------------------------------------------------------------
+    def _devices_and_processes(
+        self, name: str, mig_enabled: bool
+    ) -> tuple[tuple[MigDevice, ...], tuple[GpuProcess, ...]]:
+        """MIG devices (with their processes) and the processes on the full GPU. NVML has no
+        per-process utilisation in MIG mode, so none is asked for there."""
+        listed = processes.listed_processes(self.policy, self.index, "processes", self.h)
+        if not mig_enabled:
+            procs, self.state.util_since = processes.with_utilization(
+                self.policy, self.index, self.h, processes.merge_processes(p for _, p in listed),
+                self.state.util_since)
+            return (), procs
+        by_instance = processes.split_by_instance(listed)
+        return self._mig_devices(name, by_instance), processes.on_full_gpu(listed)
+
+    def _mig_devices(
+        self, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]]
+    ) -> tuple[MigDevice, ...]:
+        count = self.opt("mig", pynvml.nvmlDeviceGetMaxMigDeviceCount, self.h)
+        devices = []
+        for i in range(count or 0):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(self.h, i)
+            except pynvml.NVMLError as e:
+                if e.value not in _NO_MIG_DEVICE:
+                    self.policy.failed(self.index, "mig", e)
+                continue
+            device = self._mig_device(mig, parent_name, by_instance)
+            if device is not None:
+                devices.append(device)
+        return tuple(devices)
+
+    def _mig_device(
+        self, mig: Any, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]]
+    ) -> MigDevice | None:
+        uuid = self.opt("mig_uuid", pynvml.nvmlDeviceGetUUID, mig)
+        gi = self.opt("mig_gpu_instance_id", pynvml.nvmlDeviceGetGpuInstanceId, mig)
+        ci = self.opt("mig_compute_instance_id", pynvml.nvmlDeviceGetComputeInstanceId, mig)
+        if uuid is None or gi is None or ci is None:
+            return None
+        name = self.opt("mig_name", pynvml.nvmlDeviceGetName, mig)
+        samples: list[Sample] = []
+        mem = read_memory(self.policy, self.index, mig, what="mig_memory")
+        if mem is not None:
+            total, used, free, _reserved = mem
+            samples += [Sample(catalog.MIG_MEMORY_TOTAL, float(total)), Sample(catalog.MIG_MEMORY_USED, float(used)),
+                        Sample(catalog.MIG_MEMORY_FREE, float(free))]
+        own = (p for _, p in processes.listed_processes(self.policy, self.index, "mig_processes", mig))
+        procs = processes.merge_processes(own, by_instance.get((int(gi), int(ci)), ()))
+        samples.append(Sample(catalog.MIG_PROCESSES, float(len(procs))))
+        return MigDevice(uuid=text(uuid), gpu_instance_id=int(gi), compute_instance_id=int(ci),
+                         profile=mig_profile(text(name) if name is not None else "", parent_name),
+                         samples=tuple(samples), processes=procs)
+
+
+def _enabled(on: bool) -> str:
+    return ENABLED if on else DISABLED
+
+
+def read_memory(
+    policy: ReadPolicy, index: int, handle: Any, what: str = "memory"
+) -> tuple[int, int, int, int | None] | None:
+    """(total, used, free, reserved) bytes via the v2 API (``used`` excludes reserved memory);
+    the v1 API on drivers without v2, where reserved is unknown (None: omitted, not 0) and
+    counted in used."""
+    try:
+        m = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+        return int(m.total), int(m.used), int(m.free), int(m.reserved)
+    except pynvml.NVMLError as e:
+        if e.value not in ABSENT and e.value != pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH:
+            policy.failed(index, what, e)
+            return None
+        policy.absent(index, f"{what}_v2", f"{e}; reserved memory unknown, counted in used")
+    m = policy.optional(index, what, pynvml.nvmlDeviceGetMemoryInfo, handle)
+    if m is None:
+        return None
+    return int(m.total), int(m.used), int(m.free), None
+
+
+def mig_profile(mig_name: str, parent_name: str = "") -> str:
+    """The MIG profile ("1g.10gb") from NVML's MIG device name ("NVIDIA H100 80GB HBM3 MIG 1g.10gb").
+
+    Real NVML and the test fake both serve the name, while GPU-instance profile queries need
+    more privileges and more calls.
+    """
+    match = _MIG_NAME.search(mig_name)
+    if match:
+        return match.group(1)
+    if parent_name and mig_name.startswith(parent_name):
+        return mig_name[len(parent_name):].strip()
+    return mig_name

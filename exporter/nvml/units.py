@@ -1,0 +1,14 @@
+"""NVML's raw numbers in the catalog's base units."""
+
+from __future__ import annotations
+
+
+def scaled(raw: float, factor: float) -> float:
+    """``raw * factor`` for a ``vocabulary`` factor, computed so that decimals stay exact.
+
+    A factor below 1 divides by its (integer) reciprocal: 41 * 1e-2 is 0.41000000000000003 in
+    floating point, 41 / 100 is 0.41, and the exposition would show the difference.
+    """
+    if 0 < factor < 1:
+        return raw / round(1 / factor)
+    return raw * factor
