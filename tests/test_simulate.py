@@ -1,4 +1,6 @@
-"""The simulated backend: scenario loading and validation, readings over time, Kubernetes side."""
+"""The simulated backend: the GpuBackend protocol, readings over time, vocabulary, Kubernetes side.
+
+Loading and validating scenario files is tested in ``test_scenario.py``."""
 
 from __future__ import annotations
 
@@ -6,10 +8,9 @@ import textwrap
 
 import pytest
 
-from exporter import catalog
-from exporter.simulate import (
-    ScenarioError, SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text,
-)
+from exporter import catalog, vocabulary
+from exporter.backend import GpuReadError
+from exporter.simulate import SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text
 
 
 class FakeClock:
@@ -62,7 +63,7 @@ def clock():
     return FakeClock()
 
 
-# -- Loading and validation ---------------------------------------------------------------------------
+# -- The backend protocol ---------------------------------------------------------------------------
 
 
 def test_default_scenario_has_four_gpus_one_mig_enabled(clock):
@@ -87,85 +88,33 @@ def test_default_scenario_has_four_gpus_one_mig_enabled(clock):
     backend.stop()
 
 
-def test_bad_scenario_lists_every_problem():
-    text = """
-        node: {name: n1, drivr_version: "1"}
-        gpus:
-          - model: NVIDIA H100 80GB HBM3
-            mig:
-              - {profile: x, gpu_instance_id: 1}
-          - model: NVIDIA H100 80GB HBM3
-            load: {pattern: wobble}
-        pods:
-          - namespace: a
-            name: p
-            containers:
-              - name: c
-                resource: nvidia.com/gpu
-                devices: [{gpu: 7}]
-        faults:
-          events:
-            - {kind: thermal, at: 10, gpu: 0}
-    """
-    with pytest.raises(ScenarioError) as err:
-        scenario(text)
-    problems = err.value.problems
-    message = str(err.value)
-    expected = [
-        "node.drivr_version: unknown key",
-        "gpus[0].mig[0].profile: unknown profile 'x'",
-        "gpus[1].load.pattern: unknown value 'wobble'",
-        "pods[0].containers[0].devices[0]: gpu 7 does not exist",
-        "faults.events[0].duration: required for thermal",
-    ]
-    for e in expected:
-        assert any(p.startswith(e) for p in problems), (e, problems)
-        assert e in message
-    assert len(problems) == len(expected)
+def test_identify_names_the_gpu_as_its_readings_do(clock):
+    backend = SimulatedBackend(load_scenario(None), clock=clock)
+    identities = [backend.identify(i) for i in range(backend.device_count())]
+    assert identities == [backend.read_gpu(i).identity for i in range(backend.device_count())]
+    assert [i.index for i in identities] == [0, 1, 2, 3]
+    assert backend.error_counts() == {}
 
 
-def test_device_references_must_match_the_gpu_layout():
-    text = """
-        node: {name: n1}
-        gpus:
-          - {model: NVIDIA H100 80GB HBM3, mig: [{profile: 1g.10gb, gpu_instance_id: 9}]}
-          - {model: NVIDIA H100 80GB HBM3, sharing: {replicas: 2}}
-        pods:
-          - namespace: a
-            name: p
-            containers:
-              - {name: c1, resource: nvidia.com/gpu, devices: [{gpu: 0}]}
-              - {name: c2, resource: nvidia.com/mig-2g.20gb, devices: [{gpu: 0, mig: 9}]}
-              - {name: c3, resource: nvidia.com/gpu.shared, devices: [{gpu: 1, replica: 5}]}
-              - {name: c4, resource: nvidia.com/gpu.shared, devices: [{gpu: 1, replica: 0}]}
-              - {name: c5, resource: nvidia.com/gpu.shared, devices: [{gpu: 1, replica: 0}]}
-    """
-    with pytest.raises(ScenarioError) as err:
-        scenario(text)
-    paths = [p.split(":", 1)[0] for p in err.value.problems]
-    assert paths == [
-        "pods[0].containers[0].devices[0]",  # a MIG-enabled GPU held whole
-        "pods[0].containers[1].devices[0]",  # wrong resource name for the MIG profile
-        "pods[0].containers[2].devices[0].replica",  # no such replica
-        "pods[0].containers[4].devices[0]",  # replica held twice
-    ]
+LOST_AT_START = """
+    node: {name: n1}
+    gpus: [{model: NVIDIA H200}, {model: NVIDIA H200}]
+    faults:
+      events: [{kind: gpu_lost, at: 0, gpu: 1, duration: 30}]
+"""
 
 
-def test_unreadable_and_invalid_yaml_are_scenario_errors(tmp_path):
-    with pytest.raises(ScenarioError):
-        load_scenario(str(tmp_path / "missing.yaml"))
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("gpus: [\n")
-    with pytest.raises(ScenarioError) as err:
-        load_scenario(str(bad))
-    assert "invalid YAML" in str(err.value)
-
-
-def test_same_scenario_same_identifiers():
-    a, b = scenario(SMALL), scenario(SMALL)
-    assert [g.uuid for g in a.gpus] == [g.uuid for g in b.gpus]
-    assert a.pods[0].uid == b.pods[0].uid
-    assert a.pods[0].containers[0].processes[0].pid == b.pods[0].containers[0].processes[0].pid
+def test_a_lost_gpu_answers_gpu_is_lost_even_for_its_identity(clock):
+    """As NVML answers GPU_IS_LOST to every call, the UUID included: identity is known only if it
+    was read before the GPU was lost."""
+    backend = SimulatedBackend(scenario(LOST_AT_START), clock=clock)
+    for call in (backend.identify, backend.read_gpu):
+        with pytest.raises(GpuReadError) as err:
+            call(1)
+        assert isinstance(err.value, SimulatedGpuLost) and err.value.kind == "gpu_is_lost"
+    assert backend.identify(0).uuid.startswith("GPU-")  # the other GPU answers
+    clock.at(30)
+    assert backend.identify(1) == backend.read_gpu(1).identity
 
 
 # -- Readings over time -------------------------------------------------------------------------------
@@ -190,25 +139,47 @@ def test_load_pattern_changes_utilisation_and_power_over_time(clock):
     assert value(again.read_gpu(0), catalog.UTILIZATION) == utils[3]
 
 
-def test_energy_counter_never_decreases(clock):
+INTEGRATED = [(catalog.ENERGY, ()), (catalog.PCIE_DATA, ("rx",)), (catalog.PCIE_DATA, ("tx",)),
+              (catalog.NVLINK_DATA, ("rx",)), (catalog.NVLINK_DATA, ("tx",))]
+
+
+def counters(gpu) -> list[float]:
+    return [value(gpu, metric, *labels) for metric, labels in INTEGRATED]
+
+
+def test_integrated_counters_never_decrease_and_do_not_depend_on_the_steps(clock):
     backend = SimulatedBackend(load_scenario(None), clock=clock)
-    last = [0.0] * 4
-    for step in range(0, 1300, 7):
+    last = [counters(backend.read_gpu(i)) for i in range(4)]
+    for step in range(1, 1300, 7):
         clock.at(step * 0.93)
         for i in range(4):
-            e = value(backend.read_gpu(i), catalog.ENERGY)
-            assert e >= last[i]
-            last[i] = e
+            now = counters(backend.read_gpu(i))
+            assert all(b >= a for a, b in zip(last[i], now)), (i, last[i], now)
+            last[i] = now
     # a fresh backend jumping straight to the end agrees with the stepped one
     end = clock.t
     clock.at(0)
     fresh = SimulatedBackend(load_scenario(None), clock=clock)
     clock.t = end
-    assert value(fresh.read_gpu(0), catalog.ENERGY) == pytest.approx(last[0])
+    assert counters(fresh.read_gpu(0)) == pytest.approx(last[0])
+
+
+def test_pcie_bytes_follow_the_load(clock):
+    backend = SimulatedBackend(load_scenario(None), clock=clock)  # GPU 0 at 0.82..0.99, GPU 3 idle
+    clock.at(100)
+    busy, idle = backend.read_gpu(0), backend.read_gpu(3)
+    clock.at(160)
+    busy_later, idle_later = backend.read_gpu(0), backend.read_gpu(3)
+    rx = value(busy_later, catalog.PCIE_DATA, "rx") - value(busy, catalog.PCIE_DATA, "rx")
+    tx = value(busy_later, catalog.PCIE_DATA, "tx") - value(busy, catalog.PCIE_DATA, "tx")
+    assert 60 * 0.8 * 6e9 * 0.9 <= rx <= 60 * 1.0 * 6e9 * 1.1  # 60 s at 6 GB/s x load, +-10 % jitter
+    assert rx == pytest.approx(3 * tx, rel=1e-6)
+    for direction in vocabulary.DIRECTIONS:
+        assert value(idle_later, catalog.PCIE_DATA, direction) == value(idle, catalog.PCIE_DATA, direction)
 
 
 def xid(backend, gpu: int, code: int) -> int | None:
-    return backend.xid_counts().get((backend.read_gpu(gpu).uuid, code))
+    return backend.xid_counts().get((backend.identify(gpu).uuid, code))
 
 
 def test_xid_counts_at_its_time_and_not_before(clock):
@@ -240,6 +211,8 @@ def test_gpu_lost_raises_during_the_window_and_recovers(clock):
         clock.at(t)
         with pytest.raises(SimulatedGpuLost):
             backend.read_gpu(1)
+        with pytest.raises(SimulatedGpuLost):
+            backend.identify(1)
         assert backend.read_gpu(0).up  # the other GPU is unaffected
     clock.at(130)
     assert backend.read_gpu(1).up
@@ -262,6 +235,34 @@ def test_thermal_fault_heats_and_throttles(clock):
     after = backend.read_gpu(0)
     assert value(after, catalog.CLOCK_EVENT, "hw_thermal_slowdown") == 0
     assert value(after, catalog.VIOLATION_TIME, "thermal") == pytest.approx(90)
+    clock.at(950)  # the schedule repeats every 600 s: 50 s into the second episode
+    again = backend.read_gpu(0)
+    assert value(again, catalog.VIOLATION_TIME, "thermal") == pytest.approx(140)
+    assert value(again, catalog.VIOLATION_TIME, "total_base_clocks") == pytest.approx(140)
+    assert value(again, catalog.VIOLATION_TIME, "total_app_clocks") == pytest.approx(140)
+
+
+OVERLAPPING = """
+    node: {name: n1}
+    gpus: [{model: NVIDIA H200, load: {pattern: constant, level: 0.5}}]
+    faults:
+      events:
+        - {kind: thermal, at: 10, gpu: 0, duration: 20}
+        - {kind: power_cap, at: 20, gpu: 0, duration: 20}
+        - {kind: power_cap, at: 25, gpu: 0, duration: 5}
+"""
+
+
+def test_violation_time_counts_overlapping_episodes_once(clock):
+    backend = SimulatedBackend(scenario(OVERLAPPING), clock=clock)
+    clock.at(50)
+    seconds = {reason: value(backend.read_gpu(0), catalog.VIOLATION_TIME, reason)
+               for reason in vocabulary.VIOLATION_POLICIES}
+    assert seconds == {
+        "power": 20, "thermal": 20, "sync_boost": 0, "board_limit": 0, "low_utilization": 0, "reliability": 0,
+        "total_app_clocks": 30,  # 10..40: below the application clocks for either reason
+        "total_base_clocks": 20,  # only the thermal episode takes clocks below base
+    }
 
 
 def test_ecc_trickle_grows(clock):
@@ -269,8 +270,66 @@ def test_ecc_trickle_grows(clock):
     seen = []
     for t in (0, 150, 300, 599, 700):
         clock.at(t)
-        seen.append(value(backend.read_gpu(2), catalog.ECC_ERRORS, "corrected", "volatile"))
+        seen.append(value(backend.read_gpu(2), catalog.ECC_ERRORS, "corrected"))
     assert seen == sorted(seen) and seen[0] == 0 and seen[-1] > 6
+
+
+def test_aggregate_ecc_includes_the_volatile_count(clock):
+    backend = SimulatedBackend(scenario("""
+        node: {name: n1}
+        gpus: [{model: NVIDIA H200}]
+        faults:
+          events: [{kind: ecc, at: 10, gpu: 0, corrected: 5, uncorrected: 2}]
+    """), clock=clock)
+    before = backend.read_gpu(0)
+    clock.at(20)
+    after = backend.read_gpu(0)
+    assert {t: value(after, catalog.ECC_ERRORS, t) for t in vocabulary.ECC_ERROR_TYPES} == {
+        "corrected": 5, "uncorrected": 2}
+    for t in vocabulary.ECC_ERROR_TYPES:
+        lifetime_before_boot = value(before, catalog.ECC_AGGREGATE_ERRORS, t)
+        assert lifetime_before_boot >= value(before, catalog.ECC_ERRORS, t) == 0
+        assert value(after, catalog.ECC_AGGREGATE_ERRORS, t) == lifetime_before_boot + value(after, catalog.ECC_ERRORS, t)
+
+
+def labelled_values(gpus) -> dict[tuple[str, str], set[str]]:
+    seen: dict[tuple[str, str], set[str]] = {}
+    for g in gpus:
+        for sample in g.samples:
+            for label, v in zip(sample.metric.labels, sample.labels):
+                seen.setdefault((sample.metric.name, label), set()).add(v)
+    return seen
+
+
+def test_label_values_are_exactly_the_vocabulary_s(clock):
+    backend = SimulatedBackend(load_scenario(None), clock=clock)  # H100 SXM: 18 NVLink links
+    gpus = [backend.read_gpu(i) for i in range(backend.device_count())]
+    links = {str(link) for link in range(18)}
+    V = vocabulary
+    # Every labelled metric the backend emits, with every value it uses. Retired pages are not
+    # emitted: the simulated models remap rows, and NVML answers NOT_SUPPORTED there.
+    assert labelled_values(gpus) == {
+        (catalog.CLOCK.name, "clock"): set(V.CLOCK_DOMAINS),
+        (catalog.CLOCK_MAX.name, "clock"): set(V.CLOCK_DOMAINS),
+        (catalog.CLOCK_EVENT.name, "reason"): {reason for reason, _bit in V.CLOCK_EVENT_REASONS},
+        (catalog.VIOLATION_TIME.name, "reason"): set(V.VIOLATION_POLICIES),
+        (catalog.TEMPERATURE_THRESHOLD.name, "threshold"): set(V.TEMPERATURE_THRESHOLDS),
+        (catalog.PCIE_DATA.name, "direction"): set(V.DIRECTIONS),
+        (catalog.NVLINK_DATA.name, "direction"): set(V.DIRECTIONS),
+        (catalog.ECC_ERRORS.name, "type"): set(V.ECC_ERROR_TYPES),
+        (catalog.ECC_AGGREGATE_ERRORS.name, "type"): set(V.ECC_ERROR_TYPES),
+        (catalog.REMAPPED_ROWS.name, "type"): set(V.REMAPPED_ROW_TYPES),
+        (catalog.NVLINK_ERRORS.name, "type"): set(V.NVLINK_ERROR_TYPES),
+        (catalog.NVLINK_ERRORS.name, "link"): links,
+        (catalog.NVLINK_UP.name, "link"): links,
+    }
+    for g in gpus:
+        assert g.info["mig_mode"] in (V.ENABLED, V.DISABLED)
+        assert g.info["persistence_mode"] in (V.ENABLED, V.DISABLED)
+        assert g.info["compute_mode"] in V.COMPUTE_MODES
+        assert value(g, catalog.CLOCK_MAX, "sm") == 1980 * V.HERTZ_PER_MEGAHERTZ  # H100 SXM, in hertz
+    resources = set(backend.cluster.pod_resources().allocatable)
+    assert {r for r in resources if not r.startswith(V.MIG_RESOURCE_PREFIX)} == set(V.DEFAULT_RESOURCE_NAMES)
 
 
 def test_processes_are_reported_on_their_gpu_and_mig_instance(clock):
@@ -299,7 +358,7 @@ def test_pod_resources_device_ids_match_the_gpus(clock):
     gpus = [backend.read_gpu(i) for i in range(4)]
     gpu_uuids = {g.uuid for g in gpus}
     mig_uuids = {m.uuid: m.profile for g in gpus for m in g.mig_devices}
-    res = backend.pod_resources()
+    res = backend.cluster.pod_resources()
     ids = [(c.resource, d) for c in res.containers for d in c.device_ids]
     kinds = set()
     for resource, d in ids:
@@ -328,24 +387,24 @@ def test_pod_resources_device_ids_match_the_gpus(clock):
 def test_process_owner_maps_pids_to_pod_and_container(clock):
     s = load_scenario(None)
     backend = SimulatedBackend(s, clock=clock)
-    meta = backend.pod_meta()
+    meta = backend.cluster.pod_meta()
     pids = 0
     for i in range(backend.device_count()):
         g = backend.read_gpu(i)
         for p in list(g.processes) + [p for m in g.mig_devices for p in m.processes]:
-            ref = backend.process_owner(p.pid)
+            ref = backend.cluster.process_owner(p.pid)
             assert ref is not None
             pod = meta[ref.pod_uid]
             assert ref.container_id in pod.container_ids
             # the container that owns the pid holds this GPU (or one of its MIG instances)
             cname = pod.container_ids[ref.container_id]
-            held = next(c for c in backend.pod_resources().containers
+            held = next(c for c in backend.cluster.pod_resources().containers
                         if c.namespace == pod.namespace and c.pod == pod.name and c.container == cname)
             ids = {g.uuid} | {m.uuid for m in g.mig_devices}
             assert any(d.split("::")[0] in ids for d in held.device_ids)
             pids += 1
     assert pids == sum(len(c.processes) for pod in s.pods for c in pod.containers)
-    assert backend.process_owner(1) is None
+    assert backend.cluster.process_owner(1) is None
 
 
 def test_pod_meta_has_workloads():
@@ -367,3 +426,14 @@ def test_the_documented_example_loads_and_runs(clock):
     with pytest.raises(SimulatedGpuLost):
         backend.read_gpu(1)
     assert xid(backend, 0, 13) == 1
+
+
+def test_what_a_model_does_not_report_is_logged_once_at_debug(caplog):
+    from exporter.simulate import SimulatedBackend, load_scenario
+
+    backend = SimulatedBackend(load_scenario(None))
+    with caplog.at_level("DEBUG", logger="exporter.simulate"):
+        backend.start()
+    lines = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
+    assert len(lines) == len(backend.scenario.gpus)  # the built-in H100 SXM boards have no fan
+    assert all("fan speed" in line for line in lines)

@@ -2,12 +2,19 @@
 
     scenario = load_scenario(None)          # the built-in default.yaml; or a path
     backend = SimulatedBackend(scenario)    # a GpuBackend; backend.cluster is the Kubernetes side
+
+Modules: ``scenario`` (the model), ``checker`` and ``parse`` (file -> checked ``Scenario``),
+``gpu`` (one GPU's readings over time), ``backend`` (the ``GpuBackend``), ``sources`` (the
+kubelet, API server and procfs adapters).
 """
 
-from .backend import SimulatedBackend, SimulatedCluster, SimulatedGpuLost
-from .scenario import Scenario, ScenarioError, load_scenario, load_scenario_text, parse_scenario
+from .backend import SimulatedBackend, SimulatedGpuLost
+from .parse import ScenarioError, load_scenario, load_scenario_text, parse_scenario
+from .scenario import Scenario
+from .sources import SimulatedCluster, SimulatedPodMetadata, SimulatedPodResources, process_owners
 
 __all__ = [
     "Scenario", "ScenarioError", "SimulatedBackend", "SimulatedCluster", "SimulatedGpuLost",
-    "load_scenario", "load_scenario_text", "parse_scenario",
+    "SimulatedPodMetadata", "SimulatedPodResources", "load_scenario", "load_scenario_text", "parse_scenario",
+    "process_owners",
 ]

@@ -1,61 +1,39 @@
-"""Scenario files for the simulated backend: load, validate, derive identifiers.
+"""What a scenario is: one simulated node, as frozen dataclasses, and the defaults of GPU models.
 
 A scenario is a YAML document describing one node: its GPUs (model, memory, MIG layout,
 sharing), the pods holding them, the processes those pods run, how busy each GPU is over time
-and a schedule of faults. ``docs/scenarios.md`` describes every key.
-
-Validation happens once, here, and reports every problem at once: ``ScenarioError.problems``
-lists each one prefixed with its path (``gpus[2].mig[0].profile: unknown profile 'x'``).
-Unknown keys are problems too, so a typo never silently falls back to a default.
-
-Everything not given is derived deterministically from the node name, ``seed`` and position,
-so the same file always yields the same UUIDs, pids and container ids.
+and a schedule of faults. ``docs/scenarios.md`` describes every key; ``parse.py`` turns a file
+into these objects, having checked every value, so that nothing here needs to check again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import uuid as _uuid
 from dataclasses import dataclass, field
-from importlib import resources
-from typing import Any, Mapping
+from typing import Mapping
 
-import yaml
+from ..vocabulary import BYTES_PER_KIB, MIG_RESOURCE_PREFIX
 
 __all__ = [
-    "ScenarioError", "Scenario", "NodeSpec", "GpuSpec", "MigSpec", "SharingSpec", "LoadSpec",
-    "PodSpec", "ContainerSpec", "DeviceRef", "ProcessSpec", "FaultSpec",
-    "load_scenario", "load_scenario_text", "parse_scenario", "FAULT_KINDS", "LOAD_PATTERNS",
+    "Scenario", "NodeSpec", "GpuSpec", "MigSpec", "SharingSpec", "LoadSpec", "PodSpec", "ContainerSpec",
+    "DeviceRef", "ProcessSpec", "FaultSpec", "ModelDefaults", "model_defaults",
+    "FAULT_KINDS", "LOAD_PATTERNS", "SHARING_STRATEGIES", "MiB",
 ]
 
-GPU_RESOURCE = "nvidia.com/gpu"
-SHARED_RESOURCE = "nvidia.com/gpu.shared"
-MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+LOAD_PATTERNS = ("idle", "constant", "sine", "ramp", "square", "bursty")
+FAULT_KINDS = ("xid", "ecc", "thermal", "power_cap", "gpu_lost", "row_remap", "pcie_replay",
+               "nvlink_errors", "nvlink_down")
+SHARING_STRATEGIES = ("time-slicing", "mps")
+
+MiB = BYTES_PER_KIB ** 2
 
 
-class ScenarioError(Exception):
-    """A scenario that cannot be used; ``problems`` lists every problem found, each with its path."""
-
-    def __init__(self, problems: list[str], source: str = "<scenario>") -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        n = len(self.problems)
-        head = f"scenario {self.source}: {n} problem{'s' if n != 1 else ''}"
-        return head + "".join(f"\n  - {p}" for p in self.problems)
-
-
-# -- Model defaults -----------------------------------------------------------------------------
-
-MiB = 1024 ** 2
-GiB = 1024 ** 3
+# -- GPU models -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ModelDefaults:
+    """What a GPU model reads like when the scenario does not say: its capacities and what it supports."""
+
     memory: int
     power_limit: float
     idle_power: float
@@ -74,6 +52,12 @@ class ModelDefaults:
     gpu_max_c: int = 87
     memory_max_c: int = 95
 
+    @property
+    def thresholds_c(self) -> dict[str, int]:
+        """Temperature thresholds by their ``threshold`` label (``vocabulary.TEMPERATURE_THRESHOLDS``)."""
+        return {"slowdown": self.slowdown_c, "shutdown": self.shutdown_c,
+                "memory_max": self.memory_max_c, "gpu_max": self.gpu_max_c}
+
 
 _MODELS: dict[str, ModelDefaults] = {
     "NVIDIA H100 80GB HBM3": ModelDefaults(81559 * MiB, 700, 72, 18, 1980, 345, 2619, 1545, 5, 16,
@@ -91,21 +75,13 @@ _MODELS: dict[str, ModelDefaults] = {
 }
 _GENERIC = ModelDefaults(81920 * MiB, 700, 70, 0, 1980, 345, 2619, 1545, 5, 16, "96.00.00.00.01", True, False)
 
-LOAD_PATTERNS = ("idle", "constant", "sine", "ramp", "square", "bursty")
-FAULT_KINDS = ("xid", "ecc", "thermal", "power_cap", "gpu_lost", "row_remap", "pcie_replay",
-               "nvlink_errors", "nvlink_down")
-NVLINK_ERROR_TYPES = ("replay", "recovery", "crc_flit", "crc_data")
-COMPUTE_MODES = ("default", "exclusive_process", "prohibited")
-_MIG_PROFILE = re.compile(r"^([1-7])g\.(\d+)gb(\+me)?$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
-_SIZE_UNITS = {None: 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
-               "KiB": 1024, "MiB": MiB, "GiB": GiB, "TiB": 1024 ** 4}
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_CID_RE = re.compile(r"^[0-9a-f]{12,64}$")
-_PCI_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
+
+def model_defaults(model: str) -> ModelDefaults:
+    """Defaults of a known model; H100-like ones for any other name."""
+    return _MODELS.get(model, _GENERIC)
 
 
-# -- The parsed scenario ----------------------------------------------------------------------------
+# -- The scenario -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +93,7 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    """Busy-ness of a GPU over time, 0..1 (see ``value_at``)."""
+    """Busy-ness of a GPU over time, 0..1 (see ``docs/scenarios.md``)."""
 
     pattern: str = "idle"
     level: float = 0.0
@@ -143,12 +119,13 @@ class MigSpec:
 
     @property
     def resource(self) -> str:
+        """The resource the device plugin advertises this instance under (MIG strategy ``mixed``)."""
         return MIG_RESOURCE_PREFIX + self.profile
 
 
 @dataclass(frozen=True, slots=True)
 class SharingSpec:
-    strategy: str  # time-slicing | mps
+    strategy: str  # SHARING_STRATEGIES
     replicas: int
     resource: str
 
@@ -164,7 +141,7 @@ class GpuSpec:
     memory: int
     power_limit: float
     nvlink_links: int
-    compute_mode: str
+    compute_mode: str  # vocabulary.COMPUTE_MODES
     persistence_mode: bool
     load: LoadSpec
     mig: tuple[MigSpec, ...] = ()
@@ -216,7 +193,7 @@ class PodSpec:
 
 @dataclass(frozen=True, slots=True)
 class FaultSpec:
-    kind: str
+    kind: str  # FAULT_KINDS
     gpu: int
     at: float
     duration: float | None = None
@@ -229,7 +206,7 @@ class FaultSpec:
     pending: bool = False  # row_remap
     failure: bool = False  # row_remap
     link: int | None = None  # nvlink_errors, nvlink_down (None: every link for nvlink_down)
-    error_type: str = "crc_flit"  # nvlink_errors
+    error_type: str = "crc_flit"  # nvlink_errors: vocabulary.NVLINK_ERROR_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,575 +218,3 @@ class Scenario:
     repeat_every: float | None = None  # the fault schedule repeats with this period (seconds)
     seed: int = 0
     source: str = "<scenario>"
-
-
-# -- Deterministic derivations ---------------------------------------------------------------------
-
-
-def _digest(*parts: object) -> bytes:
-    return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=32).digest()
-
-
-def _derived_uuid(*parts: object) -> str:
-    return str(_uuid.UUID(bytes=_digest(*parts)[:16], version=4))
-
-
-def _derived_int(lo: int, hi: int, *parts: object) -> int:
-    return lo + int.from_bytes(_digest(*parts)[:8], "big") % (hi - lo)
-
-
-# -- Validation helpers ----------------------------------------------------------------------------
-
-
-class _Checker:
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path or '(document)'}: {msg}")
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict | None:
-        if not isinstance(value, dict):
-            self.add(path, f"expected a mapping, got {_typename(value)}")
-            return None
-        for key in value:
-            if key not in allowed:
-                self.add(f"{path}.{key}" if path else str(key),
-                         f"unknown key (allowed: {', '.join(allowed)})")
-        for key in required:
-            if key not in value:
-                self.add(f"{path}.{key}" if path else key, "required")
-        return value
-
-    def get(self, m: dict, key: str, path: str, kind: str, default: Any = None, *,
-            lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
-        """Read ``m[key]`` as ``kind`` (str, int, number, bool, size); a problem and ``default`` when wrong."""
-        p = f"{path}.{key}" if path else key
-        if key not in m or m[key] is None and default is not None:
-            return default
-        v = m[key]
-        if kind == "str":
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                v = str(v)  # driver_version: 550.90 written unquoted
-            if not isinstance(v, str) or not v:
-                self.add(p, f"expected a non-empty string, got {_typename(v)}")
-                return default
-            if choices is not None and v not in choices:
-                self.add(p, f"unknown value {v!r} (one of: {', '.join(choices)})")
-                return default
-            return v
-        if kind == "bool":
-            if not isinstance(v, bool):
-                self.add(p, f"expected true or false, got {_typename(v)}")
-                return default
-            return v
-        if kind == "size":
-            size = _parse_size(v)
-            if size is None:
-                self.add(p, f"expected a size in bytes or like '40GiB', got {v!r}")
-                return default
-            v = size
-        elif kind == "int":
-            if isinstance(v, bool) or not isinstance(v, int):
-                self.add(p, f"expected an integer, got {_typename(v)}")
-                return default
-        elif kind == "number":
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                self.add(p, f"expected a number, got {_typename(v)}")
-                return default
-            v = float(v)
-        if lo is not None and v < lo:
-            self.add(p, f"must be >= {lo:g}, got {v:g}")
-            return default
-        if hi is not None and v > hi:
-            self.add(p, f"must be <= {hi:g}, got {v:g}")
-            return default
-        return v
-
-    def seq(self, m: dict, key: str, path: str, *, required: bool = False) -> list:
-        p = f"{path}.{key}" if path else key
-        v = m.get(key)
-        if v is None:
-            if required:
-                self.add(p, "required (a non-empty list)")
-            return []
-        if not isinstance(v, list):
-            self.add(p, f"expected a list, got {_typename(v)}")
-            return []
-        if required and not v:
-            self.add(p, "must not be empty")
-        return v
-
-
-def _typename(v: Any) -> str:
-    if v is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: f"string {v!r}", bool: f"boolean {v}"}.get(
-        type(v), f"{type(v).__name__} {v!r}")
-
-
-def _parse_size(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v if v >= 0 else None
-    if isinstance(v, float):
-        return int(v) if v >= 0 else None
-    if isinstance(v, str):
-        m = _SIZE.match(v)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    return None
-
-
-# -- Parsing ----------------------------------------------------------------------------------------
-
-_TOP_KEYS = ("seed", "node", "gpus", "pods", "faults")
-_NODE_KEYS = ("name", "driver_version", "cuda_version")
-_GPU_KEYS = ("model", "memory", "power_limit", "uuid", "serial", "vbios_version", "nvlink_links",
-             "compute_mode", "persistence_mode", "load", "mig", "sharing")
-_MIG_KEYS = ("profile", "gpu_instance_id", "compute_instance_id", "memory", "uuid")
-_SHARING_KEYS = ("strategy", "replicas", "resource")
-_LOAD_KEYS = ("pattern", "level", "min", "max", "period", "phase", "duty", "noise")
-_POD_KEYS = ("namespace", "name", "uid", "workload", "labels", "containers")
-_WORKLOAD_KEYS = ("kind", "name")
-_CONTAINER_KEYS = ("name", "id", "resource", "devices", "processes")
-_DEVICE_KEYS = ("gpu", "mig", "compute_instance_id", "replica")
-_PROCESS_KEYS = ("pid", "memory", "utilization", "device")
-_FAULTS_KEYS = ("repeat_every", "events")
-_FAULT_COMMON = ("kind", "at", "gpu", "duration")
-_FAULT_KEYS: dict[str, tuple[str, ...]] = {
-    "xid": ("code", "count"),
-    "ecc": ("corrected", "uncorrected"),
-    "thermal": ("temperature_rise",),
-    "power_cap": ("limit_watts",),
-    "gpu_lost": (),
-    "row_remap": ("correctable", "uncorrectable", "pending", "failure"),
-    "pcie_replay": ("count",),
-    "nvlink_errors": ("link", "type", "count"),
-    "nvlink_down": ("link",),
-}
-_NEEDS_DURATION = ("thermal", "power_cap", "gpu_lost")
-
-
-def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
-    """Validate a scenario already read from YAML; raise ``ScenarioError`` listing every problem."""
-    c = _Checker()
-    top = c.mapping(data, "", _TOP_KEYS, ("node", "gpus"))
-    if top is None:
-        raise ScenarioError(c.problems, source)
-    seed = c.get(top, "seed", "", "int", 0)
-
-    node = NodeSpec("node", "550.90.07", "12.4")
-    n = c.mapping(top.get("node"), "node", _NODE_KEYS, ("name",)) if "node" in top else None
-    if n is not None:
-        node = NodeSpec(c.get(n, "name", "node", "str", "node"),
-                        c.get(n, "driver_version", "node", "str", "550.90.07"),
-                        c.get(n, "cuda_version", "node", "str", "12.4"))
-
-    gpus = [_parse_gpu(c, raw, i, node.name, seed) for i, raw in enumerate(c.seq(top, "gpus", "", required=True))]
-    uuids: dict[str, int] = {}
-    for g in gpus:
-        if g is None:
-            continue
-        if g.uuid in uuids:
-            c.add(f"gpus[{g.index}].uuid", f"{g.uuid} already used by gpus[{uuids[g.uuid]}]")
-        uuids.setdefault(g.uuid, g.index)
-        for j, m in enumerate(g.mig):
-            if m.uuid in uuids:
-                c.add(f"gpus[{g.index}].mig[{j}].uuid", f"{m.uuid} already used")
-            uuids.setdefault(m.uuid, g.index)
-
-    pods = _parse_pods(c, top, gpus, node.name, seed)
-    repeat_every, faults = _parse_faults(c, top, gpus)
-
-    if c.problems:
-        raise ScenarioError(c.problems, source)
-    return Scenario(node, tuple(g for g in gpus if g is not None), tuple(pods), tuple(faults),
-                    repeat_every, seed, source)
-
-
-def _parse_gpu(c: _Checker, raw: Any, i: int, node: str, seed: int) -> GpuSpec | None:
-    path = f"gpus[{i}]"
-    g = c.mapping(raw, path, _GPU_KEYS, ("model",))
-    if g is None:
-        return None
-    model = c.get(g, "model", path, "str", "NVIDIA GPU")
-    d = _MODELS.get(model, _GENERIC)
-    memory = c.get(g, "memory", path, "size", d.memory, lo=1)
-    power_limit = c.get(g, "power_limit", path, "number", float(d.power_limit), lo=1)
-    uuid = c.get(g, "uuid", path, "str", None)
-    if uuid is not None:
-        bare = uuid[4:] if uuid.startswith("GPU-") else uuid
-        if not _UUID_RE.match(bare):
-            c.add(f"{path}.uuid", f"expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (lower-case hex), got {uuid!r}")
-            uuid = None
-        else:
-            uuid = "GPU-" + bare
-    if uuid is None:
-        uuid = "GPU-" + _derived_uuid(seed, node, "gpu", i)
-    serial = c.get(g, "serial", path, "str", None) or str(_derived_int(1_320_000_000_000, 1_659_999_999_999, seed, uuid))
-    bus = _PCI_BUSES[i] if i < len(_PCI_BUSES) else (0x100 + i) % 0xFF
-    load = _parse_load(c, g.get("load"), f"{path}.load") if "load" in g else LoadSpec()
-
-    mig: list[MigSpec] = []
-    seen: dict[tuple[int, int], int] = {}
-    instance_mem: dict[int, tuple[int, int]] = {}  # gpu_instance_id -> (slices, memory)
-    for j, rm in enumerate(c.seq(g, "mig", path)):
-        mp = f"{path}.mig[{j}]"
-        m = c.mapping(rm, mp, _MIG_KEYS, ("profile", "gpu_instance_id"))
-        if m is None:
-            continue
-        profile = c.get(m, "profile", mp, "str", None)
-        match = _MIG_PROFILE.match(profile) if profile else None
-        if profile and not match:
-            c.add(f"{mp}.profile", f"unknown profile {profile!r} (expected like 1g.10gb, 3g.40gb, 7g.80gb)")
-        gi = c.get(m, "gpu_instance_id", mp, "int", None, lo=0)
-        ci = c.get(m, "compute_instance_id", mp, "int", 0, lo=0)
-        mem_default = int(match.group(2)) * 1000 * MiB if match else 0
-        mem = c.get(m, "memory", mp, "size", mem_default, lo=1)
-        muuid = c.get(m, "uuid", mp, "str", None)
-        if muuid is not None:
-            bare = muuid[4:] if muuid.startswith("MIG-") else muuid
-            if not _UUID_RE.match(bare):
-                c.add(f"{mp}.uuid", f"expected MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {muuid!r}")
-                muuid = None
-            else:
-                muuid = "MIG-" + bare
-        if not match or gi is None:
-            continue
-        if (gi, ci) in seen:
-            c.add(mp, f"gpu_instance_id {gi} / compute_instance_id {ci} already used by {path}.mig[{seen[gi, ci]}]")
-            continue
-        seen[gi, ci] = j
-        instance_mem.setdefault(gi, (int(match.group(1)), mem))
-        mig.append(MigSpec(profile, gi, ci, mem, muuid or "MIG-" + _derived_uuid(seed, uuid, "mig", gi, ci)))
-    if mig:
-        slices = sum(s for s, _ in instance_mem.values())
-        if slices > 7:
-            c.add(f"{path}.mig", f"instances use {slices} compute slices; a GPU has 7")
-        total = sum(m for _, m in instance_mem.values())
-        if total > memory:
-            c.add(f"{path}.mig", f"instances use {total} bytes of memory; the GPU has {memory}")
-
-    sharing = None
-    if "sharing" in g:
-        sp = f"{path}.sharing"
-        s = c.mapping(g["sharing"], sp, _SHARING_KEYS, ("replicas",))
-        if s is not None:
-            sharing = SharingSpec(c.get(s, "strategy", sp, "str", "time-slicing", choices=("time-slicing", "mps")),
-                                  c.get(s, "replicas", sp, "int", 2, lo=2, hi=64),
-                                  c.get(s, "resource", sp, "str", SHARED_RESOURCE))
-            if mig:
-                c.add(sp, "a MIG-enabled GPU cannot also be shared in this simulator")
-
-    return GpuSpec(
-        index=i, model=model, uuid=uuid, pci_bus_id=f"00000000:{bus:02X}:00.0", serial=serial,
-        vbios_version=c.get(g, "vbios_version", path, "str", d.vbios_version), memory=memory,
-        power_limit=power_limit, nvlink_links=c.get(g, "nvlink_links", path, "int", d.nvlink_links, lo=0, hi=18),
-        compute_mode=c.get(g, "compute_mode", path, "str", "default", choices=COMPUTE_MODES),
-        persistence_mode=c.get(g, "persistence_mode", path, "bool", True),
-        load=load, mig=tuple(mig), sharing=sharing, defaults=d,
-    )
-
-
-def _parse_load(c: _Checker, raw: Any, path: str) -> LoadSpec:
-    if isinstance(raw, str):  # shorthand: load: idle
-        raw = {"pattern": raw}
-    m = c.mapping(raw, path, _LOAD_KEYS, ("pattern",))
-    if m is None:
-        return LoadSpec()
-    pattern = c.get(m, "pattern", path, "str", "idle", choices=LOAD_PATTERNS)
-    ratio = dict(lo=0.0, hi=1.0)
-    spec = LoadSpec(
-        pattern=pattern,
-        level=c.get(m, "level", path, "number", 0.0, **ratio),
-        min=c.get(m, "min", path, "number", 0.0, **ratio),
-        max=c.get(m, "max", path, "number", 1.0, **ratio),
-        period=c.get(m, "period", path, "number", 300.0, lo=1.0),
-        phase=c.get(m, "phase", path, "number", 0.0),
-        duty=c.get(m, "duty", path, "number", 0.5, **ratio),
-        noise=c.get(m, "noise", path, "number", 0.0 if pattern == "idle" else 0.02, lo=0.0, hi=0.5),
-    )
-    if spec.min > spec.max:
-        c.add(path, f"min {spec.min:g} is above max {spec.max:g}")
-    if pattern == "constant" and "level" not in m:
-        c.add(f"{path}.level", "required for pattern constant")
-    return spec
-
-
-def _parse_pods(c: _Checker, top: dict, gpus: list[GpuSpec | None], node: str, seed: int) -> list[PodSpec]:
-    pods: list[PodSpec] = []
-    names: dict[tuple[str, str], int] = {}
-    uids: dict[str, int] = {}
-    holders: dict[str, str] = {}  # device id -> path of first holder
-    pids: dict[int, str] = {}
-    # per GPU / MIG instance: memory and utilisation shares of processes, to check the sums
-    mem_use: dict[str, int] = {}
-    util_use: dict[int, float] = {}
-    for i, raw in enumerate(c.seq(top, "pods", "")):
-        path = f"pods[{i}]"
-        p = c.mapping(raw, path, _POD_KEYS, ("namespace", "name", "containers"))
-        if p is None:
-            continue
-        ns = c.get(p, "namespace", path, "str", "default")
-        name = c.get(p, "name", path, "str", f"pod-{i}")
-        if (ns, name) in names:
-            c.add(path, f"pod {ns}/{name} already defined at pods[{names[ns, name]}]")
-        names.setdefault((ns, name), i)
-        uid = c.get(p, "uid", path, "str", None)
-        if uid is not None and not _UUID_RE.match(uid):
-            c.add(f"{path}.uid", f"expected a lower-case UUID, got {uid!r}")
-            uid = None
-        uid = uid or _derived_uuid(seed, node, "pod", ns, name)
-        if uid in uids:
-            c.add(f"{path}.uid", f"{uid} already used by pods[{uids[uid]}]")
-        uids.setdefault(uid, i)
-        kind, workload = "Pod", name
-        if "workload" in p:
-            w = c.mapping(p["workload"], f"{path}.workload", _WORKLOAD_KEYS, ("kind", "name"))
-            if w is not None:
-                kind = c.get(w, "kind", f"{path}.workload", "str", "Pod")
-                workload = c.get(w, "name", f"{path}.workload", "str", name)
-        labels: dict[str, str] = {}
-        if "labels" in p:
-            lab = p["labels"]
-            if not isinstance(lab, dict):
-                c.add(f"{path}.labels", f"expected a mapping, got {_typename(lab)}")
-            else:
-                for k, v in lab.items():
-                    if not isinstance(k, str) or not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                        c.add(f"{path}.labels.{k}", "label keys and values must be strings")
-                    else:
-                        labels[k] = str(v)
-        containers: list[ContainerSpec] = []
-        cnames: set[str] = set()
-        for j, rc in enumerate(c.seq(p, "containers", path, required=True)):
-            cp = f"{path}.containers[{j}]"
-            cm = c.mapping(rc, cp, _CONTAINER_KEYS, ("name", "resource", "devices"))
-            if cm is None:
-                continue
-            cname = c.get(cm, "name", cp, "str", f"c{j}")
-            if cname in cnames:
-                c.add(f"{cp}.name", f"container {cname!r} already defined in this pod")
-            cnames.add(cname)
-            cid = c.get(cm, "id", cp, "str", None)
-            if cid is not None and not _CID_RE.match(cid):
-                c.add(f"{cp}.id", "expected 12 to 64 lower-case hex digits, without a runtime prefix")
-                cid = None
-            cid = cid or _digest(seed, uid, "container", cname).hex()
-            resource = c.get(cm, "resource", cp, "str", GPU_RESOURCE)
-            devices: list[DeviceRef | None] = []
-            for k, rd in enumerate(c.seq(cm, "devices", cp, required=True)):
-                dp = f"{cp}.devices[{k}]"
-                ref = _parse_device(c, rd, dp, gpus, resource)
-                devices.append(ref)
-                if ref is not None:
-                    if ref.device_id in holders:
-                        c.add(dp, f"device {ref.device_id} is already held by {holders[ref.device_id]}")
-                    holders.setdefault(ref.device_id, dp)
-            processes: list[ProcessSpec] = []
-            for k, rp in enumerate(c.seq(cm, "processes", cp)):
-                pp = f"{cp}.processes[{k}]"
-                pm = c.mapping(rp, pp, _PROCESS_KEYS, ("memory",))
-                if pm is None:
-                    continue
-                dev = c.get(pm, "device", pp, "int", 0, lo=0)
-                if dev >= len(devices):
-                    c.add(f"{pp}.device", f"the container holds {len(devices)} device(s); no device {dev}")
-                    dev = None
-                mem = c.get(pm, "memory", pp, "size", 0)
-                share = c.get(pm, "utilization", pp, "number", 0.0, lo=0.0, hi=1.0)
-                pid = c.get(pm, "pid", pp, "int", None, lo=1, hi=4_194_304)
-                if pid is None:
-                    pid = _derived_int(10_000, 4_000_000, seed, uid, cname, k)
-                    while pid in pids:
-                        pid += 1
-                elif pid in pids:
-                    c.add(f"{pp}.pid", f"pid {pid} already used by {pids[pid]}")
-                pids.setdefault(pid, pp)
-                if dev is not None and devices[dev] is not None:
-                    ref = devices[dev]
-                    key = ref.mig.uuid if ref.mig else gpus[ref.gpu].uuid  # type: ignore[union-attr]
-                    mem_use[key] = mem_use.get(key, 0) + mem
-                    if ref.mig is None:
-                        util_use[ref.gpu] = util_use.get(ref.gpu, 0.0) + share
-                    processes.append(ProcessSpec(pid, mem, share, dev))
-            containers.append(ContainerSpec(cname, cid, resource, tuple(d for d in devices if d is not None),
-                                            tuple(processes)))
-        pods.append(PodSpec(ns, name, uid, kind, workload, labels, tuple(containers)))
-
-    for g in gpus:
-        if g is None:
-            continue
-        if util_use.get(g.index, 0.0) > 1.0 + 1e-9:
-            c.add(f"gpus[{g.index}]", f"processes' utilization shares add up to {util_use[g.index]:g}, above 1")
-        if mem_use.get(g.uuid, 0) + sum(mem_use.get(m.uuid, 0) for m in g.mig) > g.memory:
-            c.add(f"gpus[{g.index}]", "processes use more memory than the GPU has")
-        for j, m in enumerate(g.mig):
-            if mem_use.get(m.uuid, 0) > m.memory:
-                c.add(f"gpus[{g.index}].mig[{j}]", "processes use more memory than the MIG instance has")
-    return pods
-
-
-def _parse_device(c: _Checker, raw: Any, path: str, gpus: list[GpuSpec | None], resource: str) -> DeviceRef | None:
-    if isinstance(raw, int) and not isinstance(raw, bool):  # shorthand: devices: [0]
-        raw = {"gpu": raw}
-    d = c.mapping(raw, path, _DEVICE_KEYS, ("gpu",))
-    if d is None:
-        return None
-    gi = c.get(d, "gpu", path, "int", None, lo=0)
-    if gi is None:
-        return None
-    if gi >= len(gpus):
-        c.add(path, f"gpu {gi} does not exist (the scenario has {len(gpus)} GPUs)")
-        return None
-    g = gpus[gi]
-    if g is None:
-        return None
-    mig_id = c.get(d, "mig", path, "int", None, lo=0)
-    ci = c.get(d, "compute_instance_id", path, "int", None, lo=0)
-    replica = c.get(d, "replica", path, "int", None, lo=0)
-    if mig_id is not None:
-        if not g.mig:
-            c.add(path, f"gpu {gi} is not MIG-enabled; it has no MIG instance {mig_id}")
-            return None
-        found = [m for m in g.mig if m.gpu_instance_id == mig_id and (ci is None or m.compute_instance_id == ci)]
-        if not found:
-            c.add(path, f"gpu {gi} has no MIG instance with gpu_instance_id {mig_id}"
-                  + (f" and compute_instance_id {ci}" if ci is not None else ""))
-            return None
-        if len(found) > 1:
-            c.add(path, f"gpu {gi} has several compute instances in gpu instance {mig_id}; give compute_instance_id")
-            return None
-        m = found[0]
-        if replica is not None:
-            c.add(f"{path}.replica", "MIG instances are not shared in this simulator")
-        if resource != m.resource:
-            c.add(path, f"MIG instance {m.profile} is advertised as {m.resource}, not {resource}")
-        return DeviceRef(gi, mig=m, device_id=m.uuid)
-    if ci is not None:
-        c.add(f"{path}.compute_instance_id", "only with mig")
-    if g.mig:
-        c.add(path, f"gpu {gi} is MIG-enabled; hold one of its MIG instances (give mig: <gpu_instance_id>)")
-        return None
-    if g.sharing is not None:
-        if replica is None:
-            c.add(path, f"gpu {gi} is shared ({g.sharing.strategy}); give replica: 0..{g.sharing.replicas - 1}")
-            return None
-        if replica >= g.sharing.replicas:
-            c.add(f"{path}.replica", f"gpu {gi} has {g.sharing.replicas} replicas; no replica {replica}")
-            return None
-        if resource != g.sharing.resource:
-            c.add(path, f"replicas of gpu {gi} are advertised as {g.sharing.resource}, not {resource}")
-        return DeviceRef(gi, replica=replica, device_id=f"{g.uuid}::{replica}")
-    if replica is not None:
-        c.add(f"{path}.replica", f"gpu {gi} is not shared (add sharing: to gpus[{gi}])")
-        return None
-    if resource != GPU_RESOURCE:
-        c.add(path, f"full GPUs are advertised as {GPU_RESOURCE}, not {resource}")
-    return DeviceRef(gi, device_id=g.uuid)
-
-
-def _parse_faults(c: _Checker, top: dict, gpus: list[GpuSpec | None]) -> tuple[float | None, list[FaultSpec]]:
-    if "faults" not in top or top["faults"] is None:
-        return None, []
-    f = c.mapping(top["faults"], "faults", _FAULTS_KEYS)
-    if f is None:
-        return None, []
-    period = c.get(f, "repeat_every", "faults", "number", None, lo=1.0)
-    out: list[FaultSpec] = []
-    for i, raw in enumerate(c.seq(f, "events", "faults")):
-        path = f"faults.events[{i}]"
-        kind = raw.get("kind") if isinstance(raw, dict) else None
-        extra = _FAULT_KEYS.get(kind, ()) if isinstance(kind, str) else ()
-        e = c.mapping(raw, path, _FAULT_COMMON + extra, ("kind", "at", "gpu"))
-        if e is None:
-            continue
-        kind = c.get(e, "kind", path, "str", None, choices=FAULT_KINDS)
-        at = c.get(e, "at", path, "number", None, lo=0.0)
-        gi = c.get(e, "gpu", path, "int", None, lo=0)
-        duration = c.get(e, "duration", path, "number", None, lo=0.001)
-        if gi is not None and gi >= len(gpus):
-            c.add(f"{path}.gpu", f"gpu {gi} does not exist (the scenario has {len(gpus)} GPUs)")
-            gi = None
-        if kind is None or at is None or gi is None:
-            continue
-        if kind in _NEEDS_DURATION and duration is None:
-            c.add(f"{path}.duration", f"required for {kind}")
-            continue
-        if period is not None:
-            if at >= period:
-                c.add(f"{path}.at", f"{at:g} is not before faults.repeat_every ({period:g})")
-            elif duration is not None and at + duration > period:
-                c.add(f"{path}.duration", f"the fault would run past faults.repeat_every ({period:g})")
-        g = gpus[gi]
-        links = g.nvlink_links if g is not None else 0
-        kw: dict[str, Any] = {}
-        if kind == "xid":
-            if "code" not in e:
-                c.add(f"{path}.code", "required for xid")
-            kw["code"] = c.get(e, "code", path, "int", 0, lo=1, hi=999)
-            kw["count"] = c.get(e, "count", path, "int", 1, lo=1)
-        elif kind == "ecc":
-            kw["corrected"] = c.get(e, "corrected", path, "int", 0, lo=0)
-            kw["uncorrected"] = c.get(e, "uncorrected", path, "int", 0, lo=0)
-            if not kw["corrected"] and not kw["uncorrected"]:
-                c.add(path, "ecc needs corrected or uncorrected above 0")
-        elif kind == "thermal":
-            kw["temperature_rise"] = c.get(e, "temperature_rise", path, "number", 20.0, lo=0.0, hi=80.0)
-        elif kind == "power_cap":
-            kw["limit_watts"] = c.get(e, "limit_watts", path, "number", None, lo=1.0)
-        elif kind == "row_remap":
-            kw["corrected"] = c.get(e, "correctable", path, "int", 0, lo=0)
-            kw["uncorrected"] = c.get(e, "uncorrectable", path, "int", 1, lo=0)
-            kw["pending"] = c.get(e, "pending", path, "bool", True)
-            kw["failure"] = c.get(e, "failure", path, "bool", False)
-        elif kind == "pcie_replay":
-            kw["count"] = c.get(e, "count", path, "int", 1, lo=1)
-        elif kind in ("nvlink_errors", "nvlink_down"):
-            if links == 0 and g is not None:
-                c.add(f"{path}.gpu", f"gpu {gi} has no NVLink links")
-            link = c.get(e, "link", path, "int", None if kind == "nvlink_down" else 0, lo=0)
-            if link is not None and links and link >= links:
-                c.add(f"{path}.link", f"gpu {gi} has {links} NVLink links; no link {link}")
-            kw["link"] = link
-            if kind == "nvlink_errors":
-                kw["error_type"] = c.get(e, "type", path, "str", "crc_flit", choices=NVLINK_ERROR_TYPES)
-                kw["count"] = c.get(e, "count", path, "int", 1, lo=1)
-        out.append(FaultSpec(kind=kind, gpu=gi, at=at, duration=duration, **kw))
-    return period, out
-
-
-# -- Loading ----------------------------------------------------------------------------------------
-
-
-def load_scenario(path: str | None = None) -> Scenario:
-    """Read and validate a scenario file; ``None`` reads the built-in ``default.yaml``.
-
-    Raises ``ScenarioError`` (every problem listed) for unreadable files, bad YAML and invalid
-    scenarios alike.
-    """
-    if path is None:
-        source = "default.yaml (built in)"
-        text = resources.files("exporter.simulate").joinpath("default.yaml").read_text(encoding="utf-8")
-    else:
-        source = path
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise ScenarioError([f"{path}: cannot read: {e.strerror or e}"], source) from None
-    return load_scenario_text(text, source)
-
-
-def load_scenario_text(text: str, source: str = "<scenario>") -> Scenario:
-    """Parse and validate scenario YAML given as text."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ScenarioError([f"{where}invalid YAML: {getattr(e, 'problem', None) or e}"], source) from None
-    return parse_scenario(data, source)
-

@@ -1,0 +1,181 @@
+"""Scenario files: loading, validation (every problem listed, nothing silently changed), identifiers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from exporter.simulate import ScenarioError, load_scenario, load_scenario_text, parse_scenario
+
+SMALL = """
+    node: {name: n1}
+    gpus: [{model: NVIDIA H100 80GB HBM3}]
+    pods: [{namespace: a, name: p, containers: [{name: c, resource: nvidia.com/gpu, devices: [0],
+                                                  processes: [{memory: 1GiB}]}]}]
+"""
+
+
+def scenario(text: str):
+    return load_scenario_text(textwrap.dedent(text))
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as err:
+        scenario(text)
+    return err.value.problems
+
+
+def test_bad_scenario_lists_every_problem():
+    text = """
+        node: {name: n1, drivr_version: "1"}
+        gpus:
+          - model: NVIDIA H100 80GB HBM3
+            mig:
+              - {profile: x, gpu_instance_id: 1}
+          - model: NVIDIA H100 80GB HBM3
+            load: {pattern: wobble}
+        pods: [{namespace: a, name: p, containers: [{name: c, resource: nvidia.com/gpu, devices: [{gpu: 7}]}]}]
+        faults:
+          events:
+            - {kind: thermal, at: 10, gpu: 0}
+    """
+    with pytest.raises(ScenarioError) as err:
+        scenario(text)
+    problems = err.value.problems
+    message = str(err.value)
+    expected = [
+        "node.drivr_version: unknown key",
+        "gpus[0].mig[0].profile: unknown profile 'x'",
+        "gpus[1].load.pattern: unknown value 'wobble'",
+        "pods[0].containers[0].devices[0]: gpu 7 does not exist",
+        "faults.events[0].duration: required for thermal",
+    ]
+    for e in expected:
+        assert any(p.startswith(e) for p in problems), (e, problems)
+        assert e in message
+    assert len(problems) == len(expected)
+
+
+def test_device_references_must_match_the_gpu_layout():
+    text = """
+        node: {name: n1}
+        gpus:
+          - {model: NVIDIA H100 80GB HBM3, mig: [{profile: 1g.10gb, gpu_instance_id: 9}]}
+          - {model: NVIDIA H100 80GB HBM3, sharing: {replicas: 2}}
+        pods:
+          - namespace: a
+            name: p
+            containers:
+              - {name: c1, resource: nvidia.com/gpu, devices: [{gpu: 0}]}
+              - {name: c2, resource: nvidia.com/mig-2g.20gb, devices: [{gpu: 0, mig: 9}]}
+              - {name: c3, resource: nvidia.com/gpu.shared, devices: [{gpu: 1, replica: 5}]}
+              - {name: c4, resource: nvidia.com/gpu.shared, devices: [{gpu: 1, replica: 0}]}
+              - {name: c5, resource: nvidia.com/gpu.shared, devices: [{gpu: 1, replica: 0}]}
+    """
+    paths = [p.split(":", 1)[0] for p in problems_of(text)]
+    assert paths == [
+        "pods[0].containers[0].devices[0]",  # a MIG-enabled GPU held whole
+        "pods[0].containers[1].devices[0]",  # wrong resource name for the MIG profile
+        "pods[0].containers[2].devices[0].replica",  # no such replica
+        "pods[0].containers[4].devices[0]",  # replica held twice
+    ]
+
+
+def test_numbers_where_strings_are_due_must_be_quoted_not_converted():
+    """YAML reads ``550.90`` as 550.9 and ``0123`` as 83: such a value is refused, shown as written."""
+    text = """
+        node: {name: n1, driver_version: 550.90, cuda_version: 12.10}
+        gpus:
+          - model: NVIDIA H100 80GB HBM3
+            serial: 0123
+            vbios_version: 96.00
+        pods:
+          - namespace: a
+            name: p
+            labels: {version: 1.10, team: ml}
+            containers: [{name: c, resource: nvidia.com/gpu, devices: [0]}]
+    """
+    problems = problems_of(text)
+    assert len(problems) == 5, problems
+    for path, written in [("node.driver_version", "550.90"), ("node.cuda_version", "12.10"),
+                          ("gpus[0].serial", "0123"), ("gpus[0].vbios_version", "96.00"),
+                          ("pods[0].labels.version", "1.10")]:
+        [problem] = [p for p in problems if p.startswith(f"{path}:")]
+        assert f"the number {written}:" in problem and f'quotes ("{written}")' in problem, problem
+
+
+def test_quoted_versions_are_kept_as_written():
+    s = scenario("""
+        node: {name: n1, driver_version: "550.90", cuda_version: "12.10"}
+        gpus: [{model: NVIDIA H100 80GB HBM3, serial: "0123"}]
+    """)
+    assert (s.node.driver_version, s.node.cuda_version, s.gpus[0].serial) == ("550.90", "12.10", "0123")
+
+
+def test_numbers_from_data_not_read_from_yaml_are_refused_too():
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario({"node": {"name": "n1", "cuda_version": 12.1}, "gpus": [{"model": "NVIDIA H200"}]})
+    assert err.value.problems == ['node.cuda_version: expected a string, got the number 12.1: write it in quotes '
+                                  '("12.1") so that it is kept as written']
+
+
+def test_unreadable_and_invalid_yaml_are_scenario_errors(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(str(missing))
+    assert err.value.problems == [f"{missing}: cannot read: No such file or directory"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpus: [\n")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(str(bad))
+    assert "invalid YAML" in str(err.value)
+
+
+def test_a_directory_is_reported_as_a_directory(tmp_path):
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(str(tmp_path))
+    assert err.value.problems == [f"{tmp_path}: is a directory, not a scenario file"]
+
+
+def test_text_that_is_not_utf8_names_the_file_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("node: {name: n1}\ngpus: [{model: caf\u00e9}]\n".encode("latin-1"))
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(str(path))
+    assert err.value.source == str(path)
+    assert err.value.problems == [f"{path}: line 2: byte 0xe9 at offset 35 is not UTF-8 text (save the file as UTF-8)"]
+
+
+def test_the_cli_reports_a_file_that_is_not_utf8_and_exits_2(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"node: {name: n\xe9}\ngpus: [{model: NVIDIA H200}]\n")
+    run = subprocess.run([sys.executable, "-m", "exporter", "--simulate", str(path), "--once"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert f"{path}: line 1: byte 0xe9 at offset 14 is not UTF-8 text" in run.stderr
+
+
+def test_same_scenario_same_identifiers():
+    a, b = scenario(SMALL), scenario(SMALL)
+    assert [g.uuid for g in a.gpus] == [g.uuid for g in b.gpus]
+    assert a.pods[0].uid == b.pods[0].uid
+    assert a.pods[0].containers[0].processes[0].pid == b.pods[0].containers[0].processes[0].pid
+    assert scenario("seed: 1\n" + textwrap.dedent(SMALL)).gpus[0].uuid != a.gpus[0].uuid
+
+
+def test_compute_modes_are_the_vocabulary_s():
+    s = scenario("""
+        node: {name: n1}
+        gpus: [{model: NVIDIA H200, compute_mode: exclusive_process}]
+    """)
+    assert s.gpus[0].compute_mode == "exclusive_process"
+    [problem] = problems_of("""
+        node: {name: n1}
+        gpus: [{model: NVIDIA H200, compute_mode: exclusive}]
+    """)
+    assert problem == ("gpus[0].compute_mode: unknown value 'exclusive' "
+                       "(one of: default, exclusive_thread, prohibited, exclusive_process)")
