@@ -22,6 +22,9 @@ Failure switches: ``set_down(True)`` drops every connection (open watches includ
 ``expire_watches()`` forgets the event history and ends open watches, so the next watch from an
 old resourceVersion gets 410 Gone.
 
+Observation: ``requests`` (every request's method and path), ``request_count(prefix)``,
+``watching_since(rv)`` (a watch is open from ``rv`` or later: a list since then has finished).
+
 Authentication: ``FakeKubeApi(token="t")`` answers 401 to every request without the header
 ``Authorization: Bearer t`` (the scheme in any case); ``FakeKubeApi(tls_dir=dir)`` serves HTTPS with a self-signed
 certificate for 127.0.0.1 that it writes to ``dir`` (``.ca_cert_path``; needs the ``openssl``
@@ -383,6 +386,15 @@ class FakeKubeApi:
 
     def request_count(self, path_prefix: str) -> int:
         return sum(1 for _, p in list(self.requests) if p.startswith(path_prefix))
+
+    def watching_since(self, resource_version: int) -> bool:
+        """Whether a pod watch is open from ``resource_version`` or later. A client that lists,
+        then watches from the list's resourceVersion, has thus finished a list made since the
+        server was at ``resource_version``."""
+        return self._call(lambda: any(
+            int(r.query.get("resourceVersion") or 0) >= resource_version
+            for r in self._open_watches.values()
+        ))
 
     # -- loop-thread internals -------------------------------------------------------------
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable
 
 import pytest
 
-from exporter.kube import PodWatcher, pod_meta_from_dict, strip_runtime_prefix
+from exporter.kube import ERROR_KINDS, PodWatcher, pod_meta_from_dict, strip_runtime_prefix
 from fakekubeapi import FakeKubeApi, make_pod
 
 NODE = "gpu-node-1"
@@ -27,27 +28,39 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+FAST = dict(backoff_initial=0.05, backoff_max=0.3, request_timeout=2.0, watch_timeout_seconds=30)
+
+
 @pytest.fixture
-def make_watcher(fake_kube_api: FakeKubeApi):
+def start_watcher():
+    """Starts a PodWatcher on ``NODE`` with short timeouts; every one is stopped at the end."""
     started: list[PodWatcher] = []
 
-    def make(**kwargs) -> PodWatcher:
-        opts = dict(
-            kubeconfig=str(fake_kube_api.kubeconfig_path),
-            backoff_initial=0.05,
-            backoff_max=0.3,
-            request_timeout=2.0,
-            watch_timeout_seconds=30,
-        )
-        opts.update(kwargs)
-        w = PodWatcher(NODE, **opts)
+    def start(kubeconfig: str | None, **kwargs) -> PodWatcher:
+        w = PodWatcher(NODE, kubeconfig=kubeconfig, **{**FAST, **kwargs})
         w.start()
         started.append(w)
         return w
 
-    yield make
+    yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def make_watcher(fake_kube_api: FakeKubeApi, start_watcher):
+    """Starts a PodWatcher on the ``fake_kube_api`` server."""
+    return lambda **kwargs: start_watcher(str(fake_kube_api.kubeconfig_path), **kwargs)
+
+
+def relisted(api: FakeKubeApi) -> Callable[[], bool]:
+    """A condition: the watcher has finished a list made from now on (it watches from there)."""
+    since = api.resource_version
+    return lambda: api.watching_since(since)
+
+
+def watcher_thread_alive() -> bool:
+    return any(t.name == f"pod-watcher-{NODE}" for t in threading.enumerate())
 
 
 def by_name(w: PodWatcher) -> dict[str, tuple[str, str]]:
@@ -91,10 +104,7 @@ def test_owners_resolved(fake_kube_api: FakeKubeApi, make_watcher) -> None:
         "nb-0": ("Notebook", "alice"),
         "bare": ("Pod", "bare"),
     }  # "elsewhere" is on another node: not listed
-    # keyed by uid; the by-name view agrees
-    for uid, meta in w.pods().items():
-        assert meta.uid == uid
-        assert w.pods_by_name()[(meta.namespace, meta.name)] is meta
+    assert all(meta.uid == uid for uid, meta in w.pods().items())
     assert w.error_counts()["owner_lookup"] == 0
 
 
@@ -150,7 +160,6 @@ def test_watch_adds_modifies_and_deletes(fake_kube_api: FakeKubeApi, make_watche
     api.delete_pod("ml", "first")
     wait_for(lambda: "u-first" not in w.pods())
     assert set(w.pods()) == {"u-second"}
-    assert ("ml", "first") not in w.pods_by_name()
     assert sum(w.error_counts().values()) == 0
 
 
@@ -239,55 +248,55 @@ def test_owner_lookup_failure_keeps_last_good_owner(fake_kube_api: FakeKubeApi,
     api.add_pod(make_pod("ml", "nightly-a", uid="u-job", node=NODE, owner=("Job", "nightly-1")))
     expected = {"web-a": ("Deployment", "web"), "canary-a": ("Rollout", "canary"),
                 "nightly-a": ("CronJob", "nightly")}
-    w = make_watcher(owner_cache_ttl=0.05, owner_failure_ttl=0.05)
+    w = make_watcher(owner_cache_ttl=0, owner_failure_ttl=0)  # every resolution looks up
     wait_for(lambda: w.connected and len(w.pods()) == 3)
     assert by_name(w) == expected
     assert w.error_counts()["owner_lookup"] == 0
 
     api.set_resource_error("replicasets", 429)
     api.set_resource_error("jobs", 403)
-    time.sleep(0.1)  # every cached owner has expired
     # through the watch: MODIFIED pods resolve their owners again, and the lookups fail
     api.update_pod(make_pod("ml", "web-a", uid="u-web", node=NODE,
                             owner=("ReplicaSet", "web-5f6d7c"), phase="Succeeded"))
     api.update_pod(make_pod("ml", "nightly-a", uid="u-job", node=NODE,
                             owner=("Job", "nightly-1"), phase="Succeeded"))
     wait_for(lambda: w.pods()["u-web"].phase == "Succeeded" and w.pods()["u-job"].phase == "Succeeded")
-    assert w.error_counts()["owner_lookup"] >= 2
+    assert w.error_counts()["owner_lookup"] == 2
     assert by_name(w) == expected
-    # through a fresh list (history compacted -> 410 -> list), past the TTLs again
-    time.sleep(0.1)
-    before = w.error_counts()["owner_lookup"]
+    # through a fresh list (history compacted -> 410 -> list)
     api.expire_watches()
-    wait_for(lambda: w.error_counts()["gone"] >= 1 and w.error_counts()["owner_lookup"] >= before + 3)
+    wait_for(relisted(api))
+    assert w.error_counts()["owner_lookup"] == 5
     assert by_name(w) == expected
     # a new pod of the same ReplicaSet gets the last good result too
     api.add_pod(make_pod("ml", "web-b", uid="u-web-b", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
     wait_for(lambda: "u-web-b" in w.pods())
-    assert w.pods()["u-web-b"].workload_kind == "Deployment"
-    assert w.pods()["u-web-b"].workload == "web"
+    assert by_name(w)["web-b"] == ("Deployment", "web")
+    assert w.error_counts()["owner_lookup"] == 6
     assert w.connected  # the pods themselves are fine
 
 
 def test_owner_last_good_forgotten_with_its_pods(fake_kube_api: FakeKubeApi, make_watcher) -> None:
-    """Last good owners are kept only for owners that listed pods still use."""
+    """Last good owners are kept only while listed pods use them: once the Job's pods are gone
+    and a list has happened, a failing lookup of the Job reports the Job itself."""
     api = fake_kube_api
     api.add_job("ml", "nightly-1", owner=("CronJob", "nightly"))
-    api.add_pod(make_pod("ml", "nightly-a", uid="u-job", node=NODE, owner=("Job", "nightly-1")))
-    w = make_watcher(owner_cache_ttl=0.05, owner_failure_ttl=0.05)
-    wait_for(lambda: w.connected and "u-job" in w.pods())
-    assert w._owner_good == {("ml", "Job", "nightly-1"): ("CronJob", "nightly")}
-    api.delete_pod("ml", "nightly-a")
-    wait_for(lambda: not w.pods())
-    api.expire_watches()  # -> 410 -> list without the pod
-    wait_for(lambda: w.error_counts()["gone"] >= 1 and w.connected)
-    wait_for(lambda: not w._owner_good)
-    # the Job is now unreadable and its owner forgotten: a new pod of it gets the direct owner
+    api.add_pod(make_pod("ml", "nightly-a", uid="u-a", node=NODE, owner=("Job", "nightly-1")))
+    w = make_watcher(owner_cache_ttl=0, owner_failure_ttl=0)  # every resolution looks up
+    wait_for(lambda: w.connected and "u-a" in w.pods())
     api.set_resource_error("jobs", 403)
-    time.sleep(0.1)
-    api.add_pod(make_pod("ml", "nightly-b", uid="u-job-b", node=NODE, owner=("Job", "nightly-1")))
-    wait_for(lambda: "u-job-b" in w.pods())
-    assert by_name(w) == {"nightly-b": ("Job", "nightly-1")}
+    # while a pod of the Job is listed, its last good owner answers for a failing lookup
+    api.add_pod(make_pod("ml", "nightly-b", uid="u-b", node=NODE, owner=("Job", "nightly-1")))
+    wait_for(lambda: "u-b" in w.pods())
+    assert by_name(w) == {"nightly-a": ("CronJob", "nightly"), "nightly-b": ("CronJob", "nightly")}
+    api.delete_pod("ml", "nightly-a")
+    api.delete_pod("ml", "nightly-b")
+    wait_for(lambda: not w.pods())
+    api.expire_watches()  # -> 410 -> a list without the Job's pods
+    wait_for(relisted(api))
+    api.add_pod(make_pod("ml", "nightly-c", uid="u-c", node=NODE, owner=("Job", "nightly-1")))
+    wait_for(lambda: "u-c" in w.pods())
+    assert by_name(w) == {"nightly-c": ("Job", "nightly-1")}
 
 
 def test_missing_owner_object_falls_back(fake_kube_api: FakeKubeApi, make_watcher) -> None:
@@ -298,27 +307,22 @@ def test_missing_owner_object_falls_back(fake_kube_api: FakeKubeApi, make_watche
     assert w.error_counts()["owner_lookup"] == 1
 
 
-def test_stop_is_prompt(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+def test_stop_ends_a_waiting_watch(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     fake_kube_api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = make_watcher(watch_timeout_seconds=300)
-    wait_for(lambda: w.connected)
-    time.sleep(0.2)  # let the watch block waiting for events
-    t0 = time.monotonic()
-    w.stop()
-    assert time.monotonic() - t0 < 3.0  # generous for a loaded CI machine; the watch is 300 s
-    assert w._thread is None  # the thread ended within stop()'s 2 s
+    wait_for(relisted(fake_kube_api))  # the watch waits for events (for up to 300 s)
+    w.stop()  # waits for the thread 2 s at most
+    assert not watcher_thread_alive()
     assert not w.connected
     assert set(w.pods()) == {"u-a"}  # still readable
 
 
-def test_stop_during_backoff_is_prompt(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+def test_stop_ends_a_backoff(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     fake_kube_api.set_down(True)
     w = make_watcher(backoff_initial=20, backoff_max=30)
-    wait_for(lambda: w.error_counts()["unavailable"] >= 1)
-    t0 = time.monotonic()
-    w.stop()
-    assert time.monotonic() - t0 < 3.0  # the backoff is 20 s or more
-    assert w._thread is None  # the thread ended within stop()'s 2 s
+    wait_for(lambda: w.error_counts()["unavailable"] >= 1)  # now in a backoff of 16 s or more
+    w.stop()  # waits for the thread 2 s at most
+    assert not watcher_thread_alive()
 
 
 def test_errors_logged_once_per_kind(fake_kube_api: FakeKubeApi, make_watcher, caplog) -> None:
@@ -327,8 +331,32 @@ def test_errors_logged_once_per_kind(fake_kube_api: FakeKubeApi, make_watcher, c
         w = make_watcher()
         wait_for(lambda: w.error_counts()["unavailable"] >= 4)
         w.stop()
-    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "exporter.kube"]
+    warnings = [r for r in caplog.records
+                if r.levelname == "WARNING" and r.name.startswith("exporter.kube")]
     assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+
+
+def test_wait_synced_after_the_first_list(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    fake_kube_api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
+    w = make_watcher()
+    assert w.wait_synced(10)
+    assert set(w.pods()) == {"u-a"}
+    assert w.wait_synced(0)  # and stays so
+
+
+@pytest.mark.parametrize("status", [None, 403])
+def test_wait_synced_times_out_while_the_api_server_fails(fake_kube_api: FakeKubeApi,
+                                                          make_watcher, status) -> None:
+    fake_kube_api.set_down(True, status=status)
+    w = make_watcher()
+    assert not w.wait_synced(0.3)
+    assert w.pods() == {}
+    fake_kube_api.set_down(False)
+    assert w.wait_synced(10)
+
+
+def test_error_counts_start_at_zero() -> None:
+    assert PodWatcher(NODE).error_counts() == dict.fromkeys(ERROR_KINDS, 0)
 
 
 def test_bad_kubeconfig_raises_at_start(tmp_path) -> None:
@@ -406,25 +434,21 @@ def _check_authenticated(api: FakeKubeApi, w: PodWatcher, token: str) -> None:
     assert {a.lower() for a in api.authorizations} == {f"bearer {token}"}
 
 
-def test_kubeconfig_bearer_token(tmp_path) -> None:
+def test_kubeconfig_bearer_token(tmp_path, start_watcher) -> None:
     api = FakeKubeApi(token="s3cret").start()
     try:
         _auth_pods(api)
-        good = api.write_kubeconfig(tmp_path / "good", token="s3cret")
-        with PodWatcher(NODE, kubeconfig=str(good), backoff_initial=0.05, backoff_max=0.3,
-                        request_timeout=2.0) as w:
-            _check_authenticated(api, w, "s3cret")
-        bad = api.write_kubeconfig(tmp_path / "bad", token="wrong")
-        with PodWatcher(NODE, kubeconfig=str(bad), backoff_initial=0.05, backoff_max=0.3,
-                        request_timeout=2.0) as w:
-            wait_for(lambda: w.error_counts()["forbidden"] >= 2)  # 401
-            assert not w.connected and w.pods() == {}
+        w = start_watcher(str(api.write_kubeconfig(tmp_path / "good", token="s3cret")))
+        _check_authenticated(api, w, "s3cret")
+        w = start_watcher(str(api.write_kubeconfig(tmp_path / "bad", token="wrong")))
+        wait_for(lambda: w.error_counts()["forbidden"] >= 2)  # 401
+        assert not w.connected and w.pods() == {}
     finally:
         api.stop()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_in_cluster_service_account(tmp_path, monkeypatch) -> None:
+def test_in_cluster_service_account(tmp_path, monkeypatch, start_watcher) -> None:
     """In-cluster config: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, the service
     account's CA certificate and bearer token."""
     from kubernetes.config import incluster_config
@@ -438,9 +462,8 @@ def test_in_cluster_service_account(tmp_path, monkeypatch) -> None:
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
         monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token_file))
         monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(api.ca_cert_path))
-        with PodWatcher(NODE, backoff_initial=0.05, backoff_max=0.3, request_timeout=2.0) as w:
-            assert api.url.startswith("https://")
-            _check_authenticated(api, w, "sa-token")
+        assert api.url.startswith("https://")
+        _check_authenticated(api, start_watcher(None), "sa-token")
     finally:
         api.stop()
 

@@ -1,0 +1,19 @@
+"""Workload owners of this node's pods, from the Kubernetes API server.
+
+:class:`PodWatcher` lists the pods of one node, watches them, and keeps a ``pod uid ->
+PodMeta`` map that the collection cycle reads. One module per concern:
+
+* ``watch``  -- the list/watch loop in its thread: resync, backoff, errors by kind, lifecycle;
+* ``owners`` -- ReplicaSet -> Deployment and Job -> CronJob, cached, with the last good answer;
+* ``pods``   -- a pod as JSON -> :class:`~exporter.snapshot.PodMeta`;
+* ``api``    -- the request path (configuration, authentication, GET), without the generated
+  API methods.
+
+Importing this package costs nothing when the feature is off: the ``kubernetes`` package is
+imported only by :meth:`PodWatcher.start`.
+"""
+
+from .pods import pod_meta_from_dict, strip_runtime_prefix
+from .watch import ERROR_KINDS, PodWatcher
+
+__all__ = ["PodWatcher", "ERROR_KINDS", "pod_meta_from_dict", "strip_runtime_prefix"]
