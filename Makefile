@@ -2,41 +2,61 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# gcc + libc6-dev build the fake libnvidia-ml.so.1; prometheus brings promtool.
-DEB_PACKAGES := prometheus gcc libc6-dev python3-venv
+# python3-venv gives Debian's Python its venv; gcc + libc6-dev build the fake libnvidia-ml.so.1
+# for the tests, and prometheus brings promtool.
+RUN_DEB_PACKAGES  := python3-venv
+TEST_DEB_PACKAGES := $(RUN_DEB_PACKAGES) prometheus gcc libc6-dev
 
-.PHONY: run test deps venv protos golden docs clean
+.PHONY: run test run-deps test-deps venv test-venv protos golden docs clean
 
-## run: set up and serve the built-in simulated 4-GPU node at http://localhost:9400/metrics
-run: venv
-	$(VENV)/bin/kube-gpu-exporter --simulate $(ARGS)
+## run: set up (only what running needs) and serve the built-in simulated 4-GPU node, with its
+## pods and workloads, at http://localhost:9400/metrics; more flags with ARGS='--collector.interval 2'
+run: run-deps venv
+	$(VENV)/bin/kube-gpu-exporter --simulate --kubernetes.enabled $(ARGS)
 
-## test: set up (Python and Debian packages) and run the whole suite
-test: deps venv
+## test: set up (Python and Debian packages, test extras included) and run the whole suite
+test: test-deps test-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## deps: Debian packages the tests use
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages of $(1) that are missing (nothing when all are there).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
 
-venv: $(VENV)/.installed
+## run-deps / test-deps: the Debian packages running / testing needs
+run-deps:
+	$(call apt_install,$(RUN_DEB_PACKAGES))
+test-deps:
+	$(call apt_install,$(TEST_DEB_PACKAGES))
 
-$(VENV)/.installed: pyproject.toml
+# One stamp per install, so that `make run` then `make test` (or the reverse) each install what
+# they need: the package alone for running, the package with its test extras for testing.
+venv: $(VENV)/.installed-run
+test-venv: $(VENV)/.installed-test
+
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	touch $@
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/.created
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/.created
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 ## protos: regenerate the committed kubelet pod-resources stubs from their .proto
-protos: venv
+protos: test-venv
 	PYTHON=$(PY) sh exporter/kubelet/podresources/generate.sh
 
 ## golden: rewrite tests/fixtures/e2e-output.txt from the current code (review the diff!)
-golden: venv
+golden: test-deps test-venv
 	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_e2e.py
 
 clean:

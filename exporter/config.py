@@ -4,20 +4,25 @@ Every flag can also be set from the environment: ``--collector.interval`` reads
 ``KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL``; a flag on the command line wins. The node name also
 falls back to ``NODE_NAME`` (what the DaemonSet sets from the downward API).
 
-All problems are found in one pass and reported together; the CLI exits with code 2.
+All problems are found in one pass and reported together, each naming where the value came from
+(the flag, or the environment variable that set it); the CLI exits with code 2. A
+``KUBE_GPU_EXPORTER_*`` variable that no flag reads is not an error but a warning on ``Config``,
+with the closest known name when there is one.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, vocabulary
 
 ENV_PREFIX = "KUBE_GPU_EXPORTER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -26,11 +31,17 @@ _LABEL_KEY = re.compile(r"^([a-zA-Z0-9.-]+/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0
 
 
 class ConfigError(Exception):
-    """The configuration has problems; ``problems`` lists every one."""
+    """The configuration has problems; ``problems`` lists every one.
 
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(f"  - {p}" for p in problems))
+    ``warnings`` (unknown variables) come along in the message: a misspelt variable is often why a
+    value is missing.
+    """
+
+    def __init__(self, problems: list[str], warnings: Sequence[str] = ()):
+        lines = [f"  - {p}" for p in problems] + [f"  - (warning) {w}" for w in warnings]
+        super().__init__("\n".join(lines))
         self.problems = problems
+        self.warnings = tuple(warnings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +65,13 @@ class Config:
     kubeconfig: str | None
     pod_labels: tuple[str, ...]
     procfs: str
+    attribution_grace_period: float
+    warnings: tuple[str, ...] = ()  # for the caller to log; not configuration
 
     def as_log_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        del values["warnings"]
+        return values
 
 
 def env_name(flag: str) -> str:
@@ -92,7 +107,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="seconds between collection cycles (default %(default)s)")
     add("--collector.timeout", dest="collector_timeout", default=None,
         help="seconds an NVML read of one GPU may take before the cycle goes on without it "
-        "(default: half the interval)")
+        "(default: half the interval; at most the interval)")
     add("--simulate", dest="simulate", nargs="?", const="", default=None, metavar="SCENARIO.yaml",
         help="read a simulated node instead of NVML; without a file, the built-in 4-GPU node")
     add("--once", dest="once", action="store_true", default=None,
@@ -102,12 +117,12 @@ def get_parser() -> argparse.ArgumentParser:
     add("--kubelet.enabled", dest="kubelet_enabled", action=argparse.BooleanOptionalAction, default=None,
         help="attribute devices to pods through the kubelet pod-resources API (default true)")
     add("--kubelet.pod-resources-socket", dest="kubelet_socket",
-        default="/var/lib/kubelet/pod-resources/kubelet.sock", help="(default %(default)s)")
+        default=vocabulary.DEFAULT_POD_RESOURCES_SOCKET, help="(default %(default)s)")
     add("--kubelet.timeout", dest="kubelet_timeout", default="2",
         help="seconds one pod-resources call may take (default %(default)s)")
-    add("--kubelet.resource-names", dest="resource_names", default="nvidia.com/gpu,nvidia.com/gpu.shared",
+    add("--kubelet.resource-names", dest="resource_names", default=",".join(vocabulary.DEFAULT_RESOURCE_NAMES),
         help="comma-separated extended resource names that hold GPUs (default %(default)s)")
-    add("--kubelet.resource-prefixes", dest="resource_prefixes", default="nvidia.com/mig-",
+    add("--kubelet.resource-prefixes", dest="resource_prefixes", default=",".join(vocabulary.DEFAULT_RESOURCE_PREFIXES),
         help="comma-separated resource name prefixes that hold MIG devices (default %(default)s)")
     add("--kubernetes.enabled", dest="kubernetes_enabled", action=argparse.BooleanOptionalAction,
         default=None, help="add owning workloads and pod labels from the API server (default false)")
@@ -119,40 +134,96 @@ def get_parser() -> argparse.ArgumentParser:
         help="comma-separated pod labels copied onto nvidia_gpu_allocation_info as label_<name>")
     add("--path.procfs", dest="procfs", default="/proc",
         help="procfs mount, /host/proc in the DaemonSet (default %(default)s)")
+    add("--attribution.grace-period", dest="attribution_grace_period", default=None,
+        help="seconds the last known pod allocations and workloads are kept while the kubelet or "
+        "the API server does not answer (default: 3 x the interval)")
     return parser
 
 
-def _apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-    """Make each flag's default come from its environment variable, when set."""
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "version"):
-            continue
-        flag = next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
-        value = environ.get(env_name(flag))
+def _long_flag(action: argparse.Action) -> str:
+    return next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
+
+
+def _flag_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
+
+
+def _apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> dict[str, str]:
+    """Make each flag's default come from its environment variable, when set.
+
+    Returns the variable that set each destination, so that a problem can name it.
+    """
+    from_env: dict[str, str] = {}
+    for action in _flag_actions(parser):
+        variable = env_name(_long_flag(action))
+        value = environ.get(variable)
         if value is None or value.strip() == "":
             continue  # unset and empty are the same: a blank templated value must not switch anything
+        from_env[action.dest] = variable
         if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
             parser.set_defaults(**{action.dest: _env_bool(value) if _env_bool(value) is not None else value})
         else:
             parser.set_defaults(**{action.dest: value})
+    return from_env
+
+
+def _given_on_command_line(argv: Sequence[str] | None) -> set[str]:
+    """The destinations the command line itself set (a flag there wins over its variable)."""
+    parser = get_parser()
+    for action in _flag_actions(parser):
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _unknown_variables(environ: dict[str, str]) -> list[str]:
+    """A warning for each ``KUBE_GPU_EXPORTER_*`` variable no flag reads, with the likely one meant.
+
+    Names are compared without the shared prefix, which would make every pair look alike; a name
+    that is the tail of a known one (``NODE_NAME``, ``INTERVAL``) is taken to mean it.
+    """
+    known = {
+        name[len(ENV_PREFIX):]: name for name in (env_name(_long_flag(a)) for a in _flag_actions(get_parser()))
+    }
+    warnings = []
+    for variable in sorted(v for v in environ if v.startswith(ENV_PREFIX)):
+        name = variable[len(ENV_PREFIX):]
+        if name in known:
+            continue
+        meant = [full for short, full in known.items() if short.endswith("_" + name)] or [
+            known[short] for short in difflib.get_close_matches(name, list(known), n=1)
+        ]
+        hint = f"; did you mean {' or '.join(meant)}?" if meant else ""
+        warnings.append(f"{variable}: unknown environment variable, ignored{hint}")
+    return warnings
 
 
 def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
     """Parse flags (exits 2 on unknown flags, as argparse does) and validate them together."""
     environ = dict(os.environ if environ is None else environ)
     parser = get_parser()
-    _apply_environment(parser, environ)
+    from_env = _apply_environment(parser, environ)
     ns = parser.parse_args(argv)
+    on_command_line = _given_on_command_line(argv)
     problems: list[str] = []
 
-    def number(flag: str, raw: Any, *, minimum: float = 0.0) -> float:
+    def source(flag: str) -> str:
+        """Where a flag's value came from: the variable that set it, else the flag itself."""
+        dest = next(a.dest for a in _flag_actions(parser) if flag in a.option_strings)
+        return from_env[dest] if dest in from_env and dest not in on_command_line else flag
+
+    def number(flag: str, raw: Any, *, zero_ok: bool = False) -> float:
+        """Seconds; a bad value is a problem and reads as NaN, which every comparison below skips."""
         try:
             value = float(raw)
         except (TypeError, ValueError):
-            problems.append(f"{flag}: {raw!r} is not a number")
-            return 1.0
-        if not value > minimum:
-            problems.append(f"{flag}: must be greater than {minimum:g}, got {raw!r}")
+            problems.append(f"{source(flag)}: {raw!r} is not a number")
+            return math.nan
+        if not math.isfinite(value):
+            problems.append(f"{source(flag)}: {raw!r} is not a finite number")
+            return math.nan
+        if value < 0 or (value == 0 and not zero_ok):
+            problems.append(f"{source(flag)}: must be {'0 or more' if zero_ok else 'greater than 0'}, got {raw!r}")
+            return math.nan
         return value
 
     def boolean(flag: str, raw: Any, default: bool) -> bool:
@@ -160,31 +231,44 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
             return default
         if isinstance(raw, bool):
             return raw
-        problems.append(f"{flag}: {raw!r} is not a boolean (true/false)")
+        problems.append(f"{source(flag)}: {raw!r} is not a boolean (true/false)")
         return default
 
     host, port = "", 9400
     address = str(ns.listen_address)
     if ":" not in address:
-        problems.append(f"--web.listen-address: {address!r} is not host:port")
+        problems.append(f"{source('--web.listen-address')}: {address!r} is not host:port")
     else:
         host, _, port_text = address.rpartition(":")
         host = host.strip("[]")
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            problems.append(f"--web.listen-address: port {port_text!r} is not a number from 1 to 65535")
+            problems.append(
+                f"{source('--web.listen-address')}: port {port_text!r} is not a number from 1 to 65535"
+            )
         else:
             port = int(port_text)
 
     interval = number("--collector.interval", ns.collector_interval)
-    timeout = (
-        interval / 2 if ns.collector_timeout is None else number("--collector.timeout", ns.collector_timeout)
-    )
+    if ns.collector_timeout is None:
+        timeout = interval / 2
+    else:
+        timeout = number("--collector.timeout", ns.collector_timeout)
+        if timeout > interval:
+            problems.append(
+                f"{source('--collector.timeout')}: {ns.collector_timeout!r} is longer than "
+                f"{source('--collector.interval')} ({ns.collector_interval!r}); one read may take "
+                "at most one interval"
+            )
     kubelet_timeout = number("--kubelet.timeout", ns.kubelet_timeout)
+    if ns.attribution_grace_period is None:
+        grace_period = 3 * interval
+    else:
+        grace_period = number("--attribution.grace-period", ns.attribution_grace_period, zero_ok=True)
 
     if ns.log_level.lower() not in LOG_LEVELS:
-        problems.append(f"--log.level: {ns.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        problems.append(f"{source('--log.level')}: {ns.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if ns.log_format.lower() not in LOG_FORMATS:
-        problems.append(f"--log.format: {ns.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        problems.append(f"{source('--log.format')}: {ns.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
 
     scenario: str | None = None
     if isinstance(ns.simulate, str) and ns.simulate.lower() in ("true", "1", "yes", "on"):
@@ -194,30 +278,36 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     simulate = ns.simulate is not None
     if simulate and ns.simulate:
         scenario = ns.simulate
-        if not Path(scenario).is_file():
-            problems.append(f"--simulate: scenario file {scenario!r} does not exist")
+        if Path(scenario).is_dir():
+            problems.append(f"{source('--simulate')}: scenario {scenario!r} is a directory, not a file")
+        elif not Path(scenario).is_file():
+            problems.append(f"{source('--simulate')}: scenario file {scenario!r} does not exist")
 
+    once = boolean("--once", ns.once, False)
     kubelet_enabled = boolean("--kubelet.enabled", ns.kubelet_enabled, True)
     kubernetes_enabled = boolean("--kubernetes.enabled", ns.kubernetes_enabled, False)
     node_name = ns.node_name or environ.get("NODE_NAME", "")
+    # The simulated node plays the API server itself: it needs neither a node name nor the package.
     if kubernetes_enabled and not simulate and not node_name:
         problems.append("--kubernetes.node-name: required with --kubernetes.enabled (or set NODE_NAME)")
     if kubernetes_enabled and not simulate and importlib.util.find_spec("kubernetes") is None:
-        problems.append("--kubernetes.enabled: the kubernetes package is not installed "
+        problems.append(f"{source('--kubernetes.enabled')}: the kubernetes package is not installed "
                         "(pip install 'kube-gpu-exporter[kubernetes]')")
     if ns.kubeconfig and not Path(ns.kubeconfig).is_file():
-        problems.append(f"--kubernetes.kubeconfig: file {ns.kubeconfig!r} does not exist")
+        problems.append(f"{source('--kubernetes.kubeconfig')}: file {ns.kubeconfig!r} does not exist")
     pod_labels = _csv(ns.pod_labels)
     for label in pod_labels:
         if not _LABEL_KEY.match(label):
-            problems.append(f"--kubernetes.pod-labels: {label!r} is not a valid Kubernetes label key")
+            problems.append(f"{source('--kubernetes.pod-labels')}: {label!r} is not a valid Kubernetes label key")
     resource_names = _csv(ns.resource_names)
     resource_prefixes = _csv(ns.resource_prefixes)
     if not resource_names and not resource_prefixes:
-        problems.append("--kubelet.resource-names/--kubelet.resource-prefixes: both empty, no device would match")
+        problems.append(f"{source('--kubelet.resource-names')}/{source('--kubelet.resource-prefixes')}: "
+                        "both empty, no device would match")
 
+    warnings = tuple(_unknown_variables(environ))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return Config(
         listen_host=host,
         listen_port=port,
@@ -225,7 +315,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         collector_timeout=timeout,
         simulate=simulate,
         scenario=scenario,
-        once=bool(ns.once),
+        once=once,
         log_level=ns.log_level.lower(),
         log_format=ns.log_format.lower(),
         kubelet_enabled=kubelet_enabled,
@@ -238,4 +328,6 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         kubeconfig=ns.kubeconfig or None,
         pod_labels=pod_labels,
         procfs=ns.procfs,
+        attribution_grace_period=grace_period,
+        warnings=warnings,
     )

@@ -133,3 +133,175 @@ def test_kubernetes_without_the_package_is_a_config_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kubernetes" else real(name, *a))
     with pytest.raises(ConfigError, match=r"kube-gpu-exporter\[kubernetes\]"):
         parse_config(["--kubernetes.enabled", "--kubernetes.node-name", "n"], environ={})
+
+
+# --- where a bad value came from -------------------------------------------------------------------
+
+
+def test_a_bad_value_from_the_environment_names_the_variable_not_the_flag():
+    with pytest.raises(ConfigError) as caught:
+        parse_config([], environ={
+            "KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL": "x",
+            "KUBE_GPU_EXPORTER_KUBELET_ENABLED": "maybe",
+            "KUBE_GPU_EXPORTER_LOG_LEVEL": "loud",
+        })
+    assert sorted(caught.value.problems) == [
+        "KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL: 'x' is not a number",
+        "KUBE_GPU_EXPORTER_KUBELET_ENABLED: 'maybe' is not a boolean (true/false)",
+        "KUBE_GPU_EXPORTER_LOG_LEVEL: 'loud' is not one of debug, info, warning, error",
+    ]
+
+
+def test_a_bad_value_on_the_command_line_names_the_flag_even_when_the_variable_is_set():
+    environ = {"KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL": "5", "KUBE_GPU_EXPORTER_KUBELET_TIMEOUT": "-1"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(["--collector.interval", "x"], environ=environ)
+    assert caught.value.problems == [
+        "--collector.interval: 'x' is not a number",
+        "KUBE_GPU_EXPORTER_KUBELET_TIMEOUT: must be greater than 0, got '-1'",
+    ]
+    # and a good flag overrides a bad variable: nothing to report
+    assert parse_config(["--kubelet.timeout", "1"], environ=environ).kubelet_timeout == 1.0
+
+
+def test_the_cli_names_the_variable_and_exits_2():
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--once"], capture_output=True, text=True, timeout=30,
+        env={**os.environ, "KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL": "soon"},
+    )
+    assert result.returncode == 2
+    assert "KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL: 'soon' is not a number" in result.stderr
+
+
+def test_a_bad_once_from_the_environment_is_a_problem_not_true():
+    with pytest.raises(ConfigError, match="KUBE_GPU_EXPORTER_ONCE: 'maybe' is not a boolean"):
+        parse_config([], environ={"KUBE_GPU_EXPORTER_ONCE": "maybe"})
+    assert parse_config([], environ={"KUBE_GPU_EXPORTER_ONCE": "false"}).once is False
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_number_must_be_finite(value):
+    with pytest.raises(ConfigError, match=f"--collector.interval: '{value}' is not a finite number"):
+        parse_config(["--collector.interval", value], environ={})
+
+
+# --- unknown variables -----------------------------------------------------------------------------
+
+
+def test_unknown_variables_are_warnings_with_the_closest_known_name():
+    config = parse_config([], environ={
+        "KUBE_GPU_EXPORTER_COLLECTOR_INTERVL": "3",  # a typo
+        "KUBE_GPU_EXPORTER_NODE_NAME": "n1",  # the tail of KUBE_GPU_EXPORTER_KUBERNETES_NODE_NAME
+        "KUBE_GPU_EXPORTER_WHATEVER": "1",  # nothing close
+        "KUBE_GPU_EXPORTER_LOG_LEVEL": "debug",  # known: no warning
+        "NODE_NAME": "n1",  # not ours: no warning
+    })
+    assert config.collector_interval == 10.0  # the typo was ignored...
+    assert config.warnings == (  # ...and said so
+        "KUBE_GPU_EXPORTER_COLLECTOR_INTERVL: unknown environment variable, ignored; "
+        "did you mean KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL?",
+        "KUBE_GPU_EXPORTER_NODE_NAME: unknown environment variable, ignored; "
+        "did you mean KUBE_GPU_EXPORTER_KUBERNETES_NODE_NAME?",
+        "KUBE_GPU_EXPORTER_WHATEVER: unknown environment variable, ignored",
+    )
+    assert "warnings" not in config.as_log_dict()
+
+
+def test_every_flag_variable_is_known():
+    environ = {env_name(flag): "" for flag in ("--collector.interval", "--attribution.grace-period", "--simulate")}
+    assert parse_config([], environ=environ).warnings == ()
+
+
+def test_a_config_error_also_shows_the_unknown_variables():
+    # The misspelt variable is why the node name is missing: the error says so.
+    with pytest.raises(ConfigError) as caught:
+        parse_config(["--kubernetes.enabled"], environ={"KUBE_GPU_EXPORTER_NODE_NAME": "n1"})
+    assert "KUBE_GPU_EXPORTER_KUBERNETES_NODE_NAME?" in str(caught.value)
+    assert len(caught.value.problems) == 1  # a warning is not a problem
+
+
+# --- collector timeout, scenario path, grace period ------------------------------------------------
+
+
+def test_a_timeout_longer_than_the_interval_is_refused_and_equal_is_fine():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(["--collector.interval", "5", "--collector.timeout", "6"], environ={})
+    assert caught.value.problems == [
+        "--collector.timeout: '6' is longer than --collector.interval ('5'); one read may take at most one interval"
+    ]
+    assert parse_config(["--collector.interval", "5", "--collector.timeout", "5"], environ={}).collector_timeout == 5
+    with pytest.raises(ConfigError, match="KUBE_GPU_EXPORTER_COLLECTOR_TIMEOUT: '20' is longer than"):
+        parse_config([], environ={"KUBE_GPU_EXPORTER_COLLECTOR_TIMEOUT": "20"})
+
+
+def test_a_bad_interval_is_reported_once_not_again_against_the_timeout():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(["--collector.interval", "-5", "--collector.timeout", "1"], environ={})
+    assert caught.value.problems == ["--collector.interval: must be greater than 0, got '-5'"]
+
+
+def test_a_scenario_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(["--simulate", str(tmp_path)], environ={})
+    assert caught.value.problems == [f"--simulate: scenario {str(tmp_path)!r} is a directory, not a file"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_config(["--simulate", str(tmp_path / "missing.yaml")], environ={})
+
+
+def test_the_grace_period_defaults_to_three_intervals():
+    assert parse_config(["--collector.interval", "4"], environ={}).attribution_grace_period == 12.0
+    assert parse_config([], environ={}).attribution_grace_period == 30.0
+    environ = {"KUBE_GPU_EXPORTER_ATTRIBUTION_GRACE_PERIOD": "0"}  # 0: drop at once
+    assert parse_config([], environ=environ).attribution_grace_period == 0.0
+    assert parse_config(["--attribution.grace-period", "90"], environ=environ).attribution_grace_period == 90.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "problem"),
+    [
+        (["--attribution.grace-period", "-1"], {}, "--attribution.grace-period: must be 0 or more, got '-1'"),
+        ([], {"KUBE_GPU_EXPORTER_ATTRIBUTION_GRACE_PERIOD": "soon"},
+         "KUBE_GPU_EXPORTER_ATTRIBUTION_GRACE_PERIOD: 'soon' is not a number"),
+    ],
+)
+def test_a_bad_grace_period_is_a_problem(argv, environ, problem):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(argv, environ=environ)
+    assert caught.value.problems == [problem]
+
+
+def test_simulate_honours_the_kubernetes_switches_without_a_node_name_or_the_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kubernetes" else real(name, *a))
+    config = parse_config(["--simulate", "--kubernetes.enabled", "--no-kubelet.enabled"], environ={})
+    assert (config.kubernetes_enabled, config.kubelet_enabled, config.node_name) == (True, False, "")
+
+
+# --- packaging -------------------------------------------------------------------------------------
+
+
+def _make_dry_run(target: str, tmp_path) -> str:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        ["make", "-n", "-C", str(root), target, f"VENV={tmp_path / 'venv'}", "ARGS=--collector.interval 2"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_run_installs_only_what_running_needs_and_serves_workloads(tmp_path):
+    commands = _make_dry_run("run", tmp_path)
+    assert "pip install -q -e ." in commands and "[test]" not in commands
+    assert "kube-gpu-exporter --simulate --kubernetes.enabled --collector.interval 2" in commands
+    assert "prometheus" not in commands  # no test-only Debian package
+
+
+def test_make_test_installs_the_test_extras(tmp_path):
+    assert "pip install -q -e '.[test]'" in _make_dry_run("test", tmp_path)
