@@ -1,11 +1,12 @@
 """The agent's memory and cycle time on the fake NVML node, with and without pod churn.
 
-    .venv/bin/python bench/agent_rss.py [--seconds 30] [--churn]
+    .venv/bin/python bench/agent_rss.py [--seconds 30] [--interval 1]
 
 Uses the test fakes (tests/fakenvml.py, fakekubelet.py, fakekubeapi.py): the real CLI runs
 as a separate process on the fake libnvidia-ml.so.1, talks to a real gRPC kubelet on a unix
 socket and to the fake API server through the real `kubernetes` client. RSS is sampled from
-/proc every few seconds; with --churn every pod is replaced by a new one every second.
+/proc every second. Four configurations run one after the other: NVML alone, with the kubelet,
+with the API server too, and the last one with every pod replaced by a new one every second.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run(label: str, args: list[str], node: FakeNode, seconds: float, churn, inte
             peak = max(peak, rss_kib(agent.process.pid))
             samples.append(rss_kib(agent.process.pid))
         body = agent.scrape()
-        cycle = value(body, "kube_gpu_exporter_collection_duration_seconds") or 0
+        cycle = value(body, "kube_gpu_exporter_cycle_duration_seconds") or 0
         print(f"{label:42s} RSS {start / 1024:6.1f} MiB at start, {samples[-1] / 1024:6.1f} MiB after "
               f"{seconds:.0f} s (peak {peak / 1024:.1f}); last cycle {cycle * 1e3:.1f} ms")
     finally:

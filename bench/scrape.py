@@ -96,7 +96,7 @@ def main() -> int:
     print(f"scrape latency       p50 {quantile[49] * 1e3:.3f} ms   p99 {quantile[98] * 1e3:.3f} ms   "
           f"max {latencies[-1] * 1e3:.3f} ms")
     print(f"agent RSS            {rss_start / 2**20:.1f} MiB after start, {rss_end / 2**20:.1f} MiB after scrapes")
-    duration = metric(body, "kube_gpu_exporter_collection_duration_seconds")
+    duration = metric(body, "kube_gpu_exporter_cycle_duration_seconds")
     print(f"collection duration  {duration * 1e3:.2f} ms (the agent's own last cycle)" if duration else "")
     return 0
 

@@ -1,9 +1,12 @@
 """The collection loop: sources -> snapshot -> attribution -> render, once per interval.
 
 Each source fails alone. NVML trouble costs GPU series (and only those of the GPU in trouble);
-a missing kubelet socket or API server costs attribution labels, never device series. Every
-failure is logged once per distinct message and counted in
-``kube_gpu_exporter_collector_errors_total{collector, kind}``.
+a missing kubelet socket or API server costs attribution, never device series, and not even
+attribution at first: the last good answer of either is kept for ``--attribution.grace-period``
+so that a kubelet restart does not resolve every alert about an allocated GPU. Every failure is
+logged once per distinct message and counted in
+``kube_gpu_exporter_collector_errors_total{collector, kind}``; losing and regaining a source is
+logged once each.
 """
 
 from __future__ import annotations
@@ -13,30 +16,48 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Generic, Mapping, Protocol, TypeVar
 
 from . import cgroups
 from .attribution import Attribution, attribute
 from .backend import GpuBackend
 from .config import Config
+from .gpu_collector import ERROR_KINDS as NVML_ERROR_KINDS
 from .gpu_collector import GpuCollector, run_in_daemon_thread
 from .metrics import AgentStatus, CollectorStatus, Exposition, Renderer
 from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+#: Readings of a GPU whose reads hang are served (with up=0) for this many intervals, then dropped.
+HOLD_CYCLES = 3
+#: Error kinds the agent itself counts, present at 0 from the start for each enabled collector.
+AGENT_ERROR_KINDS: Mapping[str, tuple[str, ...]] = {
+    "kubelet": ("unknown_device_id",),
+    "kubernetes": ("config",),
+    "procfs": ("read",),
+    "agent": ("cycle",),
+}
+
 
 class PodResourcesSource(Protocol):
+    #: Error kinds its failures carry (``exc.kind``), present at 0 from the start.
+    ERROR_KINDS: tuple[str, ...]
+
     async def list_resources(self) -> PodResources: ...
     async def close(self) -> None: ...
 
 
 class PodMetadataSource(Protocol):
     connected: bool
+
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def wait_synced(self, timeout: float) -> bool: ...
     def pods(self) -> Mapping[str, PodMeta]: ...
-    def error_counts(self) -> dict[str, int]: ...
+    def error_counts(self) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +66,20 @@ class Health:
     reason: str
 
 
-async def _none() -> None:
-    return None
+class _Kept(Generic[T]):
+    """The last good answer of a source, usable for ``grace`` seconds after it came."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.value: T | None = None
+        self.at = float("-inf")  # monotonic
+
+    def good(self, value: T, now: float) -> T:
+        self.value, self.at = value, now
+        return value
+
+    def current(self, now: float) -> T | None:
+        return self.value if now - self.at <= self.grace else None
 
 
 class Agent:
@@ -61,19 +94,33 @@ class Agent:
     ) -> None:
         self.config = config
         self.backend = backend
-        self.gpus = GpuCollector(backend, timeout=config.collector_timeout)
+        self.gpus = GpuCollector(
+            backend, timeout=config.collector_timeout, hold_seconds=HOLD_CYCLES * config.collector_interval)
         self.pod_resources = pod_resources
         self.pod_metadata = pod_metadata
         self.process_owners = process_owners or (lambda pids: cgroups.containers_of(pids, config.procfs))
         self.renderer = Renderer()
         self.exposition: Exposition | None = None
         self.errors: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for collector, kinds in self._known_error_kinds().items():
+            self.errors[collector].update(dict.fromkeys(kinds, 0))
         self._logged: set[str] = set()
         self._collectors: dict[str, CollectorStatus] = {}
-        self._kubelet_up: bool | None = None if pod_resources is None else False
-        self._last_success = 0.0
+        self._last_success: dict[str, float] = {}  # collector -> unix time of its last full success
+        self._source_up: dict[str, bool] = {}  # for one log line per loss and per recovery
+        self._resources = _Kept[PodResources](config.attribution_grace_period)
+        self._pods = _Kept[Mapping[str, PodMeta]](config.attribution_grace_period)
+        self._ready_once = False
         self._loop_tick = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+
+    def _known_error_kinds(self) -> dict[str, tuple[str, ...]]:
+        known = {"nvml": NVML_ERROR_KINDS, "procfs": AGENT_ERROR_KINDS["procfs"], "agent": AGENT_ERROR_KINDS["agent"]}
+        if self.pod_resources is not None:
+            known["kubelet"] = AGENT_ERROR_KINDS["kubelet"] + tuple(getattr(self.pod_resources, "ERROR_KINDS", ()))
+        if self.pod_metadata is not None:
+            known["kubernetes"] = AGENT_ERROR_KINDS["kubernetes"]
+        return known
 
     # -- one cycle ---------------------------------------------------------------------------
 
@@ -90,30 +137,39 @@ class Agent:
         if self.gpus.state.up:  # without NVML every id is "unknown": that is not the kubelet's fault
             self._count_unknown_ids(attribution)
 
-        now = time.time()
+        now = time.monotonic()
         status = AgentStatus(
             simulated=self.backend.simulated,
             nvml_up=self.gpus.state.up,
             collectors=dict(self._collectors),
             errors=self._error_counts(),
-            last_collection_timestamp=now,
-            collection_duration_seconds=time.monotonic() - started,
-            gpu_snapshot_age_seconds=max(0.0, now - snapshot.timestamp),
+            cycle_timestamp=time.time(),
+            cycle_duration_seconds=now - started,
+            gpu_snapshot_age_seconds=max(0.0, now - snapshot.taken),
             gpu_snapshot_stale=snapshot.stale,
-            kubelet_up=self._kubelet_up,
-            kubernetes_api_up=None if self.pod_metadata is None else bool(self.pod_metadata.connected),
+            kubelet_enabled=self.pod_resources is not None,
         )
         exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
         self.exposition = exposition
-        if self.gpus.state.up:
-            self._last_success = time.monotonic()
+        self._ready_once = self._ready_once or self.gpus.state.up
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "cycle: %d GPUs (%d up), %d held devices, %d containers with usage, %.1f ms",
+                len(snapshot.gpus), sum(g.up for g in snapshot.gpus), len(attribution.holders),
+                sum(len(u) for u in attribution.usage.values()), (time.monotonic() - started) * 1000,
+            )
         return exposition
 
     async def _timed(self, name: str, fn: Callable, *args):  # type: ignore[no-untyped-def]
         start = time.monotonic()
         result, ok = await fn(*args)
-        self._collectors[name] = CollectorStatus(ok, time.monotonic() - start)
+        self._record(name, ok, time.monotonic() - start)
         return result
+
+    def _record(self, name: str, ok: bool, duration: float | None) -> None:
+        if ok:
+            self._last_success[name] = time.time()
+        self._collectors[name] = CollectorStatus(ok, duration, self._last_success.get(name))
 
     async def _collect_gpus(self) -> tuple[GpuSnapshot, bool]:
         snapshot = await self.gpus.collect()
@@ -121,16 +177,20 @@ class Agent:
         return snapshot, ok
 
     async def _list_pod_resources(self) -> tuple[PodResources | None, bool]:
+        """The kubelet's answer; on failure the last good one, within the grace period."""
         assert self.pod_resources is not None
+        now = time.monotonic()
         try:
             resources = await self.pod_resources.list_resources()
         except Exception as exc:  # noqa: BLE001 - any failure costs attribution only
             kind = getattr(exc, "kind", type(exc).__name__.lower())
             self._error("kubelet", kind, f"pod-resources call failed ({kind}): {exc}")
-            self._kubelet_up = False
-            return None, False
-        self._kubelet_up = True
-        return resources, True
+            kept = self._resources.current(now)
+            self._source_changed("kubelet", False, "kubelet pod-resources API lost; "
+                                 f"keeping the last allocations for {self._resources.grace:g}s")
+            return kept, False
+        self._source_changed("kubelet", True, "kubelet pod-resources API answers again")
+        return self._resources.good(resources, now), True
 
     async def _process_owners(self, snapshot: GpuSnapshot) -> tuple[Mapping[int, ContainerRef], bool]:
         pids = sorted(
@@ -146,11 +206,26 @@ class Agent:
             return {}, False
 
     def _pod_metadata(self) -> Mapping[str, PodMeta]:
+        """Pods from the API server's watch; while it is disconnected, the last known ones within
+        the grace period, then none (workloads unknown rather than possibly wrong)."""
         if self.pod_metadata is None:
             return {}
-        pods = self.pod_metadata.pods()
-        self._collectors["kubernetes"] = CollectorStatus(bool(self.pod_metadata.connected))
-        return pods
+        now = time.monotonic()
+        connected = bool(self.pod_metadata.connected)
+        self._record("kubernetes", connected, None)
+        if connected:
+            self._source_changed("kubernetes", True, "API server pod watch connected")
+            return self._pods.good(self.pod_metadata.pods(), now)
+        self._source_changed("kubernetes", False, "API server pod watch lost; "
+                             f"keeping the last workloads for {self._pods.grace:g}s")
+        return self._pods.current(now) or {}
+
+    def _source_changed(self, source: str, up: bool, message: str) -> None:
+        """Log a source's loss or recovery once (not its first success)."""
+        before = self._source_up.get(source)
+        self._source_up[source] = up
+        if before is not None and before != up:
+            (log.info if up else log.warning)(message)
 
     def _count_unknown_ids(self, attribution: Attribution) -> None:
         for device_id in attribution.unknown_ids:
@@ -166,15 +241,13 @@ class Agent:
             log.warning(message)
 
     def _error_counts(self) -> dict[tuple[str, str], int]:
-        counts = {(c, k): n for c, kinds in self.errors.items() for k, n in kinds.items()}
+        counts: Counter[tuple[str, str]] = Counter(
+            {(c, k): n for c, kinds in self.errors.items() for k, n in kinds.items()})
         counts.update({("nvml", k): n for k, n in self.gpus.errors.items()})
-        errors_by_kind = getattr(self.backend, "errors_by_kind", None)
-        if errors_by_kind is not None:
-            for kind, n in errors_by_kind().items():
-                counts[("nvml", kind)] = counts.get(("nvml", kind), 0) + n
+        counts.update({("nvml", k): n for k, n in self.backend.error_counts().items()})
         if self.pod_metadata is not None:
             counts.update({("kubernetes", k): n for k, n in self.pod_metadata.error_counts().items()})
-        return counts
+        return dict(counts)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -194,12 +267,21 @@ class Agent:
             self._loop_tick = time.monotonic()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
+    async def start_sources(self, *, sync_timeout: float = 0.0) -> None:
+        """Start the pod watch; with ``sync_timeout``, wait up to that long for its first list
+        (``--once`` does, so that a single cycle sees workloads)."""
+        if self.pod_metadata is None:
+            return
+        try:
+            self.pod_metadata.start()
+        except Exception as exc:  # noqa: BLE001 - no API config: attribution goes on without it
+            self._error("kubernetes", "config", f"cannot start the pod watch: {exc}")
+            return
+        if sync_timeout > 0 and not await asyncio.to_thread(self.pod_metadata.wait_synced, sync_timeout):
+            log.warning("the API server's pod list did not arrive within %gs; workloads stay unknown", sync_timeout)
+
     async def start(self) -> None:
-        if self.pod_metadata is not None:
-            try:
-                self.pod_metadata.start()
-            except Exception as exc:  # noqa: BLE001 - no API config: attribution goes on without it
-                self._error("kubernetes", "config", f"cannot start the pod watch: {exc}")
+        await self.start_sources()
         self._task = asyncio.create_task(self.run(), name="collection-loop")
 
     async def stop(self) -> None:
@@ -234,6 +316,10 @@ class Agent:
         state = self.gpus.state
         if not state.up:
             return Health(False, f"NVML is not initialised: {state.error}")
-        if self.exposition is None or not self._last_success:
+        if self.exposition is None or not self._ready_once:
             return Health(False, "no collection has succeeded yet")
         return Health(True, "ok")
+
+
+async def _none() -> None:
+    return None

@@ -23,7 +23,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources
+from . import catalog
+from .catalog import MetricSpec
+from .snapshot import ContainerRef, GpuProcess, GpuSnapshot, PodMeta, PodResources, Sample
 
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
 _INDEX = re.compile(r"^\d+$")
@@ -50,7 +52,7 @@ class ContainerUsage:
     namespace: str
     pod: str
     container: str
-    memory_used_bytes: int | None
+    memory_used_bytes: float | None
     utilization_ratio: float | None
 
 
@@ -63,13 +65,6 @@ class Attribution:
     allocatable: Mapping[str, int] = field(default_factory=dict)
     allocated: Mapping[str, int] = field(default_factory=dict)
     unknown_ids: tuple[str, ...] = ()  # device ids that matched no device this cycle
-
-    def sole_holder(self, device_uuid: str) -> Holder | None:
-        """The container holding the device alone, if exactly one does and the device is not
-        shared: a time-sliced GPU with one replica taken now may have two holders next cycle,
-        and its device series must not change label sets when that happens."""
-        holders = self.holders.get(device_uuid, ())
-        return holders[0] if len(holders) == 1 and not holders[0].shared else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,37 +193,66 @@ def _usage(
     pods: Mapping[str, PodMeta],
     owners: Mapping[int, ContainerRef],
 ) -> dict[str, tuple[ContainerUsage, ...]]:
-    """Sum process memory and utilisation per (device, container).
+    """Usage per (device, container), for every held device.
 
-    A process is placed by its cgroup: pod uid and container id, named through the API server's
-    pod metadata. Without metadata for its pod, a process on a device held by exactly one
-    container is that container's (it could run nowhere else); on a shared device it is left out.
+    A device held by one container alone (an exclusive GPU, a MIG instance) is used by that
+    container: its usage is the device's own reading, no process accounting needed. A shared
+    device is split by process: each process is placed by its cgroup (pod uid and container id,
+    named through the API server's pod metadata) and its memory and SM share summed per container.
     """
     result: dict[str, tuple[ContainerUsage, ...]] = {}
     for gpu in snapshot.gpus:
-        devices = [(gpu.uuid, gpu.processes)] + [(m.uuid, m.processes) for m in gpu.mig_devices]
-        for uuid, processes in devices:
-            sums: dict[tuple[str, str, str], list[float | None]] = {}
+        devices = [(gpu.uuid, gpu.samples, gpu.processes, catalog.MEMORY_USED, catalog.UTILIZATION)] + [
+            (m.uuid, m.samples, m.processes, catalog.MIG_MEMORY_USED, None) for m in gpu.mig_devices
+        ]
+        for uuid, samples, processes, memory_metric, utilization_metric in devices:
             device_holders = holders.get(uuid, ())
-            for process in processes:
-                ref = owners.get(process.pid)
-                if ref is None:
-                    continue  # a host process, or one that exited
-                key = _container_key(ref, pods, device_holders)
-                if key is None:
-                    continue
-                memory, utilization = sums.setdefault(key, [None, None])
-                if process.used_memory_bytes is not None:
-                    memory = (memory or 0) + process.used_memory_bytes
-                if process.utilization_ratio is not None:
-                    utilization = (utilization or 0.0) + process.utilization_ratio
-                sums[key] = [memory, utilization]
-            if sums:
-                result[uuid] = tuple(
-                    ContainerUsage(ns, pod, container, None if mem is None else int(mem), util)
-                    for (ns, pod, container), (mem, util) in sorted(sums.items())
-                )
+            if not device_holders:
+                continue
+            if (sole := _sole_holder(device_holders)) is not None:
+                usage = ContainerUsage(sole.namespace, sole.pod, sole.container,
+                                       _reading(samples, memory_metric), _reading(samples, utilization_metric))
+                if usage.memory_used_bytes is not None or usage.utilization_ratio is not None:
+                    result[uuid] = (usage,)
+            elif split := _split_by_container(processes, device_holders, pods, owners):
+                result[uuid] = split
     return result
+
+
+def _sole_holder(device_holders: tuple[Holder, ...]) -> Holder | None:
+    """The container holding a device alone: exactly one holder, and not through a replica (a
+    time-sliced GPU with one replica taken may have a second holder next cycle)."""
+    return device_holders[0] if len(device_holders) == 1 and not device_holders[0].shared else None
+
+
+def _reading(samples: Iterable[Sample], metric: MetricSpec | None) -> float | None:
+    return next((s.value for s in samples if s.metric is metric and not s.labels), None)
+
+
+def _split_by_container(
+    processes: Iterable[GpuProcess],
+    device_holders: tuple[Holder, ...],
+    pods: Mapping[str, PodMeta],
+    owners: Mapping[int, ContainerRef],
+) -> tuple[ContainerUsage, ...]:
+    sums: dict[tuple[str, str, str], list[float | None]] = {}
+    for process in processes:
+        ref = owners.get(process.pid)
+        if ref is None:
+            continue  # a host process, or one that exited
+        key = _container_key(ref, pods, device_holders)
+        if key is None:
+            continue
+        memory, utilization = sums.setdefault(key, [None, None])
+        if process.used_memory_bytes is not None:
+            memory = (memory or 0) + process.used_memory_bytes
+        if process.utilization_ratio is not None:
+            utilization = (utilization or 0.0) + process.utilization_ratio
+        sums[key] = [memory, utilization]
+    return tuple(
+        ContainerUsage(ns, pod, container, None if mem is None else int(mem), util)
+        for (ns, pod, container), (mem, util) in sorted(sums.items())
+    )
 
 
 def _container_key(

@@ -21,6 +21,8 @@ log = logging.getLogger("exporter")
 
 EXIT_USAGE = 2
 EXIT_NVML = 1
+#: How long ``--once`` waits for the API server's first pod list before its one cycle.
+ONCE_SYNC_TIMEOUT_SECONDS = 5.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,21 +53,22 @@ def setup_logging(config: Config) -> None:
 
 
 def build_agent(config: Config) -> Agent:
-    """Pick the backend and the Kubernetes sources the config asks for."""
-    if config.simulate:
-        from .simulate import SimulatedBackend, load_scenario
+    """Pick the backend and the Kubernetes sources the config asks for.
 
-        backend = SimulatedBackend(load_scenario(config.scenario))
-        cluster = backend
+    Under ``--simulate`` the scenario plays NVML, the kubelet, the API server and procfs; the
+    kubelet and API server flags switch the simulated sources exactly as they switch the real ones.
+    """
+    if config.simulate:
+        from . import simulate
+
+        backend = simulate.SimulatedBackend(simulate.load_scenario(config.scenario))
         log.warning("SIMULATED node: no real GPU is read (scenario %s)", config.scenario or "built-in")
         return Agent(
             config,
             backend,
-            pod_resources=_SimulatedPodResources(cluster),
-            pod_metadata=_SimulatedPodMetadata(cluster),
-            process_owners=lambda pids: {
-                pid: ref for pid in pids if (ref := cluster.process_owner(pid)) is not None
-            },
+            pod_resources=simulate.SimulatedPodResources(backend.cluster) if config.kubelet_enabled else None,
+            pod_metadata=simulate.SimulatedPodMetadata(backend.cluster) if config.kubernetes_enabled else None,
+            process_owners=simulate.process_owners(backend.cluster),
         )
 
     from .nvml import NvmlBackend
@@ -88,39 +91,10 @@ def build_agent(config: Config) -> Agent:
     return Agent(config, NvmlBackend(), pod_resources=pod_resources, pod_metadata=pod_metadata)
 
 
-class _SimulatedPodResources:
-    """The scenario's pods, served through the same interface as the kubelet client."""
-
-    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
-        self._cluster = cluster
-
-    async def list_resources(self):  # type: ignore[no-untyped-def]
-        return self._cluster.pod_resources()
-
-    async def close(self) -> None:
-        return None
-
-
-class _SimulatedPodMetadata:
-    connected = True
-
-    def __init__(self, cluster) -> None:  # type: ignore[no-untyped-def]
-        self._cluster = cluster
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        return None
-
-    def pods(self):  # type: ignore[no-untyped-def]
-        return self._cluster.pod_meta()
-
-    def error_counts(self) -> dict[str, int]:
-        return {}
-
-
 async def run_once(agent: Agent) -> int:
+    """One cycle, printed. The pod watch (if enabled) gets one list before the cycle, within the
+    kubelet timeout, so that ``--once --kubernetes.enabled`` shows workloads too."""
+    await agent.start_sources(sync_timeout=ONCE_SYNC_TIMEOUT_SECONDS)
     exposition = await agent.collect_once()
     state = agent.gpus.state
     await agent.stop()
@@ -165,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kube-gpu-exporter: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     try:
         agent = build_agent(config)
     except Exception as exc:  # noqa: BLE001 - a scenario file with problems, most likely

@@ -1,9 +1,10 @@
 """Runs a GPU backend from the event loop: worker threads, deadlines, one GPU failing alone.
 
 Each GPU is read in its own daemon thread with a deadline. A GPU whose read has not returned
-by then keeps its previous readings in the snapshot (marked stale), and no second read of it
-is started until the first one returns: a hung NVML call costs one thread, never a pile of
-them, and never the loop. Daemon threads also mean a hung call cannot block process exit.
+by then is reported down, with its previous readings for a bounded time (marked stale), and no
+second read of it is started until the first one returns: a hung NVML call costs one thread,
+never a pile of them, and never the loop. Daemon threads also mean a hung call cannot block
+process exit.
 
 NVML that cannot start (driver not loaded yet) is retried with capped exponential backoff.
 """
@@ -18,9 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, TypeVar
 
-from . import catalog
 from .backend import GpuBackend
-from .snapshot import Gpu, GpuSnapshot, Sample
+from .snapshot import Gpu, GpuIdentity, GpuSnapshot
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -56,35 +56,72 @@ def run_in_daemon_thread(fn: Callable[..., T], *args: Any, name: str = "nvml") -
     return future
 
 
+#: Error kinds of the nvml collector, present at 0 from the start (more appear as they happen:
+#: the NVML_ERROR_* name of a failed read, in lower case).
+ERROR_KINDS = ("init", "timeout", "restart", "gpu_is_lost", "unknown")
+
+
 @dataclass(frozen=True, slots=True)
 class BackendState:
     up: bool
     error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    gpu: Gpu
+    taken: float  # monotonic time of the cycle that read it
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one worker thread brings back: the identity it knew or read, and the reading or why not."""
+
+    identity: GpuIdentity
+    gpu: Gpu | None
+    error: BaseException | None
+
+
 class GpuCollector:
+    """Reads every GPU of a backend once per ``collect()``, in parallel, each within ``timeout``.
+
+    What it remembers per GPU index, and why:
+
+    * the identity (uuid, minor number, info facts), read first and kept while the GPU is down:
+      a lost GPU still has its name, its XIDs and its holders;
+    * the MIG layout of the last good read: a failing MIG GPU keeps its instances, so that their
+      holders stay attributed exactly when operators need to know who was on it;
+    * the last good reading, served (with ``up=0``) while a read hangs, for at most
+      ``hold_seconds``: after that only the identity is left, so alerts on the readings resolve
+      instead of being held up by numbers that no longer describe the GPU.
+
+    A GPU that leaves the device count is forgotten.
+    """
+
     def __init__(
         self,
         backend: GpuBackend,
         *,
         timeout: float,
-        clock: Callable[[], float] = time.time,
+        hold_seconds: float,
         monotonic: Callable[[], float] = time.monotonic,
     ):
         self.backend = backend
         self.timeout = timeout
-        self._clock = clock  # wall time, for snapshot timestamps
-        self._monotonic = monotonic  # for retry backoff
+        self.hold_seconds = hold_seconds
+        self._monotonic = monotonic
         self._started = False
         self._start_error: str | None = "not started yet"
         self._next_start = 0.0
         self._backoff = BACKOFF_INITIAL_SECONDS
-        self._in_flight: dict[int, asyncio.Future[Gpu]] = {}
+        self._in_flight: dict[int, asyncio.Future[_Outcome]] = {}
         self._count: asyncio.Future[int] | None = None  # a device_count call still running
         self._start: asyncio.Future[None] | None = None  # a start call still running
-        self._last: dict[int, tuple[Gpu, float]] = {}  # index -> (reading, time taken)
-        self._logged_down: set[tuple[int, str]] = set()
-        self.errors: Counter[str] = Counter()
+        self._known_count = 0
+        self._identity: dict[int, GpuIdentity] = {}
+        self._last: dict[int, _Reading] = {}
+        self._down_reason: dict[int, str] = {}  # GPUs reported down, for one log line per change
+        self.errors: Counter[str] = Counter(dict.fromkeys(ERROR_KINDS, 0))
 
     @property
     def state(self) -> BackendState:
@@ -129,7 +166,7 @@ class GpuCollector:
     def _restart_later(self, reason: str) -> None:
         """NVML failed as a whole: stop it (in the background: stop may block) and start again later."""
         log.warning("GPU backend failed, restarting: %s", reason)
-        self.errors["backend"] += 1
+        self.errors["restart"] += 1
         run_in_daemon_thread(self._stop_quietly, name="nvml-stop")
         self._started, self._start_error = False, reason
         self._schedule_retry()
@@ -142,103 +179,128 @@ class GpuCollector:
 
     async def collect(self) -> GpuSnapshot:
         """One cycle: every GPU read in parallel, each within the deadline."""
-        now = self._clock()
+        now = self._monotonic()
         if not await self._ensure_started():
-            return self._down_snapshot(now, self._start_error or "backend not started")
+            return self._snapshot([self._down(i, self._start_error or "backend not started") for i in self._known()],
+                                  now)
         if self._count is None:
             self._count = run_in_daemon_thread(self.backend.device_count, name="nvml-count")
         await asyncio.wait([self._count], timeout=self.timeout)
         if not self._count.done():
             # NVML as a whole hangs (a driver in trouble blocks every call): serve what we had,
-            # marked stale, and start nothing new until that call returns.
+            # held, and start nothing new until that call returns.
             self.errors["timeout"] += 1
-            return self._held_snapshot(now)
+            return self._snapshot([self._held(i, now) for i in self._known()], now, stale=True)
         count_future, self._count = self._count, None
         if (error := count_future.exception()) is not None:
             self._restart_later(f"device count failed: {str(error) or type(error).__name__}")
-            return self._down_snapshot(now, self._start_error or "device count failed")
-        count = count_future.result()
+            return self._snapshot([self._down(i, self._start_error or "device count failed") for i in self._known()],
+                                  now)
         self._backoff = BACKOFF_INITIAL_SECONDS  # NVML answers again: the next failure retries soon
+        self._set_count(count_future.result())
 
-        for index in range(count):
-            if index not in self._in_flight:
-                self._in_flight[index] = run_in_daemon_thread(self.backend.read_gpu, index, name=f"nvml-gpu{index}")
-        pending = [self._in_flight[i] for i in range(count)]
+        for index in range(self._known_count):
+            if index not in self._in_flight:  # a read still hanging keeps its thread; no second one
+                self._in_flight[index] = run_in_daemon_thread(
+                    self._read, index, self._identity.get(index), name=f"nvml-gpu{index}")
+        pending = [self._in_flight[i] for i in range(self._known_count)]
         if pending:
             await asyncio.wait(pending, timeout=self.timeout)
 
         gpus: list[Gpu] = []
         stale = False
-        oldest = now
-        for index in range(count):
+        for index in range(self._known_count):
             future = self._in_flight[index]
-            if not future.done():
+            if future.done():
+                del self._in_flight[index]
+                gpus.append(self._settle(index, future, now))
+            else:
                 stale = True
                 self.errors["timeout"] += 1
-                gpu, taken = self._held(index, now)
-                gpus.append(gpu)
-                oldest = min(oldest, taken)
-                continue
+                gpus.append(self._held(index, now))
+        # Reads of GPUs that left the count are not reported; a finished one frees its slot.
+        for index in [i for i, f in self._in_flight.items() if i >= self._known_count and f.done()]:
             del self._in_flight[index]
-            gpus.append(self._settle(index, future, now))
-        # Forget in-flight reads of GPUs that vanished from the count.
-        for index in [i for i in self._in_flight if i >= count]:
-            self._in_flight.pop(index)
-        return GpuSnapshot(gpus=self._with_xids(gpus), timestamp=oldest, stale=stale)
+        return self._snapshot(gpus, now, stale=stale)
 
-    def _held(self, index: int, now: float) -> tuple[Gpu, float]:
-        """A GPU whose read hangs: down, but its last readings stay so graphs do not gap."""
-        previous = self._last.get(index)
-        if previous is None:
-            return self._down(index, "read timed out"), now
-        return replace(previous[0], up=False, error="read timed out"), previous[1]
-
-    def _held_snapshot(self, now: float) -> GpuSnapshot:
-        held = [self._held(i, now) for i in sorted(self._last)]
-        oldest = min((taken for _, taken in held), default=now)
-        return GpuSnapshot(gpus=self._with_xids([g for g, _ in held]), timestamp=oldest, stale=True)
-
-    def _with_xids(self, gpus: list[Gpu]) -> tuple[Gpu, ...]:
-        """Add XID counters to every GPU, up or down: the XIDs that matter most come right
-        before a GPU is lost, and must stay visible while its reads fail."""
+    def _read(self, index: int, identity: GpuIdentity | None) -> _Outcome:
+        """Runs in a worker thread: identity first (once), then the reading."""
+        if identity is None:
+            identity = self.backend.identify(index)  # raises: nothing is known of this GPU
         try:
-            counts: Mapping[tuple[str, int], int] = self.backend.xid_counts()
-        except Exception:  # noqa: BLE001 - XIDs are an extra; a failure costs only them
-            log.debug("reading XID counts failed", exc_info=True)
-            return tuple(gpus)
-        by_uuid: dict[str, list[Sample]] = {}
-        for (uuid, code), n in sorted(counts.items()):
-            by_uuid.setdefault(uuid, []).append(Sample(catalog.XID_ERRORS, n, (str(code),)))
-        return tuple(
-            replace(g, samples=g.samples + tuple(by_uuid[g.uuid])) if g.uuid in by_uuid else g for g in gpus
-        )
+            return _Outcome(identity, self.backend.read_gpu(index), None)
+        except Exception as exc:  # noqa: BLE001 - reported by _settle with the identity kept
+            return _Outcome(identity, None, exc)
 
-    def _settle(self, index: int, future: asyncio.Future[Gpu], now: float) -> Gpu:
+    def _set_count(self, count: int) -> None:
+        for index in range(count, self._known_count):
+            identity = self._identity.get(index)
+            log.warning("GPU %d (%s) left the device count", index, identity.uuid if identity else "never identified")
+        for known in (self._identity, self._last, self._down_reason):
+            for index in [i for i in known if i >= count]:
+                del known[index]
+        self._known_count = count
+
+    def _known(self) -> range:
+        return range(self._known_count)
+
+    def _settle(self, index: int, future: asyncio.Future[_Outcome], now: float) -> Gpu:
         error = future.exception()
         if error is None:
-            gpu = future.result()
-            self._last[index] = (gpu, now)
-            self._logged_down = {k for k in self._logged_down if k[0] != index}
-            return gpu
+            outcome = future.result()
+            self._identity[index] = outcome.identity
+            if outcome.gpu is not None:
+                gpu = outcome.gpu
+                self._identity[index] = gpu.identity
+                self._last[index] = _Reading(gpu, now)
+                self._mark_up(index)
+                return gpu
+            error = outcome.error
+        assert error is not None
         message = str(error) or type(error).__name__
-        self.errors["gpu"] += 1
-        if (index, message) not in self._logged_down:
-            log.warning("GPU %d read failed: %s", index, message)
-            self._logged_down.add((index, message))
+        self.errors[getattr(error, "kind", "unknown")] += 1
+        self._mark_down(index, message)
         return self._down(index, message)
 
-    def _down(self, index: int, reason: str) -> Gpu:
-        """A GPU that could not be read: up=0, its identity (not its readings) from the last good read."""
-        previous = self._last.get(index)
-        if previous is None:
-            return Gpu(index=index, uuid="", up=False, error=reason)
-        last = previous[0]
-        return Gpu(index=index, uuid=last.uuid, up=False, minor_number=last.minor_number, info=last.info, error=reason)
+    def _held(self, index: int, now: float) -> Gpu:
+        """A GPU whose read hangs: down, with its last readings for at most ``hold_seconds``."""
+        reason = f"read did not return within {self.timeout:g}s"
+        self._mark_down(index, reason)
+        last = self._last.get(index)
+        if last is None or now - last.taken > self.hold_seconds:
+            return self._down(index, reason)
+        return replace(last.gpu, up=False, error=reason)
 
-    def _down_snapshot(self, now: float, reason: str) -> GpuSnapshot:
-        """NVML is down: every GPU seen before is reported with up=0, nothing else."""
-        gpus = [self._down(i, reason) for i in sorted(self._last)]
-        return GpuSnapshot(gpus=self._with_xids(gpus), timestamp=now)
+    def _down(self, index: int, reason: str) -> Gpu:
+        """A GPU that could not be read: up=0 under its known identity, with its MIG instances
+        (without readings) from the last good read. uuid is "" only if it was never identified."""
+        identity = self._identity.get(index) or GpuIdentity(index=index, uuid="")
+        last = self._last.get(index)
+        layout = tuple(replace(m, samples=(), processes=()) for m in last.gpu.mig_devices) if last else ()
+        return Gpu(index=index, uuid=identity.uuid, up=False, minor_number=identity.minor_number,
+                   info=identity.info, mig_devices=layout, error=reason)
+
+    def _snapshot(self, gpus: list[Gpu], now: float, *, stale: bool = False) -> GpuSnapshot:
+        taken = min((self._last[g.index].taken for g in gpus if g.samples and g.index in self._last and not g.up),
+                    default=now)
+        return GpuSnapshot(gpus=tuple(gpus), taken=taken, stale=stale, xids=self._xid_counts())
+
+    def _xid_counts(self) -> Mapping[tuple[str, int], int]:
+        try:
+            return dict(self.backend.xid_counts())
+        except Exception:  # noqa: BLE001 - XIDs are an extra; a failure costs only them
+            log.debug("reading XID counts failed", exc_info=True)
+            return {}
+
+    def _mark_down(self, index: int, reason: str) -> None:
+        if self._down_reason.get(index) != reason:
+            identity = self._identity.get(index)
+            log.warning("GPU %d (%s) is down: %s", index, identity.uuid if identity else "uuid unknown", reason)
+            self._down_reason[index] = reason
+
+    def _mark_up(self, index: int) -> None:
+        if self._down_reason.pop(index, None) is not None:
+            log.info("GPU %d (%s) is back", index, self._identity[index].uuid)
 
     def stop(self) -> None:
         if self._started:

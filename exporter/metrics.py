@@ -19,11 +19,10 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Sample as PromSample
 
 from . import __version__, catalog
-from .attribution import Attribution, Holder
+from .attribution import Attribution
 from .catalog import MetricSpec
 from .snapshot import Gpu, GpuSnapshot, MigDevice, Sample
 
-POD_LABELS = ("namespace", "pod", "container")
 GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer bytes here
 
 
@@ -31,6 +30,7 @@ GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer byt
 class CollectorStatus:
     success: bool
     duration_seconds: float | None = None  # None: the collector runs in the background (a watch)
+    last_success_timestamp: float | None = None  # unix time; None: never succeeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +41,11 @@ class AgentStatus:
     nvml_up: bool
     collectors: Mapping[str, CollectorStatus] = field(default_factory=dict)
     errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (collector, kind) -> count
-    last_collection_timestamp: float = 0.0
-    collection_duration_seconds: float = 0.0
+    cycle_timestamp: float = 0.0
+    cycle_duration_seconds: float = 0.0
     gpu_snapshot_age_seconds: float = 0.0
     gpu_snapshot_stale: bool = False
-    kubelet_up: bool | None = None  # None: attribution through the kubelet is disabled
-    kubernetes_api_up: bool | None = None
+    kubelet_enabled: bool = False  # allocatable/allocated device counts are only known then
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +86,6 @@ class _Families:
         return [self._by_spec[s] for s in sorted(self._by_spec, key=_CATALOG_ORDER.__getitem__)]
 
 
-def _holder_labels(holder: Holder | None) -> dict[str, str]:
-    if holder is None:
-        return {}
-    return {"namespace": holder.namespace, "pod": holder.pod, "container": holder.container}
-
-
 def _add_samples(out: _Families, identity: dict[str, str], samples: Iterable[Sample]) -> None:
     for sample in samples:
         labels = dict(identity)
@@ -110,25 +103,31 @@ def _mig_identity(gpu: Gpu, mig: MigDevice) -> dict[str, str]:
 
 
 def _device_families(out: _Families, snapshot: GpuSnapshot, attribution: Attribution) -> None:
+    """Device series carry the device's identity only, whoever holds it; holders are joined in
+    through nvidia_gpu_allocation_info (see docs/attribution.md)."""
+    xids: dict[str, list[tuple[int, int]]] = {}
+    for (uuid, code), count in sorted(snapshot.xids.items()):
+        xids.setdefault(uuid, []).append((code, count))
     for gpu in snapshot.gpus:
         identity = {"gpu": str(gpu.index), "uuid": gpu.uuid}
-        held = identity | _holder_labels(attribution.sole_holder(gpu.uuid))
         if gpu.info:
-            out.add(catalog.GPU_INFO, held | {k: gpu.info.get(k, "") for k in catalog.GPU_INFO.labels}, 1)
-        out.add(catalog.GPU_UP, held, 1 if gpu.up else 0)
-        _add_samples(out, held, gpu.samples)
-        _add_allocations(out, identity | {"gpu_instance_id": "", "compute_instance_id": ""}, gpu.uuid, attribution)
-        _add_usage(out, identity, gpu.uuid, attribution)
+            out.add(catalog.GPU_INFO, identity | {k: gpu.info.get(k, "") for k in catalog.GPU_INFO.labels}, 1)
+        out.add(catalog.GPU_UP, identity, 1 if gpu.up else 0)
+        _add_samples(out, identity, gpu.samples)
+        gpu_xids = xids.get(gpu.uuid, []) if gpu.uuid else []
+        out.add(catalog.XID_EVENTS, identity, sum(count for _, count in gpu_xids))
+        for code, count in gpu_xids:
+            out.add(catalog.XID_ERRORS, identity | {"xid": str(code)}, count)
+        _add_holders(out, identity | {"gpu_instance_id": "", "compute_instance_id": ""}, gpu.uuid, attribution)
         for mig in gpu.mig_devices:
             mig_id = _mig_identity(gpu, mig)
-            mig_held = mig_id | _holder_labels(attribution.sole_holder(mig.uuid))
-            out.add(catalog.MIG_INFO, mig_held | {"mig_uuid": mig.uuid, "profile": mig.profile}, 1)
-            _add_samples(out, mig_held, mig.samples)
-            _add_allocations(out, mig_id, mig.uuid, attribution)
-            _add_usage(out, mig_id, mig.uuid, attribution)
+            out.add(catalog.MIG_INFO, mig_id | {"mig_uuid": mig.uuid, "profile": mig.profile}, 1)
+            _add_samples(out, mig_id, mig.samples)
+            _add_holders(out, mig_id, mig.uuid, attribution)
 
 
-def _add_allocations(out: _Families, identity: dict[str, str], device: str, attribution: Attribution) -> None:
+def _add_holders(out: _Families, identity: dict[str, str], device: str, attribution: Attribution) -> None:
+    """nvidia_gpu_allocation_info and the per-container usage of one device."""
     for h in attribution.holders.get(device, ()):
         labels = identity | {
             "namespace": h.namespace, "pod": h.pod, "container": h.container, "resource": h.resource,
@@ -136,11 +135,9 @@ def _add_allocations(out: _Families, identity: dict[str, str], device: str, attr
         }
         labels.update(h.pod_labels)
         out.add(catalog.ALLOCATION_INFO, labels, 1)
-
-
-def _add_usage(out: _Families, identity: dict[str, str], device: str, attribution: Attribution) -> None:
+    device_identity = {k: v for k, v in identity.items() if v}  # a whole GPU has no instance ids
     for u in attribution.usage.get(device, ()):
-        labels = {"namespace": u.namespace, "pod": u.pod, "container": u.container} | identity
+        labels = {"namespace": u.namespace, "pod": u.pod, "container": u.container} | device_identity
         if u.memory_used_bytes is not None:
             out.add(catalog.CONTAINER_MEMORY_USED, labels, u.memory_used_bytes)
         if u.utilization_ratio is not None:
@@ -154,23 +151,23 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
         "simulated": "true" if status.simulated else "false",
     }, 1)
     for name, collector in sorted(status.collectors.items()):
-        out.add(catalog.COLLECTOR_SUCCESS, {"collector": name}, 1 if collector.success else 0)
+        labels = {"collector": name}
+        out.add(catalog.COLLECTOR_SUCCESS, labels, 1 if collector.success else 0)
         if collector.duration_seconds is not None:
-            out.add(catalog.COLLECTOR_DURATION, {"collector": name}, collector.duration_seconds)
+            out.add(catalog.COLLECTOR_DURATION, labels, collector.duration_seconds)
+        if collector.last_success_timestamp is not None:
+            out.add(catalog.COLLECTOR_LAST_SUCCESS, labels, collector.last_success_timestamp)
     for (collector, kind), count in sorted(status.errors.items()):
         out.add(catalog.COLLECTOR_ERRORS, {"collector": collector, "kind": kind}, count)
-    out.add(catalog.LAST_COLLECTION, {}, status.last_collection_timestamp)
-    out.add(catalog.COLLECTION_DURATION, {}, status.collection_duration_seconds)
+    out.add(catalog.LAST_CYCLE, {}, status.cycle_timestamp)
+    out.add(catalog.CYCLE_DURATION, {}, status.cycle_duration_seconds)
     out.add(catalog.GPU_SNAPSHOT_AGE, {}, status.gpu_snapshot_age_seconds)
     out.add(catalog.GPU_SNAPSHOT_STALE, {}, 1 if status.gpu_snapshot_stale else 0)
     out.add(catalog.NVML_UP, {}, 1 if status.nvml_up else 0)
-    if status.kubelet_up is not None:
-        out.add(catalog.KUBELET_UP, {}, 1 if status.kubelet_up else 0)
+    if status.kubelet_enabled:
         for resource in sorted(set(attribution.allocatable) | set(attribution.allocated)):
             out.add(catalog.ALLOCATABLE_DEVICES, {"resource": resource}, attribution.allocatable.get(resource, 0))
             out.add(catalog.ALLOCATED_DEVICES, {"resource": resource}, attribution.allocated.get(resource, 0))
-    if status.kubernetes_api_up is not None:
-        out.add(catalog.KUBERNETES_API_UP, {}, 1 if status.kubernetes_api_up else 0)
 
 
 class Renderer:

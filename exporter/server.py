@@ -4,6 +4,7 @@ waits on NVML, the kubelet or the API server."""
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from . import __version__
 from .agent import Agent, Health
@@ -23,25 +24,15 @@ LANDING_PAGE = """<!doctype html>
 """
 
 
-def _accepts(header: str, token: str) -> bool:
-    """True when ``token`` appears in the header with a non-zero quality."""
-    for part in header.split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() == token:
-            quality = params.replace(" ", "").partition("q=")[2]
-            try:
-                return quality == "" or float(quality) > 0
-            except ValueError:
-                return True
-    return False
-
-
 async def metrics(request: web.Request) -> web.Response:
+    """The bytes rendered by the last cycle, in the format and encoding the scraper asked for
+    (content negotiation by client_python's own helpers)."""
     exposition = request.app[AGENT].exposition
     if exposition is None:
         return web.Response(status=503, text="no collection has finished yet\n")
-    openmetrics = _accepts(request.headers.get("Accept", ""), "application/openmetrics-text")
-    use_gzip = _accepts(request.headers.get("Accept-Encoding", ""), "gzip")
+    _, negotiated = choose_encoder(request.headers.get("Accept", ""))
+    openmetrics = negotiated.startswith("application/openmetrics-text")
+    use_gzip = gzip_accepted(request.headers.get("Accept-Encoding", ""))
     if openmetrics:
         body = exposition.openmetrics_gzip if use_gzip else exposition.openmetrics
         content_type = OPENMETRICS_CONTENT_TYPE

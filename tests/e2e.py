@@ -153,13 +153,13 @@ class AgentProcess:
         The cycle running now may have read its sources before a change the test just made;
         the one after it cannot have, so n=2 is "within one cycle" of the change.
         """
-        seen = value(self.scrape(), "kube_gpu_exporter_last_collection_timestamp_seconds")
+        seen = value(self.scrape(), "kube_gpu_exporter_last_cycle_timestamp_seconds")
         for _ in range(n):
             body = self.wait_for(
-                lambda b, seen=seen: value(b, "kube_gpu_exporter_last_collection_timestamp_seconds") != seen,
+                lambda b, seen=seen: value(b, "kube_gpu_exporter_last_cycle_timestamp_seconds") != seen,
                 what="a new cycle",
             )
-            seen = value(body, "kube_gpu_exporter_last_collection_timestamp_seconds")
+            seen = value(body, "kube_gpu_exporter_last_cycle_timestamp_seconds")
         return body
 
     def stderr(self) -> str:

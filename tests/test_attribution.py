@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from exporter import catalog
 from exporter.attribution import attribute, parse_device_id, sanitize_label_name
 from exporter.snapshot import (
     ContainerDevices,
@@ -14,6 +17,7 @@ from exporter.snapshot import (
     MigDevice,
     PodMeta,
     PodResources,
+    Sample,
 )
 
 GPU0 = "GPU-00000000-1111-2222-3333-444444444444"
@@ -37,8 +41,14 @@ def node() -> GpuSnapshot:
                 ),
             ),
         ),
-        timestamp=0.0,
+        taken=0.0,
     )
+
+
+def sole(result, uuid: str):
+    """The one container holding a device alone, or None (shared, or no holder)."""
+    holders = result.holders.get(uuid, ())
+    return holders[0] if len(holders) == 1 and not holders[0].shared else None
 
 
 def row(pod: str, container: str, resource: str, *ids: str, namespace: str = "ml") -> ContainerDevices:
@@ -69,10 +79,10 @@ def test_parse_device_id_forms(device_id, expected):
 def test_exclusive_gpu_has_one_holder_and_is_not_shared():
     resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
     result = attribute(node(), resources, {}, {})
-    holder = result.sole_holder(GPU0)
+    holder = sole(result, GPU0)
     assert holder is not None
     assert (holder.namespace, holder.pod, holder.container, holder.shared) == ("ml", "train-0", "main", False)
-    assert result.sole_holder(GPU1) is None
+    assert sole(result, GPU1) is None
 
 
 def test_time_sliced_replicas_list_every_container_and_no_sole_holder():
@@ -86,7 +96,7 @@ def test_time_sliced_replicas_list_every_container_and_no_sole_holder():
     holders = result.holders[GPU1]
     assert {h.pod for h in holders} == {"nb-a", "nb-b"}
     assert all(h.shared for h in holders)
-    assert result.sole_holder(GPU1) is None
+    assert sole(result, GPU1) is None
 
 
 def test_one_container_with_two_replicas_of_one_gpu_is_still_shared():
@@ -97,7 +107,7 @@ def test_one_container_with_two_replicas_of_one_gpu_is_still_shared():
     assert result.holders[GPU0][0].shared is True
     # One holder of a shared GPU is no sole holder: the next replica taken must not change the
     # label set of the GPU's series.
-    assert result.sole_holder(GPU0) is None
+    assert sole(result, GPU0) is None
 
 
 def test_mig_devices_in_uuid_and_legacy_forms_and_index_ids():
@@ -110,24 +120,24 @@ def test_mig_devices_in_uuid_and_legacy_forms_and_index_ids():
         )
     )
     result = attribute(node(), resources, {}, {})
-    assert result.sole_holder(MIG_A).pod == "mig-a"
-    assert result.sole_holder(MIG_B).pod == "mig-b"
-    assert result.sole_holder(GPU0).pod == "gke"
-    assert result.sole_holder(GPU1).pod == "by-index"
+    assert sole(result, MIG_A).pod == "mig-a"
+    assert sole(result, MIG_B).pod == "mig-b"
+    assert sole(result, GPU0).pod == "gke"
+    assert sole(result, GPU1).pod == "by-index"
     assert result.allocated == {"nvidia.com/mig-3g.40gb": 1, "nvidia.com/mig-2g.20gb": 1, "nvidia.com/gpu": 2}
 
 
 def test_one_container_with_two_gpus_holds_both():
     resources = PodResources((row("big", "trainer", "nvidia.com/gpu", GPU0, GPU1),))
     result = attribute(node(), resources, {}, {})
-    assert result.sole_holder(GPU0).pod == result.sole_holder(GPU1).pod == "big"
+    assert sole(result, GPU0).pod == sole(result, GPU1).pod == "big"
 
 
 def test_unknown_ids_are_reported_not_fatal():
     resources = PodResources((row("odd", "c", "nvidia.com/gpu", "weird-id", GPU0, "GPU-99999999-dead"),))
     result = attribute(node(), resources, {}, {})
     assert result.unknown_ids == ("weird-id", "GPU-99999999-dead")
-    assert result.sole_holder(GPU0).pod == "odd"
+    assert sole(result, GPU0).pod == "odd"
 
 
 def test_allocatable_and_allocated_counts():
@@ -144,18 +154,33 @@ def test_workload_and_allowlisted_labels_come_from_pod_metadata():
     meta = PodMeta("ml", "train-0", "uid-1", "CronJob", "nightly", {"team": "vision", "secret": "x"})
     resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
     result = attribute(node(), resources, {"uid-1": meta}, {}, pod_labels=("team", "app.kubernetes.io/name"))
-    holder = result.sole_holder(GPU0)
+    holder = sole(result, GPU0)
     assert (holder.workload_kind, holder.workload) == ("CronJob", "nightly")
     assert holder.pod_labels == (("label_team", "vision"), ("label_app_kubernetes_io_name", ""))
 
 
-def test_usage_on_exclusive_gpu_without_pod_metadata_goes_to_the_sole_holder():
+def test_usage_of_a_device_held_alone_is_the_devices_own_reading_without_procfs_or_metadata():
+    readings = (Sample(catalog.MEMORY_USED, 30_000), Sample(catalog.UTILIZATION, 0.9))
+    snapshot = GpuSnapshot(gpus=(replace(node().gpus[0], samples=readings, processes=()),), taken=0.0)
     resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
-    owners = {100: ContainerRef("uid-1", "c1"), 101: ContainerRef("uid-1", "c1")}
-    result = attribute(node(), resources, {}, owners)
+    result = attribute(snapshot, resources, {}, {})
     (usage,) = result.usage[GPU0]
-    assert (usage.pod, usage.container, usage.memory_used_bytes) == ("train-0", "main", 3_000)
-    assert usage.utilization_ratio == pytest.approx(0.75)
+    assert (usage.pod, usage.container, usage.memory_used_bytes, usage.utilization_ratio) == (
+        "train-0", "main", 30_000, 0.9)
+
+
+def test_usage_of_a_mig_instance_held_alone_is_its_memory_and_has_no_utilization():
+    mig = MigDevice(MIG_A, 1, 0, "3g.40gb", samples=(Sample(catalog.MIG_MEMORY_USED, 5_000),))
+    snapshot = GpuSnapshot(gpus=(Gpu(index=2, uuid=GPU2, mig_devices=(mig,)),), taken=0.0)
+    resources = PodResources((row("mig-a", "c", "nvidia.com/mig-3g.40gb", MIG_A),))
+    (usage,) = attribute(snapshot, resources, {}, {}).usage[MIG_A]
+    assert (usage.pod, usage.memory_used_bytes, usage.utilization_ratio) == ("mig-a", 5_000, None)
+
+
+def test_a_device_held_alone_without_readings_has_no_usage():
+    resources = PodResources((row("train-0", "main", "nvidia.com/gpu", GPU0),))
+    down = GpuSnapshot(gpus=(Gpu(index=0, uuid=GPU0, up=False),), taken=0.0)
+    assert GPU0 not in attribute(down, resources, {}, {}).usage
 
 
 def test_usage_on_shared_gpu_is_split_by_container_through_metadata():
@@ -184,19 +209,6 @@ def test_usage_on_shared_gpu_without_metadata_is_left_out_and_host_processes_ign
     assert GPU1 not in result.usage
 
 
-def test_usage_on_mig_instance_keeps_missing_utilization_missing():
-    resources = PodResources((row("mig-a", "c", "nvidia.com/mig-3g.40gb", MIG_A),))
-    result = attribute(node(), resources, {}, {400: ContainerRef("uid", "cid")})
-    (usage,) = result.usage[MIG_A]
-    assert usage.memory_used_bytes == 5_000
-    assert usage.utilization_ratio is None
-
-
-def test_no_kubelet_answer_means_no_holders():
-    result = attribute(node(), None, {}, {})
-    assert result.holders == {} and result.allocated == {}
-
-
 def test_label_names_are_sanitised():
     assert sanitize_label_name("app.kubernetes.io/name") == "label_app_kubernetes_io_name"
 
@@ -210,5 +222,5 @@ def test_finished_pods_hold_nothing_even_if_the_kubelet_still_lists_them():
         "u2": PodMeta("ml", "next", "u2", "Job", "k", phase="Running"),
     }
     result = attribute(node(), resources, pods, {})
-    assert result.sole_holder(GPU0).pod == "next"
+    assert sole(result, GPU0).pod == "next"
     assert not result.holders[GPU0][0].shared

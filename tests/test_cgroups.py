@@ -168,7 +168,10 @@ def test_containers_of_skips_host_and_missing(tmp_path: Path) -> None:
     assert got == {10: ContainerRef(UID, CID), 12: ContainerRef(UID, CID2)}
 
 
-def test_real_proc_self_does_not_raise() -> None:
-    # Whatever this test runs in, reading a live /proc must not raise.
-    container_of(os.getpid())
-    container_of(2**22 + 12345)  # beyond pid_max: absent
+def test_a_live_procfs_agrees_with_the_parser() -> None:
+    # Whatever this test runs in (a container or not), reading the live /proc/self/cgroup must give
+    # exactly what parsing its text gives, and a pid beyond pid_max reads as absent.
+    with open("/proc/self/cgroup", encoding="utf-8") as f:
+        expected = parse_cgroup_file(f.read())
+    assert container_of(os.getpid()) == expected
+    assert container_of(2**22 + 12345) is None

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import yaml
 
 from exporter import catalog
 from exporter.config import get_parser
@@ -17,10 +21,42 @@ def test_metric_reference_matches_the_catalog():
     assert generated.strip() == catalog.markdown_table().strip(), "docs/metrics.md is out of date: run `make docs`"
 
 
+# Units that are not Prometheus base units, as they would appear in a name (clock_hz, power_mw,
+# memory_mib, duration_ms, ...): the base unit goes in the name and the conversion in the code.
+NON_BASE_UNITS = re.compile(
+    r"_(hz|khz|mhz|ghz|kb|mb|gb|kib|mib|gib|kbps|mbps|ms|us|ns|milliseconds|microseconds|minutes|hours|days"
+    r"|mw|kw|milliwatts|mj|kj|millijoules|percent|pct|fahrenheit|kelvin)(_|$)"
+)
+
+
 def test_metric_names_follow_the_conventions():
     for spec in catalog.all_metrics():
         assert re.fullmatch(r"(nvidia_gpu|kube_gpu_exporter)_[a-z0-9_]+", spec.name), spec.name
         assert spec.name.endswith("_total") == (spec.kind == "counter"), spec.name
+        assert not NON_BASE_UNITS.search(spec.name), f"{spec.name}: use the base unit (hertz, bytes, seconds...)"
+
+
+def test_the_unit_check_catches_what_it_is_for():
+    for bad in ("nvidia_gpu_clock_hz", "nvidia_gpu_memory_used_mib", "x_latency_ms_total", "x_power_mw"):
+        assert NON_BASE_UNITS.search(bad), bad
+    for good in ("nvidia_gpu_clock_hertz", "nvidia_gpu_memory_used_bytes", "nvidia_gpu_power_watts"):
+        assert not NON_BASE_UNITS.search(good), good
+
+
+def test_attribution_queries_are_the_ones_promtool_tests():
+    documented = [q.strip() for q in re.findall(r"```promql\n(.*?)```", (ROOT / "docs" / "attribution.md").read_text(),
+                                                re.S)]
+    spec = yaml.safe_load((ROOT / "tests" / "promql" / "attribution.yaml").read_text())
+    tested = [t["expr"].strip() for group in spec["tests"] for t in group["promql_expr_test"]]
+    assert documented == tested, "docs/attribution.md and tests/promql/attribution.yaml differ"
+
+
+def test_attribution_queries_hold_in_every_allocation_mode():
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs the Debian package prometheus"
+    result = subprocess.run([promtool, "test", "rules", str(ROOT / "tests" / "promql" / "attribution.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_readme_documents_every_flag():

@@ -1,4 +1,5 @@
-"""The loop's side of a backend: deadlines, one GPU failing alone, bounded threads, init retry.
+"""The loop's side of a backend: deadlines, one GPU failing alone, bounded threads, init retry,
+identity kept while a GPU is down.
 
 These use a small in-test backend that follows our ``GpuBackend`` protocol, so that hangs and
 failures can be timed exactly; the same behaviours through the real pynvml on the fake NVML
@@ -12,9 +13,9 @@ import threading
 import time
 
 from exporter import catalog
-from exporter.backend import BackendUnavailable
+from exporter.backend import BackendUnavailable, GpuReadError
 from exporter.gpu_collector import GpuCollector
-from exporter.snapshot import Gpu, Sample
+from exporter.snapshot import Gpu, GpuIdentity, MigDevice, Sample
 
 
 class ScriptedBackend:
@@ -25,13 +26,17 @@ class ScriptedBackend:
         self.fail_start = 0
         self.starts = 0
         self.broken: set[int] = set()
+        self.unidentifiable: set[int] = set()
         self.hang = threading.Event()
         self.hung_gpu: int | None = None
         self.reads: dict[int, int] = {}
+        self.identified: dict[int, int] = {}
         self.temperature = 40.0
+        self.migs: dict[int, tuple[MigDevice, ...]] = {}
         self.xids: dict[tuple[str, int], int] = {}
         self.count_hang = threading.Event()
         self.count_hangs = False
+        self.count_fails = False
         self.stop_hang = threading.Event()
         self.stops = 0
         self.start_hang = threading.Event()
@@ -48,7 +53,18 @@ class ScriptedBackend:
     def device_count(self) -> int:
         if self.count_hangs:
             self.count_hang.wait(10)
+        if self.count_fails:
+            raise RuntimeError("NVML_ERROR_UNKNOWN")
         return self.count
+
+    def identify(self, index: int) -> GpuIdentity:
+        self.identified[index] = self.identified.get(index, 0) + 1
+        if index in self.unidentifiable:
+            raise GpuReadError(f"GPU {index}: uuid: GPU is lost", "gpu_is_lost")
+        return GpuIdentity(index, f"GPU-{index}", index, {"model": "H100"})
+
+    def error_counts(self) -> dict[str, int]:
+        return {}
 
     def xid_counts(self) -> dict[tuple[str, int], int]:
         return dict(self.xids)
@@ -58,8 +74,9 @@ class ScriptedBackend:
         if index == self.hung_gpu:
             self.hang.wait(10)
         if index in self.broken:
-            raise RuntimeError("GPU is lost")
-        return Gpu(index=index, uuid=f"GPU-{index}", samples=(Sample(catalog.TEMPERATURE, self.temperature),))
+            raise GpuReadError(f"GPU {index}: temperature: GPU is lost", "gpu_is_lost")
+        return Gpu(index=index, uuid=f"GPU-{index}", minor_number=index, info={"model": "H100"},
+                   samples=(Sample(catalog.TEMPERATURE, self.temperature),), mig_devices=self.migs.get(index, ()))
 
     def stop(self) -> None:
         self.stops += 1
@@ -80,46 +97,90 @@ def temps(snapshot):
     return {g.index: g.samples[0].value if g.samples else None for g in snapshot.gpus}
 
 
-async def test_a_broken_gpu_costs_only_its_own_series():
+def collector_for(backend, timeout: float = 1.0, hold_seconds: float = 60.0, clock=None) -> GpuCollector:
+    if clock is None:
+        return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds)
+    return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds, monotonic=lambda: clock[0])
+
+
+async def test_a_broken_gpu_costs_only_its_own_series_and_is_counted_once():
     backend = ScriptedBackend()
-    collector = GpuCollector(backend, timeout=1)
+    collector = collector_for(backend)
     await collector.collect()
     backend.broken.add(1)
     snapshot = await collector.collect()
     assert [g.up for g in snapshot.gpus] == [True, False, True]
-    assert snapshot.gpus[1].uuid == "GPU-1"  # remembered from the last good read
+    assert snapshot.gpus[1].uuid == "GPU-1" and snapshot.gpus[1].info == {"model": "H100"}
     assert "lost" in snapshot.gpus[1].error
     assert temps(snapshot)[0] == temps(snapshot)[2] == 40.0
+    assert collector.errors["gpu_is_lost"] == 1 and sum(collector.errors.values()) == 1
     backend.broken.clear()
     snapshot = await collector.collect()
     assert all(g.up for g in snapshot.gpus)
 
 
-async def test_a_hung_gpu_keeps_its_last_readings_marked_stale_and_gets_one_thread():
+async def test_a_gpu_lost_before_its_first_good_read_keeps_the_identity_read_first():
     backend = ScriptedBackend()
-    collector = GpuCollector(backend, timeout=0.2)
+    backend.broken.add(1)
+    snapshot = await collector_for(backend).collect()
+    gpu = snapshot.gpus[1]
+    assert (gpu.up, gpu.uuid, gpu.minor_number, gpu.info) == (False, "GPU-1", 1, {"model": "H100"})
+
+
+async def test_identity_is_read_once_and_a_gpu_never_identified_has_no_uuid():
+    backend = ScriptedBackend()
+    backend.unidentifiable.add(2)
+    collector = collector_for(backend)
+    for _ in range(3):
+        snapshot = await collector.collect()
+    assert backend.identified == {0: 1, 1: 1, 2: 3}  # retried only while it fails
+    assert (snapshot.gpus[2].up, snapshot.gpus[2].uuid) == (False, "")
+    backend.unidentifiable.clear()
+    snapshot = await collector.collect()
+    assert (snapshot.gpus[2].up, snapshot.gpus[2].uuid) == (True, "GPU-2")
+
+
+async def test_a_failing_mig_gpu_keeps_its_instances_without_readings():
+    backend = ScriptedBackend()
+    mig = MigDevice("MIG-a", 1, 0, "3g.40gb", samples=(Sample(catalog.MIG_MEMORY_USED, 5.0),))
+    backend.migs[2] = (mig,)
+    collector = collector_for(backend)
+    await collector.collect()
+    backend.broken.add(2)
+    snapshot = await collector.collect()
+    (kept,) = snapshot.gpus[2].mig_devices
+    assert (kept.uuid, kept.gpu_instance_id, kept.profile, kept.samples) == ("MIG-a", 1, "3g.40gb", ())
+
+
+async def test_a_hung_gpu_is_down_with_its_last_readings_for_a_bounded_time_and_gets_one_thread():
+    clock = [1000.0]
+    backend = ScriptedBackend()
+    collector = collector_for(backend, timeout=0.2, hold_seconds=25, clock=clock)
     await collector.collect()
     backend.hung_gpu, backend.temperature = 2, 55.0
     try:
         for _ in range(3):
+            clock[0] += 10
             snapshot = await collector.collect()
-            assert snapshot.stale
-            assert temps(snapshot) == {0: 55.0, 1: 55.0, 2: 40.0}  # GPU 2 keeps its old reading
-            assert [g.up for g in snapshot.gpus] == [True, True, False]  # ... and is down
+            held = clock[0] - 1000 <= 25  # the readings are held, then dropped
+            assert snapshot.stale and snapshot.taken == (1000.0 if held else clock[0])
+            assert [g.up for g in snapshot.gpus] == [True, True, False]
+            assert temps(snapshot) == {0: 55.0, 1: 55.0, 2: 40.0 if held else None}
+        assert snapshot.gpus[2].uuid == "GPU-2"  # the identity stays
         assert backend.reads[2] == 2  # one good read, then one that hangs: never a pile of threads
         assert collector.errors["timeout"] == 3
     finally:
         backend.hang.set()
     backend.hung_gpu = None
-    snapshot = await collector.collect()
-    assert not snapshot.stale and temps(snapshot)[2] == 55.0
+    snapshot = await collect_until(collector, lambda s: not s.stale)
+    assert temps(snapshot)[2] == 55.0 and snapshot.taken == clock[0]
 
 
 async def test_backend_that_cannot_start_is_retried_with_backoff_and_recovers():
     clock = [1000.0]
     backend = ScriptedBackend()
     backend.fail_start = 2
-    collector = GpuCollector(backend, timeout=1, monotonic=lambda: clock[0])
+    collector = collector_for(backend, clock=clock)
     snapshot = await collector.collect()
     assert snapshot.gpus == () and not collector.state.up
     assert "driver not loaded" in collector.state.error
@@ -134,37 +195,68 @@ async def test_backend_that_cannot_start_is_retried_with_backoff_and_recovers():
     clock[0] += 1.0
     snapshot = await collector.collect()
     assert backend.starts == 3 and collector.state.up and len(snapshot.gpus) == 3
+    assert collector.errors["init"] == 2
 
 
 async def test_device_count_failure_reports_known_gpus_down_and_restarts():
     backend = ScriptedBackend(count=2)
-    collector = GpuCollector(backend, timeout=1)
+    collector = collector_for(backend)
     await collector.collect()
-
-    def broken_count() -> int:
-        raise RuntimeError("NVML_ERROR_UNKNOWN")
-
-    backend.device_count = broken_count  # type: ignore[method-assign]
+    backend.count_fails = True
     backend.xids = {("GPU-1", 79): 2}
     started = time.monotonic()
     snapshot = await collector.collect()  # backend.stop() blocks: it must not block the loop
     assert time.monotonic() - started < 1
     assert [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
-    assert not collector.state.up
+    assert not collector.state.up and collector.errors["restart"] == 1
     # XIDs stay visible while the GPUs are down: 79 comes right before a GPU falls off the bus.
-    assert [(s.metric, s.value, s.labels) for s in snapshot.gpus[1].samples] == [(catalog.XID_ERRORS, 2, ("79",))]
+    assert snapshot.xids == {("GPU-1", 79): 2}
     backend.stop_hang.set()
 
 
+async def test_a_gpu_that_leaves_the_device_count_is_forgotten():
+    clock = [1000.0]
+    backend = ScriptedBackend(count=3)
+    backend.stop_hang.set()
+    collector = collector_for(backend, clock=clock)
+    await collector.collect()
+    backend.count = 2
+    snapshot = await collector.collect()
+    assert [g.uuid for g in snapshot.gpus] == ["GPU-0", "GPU-1"]
+    backend.count_fails = True  # NVML fails: the known GPUs are reported down, the gone one not
+    snapshot = await collector.collect()
+    assert [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
+
+
+async def test_a_hung_read_of_a_gpu_that_left_and_came_back_does_not_start_a_second_thread():
+    backend = ScriptedBackend(count=3)
+    collector = collector_for(backend, timeout=0.1)
+    await collector.collect()
+    backend.hung_gpu = 2
+    try:
+        await collector.collect()  # GPU 2's read hangs
+        backend.count = 2
+        await collector.collect()  # GPU 2 leaves the count while its read still hangs
+        backend.count = 3
+        snapshot = await collector.collect()  # ... and comes back
+        assert backend.reads[2] == 2
+        assert snapshot.stale and not snapshot.gpus[2].up
+    finally:
+        backend.hang.set()
+    backend.hung_gpu = None
+    snapshot = await collect_until(collector, lambda s: not s.stale)
+    assert snapshot.gpus[2].up
+
+
 async def test_a_node_without_gpus_still_collects():
-    collector = GpuCollector(ScriptedBackend(count=0), timeout=1)
+    collector = collector_for(ScriptedBackend(count=0))
     snapshot = await collector.collect()
     assert snapshot.gpus == () and collector.state.up
 
 
 async def test_a_hung_device_count_serves_the_last_readings_stale_and_starts_no_second_call():
     backend = ScriptedBackend(count=2)
-    collector = GpuCollector(backend, timeout=0.2)
+    collector = collector_for(backend, timeout=0.2)
     await collector.collect()
     backend.count_hangs = True
     try:
@@ -182,19 +274,19 @@ async def test_a_hung_device_count_serves_the_last_readings_stale_and_starts_no_
     assert all(g.up for g in snapshot.gpus)
 
 
-async def test_xid_counts_are_added_to_their_gpus():
+async def test_xid_counts_come_with_the_snapshot_even_for_gpus_that_are_down():
     backend = ScriptedBackend(count=2)
-    backend.xids = {("GPU-0", 13): 1, ("GPU-0", 79): 3, ("GPU-gone", 48): 1}
-    snapshot = await GpuCollector(backend, timeout=1).collect()
-    xids = {(g.index, s.labels, s.value) for g in snapshot.gpus for s in g.samples if s.metric is catalog.XID_ERRORS}
-    assert xids == {(0, ("13",), 1), (0, ("79",), 3)}
+    backend.broken.add(0)
+    backend.xids = {("GPU-0", 79): 3}
+    snapshot = await collector_for(backend).collect()
+    assert snapshot.xids == {("GPU-0", 79): 3} and not snapshot.gpus[0].up
 
 
 async def test_a_hung_nvml_init_holds_one_thread_however_often_the_cycle_retries():
     clock = [1000.0]
     backend = ScriptedBackend()
     backend.start_hangs = True
-    collector = GpuCollector(backend, timeout=0.05, monotonic=lambda: clock[0])
+    collector = collector_for(backend, timeout=0.05, clock=clock)
     try:
         for _ in range(5):
             await collector.collect()
@@ -211,12 +303,8 @@ async def test_restarts_after_count_failures_back_off_exponentially():
     clock = [1000.0]
     backend = ScriptedBackend()
     backend.stop_hang.set()
-
-    def broken_count() -> int:
-        raise RuntimeError("NVML_ERROR_UNKNOWN")
-
-    backend.device_count = broken_count  # type: ignore[method-assign]
-    collector = GpuCollector(backend, timeout=1, monotonic=lambda: clock[0])
+    backend.count_fails = True
+    collector = collector_for(backend, clock=clock)
     starts_at = []
     for _ in range(40):  # 40 s of cycles, one a second
         before = backend.starts
@@ -227,3 +315,19 @@ async def test_restarts_after_count_failures_back_off_exponentially():
     # Each restart waits twice as long as the one before: 1, 2, 4, 8, 16 s apart.
     gaps = [b - a for a, b in zip(starts_at, starts_at[1:])]
     assert gaps[:4] == [1, 2, 4, 8]
+
+
+async def test_going_down_and_coming_back_is_logged_once_each(caplog):
+    backend = ScriptedBackend()
+    collector = collector_for(backend)
+    await collector.collect()
+    backend.broken.add(1)
+    with caplog.at_level("INFO", logger="exporter.gpu_collector"):
+        for _ in range(3):
+            await collector.collect()
+        backend.broken.clear()
+        for _ in range(2):
+            await collector.collect()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("GPU 1 (GPU-1) is down" in m for m in messages) == 1
+    assert sum("GPU 1 (GPU-1) is back" in m for m in messages) == 1

@@ -23,14 +23,12 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from .. import vocabulary
 from ..snapshot import ContainerDevices, PodResources
 from .podresources.v1 import api_pb2
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET_PATH = "/var/lib/kubelet/pod-resources/kubelet.sock"
-DEFAULT_RESOURCE_NAMES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
-DEFAULT_RESOURCE_PREFIXES: tuple[str, ...] = ("nvidia.com/mig-",)
 
 # The kubelet answers List with up to 16 MiB (its own send limit); grpc's default receive limit
 # is 4 MiB, which a large node with many pods and CPU/memory assignments can exceed.
@@ -88,12 +86,15 @@ class PodResourcesClient:
     ``resource_prefixes`` (MIG ``mixed`` strategy: ``nvidia.com/mig-1g.10gb``, ...).
     """
 
+    #: Kinds of the errors this client raises, for kube_gpu_exporter_collector_errors_total.
+    ERROR_KINDS: tuple[str, ...] = tuple(sorted(KubeletError.KINDS))
+
     def __init__(
         self,
-        socket_path: str = DEFAULT_SOCKET_PATH,
+        socket_path: str = vocabulary.DEFAULT_POD_RESOURCES_SOCKET,
         timeout_seconds: float = 5.0,
-        resource_names: tuple[str, ...] = DEFAULT_RESOURCE_NAMES,
-        resource_prefixes: tuple[str, ...] = DEFAULT_RESOURCE_PREFIXES,
+        resource_names: tuple[str, ...] = vocabulary.DEFAULT_RESOURCE_NAMES,
+        resource_prefixes: tuple[str, ...] = vocabulary.DEFAULT_RESOURCE_PREFIXES,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be > 0")

@@ -1,0 +1,189 @@
+"""The agent's cycle: what survives a kubelet or API-server blip, what is present from the start,
+what is logged. Runs the real Agent and Renderer on an in-test backend and scripted sources."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from e2e import samples, value
+
+from exporter import catalog
+from exporter.agent import Agent
+from exporter.config import parse_config
+from exporter.snapshot import ContainerDevices, Gpu, GpuIdentity, PodMeta, PodResources, Sample
+
+GPU = "GPU-00000000-1111-2222-3333-444444444444"
+
+
+class OneGpu:
+    simulated = False
+
+    def __init__(self) -> None:
+        self.xids: dict[tuple[str, int], int] = {}
+
+    def start(self) -> None:
+        pass
+
+    def device_count(self) -> int:
+        return 1
+
+    def identify(self, index: int) -> GpuIdentity:
+        return GpuIdentity(index, GPU, index, {"model": "H100"})
+
+    def read_gpu(self, index: int) -> Gpu:
+        return Gpu(index=0, uuid=GPU, info={"model": "H100"},
+                   samples=(Sample(catalog.UTILIZATION, 0.5), Sample(catalog.MEMORY_USED, 1e9)))
+
+    def xid_counts(self) -> dict[tuple[str, int], int]:
+        return dict(self.xids)
+
+    def error_counts(self) -> dict[str, int]:
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+
+class Unavailable(Exception):
+    kind = "unavailable"
+
+
+class Kubelet:
+    ERROR_KINDS = ("unavailable", "timeout")
+
+    def __init__(self) -> None:
+        self.down = False
+        self.pods = ["train-0"]
+
+    async def list_resources(self) -> PodResources:
+        if self.down:
+            raise Unavailable("socket gone")
+        return PodResources(tuple(ContainerDevices("ml", pod, "c", "nvidia.com/gpu", (GPU,)) for pod in self.pods))
+
+    async def close(self) -> None:
+        pass
+
+
+class Watch:
+    def __init__(self) -> None:
+        self.connected = True
+        self.known = {"u1": PodMeta("ml", "train-0", "u1", "CronJob", "train")}
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def wait_synced(self, timeout: float) -> bool:
+        return True
+
+    def pods(self):
+        return dict(self.known)
+
+    def error_counts(self) -> dict[str, int]:
+        return {"unavailable": 0}
+
+
+def make_agent(grace: str, **sources) -> Agent:
+    config = parse_config(["--collector.interval", "10", "--attribution.grace-period", grace], environ={})
+    return Agent(config, OneGpu(), process_owners=lambda pids: {}, **sources)
+
+
+async def scrape(agent: Agent) -> str:
+    return (await agent.collect_once()).text.decode()
+
+
+async def test_a_kubelet_blip_keeps_the_last_allocations_within_the_grace_period():
+    kubelet = Kubelet()
+    agent = make_agent("60", pod_resources=kubelet)
+    before = samples(await scrape(agent), "nvidia_gpu_allocation_info")
+    kubelet.down = True
+    body = await scrape(agent)
+    assert samples(body, "nvidia_gpu_allocation_info") == before
+    assert value(body, "kube_gpu_exporter_collector_success", collector="kubelet") == 0
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="unavailable") == 1
+    # A pod that ended while the kubelet was away is gone at the first good answer.
+    kubelet.down, kubelet.pods = False, ["train-1"]
+    body = await scrape(agent)
+    assert [labels["pod"] for labels, _ in samples(body, "nvidia_gpu_allocation_info")] == ["train-1"]
+
+
+async def test_after_the_grace_period_the_allocations_go():
+    kubelet = Kubelet()
+    agent = make_agent("0", pod_resources=kubelet)
+    assert samples(await scrape(agent), "nvidia_gpu_allocation_info")
+    kubelet.down = True
+    body = await scrape(agent)
+    assert not samples(body, "nvidia_gpu_allocation_info")
+    assert not samples(body, "nvidia_gpu_container_utilization_ratio")
+    assert value(body, "nvidia_gpu_utilization_ratio", uuid=GPU) == 0.5  # device series never depend on it
+
+
+async def test_workloads_survive_an_api_server_blip_for_the_grace_period_only():
+    watch = Watch()
+    kept = make_agent("60", pod_resources=Kubelet(), pod_metadata=watch)
+    await scrape(kept)
+    watch.connected, watch.known = False, {}
+    (labels, _), = samples(await scrape(kept), "nvidia_gpu_allocation_info")
+    assert (labels["workload_kind"], labels["workload"]) == ("CronJob", "train")
+
+    watch = Watch()
+    dropped = make_agent("0", pod_resources=Kubelet(), pod_metadata=watch)
+    await scrape(dropped)
+    watch.connected = False
+    (labels, _), = samples(await scrape(dropped), "nvidia_gpu_allocation_info")
+    assert (labels["workload_kind"], labels["workload"]) == ("", "")
+
+
+async def test_device_series_carry_no_pod_labels_and_the_holder_gets_the_devices_usage():
+    body = await scrape(make_agent("60", pod_resources=Kubelet(), pod_metadata=Watch()))
+    for labels, _ in samples(body, ""):
+        if labels["__name__"].startswith("nvidia_gpu_") and "container" not in labels["__name__"] \
+                and "allocation" not in labels["__name__"]:
+            assert not {"namespace", "pod", "container"} & set(labels), labels
+    assert value(body, "nvidia_gpu_container_utilization_ratio", pod="train-0", uuid=GPU) == 0.5
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod="train-0", uuid=GPU) == 1e9
+
+
+async def test_counters_alerts_watch_exist_before_their_first_event():
+    backend = OneGpu()
+    agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(), process_owners=lambda p: {})
+    body = await scrape(agent)
+    assert value(body, "nvidia_gpu_xid_events_total", uuid=GPU) == 0
+    assert not samples(body, "nvidia_gpu_xid_errors_total")
+    for collector, kind in [("kubelet", "unknown_device_id"), ("kubelet", "unavailable"), ("nvml", "gpu_is_lost"),
+                            ("nvml", "timeout"), ("procfs", "read")]:
+        assert value(body, "kube_gpu_exporter_collector_errors_total", collector=collector, kind=kind) == 0
+    backend.xids = {(GPU, 79): 1}
+    body = await scrape(agent)
+    assert value(body, "nvidia_gpu_xid_events_total", uuid=GPU) == 1
+    assert value(body, "nvidia_gpu_xid_errors_total", uuid=GPU, xid="79") == 1
+
+
+async def test_losing_and_regaining_the_kubelet_is_logged_once_each(caplog):
+    kubelet = Kubelet()
+    agent = make_agent("60", pod_resources=kubelet)
+    await scrape(agent)
+    with caplog.at_level(logging.INFO, logger="exporter.agent"):
+        kubelet.down = True
+        for _ in range(3):
+            await scrape(agent)
+        kubelet.down = False
+        for _ in range(3):
+            await scrape(agent)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("pod-resources API lost" in m for m in messages) == 1
+    assert sum("pod-resources API answers again" in m for m in messages) == 1
+
+
+@pytest.mark.parametrize("flag", ["--no-kubelet.enabled", "--kubernetes.enabled"])
+def test_simulated_sources_follow_the_kubelet_and_kubernetes_flags(flag):
+    from exporter.cli import build_agent
+
+    agent = build_agent(parse_config(["--simulate", flag], environ={}))
+    if flag == "--no-kubelet.enabled":
+        assert agent.pod_resources is None and agent.pod_metadata is None
+    else:
+        assert agent.pod_resources is not None and agent.pod_metadata is not None
