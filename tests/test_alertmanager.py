@@ -1,0 +1,484 @@
+"""The push path: which alerts a cycle makes (EventTracker), and their delivery to a real
+Alertmanager (Debian's prometheus-alertmanager, on a loopback port) with auth, TLS, retries and a
+bounded queue. ``Alertmanager`` and ``Webhook`` are shared with tests/test_alerting_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import bcrypt
+import pytest
+from aiohttp import web
+
+from e2e import AgentProcess, free_port, samples
+from exporter import catalog
+from exporter.alerting.events import EventTracker
+from exporter.alerting.notifier import AlertmanagerNotifier
+from exporter.attribution import Attribution, Holder
+from exporter.config import parse_config
+from exporter.snapshot import Gpu, GpuSnapshot, MigDevice, Sample
+
+NODE = "gpu-node-1"
+GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
+
+
+# -- real binaries -------------------------------------------------------------------------------
+
+
+def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll until ``condition()`` is truthy; fail naming ``what`` if it never is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+async def until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
+    """``eventually`` for a coroutine function run on the event loop (the notifier lives there)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Stop a binary the test started, by its pid: SIGTERM, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Alertmanager:
+    """``prometheus-alertmanager`` on a free loopback port with its own config and storage."""
+
+    def __init__(self, directory: Path, config: str, *, web_config: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, auth: str | None = None) -> None:
+        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+        assert binary, "alertmanager is missing: `make test` installs the Debian package prometheus-alertmanager"
+        self.port = free_port()
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
+        self.ssl_context = ssl_context
+        self.headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+        (directory / "alertmanager.yml").write_text(config)
+        command = [binary, f"--config.file={directory / 'alertmanager.yml'}",
+                   f"--storage.path={directory / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                   "--cluster.listen-address=", "--log.level=warn"]
+        if web_config is not None:
+            (directory / "am-web.yml").write_text(web_config)
+            command.append(f"--web.config.file={directory / 'am-web.yml'}")
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, text=True)
+        eventually(lambda: self._get("/-/ready") is not None, "alertmanager to be ready")
+
+    def _get(self, path: str) -> Any:
+        if self.process.poll() is not None:
+            self._log.seek(0)
+            raise AssertionError(f"alertmanager exited: {self._log.read()}")
+        request = urllib.request.Request(self.url + path, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=self.ssl_context) as response:
+                body = response.read()
+                return json.loads(body) if body.startswith((b"[", b"{")) else body
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def alerts(self, **match: str) -> list[dict[str, Any]]:
+        """Active alerts whose labels include ``match``."""
+        return [a for a in self._get("/api/v2/alerts") or []
+                if all(a["labels"].get(k) == v for k, v in match.items())]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+class Webhook:
+    """An HTTP receiver in a thread: Alertmanager's webhook notifications, in order."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.notifications = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+NULL_RECEIVER = 'route: {receiver: "null", group_wait: 0s}\nreceivers: [{name: "null"}]\n'
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    started: list[Alertmanager] = []
+
+    def start(config: str = NULL_RECEIVER, **kw: Any) -> Alertmanager:
+        started.append(Alertmanager(tmp_path, config, **kw))
+        return started[-1]
+
+    yield start
+    for am in started:
+        am.stop()
+
+
+# -- cycles -> alerts ----------------------------------------------------------------------------
+
+
+def gpu(index: int, uuid: str, *, up: bool = True, uncorrected: float | None = 0, migs: tuple[MigDevice, ...] = ()) -> Gpu:
+    readings = () if uncorrected is None else (Sample(catalog.ECC_ERRORS, uncorrected, ("uncorrected",)),)
+    return Gpu(index, uuid, up=up, samples=readings if up else (), mig_devices=migs)
+
+
+def holder(namespace: str, pod: str, container: str = "main") -> Holder:
+    return Holder(namespace, pod, container, "nvidia.com/gpu", False, "Job", "train")
+
+
+def labels_of(active) -> list[dict[str, str]]:
+    return sorted((dict(a.labels) for a in active.values()), key=lambda d: sorted(d.items()))
+
+
+def test_a_reset_tier_xid_is_an_alert_for_the_event_window_with_the_rules_label_set():
+    tracker = EventTracker(NODE, {"cluster": "prod"}, event_window=600)
+    held = Attribution(holders={GPU0: (holder("ml", "train-0"),)})
+    snapshot = GpuSnapshot((gpu(0, GPU0), gpu(1, GPU1)), 0.0, xids={(GPU0, 62): 1, (GPU1, 13): 4})
+
+    active = tracker.update(snapshot, held, now=1000.0)
+    assert labels_of(active) == [{"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE,
+                                  "gpu": "0", "uuid": GPU0, "xid": "62", "namespace": "ml", "pod": "train-0",
+                                  "cluster": "prod"}]  # XID 13 is application-tier: not pushed
+    (alert,) = active.values()
+    assert alert.annotations["description"] == (
+        f"GPU 0 ({GPU0}) on node {NODE} reported XID 62: the GPU needs a reset (drain the node, then "
+        "nvidia-smi -r) before it can be trusted again. It is held by pod ml/train-0.")
+    assert alert.annotations["runbook_url"].endswith("runbooks.md#gpuxidresetrequired")
+
+    assert tracker.update(snapshot, held, now=1500.0)[alert.key].starts_at == 1000.0  # still active, same start
+    assert tracker.update(snapshot, held, now=1601.0) == {}  # no new event within the window
+    again = GpuSnapshot(snapshot.gpus, 0.0, xids={(GPU0, 62): 2})
+    assert list(tracker.update(again, held, now=1700.0)) == [alert.key]  # the next event: active again
+
+
+def test_a_gpu_held_by_several_pods_is_labelled_without_pod_and_one_pod_on_two_mig_instances_with_it():
+    migs = (MigDevice("MIG-a", 1, 0, "3g.40gb"), MigDevice("MIG-b", 2, 0, "3g.40gb"))
+    snapshot = GpuSnapshot((gpu(0, GPU0), gpu(1, GPU1, migs=migs)), 0.0, xids={(GPU0, 79): 1, (GPU1, 48): 1})
+    attribution = Attribution(holders={
+        GPU0: (holder("lab", "nb-a"), holder("lab", "nb-b")),
+        "MIG-a": (holder("ml", "eval-0", "a"),), "MIG-b": (holder("ml", "eval-0", "b"),)})
+    active = EventTracker(NODE, {}, 600).update(snapshot, attribution, now=1.0)
+    assert labels_of(active) == [
+        {"alertname": "GpuXidRebootRequired", "severity": "critical", "node": NODE, "gpu": "0", "uuid": GPU0,
+         "xid": "79"},
+        {"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE, "gpu": "1", "uuid": GPU1,
+         "xid": "48", "namespace": "ml", "pod": "eval-0"},
+    ]
+
+
+def test_uncorrectable_ecc_counts_from_the_first_reading_and_a_lost_gpu_while_it_is_lost():
+    tracker = EventTracker(NODE, {}, 600)
+    none = Attribution()
+
+    def names(*gpus: Gpu, now: float) -> list[tuple[str, str]]:
+        active = tracker.update(GpuSnapshot(gpus, 0.0), none, now)
+        return sorted((a.labels["alertname"], a.labels["uuid"]) for a in active.values())
+
+    assert names(gpu(0, GPU0, uncorrected=3), gpu(1, GPU1), now=0) == []  # errors from before: the baseline
+    assert names(gpu(0, GPU0, uncorrected=4), gpu(1, GPU1, up=False), now=10) == [
+        ("GpuEccUncorrectableErrors", GPU0), ("GpuLost", GPU1)]
+    assert names(gpu(0, GPU0, uncorrected=4), gpu(1, GPU1), now=700) == []  # window over; the GPU is back
+    assert names(gpu(0, GPU0, uncorrected=0), gpu(1, GPU1), now=710) == []  # a driver reload: new baseline
+    assert names(gpu(0, GPU0, uncorrected=1), gpu(1, GPU1), now=720) == [("GpuEccUncorrectableErrors", GPU0)]
+
+
+# -- delivery ---------------------------------------------------------------------------------------
+
+
+def notifier_config(url: str, *extra: str):
+    return parse_config(["--simulate", "--kubernetes.node-name", NODE, "--alertmanager.url", url,
+                         "--alertmanager.label", "cluster=test", "--alertmanager.event-window", "2", *extra],
+                        environ={})
+
+
+def counts(notifier: AlertmanagerNotifier) -> dict[str, float]:
+    (sent, _) = notifier.collect()
+    return {s.labels["result"]: s.value for s in sent.samples if s.name.endswith("_total")}
+
+
+XID = GpuSnapshot((gpu(0, GPU0),), 0.0, xids={(GPU0, 62): 1})
+
+
+async def test_a_pushed_alert_reaches_a_real_alertmanager_and_resolves_there(alertmanager):
+    am = alertmanager()
+    notifier = AlertmanagerNotifier(notifier_config(am.url))
+    await notifier.start()
+    try:
+        notifier.update(XID, Attribution())
+        (alert,) = await asyncio.to_thread(eventually, lambda: am.alerts(alertname="GpuXidResetRequired"),
+                                           "the pushed alert in Alertmanager")
+        assert alert["labels"] == {"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE,
+                                   "gpu": "0", "uuid": GPU0, "xid": "62", "cluster": "test"}
+        assert alert["annotations"]["summary"] == "A GPU reported an XID error that needs a GPU reset."
+
+        await asyncio.to_thread(eventually, lambda: counts(notifier) == {"sent": 1, "failed": 0, "dropped": 0},
+                                "the batch counted as sent")
+
+        async def resolved() -> bool:
+            notifier.update(XID, Attribution())  # the same count: no new event; resolves after the 2 s window
+            return not await asyncio.to_thread(am.alerts, alertname="GpuXidResetRequired")
+
+        await until(resolved, "the alert resolved in Alertmanager")
+        await asyncio.to_thread(eventually, lambda: counts(notifier) == {"sent": 2, "failed": 0, "dropped": 0},
+                                "the resolving batch counted as sent")
+    finally:
+        await notifier.stop()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alertmanager")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "am.crt", directory / "am.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+async def test_basic_auth_and_a_private_ca_from_files(alertmanager, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web_config = f"tls_server_config: {{cert_file: {cert}, key_file: {key}}}\nbasic_auth_users: {{pager: '{hashed}'}}\n"
+    am = alertmanager(web_config=web_config, ssl_context=ssl.create_default_context(cafile=str(cert)),
+                      auth="pager:s3cret")
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("pager:s3cret\n")
+    bad.write_text("pager:wrong\n")
+
+    right = AlertmanagerNotifier(notifier_config(am.url, "--alertmanager.basic-auth-file", str(good),
+                                                 "--alertmanager.tls-ca-file", str(cert)))
+    wrong = AlertmanagerNotifier(notifier_config(am.url, "--alertmanager.basic-auth-file", str(bad),
+                                                 "--alertmanager.tls-ca-file", str(cert)))
+    for n in (right, wrong):
+        await n.start()
+    try:
+        wrong.update(XID, Attribution())
+        await asyncio.to_thread(eventually, lambda: counts(wrong)["failed"] == 1, "a 401 counted as failed")
+        assert am.alerts() == []
+        right.update(XID, Attribution())
+        await asyncio.to_thread(eventually, lambda: am.alerts(alertname="GpuXidResetRequired"), "the alert over TLS")
+        await asyncio.to_thread(eventually, lambda: counts(right)["sent"] == 1, "the batch counted as sent")
+    finally:
+        for n in (right, wrong):
+            await n.stop()
+
+
+async def test_a_bearer_token_is_read_from_its_file_at_each_post(tmp_path):
+    # Alertmanager itself has no bearer-token auth (a proxy in front of it does): a receiver that
+    # records the header stands in for that proxy.
+    seen: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    notifier = AlertmanagerNotifier(notifier_config(f"http://127.0.0.1:{port}",
+                                                    "--alertmanager.bearer-token-file", str(token)))
+    await notifier.start()
+    try:
+        notifier.update(XID, Attribution())
+        await asyncio.to_thread(eventually, lambda: len(seen) == 1, "the first post")
+        token.write_text("rotated\n")
+        notifier.update(GpuSnapshot((gpu(0, GPU0, up=False),), 0.0), Attribution())  # a new alert: a new batch
+        await asyncio.to_thread(eventually, lambda: len(seen) >= 2, "the next post")
+        assert seen[0] == "Bearer first" and seen[-1] == "Bearer rotated"
+    finally:
+        await notifier.stop()
+        await runner.cleanup()
+
+
+async def test_a_hanging_alertmanager_fills_a_bounded_queue_then_drops_and_fails():
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = notifier_config(f"http://127.0.0.1:{port}", "--alertmanager.timeout", "0.3")
+    notifier = AlertmanagerNotifier(config, max_batches=2, attempts=2, backoff=0.05)
+    await notifier.start()
+    try:
+        for n in range(6):  # every update changes the set: six batches of one alert
+            notifier.update(GpuSnapshot((gpu(0, GPU0, up=n % 2 == 0),), 0.0), Attribution())
+        assert counts(notifier)["dropped"] >= 3  # at most two wait, one may be on the wire
+        await asyncio.to_thread(eventually, lambda: counts(notifier)["failed"] >= 1, "a batch failed after retries")
+        (_, queued) = notifier.collect()
+        assert queued.samples[0].value <= 2
+    finally:
+        await notifier.stop()
+        server.close()
+        for writer in accepted:
+            writer.close()
+
+
+def test_the_agent_collects_and_serves_while_alertmanager_hangs(tmp_path):
+    """The agent process, pushing to an Alertmanager that accepts and never answers: cycles go on,
+    scrapes are served, and the failures show in the self-metric."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    scenario = tmp_path / "lost.yaml"
+    scenario.write_text("node: {name: n}\ngpus: [{model: NVIDIA H100 80GB HBM3}]\n"
+                        "faults: {events: [{kind: gpu_lost, at: 1, gpu: 0, duration: 3600}]}\n")
+    agent = AgentProcess(["--simulate", str(scenario), "--kubernetes.node-name", NODE, "--alertmanager.url", url,
+                          "--alertmanager.timeout", "0.5"], env=dict(os.environ), interval=0.2)
+    try:
+        agent.wait_for(lambda b: "kube_gpu_exporter_last_cycle_timestamp_seconds" in b, what="the first cycle")
+        body = agent.after_cycles(5)
+        assert samples(body, "kube_gpu_exporter_alertmanager_notifications_total", alertmanager=url)
+        agent.wait_for(lambda b: any(v >= 1 for _, v in samples(
+            b, "kube_gpu_exporter_alertmanager_queue_length", alertmanager=url)) or any(
+            v >= 1 for _, v in samples(b, "kube_gpu_exporter_alertmanager_notifications_total", result="failed")),
+            what="the stuck alert queued or failed")
+    finally:
+        agent.stop()
+        listener.close()
+
+
+# -- the example configuration ---------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "alerts" / "alertmanager-example.yaml"
+
+
+def _amtool(*args: str) -> subprocess.CompletedProcess:
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool is missing: `make test` installs the Debian package prometheus-alertmanager"
+    return subprocess.run([amtool, *args], capture_output=True, text=True)
+
+
+def test_the_example_configuration_is_valid_and_routes_by_severity():
+    check = _amtool("check-config", str(EXAMPLE))
+    assert check.returncode == 0, check.stdout + check.stderr
+    for severity, receiver in (("critical", "gpu-pager"), ("warning", "gpu-tickets"), ("info", "gpu-info")):
+        route = _amtool("config", "routes", "test", f"--config.file={EXAMPLE}", f"severity={severity}", "node=n")
+        assert route.stdout.strip().splitlines()[-1] == receiver, route.stdout + route.stderr
+
+
+def test_the_example_inhibitions_in_a_real_alertmanager(alertmanager):
+    am = alertmanager(EXAMPLE.read_text())
+    gpu0 = {"cluster": "c", "node": NODE, "gpu": "0", "uuid": GPU0}
+    posted = [
+        {"alertname": "GpuLost", "severity": "critical", **gpu0},
+        {"alertname": "GpuThermalCapping", "severity": "warning", **gpu0},  # same GPU: inhibited
+        {"alertname": "GpuThermalCapping", "severity": "warning", **gpu0, "gpu": "1", "uuid": GPU1},  # another GPU
+        {"alertname": "GpuXidRebootRequired", "severity": "critical", **gpu0, "xid": "79"},  # inhibited by GpuLost too
+        {"alertname": "GpuXidApplicationError", "severity": "info", **gpu0, "gpu": "1", "uuid": GPU1, "xid": "13"},
+    ]
+    request = urllib.request.Request(am.url + "/api/v2/alerts", method="POST", data=json.dumps(
+        [{"labels": labels} for labels in posted]).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=5).close()
+
+    def states() -> dict[tuple[str, str], str]:
+        return {(a["labels"]["alertname"], a["labels"]["gpu"]): a["status"]["state"] for a in am.alerts()}
+
+    expected = {("GpuLost", "0"): "active", ("GpuThermalCapping", "0"): "suppressed",
+                ("GpuThermalCapping", "1"): "active", ("GpuXidRebootRequired", "0"): "suppressed",
+                ("GpuXidApplicationError", "1"): "suppressed"}  # the node's reboot-tier XID inhibits it
+    eventually(lambda: states() == expected, f"inhibitions {expected}")
+
+
+# -- flags -------------------------------------------------------------------------------------------
+
+
+def test_alertmanager_flags_from_the_command_line_and_the_environment():
+    config = parse_config(["--simulate", "--kubernetes.node-name", NODE, "--alertmanager.url", "http://a:9093",
+                           "--alertmanager.url", "https://b:9093/prefix", "--alertmanager.label", "cluster=prod"],
+                          environ={"KUBE_GPU_EXPORTER_ALERTMANAGER_LABEL": "region=eu"})
+    assert config.alertmanager_urls == ("http://a:9093", "https://b:9093/prefix")
+    assert config.alertmanager_labels == (("cluster", "prod"),)  # the command line wins over the variable
+    config = parse_config(["--simulate"], environ={
+        "NODE_NAME": NODE, "KUBE_GPU_EXPORTER_ALERTMANAGER_URL": "http://a:9093, http://b:9093",
+        "KUBE_GPU_EXPORTER_ALERTMANAGER_LABEL": "cluster=prod,region=eu"})
+    assert config.alertmanager_urls == ("http://a:9093", "http://b:9093")
+    assert config.alertmanager_labels == (("cluster", "prod"), ("region", "eu"))
+
+
+def test_every_bad_alertmanager_flag_is_named_and_the_agent_exits_2(tmp_path, capsys):
+    from exporter.cli import main
+
+    token, credentials = tmp_path / "token", tmp_path / "credentials"
+    token.write_text("t")
+    credentials.write_text("no colon")
+    code = main(["--simulate", "--alertmanager.url", "alertmanager:9093", "--alertmanager.label", "node=x",
+                 "--alertmanager.label", "cluster", "--alertmanager.basic-auth-file", str(credentials),
+                 "--alertmanager.bearer-token-file", str(token), "--alertmanager.tls-ca-file", "/nonexistent/ca.pem",
+                 "--alertmanager.timeout", "0", "--alertmanager.event-window", "soon"])
+    assert code == 2
+    err = capsys.readouterr().err
+    for problem in ("--alertmanager.url: 'alertmanager:9093' is not an http(s):// URL",
+                    "--alertmanager.label: 'node' is set by the agent itself",
+                    "--alertmanager.label: 'cluster' is not name=value",
+                    f"--alertmanager.basic-auth-file: {str(credentials)!r} must hold username:password",
+                    "give one of them, not both",
+                    "--alertmanager.tls-ca-file: cannot read '/nonexistent/ca.pem'",
+                    "--alertmanager.timeout: must be greater than 0",
+                    "--alertmanager.event-window: 'soon' is not a number",
+                    "--alertmanager.url: pushed alerts name the node"):
+        assert problem in err, err
