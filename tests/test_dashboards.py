@@ -1,0 +1,274 @@
+"""The Grafana dashboards: lint of the generated JSON, then every panel's queries against a real
+Prometheus that scrapes the agent on a simulated node with pods and faults, then the pictures.
+
+``UPDATE_IMAGES=1`` also writes the rendered dashboards into docs/images/ (``make dashboards-png``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from itertools import combinations
+
+import matplotlib.image
+import pytest
+import yaml
+from e2e import ROOT
+
+from exporter import catalog
+from exporter.alerting import definitions
+
+sys.path.insert(0, str(ROOT / "dashboards"))
+import generate  # noqa: E402
+import live  # noqa: E402
+from alerts.rules import Params, alerts, recording_rules  # noqa: E402
+
+DASHBOARDS = live.dashboards()
+UIDS = {"fleet.json": "kube-gpu-exporter-fleet", "node.json": "kube-gpu-exporter-node",
+        "workload.json": "kube-gpu-exporter-workload"}
+#: Series a query may name that the agent's catalog and the rules do not define: Prometheus' own
+#: (ALERTS, the scrape's duration) and client_python's process metrics of the agent.
+OTHER_SERIES = {"ALERTS", "scrape_duration_seconds", "process_resident_memory_bytes"}
+#: Panels that are empty on the demo node on purpose, and why.
+EMPTY_ON_PURPOSE = {
+    ("workload.json", "Firing alerts on this workload or its GPUs", "A"):
+        "no alert about the research namespace's pods or GPUs fires within a minute: its idle GPU and the "
+        "PCIe replays alert only after their for: (hours, 10 minutes)",
+}
+IMAGES = ROOT / "docs" / "images"
+
+
+def all_panels():
+    for name, dashboard in DASHBOARDS.items():
+        for panel in live.panels(dashboard):
+            yield name, panel
+
+
+def all_exprs():
+    for name, panel in all_panels():
+        for target in panel.get("targets", ()):
+            yield name, panel["title"], target["expr"]
+
+
+# -- Lint -----------------------------------------------------------------------------------------
+
+
+def test_generated_files_are_up_to_date():
+    assert generate.main(["--check"]) == 0, "run: python dashboards/generate.py"
+
+
+def test_three_dashboards_with_stable_uids_and_grafana_10_schema():
+    assert {name: d["uid"] for name, d in DASHBOARDS.items()} == UIDS
+    for dashboard in DASHBOARDS.values():
+        assert dashboard["schemaVersion"] == generate.SCHEMA_VERSION and "id" not in dashboard
+        assert generate.TAG in dashboard["tags"]
+        assert len(dashboard["links"]) == 1 and dashboard["links"][0]["keepTime"]
+        assert dashboard["links"][0]["type"] == "dashboards" and dashboard["links"][0]["tags"] == [generate.TAG]
+
+
+def test_panel_ids_are_unique_and_panels_do_not_overlap():
+    for name, dashboard in DASHBOARDS.items():
+        panels = list(live.panels(dashboard))
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), name
+        for p in panels:
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, (name, p["title"])
+        for a, b in combinations(panels, 2):
+            ga, gb = a["gridPos"], b["gridPos"]
+            overlap = (ga["x"] < gb["x"] + gb["w"] and gb["x"] < ga["x"] + ga["w"]
+                       and ga["y"] < gb["y"] + gb["h"] and gb["y"] < ga["y"] + ga["h"])
+            assert not overlap, (name, a["title"], b["title"])
+
+
+def _datasources(node):
+    if isinstance(node, dict):
+        if "datasource" in node:
+            yield node["datasource"]
+        for value in node.values():
+            yield from _datasources(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasources(value)
+
+
+def test_every_query_uses_the_datasource_variable_and_no_uid_is_hard_coded():
+    for name, dashboard in DASHBOARDS.items():
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        for datasource in _datasources(dashboard["panels"]):
+            assert datasource == {"type": "prometheus", "uid": "${datasource}"}, name
+        for panel in live.panels(dashboard):
+            for target in panel.get("targets", ()):
+                assert target["datasource"]["uid"] == "${datasource}", (name, panel["title"])
+        for variable in variables.values():
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == "${datasource}"
+
+
+_REFERENCE = re.compile(r"\$\{?([A-Za-z_][\w.]*)")
+#: Grafana's own variables and macros the dashboards use.
+BUILTINS = {"__range", "__range_s", "__rate_interval", "__interval", "__url_time_range"}
+
+
+def test_every_referenced_variable_exists():
+    for name, dashboard in DASHBOARDS.items():
+        defined = {v["name"] for v in dashboard["templating"]["list"]}
+        text = json.dumps(dashboard["panels"]) + json.dumps(dashboard["templating"])
+        for ref in set(_REFERENCE.findall(text)):
+            if ref.startswith("__data.fields."):
+                continue  # a table's own column, in a data link
+            assert ref in defined | BUILTINS, f"{name}: ${ref} is not a variable of the dashboard"
+        # cluster is optional: hidden (and All, matching series without the label) unless asked for.
+        cluster = next(v for v in dashboard["templating"]["list"] if v["name"] == "cluster")
+        assert cluster["hide"] == 2 and cluster["includeAll"] and cluster["allValue"] == ".*"
+    shown = generate.build(generate.SPECS[0], multi_cluster=True)
+    assert next(v for v in shown["templating"]["list"] if v["name"] == "cluster")["hide"] == 0
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
+             "bool", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads (functions, labels and keywords left out)."""
+    text = _STRING.sub('""', re.sub(r"\$\{?\w+\}?", "1", expr))  # $__range_s is a number
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = _GROUPING.sub("", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][\w:]*", text):
+        rest = text[match.end():].lstrip()
+        if rest.startswith("(") or match.group() in _KEYWORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def test_metric_names_are_found_in_queries():
+    assert metric_names('sum by (namespace) (rate(a_total{x="b c"}[5m]) * on (uuid) group_left (pod) b_info) '
+                        "or vector(0) unless c") == {"a_total", "b_info", "c"}
+
+
+def test_every_metric_a_query_names_is_produced_by_the_agent_or_the_rules():
+    produced = {m.name for m in catalog.all_metrics()} | dict(recording_rules(Params())).keys() | OTHER_SERIES
+    for name, title, expr in all_exprs():
+        unknown = metric_names(expr) - produced
+        assert not unknown, f"{name} / {title}: {sorted(unknown)} is neither in exporter/catalog.py nor a rule"
+    used_rules = {n for _, _, expr in all_exprs() for n in metric_names(expr) if ":" in n}
+    assert len(used_rules) >= 10, used_rules  # the fleet and workload panels read the rules
+
+
+def _panel(file: str, title: str) -> dict:
+    return next(p for p in live.panels(DASHBOARDS[file]) if p["title"] == title)
+
+
+def test_thresholds_and_units_are_the_alert_rules():
+    p = Params()
+    expected = {  # (dashboard, panel): the alert parameter its thresholds draw
+        ("node.json", "Memory used / total"): p.memory_full_ratio,
+        ("node.json", f"Thermal violation time ({p.capping_window})"): p.thermal_capping_ratio,
+        ("node.json", f"Power violation time ({p.capping_window})"): p.power_capping_ratio,
+        ("node.json", "Margin to slowdown temperature"): p.temperature_margin,
+        ("fleet.json", "Most idle allocated pods"): p.idle_ratio,
+    }
+    for (file, title), value in expected.items():
+        steps = [s["value"] for s in _panel(file, title)["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+        assert value in steps, (file, title, steps)
+    units = {
+        ("node.json", "Utilisation"): "percentunit", ("node.json", "Memory used"): "bytes",
+        ("node.json", "Power"): "watt", ("node.json", "Temperature"): "celsius", ("node.json", "Energy"): "joule",
+        ("node.json", "SM clock"): "hertz", ("fleet.json", "Energy by namespace (time range)"): "joule",
+        ("workload.json", "GPU memory per container"): "bytes",
+        ("workload.json", "Utilisation per container"): "percentunit",
+    }
+    for (file, title), unit in units.items():
+        assert _panel(file, title)["fieldConfig"]["defaults"]["unit"] == unit, (file, title)
+    for name, panel in all_panels():
+        if panel["type"] != "row":
+            assert panel["fieldConfig"]["defaults"]["unit"], (name, panel["title"])
+
+
+def test_the_alerts_panels_select_every_alert_of_the_rules():
+    names = [a.name for a in alerts(Params())]
+    assert names and all(re.fullmatch(generate.ALERT_NAMES, n) for n in names)
+    assert any("ALERTS{" in expr for name, _, expr in all_exprs() if name == "fleet.json")
+    assert any("ALERTS{" in expr for name, _, expr in all_exprs() if name == "workload.json")
+
+
+def test_links_lead_to_the_other_dashboards():
+    urls = re.findall(r'"url": "(/d/[^"?]+)', json.dumps(DASHBOARDS))
+    assert {u.removeprefix("/d/") for u in urls} == set(UIDS.values()) - {"kube-gpu-exporter-fleet"}
+    for name, dashboard in DASHBOARDS.items():
+        linked = re.findall(r"/d/([\w-]+)", json.dumps(dashboard["panels"]))
+        assert set(linked) <= set(UIDS.values()) - {dashboard["uid"]}, name
+
+
+def test_configmap_carries_the_three_dashboards_for_the_sidecar():
+    configmap = yaml.safe_load(generate.CONFIGMAP.read_text())
+    assert configmap["kind"] == "ConfigMap" and configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert {k: json.loads(v) for k, v in configmap["data"].items()} == {
+        f"kube-gpu-exporter-{name}": dashboard for name, dashboard in DASHBOARDS.items()}
+
+
+# -- Live -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with live.DemoNode() as node:
+        span = node.wait(seconds_of_data=20)
+        yield node, span
+
+
+def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
+    node, span = demo
+    empty, checked = [], 0
+    for name, dashboard in DASHBOARDS.items():
+        values = live.resolve_variables(dashboard, node.prometheus)
+        assert values.get("node", live.NODE_NAME) == live.NODE_NAME  # relabelled at scrape time
+        if name == "workload.json":  # a namespace with a time-sliced GPU and an idle one
+            assert values["namespace"] == "research" and values["workload"] == "dev-sandbox|notebook"
+        for target in live.targets(dashboard, values, span):
+            try:
+                result = node.prometheus.query(target.expr)
+            except live.QueryError as error:
+                pytest.fail(f"{name} / {target.panel} ({target.ref}) does not evaluate: {error}\n{target.expr}")
+            checked += 1
+            if not result:
+                empty.append((name, target.panel, target.ref))
+    assert checked == sum(len(p.get("targets", ())) for _, p in all_panels())
+    assert set(empty) == set(EMPTY_ON_PURPOSE), f"empty panels: {empty}"
+
+
+def test_the_demo_node_shows_its_faults(demo):
+    node, _ = demo
+    q = node.prometheus.query
+    assert float(q('sum(nvidia_gpu_up{node="%s"})' % live.NODE_NAME)[0]["value"][1]) == 4  # GPU 4 is lost
+    assert q('nvidia_gpu_clock_event_active{reason="hw_thermal_slowdown"} == 1')
+    assert q(f'ALERTS{{alertname="{definitions.ECC_UNCORRECTABLE.name}", alertstate="firing"}}')
+    assert float(q("sum(node:nvidia_gpu_gpus_idle_allocated:count)")[0]["value"][1]) >= 1
+
+
+def test_render_png_draws_every_dashboard_from_prometheus(demo, tmp_path):
+    node, span = demo
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "dashboards" / "render_png.py"), "--prometheus", node.prometheus.url,
+         "--out", str(tmp_path), "--seconds", str(int(span))],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert written == ["dashboard-fleet.png", "dashboard-node.png", "dashboard-workload.png"]
+    for path in tmp_path.glob("*.png"):
+        image = matplotlib.image.imread(path)
+        assert image.shape[1] == 1600 and image.shape[0] > 800 and image.std() > 0.05, path.name
+        if os.environ.get("UPDATE_IMAGES"):
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, IMAGES / path.name)

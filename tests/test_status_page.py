@@ -1,0 +1,420 @@
+"""The status page (``/``) and its JSON (``/api/v1/status``).
+
+Structure, escaping and the JSON schema through aiohttp's test client on the simulated node; then
+the page as a real browser shows it: headless Chromium loads ``/`` from the agent process, the test
+reads the GPUs and pods off the rendered DOM, and a pod whose names carry HTML is shown as text.
+
+``UPDATE_IMAGES=1`` also writes the screenshots into docs/images/ (``make dashboards-png``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import matplotlib.image
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from e2e import ROOT, AgentProcess
+
+from exporter.cli import build_agent
+from exporter.config import parse_config
+from exporter.server import make_app
+from exporter.simulate import load_scenario
+
+IMAGES = ROOT / "docs" / "images"
+BUILT_IN = load_scenario(None)
+BUILT_IN_PODS = {(p.namespace, p.name) for p in BUILT_IN.pods}
+
+# Names no API server would accept, which is the point: the page must not trust what it shows.
+EVIL_POD = '<script>document.title="owned"</script>'
+EVIL_NAMESPACE = "ns<b>bold</b>"
+EVIL_WORKLOAD = '<img src=x onerror="alert(1)">'
+EVIL_CONTAINER = "c&\"'<i>"
+EVIL_NODE = "node<u>x</u>"
+EVIL_LABEL = "<svg onload=alert(2)>"
+EVIL_SCENARIO = f"""
+node: {{name: evil}}
+gpus:
+  - {{model: "NVIDIA H100 80GB HBM3<br>", load: {{pattern: constant, level: 0.5}}}}
+pods:
+  - namespace: {json.dumps(EVIL_NAMESPACE)}
+    name: {json.dumps(EVIL_POD)}
+    workload: {{kind: Deployment, name: {json.dumps(EVIL_WORKLOAD)}}}
+    labels: {{app: {json.dumps(EVIL_LABEL)}}}
+    containers:
+      - name: {json.dumps(EVIL_CONTAINER)}
+        resource: nvidia.com/gpu
+        devices: [0]
+        processes: [{{memory: 1GiB, utilization: 1.0}}]
+"""
+
+# Faults active from the first second: an XID, a thermal episode, an uncorrected ECC burst, and a
+# GPU lost from the start (so never identified).
+FAULT_SCENARIO = """
+node: {name: faulty}
+gpus:
+  - {model: NVIDIA H100 80GB HBM3, load: {pattern: constant, level: 0.9}}
+  - {model: NVIDIA H100 80GB HBM3, load: {pattern: constant, level: 0.9}}
+  - {model: NVIDIA H100 80GB HBM3}
+  - {model: NVIDIA H100 80GB HBM3}
+faults:
+  events:
+    - {kind: xid, at: 0, gpu: 0, code: 79, count: 2}
+    - {kind: thermal, at: 0, gpu: 1, duration: 3600}
+    - {kind: ecc, at: 0, gpu: 2, uncorrected: 3}
+    - {kind: gpu_lost, at: 0, gpu: 3, duration: 3600}
+"""
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_HOLDER = {
+    "type": "object",
+    "required": ["namespace", "pod", "container", "resource", "shared", "workload_kind", "workload",
+                 "pod_labels", "memory_used_bytes", "utilization_ratio"],
+    # Whatever else attribution knows of a holder comes along (a DRA claim's fields, ...): scripts
+    # must ignore fields they do not know; a field that goes or changes meaning bumps schema_version.
+    "additionalProperties": {"type": "string"},
+    "properties": {
+        **{k: {"type": "string"} for k in ("namespace", "pod", "container", "resource", "workload_kind", "workload")},
+        "shared": {"type": "boolean"},
+        "pod_labels": {"type": "object", "additionalProperties": {"type": "string"},
+                       "propertyNames": {"pattern": "^label_[a-zA-Z0-9_]+$"}},
+        "memory_used_bytes": _NUMBER_OR_NULL,
+        "utilization_ratio": _NUMBER_OR_NULL,
+    },
+}
+#: The contract of /api/v1/status (schema_version 1), as docs/dashboards.md describes it.
+STATUS_SCHEMA = {
+    "type": "object",
+    "required": ["schema_version", "node", "generated_at", "refresh_seconds", "agent", "gpus"],
+    "additionalProperties": False,
+    "properties": {
+        "schema_version": {"const": 1},
+        "node": {"type": "string", "minLength": 1},
+        "generated_at": {"type": "number"},
+        "refresh_seconds": {"type": "integer", "minimum": 1},
+        "agent": {
+            "type": "object",
+            "required": ["version", "simulated", "nvml_up", "collectors", "last_cycle_timestamp",
+                         "cycle_duration_seconds", "gpu_snapshot_age_seconds", "gpu_snapshot_stale", "errors_total"],
+            "additionalProperties": False,
+            "properties": {
+                "version": {"type": "string"},
+                "simulated": {"type": "boolean"},
+                "nvml_up": {"type": "boolean"},
+                "collectors": {
+                    "type": "object",
+                    "required": ["nvml", "kubelet", "kubernetes", "procfs"],
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["enabled", "success", "last_success_timestamp", "duration_seconds"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "enabled": {"type": "boolean"},
+                            "success": {"type": ["boolean", "null"]},
+                            "last_success_timestamp": _NUMBER_OR_NULL,
+                            "duration_seconds": _NUMBER_OR_NULL,
+                        },
+                    },
+                },
+                "last_cycle_timestamp": {"type": "number"},
+                "cycle_duration_seconds": {"type": "number"},
+                "gpu_snapshot_age_seconds": {"type": "number"},
+                "gpu_snapshot_stale": {"type": "boolean"},
+                "errors_total": {"type": "integer", "minimum": 0},
+            },
+        },
+        "gpus": {"type": "array", "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["index", "uuid", "model", "up", "error", "health", "problems", "utilization_ratio",
+                         "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
+                         "temperature_slowdown_celsius", "power_watts", "power_limit_watts", "clock_events_active",
+                         "xid_events", "ecc_errors", "holders", "mig_instances"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "uuid": {"type": "string"},
+                "model": {"type": "string"},
+                "up": {"type": "boolean"},
+                "error": {"type": ["string", "null"]},
+                "health": {"enum": ["ok", "warning", "critical"]},
+                "problems": {"type": "array", "items": {
+                    "type": "object", "required": ["level", "text"], "additionalProperties": False,
+                    "properties": {"level": {"enum": ["warning", "critical"]}, "text": {"type": "string"}},
+                }},
+                **{k: _NUMBER_OR_NULL for k in (
+                    "utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
+                    "temperature_slowdown_celsius", "power_watts", "power_limit_watts")},
+                "clock_events_active": {"type": "array", "items": {"type": "string"}},
+                "xid_events": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1},
+                               "propertyNames": {"pattern": "^[0-9]+$"}},
+                "ecc_errors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                "holders": {"type": "array", "items": _HOLDER},
+                "mig_instances": {"type": "array", "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["uuid", "profile", "gpu_instance_id", "compute_instance_id", "memory_used_bytes",
+                                 "memory_total_bytes", "holders"],
+                    "properties": {
+                        "uuid": {"type": "string", "pattern": "^MIG-"},
+                        "profile": {"type": "string"},
+                        "gpu_instance_id": {"type": "integer"},
+                        "compute_instance_id": {"type": "integer"},
+                        "memory_used_bytes": _NUMBER_OR_NULL,
+                        "memory_total_bytes": _NUMBER_OR_NULL,
+                        "holders": {"type": "array", "items": _HOLDER},
+                    },
+                }},
+            },
+        }},
+    },
+}
+
+
+class Dom(HTMLParser):
+    """The elements of a page (tag, attributes, own text) and its whole visible text."""
+
+    VOID = {"meta", "br", "img", "link", "input", "hr"}
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str], list[str]]] = []
+        self._open: list[list[str]] = []
+        self.texts: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+        text: list[str] = []
+        self.elements.append((tag, {k: v or "" for k, v in attrs}, text))
+        if tag not in self.VOID:
+            self._open.append(text)
+
+    def handle_endtag(self, tag):  # noqa: ANN001
+        if tag not in self.VOID and self._open:
+            self._open.pop()
+
+    def handle_data(self, data):  # noqa: ANN001
+        if self.lasttag != "style":
+            self.texts.append(data)
+        for text in self._open:
+            text.append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.texts).split())
+
+    def find(self, tag: str, **attrs: str) -> list[tuple[dict[str, str], str]]:
+        return [(a, "".join(t)) for name, a, t in self.elements
+                if name == tag and all(k in a and v in a[k].split() for k, v in attrs.items())]
+
+    def tags(self) -> set[str]:
+        return {name for name, _, _ in self.elements}
+
+
+def _client_for(args: list[str]):  # noqa: ANN202
+    agent = build_agent(parse_config(["--collector.interval", "60", *args], environ={}))
+    return agent, TestClient(TestServer(make_app(agent)))
+
+
+@pytest.fixture
+async def built_in():
+    agent, client = _client_for(["--simulate", "--kubernetes.enabled", "--kubernetes.node-name", "gpu-node-h100-01"])
+    async with client:
+        await agent.start_sources(sync_timeout=5)
+        await agent.collect_once()
+        yield client
+    await agent.stop()
+
+
+async def _get(client: TestClient, path: str) -> tuple[int, str, str]:
+    response = await client.get(path)
+    return response.status, response.headers["Content-Type"], await response.text()
+
+
+async def test_page_and_json_are_503_until_the_first_cycle():
+    agent, client = _client_for(["--simulate"])
+    async with client:
+        status, _, body = await _get(client, "/")
+        assert status == 503 and 'href="metrics"' in body
+        status, _, body = await _get(client, "/api/v1/status")
+        assert status == 503 and json.loads(body) == {"error": "no collection has finished yet"}
+        await agent.collect_once()
+        assert (await client.get("/")).status == 200
+        assert (await client.get("/api/v1/status")).status == 200
+    await agent.stop()
+
+
+async def test_page_shows_every_gpu_mig_instance_and_holder(built_in):
+    status, content_type, page = await _get(built_in, "/")
+    assert status == 200 and content_type.startswith("text/html")
+    document = json.loads((await _get(built_in, "/api/v1/status"))[2])
+    dom = Dom(page)
+
+    cards = dom.find("section", **{"class": "card"})
+    assert [a["data-uuid"] for a, _ in cards] == [g["uuid"] for g in document["gpus"]]
+    assert len(cards) == len(BUILT_IN.gpus)
+    for (attrs, text), gpu in zip(cards, BUILT_IN.gpus):
+        assert attrs["id"] == f"gpu-{gpu.index}" and gpu.model in text
+    for namespace, pod in BUILT_IN_PODS:
+        assert pod in dom.text and namespace in dom.text
+    # The time-sliced GPU lists both notebooks; the MIG GPU its four instances, one of them free.
+    shared = cards[1][1]
+    assert "notebook-6d5f7c9b8-k2x7p" in shared and "notebook-6d5f7c9b8-wq9zt" in shared and "shared" in shared
+    mig_card = cards[2][1]
+    for profile in ("3g.40gb", "2g.20gb", "1g.10gb"):
+        assert profile in mig_card
+    assert "nightly-eval" in mig_card and "CronJob" in mig_card and "free" in mig_card
+    # The agent's own state, and links relative to wherever the page is served (port-forward, proxy).
+    assert "gpu-node-h100-01" in dom.text and "simulated" in dom.text
+    for name in ("NVML", "kubelet pod-resources", "API server", "procfs"):
+        assert name in dom.text
+    assert {a["href"] for a, _ in dom.find("a")} == {"metrics", "healthz", "readyz", "api/v1/status"}
+
+
+async def test_page_is_self_contained_refreshing_and_phone_sized(built_in):
+    dom = Dom((await _get(built_in, "/"))[2])
+    assert not dom.tags() & {"script", "link", "img", "iframe", "object"}
+    assert not [a for _, a, _ in dom.elements if "src" in a or any(k.startswith("on") for k in a)]
+    metas = {a.get("name") or a.get("http-equiv"): a["content"] for a, _ in dom.find("meta") if "content" in a}
+    assert metas["viewport"].startswith("width=device-width")
+    assert int(metas["refresh"]) >= 5
+
+
+async def test_json_follows_its_schema_and_says_what_the_page_says(built_in):
+    status, content_type, body = await _get(built_in, "/api/v1/status")
+    assert status == 200 and content_type.startswith("application/json")
+    document = json.loads(body)
+    jsonschema.validate(document, STATUS_SCHEMA)
+    assert document["node"] == "gpu-node-h100-01" and document["agent"]["simulated"] is True
+    assert all(c["enabled"] and c["success"] for c in document["agent"]["collectors"].values())
+    gpus = document["gpus"]
+    assert [g["index"] for g in gpus] == [0, 1, 2, 3]
+    assert {(h["pod"], h["workload_kind"], h["workload"], h["shared"]) for h in gpus[0]["holders"]} == {
+        ("train-llama-0-8xq2v", "Job", "train-llama", False)}
+    notebooks = gpus[1]["holders"]
+    assert sorted(h["pod"] for h in notebooks) == ["notebook-6d5f7c9b8-k2x7p", "notebook-6d5f7c9b8-wq9zt"]
+    assert all(h["shared"] and h["memory_used_bytes"] > 0 for h in notebooks)
+    migs = {m["gpu_instance_id"]: m for m in gpus[2]["mig_instances"]}
+    assert sorted(migs) == [2, 3, 9, 10]
+    assert [h["workload"] for h in migs[2]["holders"]] == ["nightly-eval"] and migs[10]["holders"] == []
+    assert gpus[2]["holders"] == [] and gpus[2]["utilization_ratio"] is None  # NVML has none in MIG mode
+    idle = gpus[3]
+    assert idle["utilization_ratio"] == 0 and [h["pod"] for h in idle["holders"]] == ["dev-sandbox-5b8d7f6c9-r4n2j"]
+    for gpu in gpus:
+        assert gpu["model"] == "NVIDIA H100 80GB HBM3" and gpu["up"] and gpu["memory_total_bytes"] > 0
+        assert gpu["temperature_slowdown_celsius"] > gpu["temperature_celsius"] > 0
+
+
+async def test_faults_show_as_problems_worst_first(tmp_path):
+    scenario = tmp_path / "faults.yaml"
+    scenario.write_text(FAULT_SCENARIO)
+    agent, client = _client_for(["--simulate", str(scenario)])
+    async with client:
+        await agent.collect_once()
+        document = json.loads((await _get(client, "/api/v1/status"))[2])
+        dom = Dom((await _get(client, "/"))[2])
+    await agent.stop()
+    jsonschema.validate(document, STATUS_SCHEMA)
+    xid, thermal, ecc, lost = document["gpus"]
+    assert xid["health"] == "warning" and xid["xid_events"] == {"79": 2}
+    assert "XID 79 x2" in xid["problems"][0]["text"]
+    assert thermal["health"] == "warning" and "hw_thermal_slowdown" in thermal["clock_events_active"]
+    assert any("clocks held down" in p["text"] for p in thermal["problems"])
+    assert ecc["health"] == "critical" and ecc["ecc_errors"]["uncorrected"] == 3
+    assert lost["health"] == "critical" and not lost["up"] and lost["uuid"] == ""
+    assert lost["problems"][0]["level"] == "critical" and "not answering" in lost["problems"][0]["text"]
+    badges = [text for _, text in dom.find("span", **{"class": "health"})]
+    assert badges == ["warning", "warning", "critical", "down"]
+    assert "1 ok" not in dom.text and "0 ok, 2 warning, 2 critical" in dom.text
+    assert "uuid unknown" in dom.text and "no readings while the GPU is down" in dom.text
+
+
+async def test_values_from_pods_are_escaped(tmp_path):
+    scenario = tmp_path / "evil.yaml"
+    scenario.write_text(EVIL_SCENARIO)
+    agent, client = _client_for(["--simulate", str(scenario), "--kubernetes.enabled", "--kubernetes.pod-labels",
+                                 "app", "--kubernetes.node-name", EVIL_NODE])
+    async with client:
+        await agent.start_sources(sync_timeout=5)
+        await agent.collect_once()
+        page = (await _get(client, "/"))[2]
+        document = json.loads((await _get(client, "/api/v1/status"))[2])
+    await agent.stop()
+    assert "<script" not in page and "<img" not in page and "<b>bold" not in page and "<u>" not in page
+    dom = Dom(page)
+    assert not dom.tags() & {"script", "img", "u", "i", "svg"}
+    assert "bold" not in [text for _, text in dom.find("b")]
+    for value in (EVIL_POD, EVIL_NAMESPACE, EVIL_WORKLOAD, EVIL_CONTAINER, EVIL_NODE, "H100 80GB HBM3<br>",
+                  f"app={EVIL_LABEL}"):
+        assert value in dom.text, value
+    holder = document["gpus"][0]["holders"][0]
+    assert (holder["namespace"], holder["pod"], holder["workload"], holder["container"], holder["pod_labels"]) == (
+        EVIL_NAMESPACE, EVIL_POD, EVIL_WORKLOAD, EVIL_CONTAINER, {"label_app": EVIL_LABEL})
+
+
+# -- In a real browser ----------------------------------------------------------------------------
+
+
+def _chromium(tmp_path: Path, *args: str) -> str:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: `make test` installs the Debian package chromium"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def _agent(args: list[str]) -> AgentProcess:
+    agent = AgentProcess(args, env=dict(os.environ), interval=1)
+    agent.wait_for(lambda body: "nvidia_gpu_allocation_info{" in body, what="the first attributed cycle")
+    return agent
+
+
+def test_chromium_shows_the_gpus_and_pods_and_takes_the_screenshot(tmp_path):
+    agent = _agent(["--simulate", "--kubernetes.enabled", "--kubernetes.node-name", "gpu-node-h100-01"])
+    try:
+        dom = Dom(_chromium(tmp_path, "--dump-dom", agent.url + "/"))
+        shots = {name: tmp_path / f"{name}.png" for name in ("status-page", "status-page-phone")}
+        _chromium(tmp_path, "--window-size=1280,1500", f"--screenshot={shots['status-page']}", agent.url + "/")
+        _chromium(tmp_path, "--window-size=412,1900", "--force-device-scale-factor=1",
+                  f"--screenshot={shots['status-page-phone']}", agent.url + "/")
+    finally:
+        agent.stop()
+    cards = dom.find("section", **{"class": "card"})
+    assert len(cards) == len(BUILT_IN.gpus)
+    assert all(BUILT_IN.gpus[0].model in text for _, text in cards)
+    for namespace, pod in BUILT_IN_PODS:
+        assert pod in dom.text and namespace in dom.text
+    assert "gpu-node-h100-01" in dom.text
+    for name, path in shots.items():
+        image = matplotlib.image.imread(path)
+        assert image.shape[1] in (1280, 412) and image.std() > 0.05, f"{name} looks blank"
+        if os.environ.get("UPDATE_IMAGES"):
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, IMAGES / path.name)
+
+
+def test_chromium_shows_html_in_pod_names_as_text(tmp_path):
+    scenario = tmp_path / "evil.yaml"
+    scenario.write_text(EVIL_SCENARIO)
+    agent = _agent(["--simulate", str(scenario), "--kubernetes.enabled", "--kubernetes.pod-labels", "app",
+                    "--kubernetes.node-name", EVIL_NODE])
+    try:
+        dom = Dom(_chromium(tmp_path, "--dump-dom", agent.url + "/"))
+    finally:
+        agent.stop()
+    # The browser built no element from the names (no script ran: the title is the page's own).
+    assert not dom.tags() & {"script", "img", "svg", "u", "i"}
+    (_, title), = dom.find("title")
+    assert "owned" != title and title.startswith(EVIL_NODE)
+    for value in (EVIL_POD, EVIL_NAMESPACE, EVIL_WORKLOAD, EVIL_CONTAINER, EVIL_LABEL):
+        assert value in dom.text, value
