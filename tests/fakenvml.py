@@ -60,6 +60,23 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
                                 ``mig.<j>.uuid/gi/ci/profile/mem_total/mem_used/mem_reserved/
                                 mem_free/processes/mps_processes``. The parent's lists include
                                 them with their gi/ci, as real NVML does
+``gpu.<i>.architecture``        nvmlDeviceArchitecture_t (9 Hopper); ``compute_capability``
+                                ``"9.0"``; ``board_part_number`` (absent: NOT_SUPPORTED)
+``gpu.<i>.bar1_total``          bytes; ``bar1_used``
+``gpu.<i>.power_min_mw``        ``power_max_mw`` (limit constraints), ``power_default_mw``
+``gpu.<i>.app_clock.<domain>``  application clock MHz; ``default_app_clock.<domain>``; a domain
+                                absent answers NOT_SUPPORTED
+``gpu.<i>.gpm_supported``       1: nvmlGpmQueryDeviceSupport says yes; ``gpm.<metricId>`` the value
+                                nvmlGpmMetricsGet answers (percent or MiB/s) for the whole GPU,
+                                ``mig.<j>.gpm.<metricId>`` for the GPU instance of MIG device j;
+                                taken when a sample is filled, so values change over time;
+                                ``gpm_unsupported=5,7`` metric ids answering NOT_SUPPORTED alone.
+                                Top-level ``gpm_missing=1``: every GPM function answers
+                                FUNCTION_NOT_FOUND (a driver without the symbols)
+``gpu.<i>.delay.<name>=S``      every call of the read ``<name>`` (names below) sleeps S s
+                                outside the library lock, like a slow real query;
+                                ``delay.field.<id>=S`` per field of a field batch (also reported
+                                as its ``latencyUsec``; ``field_latency=0`` reports 0 instead)
 ``gpu.<i>.lost=1``              every call on the GPU returns NVML_ERROR_GPU_IS_LOST
 ``gpu.<i>.hang_seconds=S``      every call on the GPU sleeps S s first (cleared early if the
                                 key is removed)
@@ -75,13 +92,18 @@ power_limit_mw, energy, energy_mj, fan, clock, max_clock, pstate, clock_events, 
 pcie_gen, pcie_max_gen, pcie_width, pcie_max_width, pcie_replay, pcie_data (fields 197/198), ecc,
 retired_pages, remapped_rows, nvlink, nvlink_errors, nvlink_throughput, field_values, processes,
 mps_processes, mig_processes, mig_mps_processes (a MIG handle's own lists), process_utilization,
-minor, mig, events.
+minor, mig, events, architecture, compute_capability, board_part_number, bar1,
+power_limit_range, power_default_mw, app_clock, default_app_clock, gpm (support query),
+gpm_sample (both sample calls), gpm_metrics.
 (``energy`` is the field value, ``energy_mj`` the function; ``pcie_replay`` covers both.)
 
 Test hooks, not NVML: ``FakeNode.stat(gpu, name)`` reads the library's counters:
 ``process_utilization`` (nvmlDeviceGetProcessUtilization calls since the reset),
-``process_list_sizing`` (INSUFFICIENT_SIZE answers of the process lists since the reset) and
-``hanging`` (calls on the GPU held by ``hang_seconds`` right now).
+``process_list_sizing`` (INSUFFICIENT_SIZE answers of the process lists since the reset),
+``hanging`` (calls on the GPU held by ``hang_seconds`` right now), ``delayed`` (calls sleeping
+in a ``delay`` right now), ``calls.<name>`` (calls of a read name since the reset),
+``field.<id>`` (times a field id was asked for) and, for the whole library, ``gpm_allocs`` /
+``gpm_frees`` (GPM sample buffers allocated and freed since the reset).
 """
 
 from __future__ import annotations
@@ -175,6 +197,16 @@ def h100(index: int, **overrides: Any) -> dict[str, Any]:
         "nvlink_rx_kib": 2_000_000,
         "processes": [(4242 + index, 20 * GIB, 75)],
         "unsupported": ["fan", "retired_pages"],
+        "architecture": 9,  # NVML_DEVICE_ARCH_HOPPER
+        "compute_capability": "9.0",
+        "board_part_number": "692-2G520-0200-000",
+        "bar1_total": 128 * GIB, "bar1_used": 40 * (1 << 20),
+        "power_min_mw": 200_000, "power_max_mw": 700_000, "power_default_mw": 700_000,
+        "app_clock": {"graphics": 1755, "memory": 2619},
+        "default_app_clock": {"graphics": 1755, "memory": 2619},
+        # GPM as an H200 read it under a bf16 matmul (reference.md): percent, MiB/s by metric id
+        "gpm_supported": 1,
+        "gpm": {1: 99.5, 2: 96.0, 3: 14.0, 5: 93.0, 7: 93.0, 10: 17.7, 20: 5.0, 21: 14.0},
     }
     gpu.update(overrides)
     return gpu
@@ -194,6 +226,8 @@ def a100_mig(index: int, **overrides: Any) -> dict[str, Any]:
         processes=[],
         unsupported=["fan"],
         retired_sbe=1, retired_dbe=0, retired_pending=0,
+        architecture=7, compute_capability="8.0", board_part_number="692-2G506-0200-002",
+        gpm_supported=0, gpm={},  # GPM needs Hopper
         mig=[
             {"uuid": f"MIG-aaaaaaaa-0000-4000-8000-{index:010x}01", "gi": 7, "ci": 0, "profile": "1g.5gb",
              "mem_total": 5 * GIB, "mem_used": 2 * GIB, "processes": [(7001, 2 * GIB, 0)]},

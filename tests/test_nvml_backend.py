@@ -70,6 +70,7 @@ def test_reads_several_gpus_with_units(started: NvmlBackend) -> None:
         "model": "NVIDIA H100 80GB HBM3", "pci_bus_id": "00000000:18:00.0", "serial": "1652323000000",
         "vbios_version": "96.00.74.00.01", "driver_version": "550.54.15", "cuda_version": "12.4",
         "mig_mode": "disabled", "persistence_mode": "enabled", "compute_mode": "default",
+        "architecture": "hopper", "compute_capability": "9.0", "board_part_number": "692-2G520-0200-000",
     }
     assert set(g0.info) == set(catalog.GPU_INFO.labels)
     v = values(g0)
@@ -180,11 +181,11 @@ def test_field_batch_unavailable_falls_back_to_functions(fake_nvml: FakeNode, st
 
 
 def test_other_error_omits_series_counts_it_and_keeps_gpu_up(fake_nvml: FakeNode, started: NvmlBackend) -> None:
-    fake_nvml.update_gpu(0, fail={"temperature": 999, "energy": 999})  # NVML_ERROR_UNKNOWN
+    fake_nvml.update_gpu(0, fail={"temperature": 999, "memory_temp": 999})  # NVML_ERROR_UNKNOWN
     g = started.read_gpu(0)
     assert g.up
     assert catalog.TEMPERATURE.name not in names(g)
-    assert catalog.ENERGY.name not in names(g)
+    assert catalog.MEMORY_TEMPERATURE.name not in names(g)
     assert value(g, catalog.POWER) == pytest.approx(412.345)
     assert started.error_counts() == {"unknown": 2}
     started.read_gpu(0)
@@ -331,10 +332,10 @@ def test_init_failure_then_recovery(fake_nvml: FakeNode, backend: NvmlBackend) -
 
 def test_values_change_while_loaded(fake_nvml: FakeNode, started: NvmlBackend) -> None:
     assert value(started.read_gpu(0), catalog.TEMPERATURE) == 52
-    fake_nvml.update_gpu(0, temperature=71, energy_mj=223_456_789, clock_events=0x40)
+    fake_nvml.update_gpu(0, temperature=71, memory_temp=80, clock_events=0x40)
     g = started.read_gpu(0)
     assert value(g, catalog.TEMPERATURE) == 71
-    assert value(g, catalog.ENERGY) == pytest.approx(223_456.789)
+    assert value(g, catalog.MEMORY_TEMPERATURE) == 80
     assert value(g, catalog.CLOCK_EVENT, "hw_thermal_slowdown") == 1
     assert value(g, catalog.CLOCK_EVENT, "sw_power_cap") == 0
 

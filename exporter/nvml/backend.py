@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, TypeVar
 
 import pynvml
@@ -16,19 +17,32 @@ import pynvml
 from ..backend import BackendUnavailable, GpuReadError
 from ..snapshot import Gpu, GpuIdentity
 from .policy import LOST, ReadPolicy, error_kind
-from .reader import GpuReader, GpuState, text
+from .reader import Cadence, GpuReader, GpuState, text
 from .xid import XidWatcher
 
 _Result = TypeVar("_Result", GpuIdentity, Gpu)
 
 
 class NvmlBackend:
-    """``GpuBackend`` over NVML. Thread-safe: GPUs may be read in parallel."""
+    """``GpuBackend`` over NVML. Thread-safe: GPUs may be read in parallel.
+
+    ``slow_interval``: seconds between reads of the slow counters (``reader.py``); ``profiling``:
+    GPM metrics where the GPU serves them (``gpm.py``); ``monotonic``: the clock of that cadence.
+    """
 
     simulated = False
 
-    def __init__(self, *, xid_event_timeout_ms: int = 1000, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        xid_event_timeout_ms: int = 1000,
+        slow_interval: float = 30.0,
+        profiling: bool = True,
+        monotonic: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self._log = logger or logging.getLogger("exporter.nvml")
+        self._cadence = Cadence(slow_interval=slow_interval, profiling=profiling, monotonic=monotonic)
         self._policy = ReadPolicy(self._log)
         self._xid = XidWatcher(self._policy, timeout_ms=xid_event_timeout_ms)  # kept: counts survive restarts
         self._lock = threading.Lock()  # guards _gpus
@@ -71,7 +85,10 @@ class NvmlBackend:
                 return
             self._started = False
             with self._lock:
+                states = list(self._gpus.values())
                 self._gpus.clear()
+            for state in states:  # before nvmlShutdown: GPM buffers are NVML's
+                state.close()
             try:
                 pynvml.nvmlShutdown()
             except pynvml.NVMLError as e:
@@ -105,8 +122,9 @@ class NvmlBackend:
         """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped. Every good read
         (re)submits the GPU for XID events: one whose registration failed is retried."""
         state = self._state(index)
+        reader = GpuReader(self._policy, index, state, self._cadence)
         try:
-            result = read(GpuReader(self._policy, index, state))
+            result = read(reader)
         except pynvml.NVMLError as e:  # GPU_IS_LOST on an optional read
             self._forget(index, state)
             raise GpuReadError(f"GPU {index}: {e}", error_kind(e)) from e
@@ -115,6 +133,9 @@ class NvmlBackend:
                 self._forget(index, state)
             raise
         self._xid.watch(result.uuid, state.handle)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("GPU %d: NVML %.1f ms; slowest: %s", index, reader.timer.total() * 1000,
+                            reader.timer.slowest())
         return result
 
     def _state(self, index: int) -> GpuState:
@@ -129,8 +150,11 @@ class NvmlBackend:
     def _forget(self, index: int, state: GpuState | None = None) -> None:
         """Drop what is kept about GPU ``index`` (only ``state``, if given and still current)."""
         with self._lock:
-            if state is None or self._gpus.get(index) is state:
-                self._gpus.pop(index, None)
+            current = self._gpus.get(index)
+            if current is None or (state is not None and current is not state):
+                return
+            del self._gpus[index]
+        current.close()
 
     def _read_system(self) -> dict[str, str]:
         system = {"driver_version": "", "cuda_version": ""}

@@ -1,7 +1,8 @@
 """One simulated GPU: every reading a pure function of the scenario and of the scenario time.
 
 From the load pattern's utilisation *u* at time *t* follow power, temperature, clocks, PCIe and
-NVLink traffic and process memory; the faults active at *t* change them (``docs/scenarios.md``
+NVLink traffic, process memory and, on Hopper models, the GPM profiling ratios (a ``bursty``
+load reads as an inference server, any other as training; see ``_Profile``); the faults active at *t* change them (``docs/scenarios.md``
 says how). Counters that integrate a rate (energy, PCIe and NVLink bytes) are 1-second midpoint
 sums from time 0; the only state kept is a cache of those sums, which makes them cheap to
 advance without changing their values. Every label value comes from ``exporter.vocabulary``.
@@ -34,6 +35,17 @@ _VIOLATION_CAUSES: dict[str, tuple[str, ...]] = {
 
 
 # -- Pure functions of (scenario, time) -------------------------------------------------------
+
+
+def profiling_share(samples: list[Sample], profile: str, busy: bool) -> tuple[Sample, ...]:
+    """A MIG instance's GPM metrics: the GPU's activity ratios (load is set per GPU) where the
+    instance runs processes, else zero; its traffic scaled by its share of the GPU's slices
+    ("3g.40gb": 3 of 7)."""
+    if not busy:
+        return tuple(Sample(x.metric, 0.0, x.labels) for x in samples)
+    slices = int(profile.split("g.", 1)[0]) if profile[:1].isdigit() else 1
+    rates = (C.PCIE_RATE, C.NVLINK_RATE)
+    return tuple(Sample(x.metric, round(x.value * slices / 7), x.labels) if x.metric in rates else x for x in samples)
 
 
 def _noise(seed: int, *parts: object) -> float:
@@ -105,6 +117,46 @@ def _active_seconds(faults: list[FaultSpec], t: float, period: float | None) -> 
     return whole * _covered(spans, period) + _covered(spans, rest)
 
 
+class _Chip(NamedTuple):
+    """What ``nvidia_gpu_info`` says of a model's chip, and whether it serves GPM (Hopper and newer)."""
+
+    architecture: str
+    compute_capability: str
+    board_part_number: str
+    gpm: bool
+
+
+_CHIPS: dict[str, _Chip] = {
+    "A100": _Chip("ampere", "8.0", "692-2G506-0210-002", False),
+    "L40S": _Chip("ada", "8.9", "900-2G133-0080-000", False),
+    "H200": _Chip("hopper", "9.0", "692-2G530-0200-000", True),
+}
+_HOPPER = _Chip("hopper", "9.0", "692-2G520-0200-000", True)  # H100 and any model not named above
+
+
+def _chip(model: str) -> _Chip:
+    return next((chip for name, chip in _CHIPS.items() if name in model), _HOPPER)
+
+
+class _Profile(NamedTuple):
+    """GPM activity per unit of utilisation for a kind of work (the shares a profiler sees)."""
+
+    sm_active: float
+    sm_occupancy: float
+    tensor: float
+    dram: float
+    fp32: float
+    fp16: float
+    integer: float
+
+
+#: Training (a steady load: dense matmuls) keeps the tensor cores busy, as a bf16 matmul loop on
+#: an H200 did (SM 96 %, occupancy 14 %, tensor 93 %, DRAM 18 %); an inference server (bursty)
+#: runs small batches: few warps per SM, more memory-bound, little tensor work.
+_TRAINING = _Profile(sm_active=0.96, sm_occupancy=0.3, tensor=0.9, dram=0.35, fp32=0.05, fp16=0.02, integer=0.1)
+_INFERENCE = _Profile(sm_active=0.6, sm_occupancy=0.08, tensor=0.3, dram=0.5, fp32=0.12, fp16=0.05, integer=0.15)
+
+
 class _Totals(NamedTuple):
     """Integrated counters, or their rates per second: J (W), bytes (bytes/s)."""
 
@@ -135,12 +187,14 @@ class SimulatedGpu:
         self.energy_base = 1e8 + (_noise(self.seed, spec.uuid, "energy0") + 1) * 2e9  # since the driver loaded
         self.ecc_base = int((_noise(self.seed, spec.uuid, "ecc0") + 1) * 2)  # 0..3 corrected before this boot
         node = scenario.node
+        self.chip = _chip(spec.model)
         self.identity = GpuIdentity(index=spec.index, uuid=spec.uuid, minor_number=spec.index, info=MappingProxyType({
             "model": spec.model, "pci_bus_id": spec.pci_bus_id, "serial": spec.serial,
             "vbios_version": spec.vbios_version, "driver_version": node.driver_version,
             "cuda_version": node.cuda_version, "mig_mode": V.ENABLED if spec.mig_enabled else V.DISABLED,
             "persistence_mode": V.ENABLED if spec.persistence_mode else V.DISABLED,
-            "compute_mode": spec.compute_mode,
+            "compute_mode": spec.compute_mode, "architecture": self.chip.architecture,
+            "compute_capability": self.chip.compute_capability, "board_part_number": self.chip.board_part_number,
         }))
         self._lock = threading.Lock()
         self._sums = (0, _Totals())  # (whole second k, totals from 0 to k)
@@ -228,6 +282,26 @@ class SimulatedGpu:
                     total += _occurrence(f, t, self.period)[0] * getattr(f, attr)
         return total
 
+    def profiling(self, t: float) -> list[Sample]:
+        """GPM metrics at ``t`` from the load pattern (none on a GPU without GPM)."""
+        if not self.chip.gpm:
+            return []
+        u = self.utilization(t)
+        p = _INFERENCE if self.spec.load.pattern == "bursty" else _TRAINING
+        rates = self.rates(t)
+        ratios = {C.GRAPHICS_ACTIVE: 1.0, C.SM_ACTIVE: p.sm_active, C.SM_OCCUPANCY: p.sm_occupancy,
+                  C.TENSOR_ACTIVE: p.tensor, C.DRAM_ACTIVE: p.dram}
+        samples = [Sample(metric, round(u * share, 4)) for metric, share in ratios.items()]
+        fp64, fp32, fp16, integer, hmma, imma, dfma = V.PROFILING_PIPES
+        pipes = {fp64: 0.0, fp32: p.fp32, fp16: p.fp16, integer: p.integer, hmma: p.tensor, imma: 0.0, dfma: 0.0}
+        samples += [Sample(C.PIPE_ACTIVE, round(u * pipes[pipe], 4), (pipe,)) for pipe in V.PROFILING_PIPES]
+        rx, tx = V.DIRECTIONS
+        samples += [Sample(C.PCIE_RATE, round(rates.pcie_rx), (rx,)), Sample(C.PCIE_RATE, round(rates.pcie_tx), (tx,))]
+        if self.spec.nvlink_links:
+            samples += [Sample(C.NVLINK_RATE, round(rates.nvlink_rx), (rx,)),
+                        Sample(C.NVLINK_RATE, round(rates.nvlink_tx), (tx,))]
+        return samples
+
     # -- the reading --
 
     def read(self, t: float) -> Gpu:
@@ -265,6 +339,8 @@ class SimulatedGpu:
         add(C.MEMORY_USED, used)
         add(C.MEMORY_FREE, max(0, g.memory - reserved - used))
         add(C.MEMORY_RESERVED, reserved)
+        add(C.BAR1_TOTAL, 128 * 1024 ** 3 if g.memory > 64 * 1024 ** 3 else 64 * 1024 ** 3)
+        add(C.BAR1_USED, 32 * V.BYTES_PER_MIB + 8 * V.BYTES_PER_MIB * (len(full) + sum(map(len, per_mig.values()))))
 
         temp = self.temperature(t)
         add(C.TEMPERATURE, temp)
@@ -278,6 +354,9 @@ class SimulatedGpu:
         totals = self.totals(t)
         add(C.POWER, round(self.power(t), 3))
         add(C.POWER_LIMIT, self.power_limit(t))
+        add(C.POWER_LIMIT_DEFAULT, g.power_limit)
+        add(C.POWER_LIMIT_MIN, round(g.power_limit * 0.4))
+        add(C.POWER_LIMIT_MAX, g.power_limit)
         add(C.ENERGY, round(self.energy_base + totals.energy, 3))
 
         sm = d.sm_clock_max_mhz if busy else d.sm_clock_idle_mhz
@@ -293,6 +372,10 @@ class SimulatedGpu:
         for domain in V.CLOCK_DOMAINS:
             add(C.CLOCK, clock[domain] * V.HERTZ_PER_MEGAHERTZ, domain)
             add(C.CLOCK_MAX, clock_max[domain] * V.HERTZ_PER_MEGAHERTZ, domain)
+        for domain in V.APPLICATION_CLOCK_DOMAINS:
+            base = int(d.sm_clock_max_mhz * 0.9 // 15 * 15) if domain == "graphics" else d.mem_clock_mhz
+            add(C.APPLICATION_CLOCK, base * V.HERTZ_PER_MEGAHERTZ, domain)
+            add(C.APPLICATION_CLOCK_DEFAULT, base * V.HERTZ_PER_MEGAHERTZ, domain)
         add(C.PERFORMANCE_STATE, 0 if busy or full or any(per_mig.values()) or g.mig_enabled else 8)
         events = {"gpu_idle": not busy, "sw_power_cap": capped, "hw_slowdown": thermal,
                   "sw_thermal_slowdown": thermal, "hw_thermal_slowdown": thermal}
@@ -338,6 +421,8 @@ class SimulatedGpu:
                 add(C.NVLINK_DATA, round(nvlink[direction]), direction)
 
         add(C.PROCESSES, len(full) + sum(len(ps) for ps in per_mig.values()))
+        profiling = self.profiling(t)
+        s.extend(profiling)
 
         migs = []
         for m in g.mig:
@@ -348,7 +433,7 @@ class SimulatedGpu:
                 profile=m.profile, processes=tuple(ps),
                 samples=(Sample(C.MIG_MEMORY_TOTAL, float(m.memory)), Sample(C.MIG_MEMORY_USED, float(m_used)),
                          Sample(C.MIG_MEMORY_FREE, float(max(0, m.memory - m_used))),
-                         Sample(C.MIG_PROCESSES, float(len(ps)))),
+                         Sample(C.MIG_PROCESSES, float(len(ps))), *profiling_share(profiling, m.profile, bool(ps))),
             ))
 
         i = self.identity

@@ -26,10 +26,19 @@
  *   gpu.<i>.pcie_tx_bytes, pcie_rx_bytes   fields 197/198 (NVML_FI_DEV_PCIE_COUNT_*_BYTES)
  *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events queued once per seq (seq > last seen);
  *                           an event waits in the queue until an event set watches its GPU
+ *   gpu.<i>.delay.<what>=s  every call of the read <what> sleeps s seconds (outside the lock),
+ *                           as slow real queries do; gpu.<i>.delay.field.<id>=s per field of
+ *                           a nvmlDeviceGetFieldValues batch (reported in latencyUsec too,
+ *                           unless gpu.<i>.field_latency=0)
+ *   gpu.<i>.gpm_supported=1 GPM supported; gpu.<i>.gpm.<metricId>=value, gpu.<i>.mig.<j>.gpm.<id>;
+ *                           gpu.<i>.gpm_unsupported=5,7 metrics answering NOT_SUPPORTED alone;
+ *                           gpm_missing=1: every GPM function answers FUNCTION_NOT_FOUND
  *
  * As real NVML does, a MIG-enabled GPU answers NOT_SUPPORTED to utilisation (GPU, memory,
  * encoder, decoder) and to per-process utilisation.
- * Test hooks (not NVML): fake_nvml_reset(), fake_nvml_stat(gpu, name).
+ * Test hooks (not NVML): fake_nvml_reset(), fake_nvml_stat(gpu, name): "calls.<what>" and
+ * "field.<id>" count calls per GPU; "delayed" counts calls sleeping in a delay now;
+ * "gpm_allocs"/"gpm_frees" count GPM sample buffers (any gpu argument).
  *
  * Build: gcc -shared -fPIC -O1 -I<nvml include> -Wl,-soname,libnvidia-ml.so.1 -o libnvidia-ml.so.1 fake_nvml.c
  */
@@ -84,6 +93,29 @@ static int ev_head, ev_len;
 static unsigned int util_calls[MAX_GPUS];   /* "process_utilization": nvmlDeviceGetProcessUtilization calls */
 static unsigned int sizing_calls[MAX_GPUS]; /* "process_list_sizing": INSUFFICIENT_SIZE from a process list */
 static unsigned int hanging[MAX_GPUS];      /* "hanging": calls now held by hang_seconds */
+static unsigned int delayed[MAX_GPUS];      /* "delayed": calls now sleeping in delay.<what> */
+#define MAX_COUNTERS 256
+static char *counter_names[MAX_COUNTERS];   /* "calls.<what>", "field.<id>": calls per GPU */
+static unsigned int counter_values[MAX_COUNTERS][MAX_GPUS];
+static int ncounters;
+static unsigned int gpm_allocs, gpm_frees;  /* "gpm_allocs", "gpm_frees" */
+
+/* Count one call named `name` on `gpu`. Lock held. */
+static void count_call(int gpu, const char *name)
+{
+    if (gpu < 0 || gpu >= MAX_GPUS)
+        return;
+    for (int i = 0; i < ncounters; i++)
+        if (strcmp(counter_names[i], name) == 0) {
+            counter_values[i][gpu]++;
+            return;
+        }
+    if (ncounters < MAX_COUNTERS) {
+        counter_names[ncounters] = strdup(name);
+        memset(counter_values[ncounters], 0, sizeof counter_values[ncounters]);
+        counter_values[ncounters++][gpu] = 1;
+    }
+}
 
 /* ---- configuration ------------------------------------------------------------------- */
 
@@ -275,6 +307,13 @@ static void sleep_ms(int ms)
         ;
 }
 
+static void sleep_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -319,6 +358,22 @@ static nvmlReturn_t enter(nvmlDevice_t dev, const char *what, int allow_mig)
         sleep_ms(50);
     }
     hanging[gpu] -= held;
+    if (what) {
+        char name[96];
+        snprintf(name, sizeof name, "calls.%s", what);
+        count_call(gpu, name);
+        snprintf(name, sizeof name, "delay.%s", what);
+        const char *d = gget(gpu, name);
+        double delay = d ? atof(d) : 0;
+        if (delay > 0) { /* a slow query: other GPUs' calls go on meanwhile */
+            delayed[gpu]++;
+            pthread_mutex_unlock(&lock);
+            sleep_us((long)(delay * 1e6));
+            pthread_mutex_lock(&lock);
+            delayed[gpu]--;
+            refresh();
+        }
+    }
     nvmlReturn_t r = NVML_SUCCESS;
     if (gpu >= gpu_count())
         r = NVML_ERROR_INVALID_ARGUMENT;
@@ -412,9 +467,13 @@ nvmlReturn_t DECLDIR nvmlShutdown(void)
     return r;
 }
 
-/* Test hook, not NVML: forget init counts, events and event sets (used between tests). */
+static void gpm_reset(void);
+
+/* Test hook, not NVML: forget init counts, events, event sets, counters and GPM buffers (used
+   between tests). */
 void fake_nvml_reset(void)
 {
+    gpm_reset();
     pthread_mutex_lock(&lock);
     init_count = 0;
     ev_head = ev_len = 0;
@@ -424,6 +483,9 @@ void fake_nvml_reset(void)
     memset(sets, 0, sizeof sets);
     memset(util_calls, 0, sizeof util_calls);
     memset(sizing_calls, 0, sizeof sizing_calls);
+    for (int i = 0; i < ncounters; i++)
+        memset(counter_values[i], 0, sizeof counter_values[i]);
+    gpm_allocs = gpm_frees = 0;
     pthread_mutex_unlock(&lock);
 }
 
@@ -732,7 +794,9 @@ static const char *clock_name(nvmlClockType_t type)
     }
 }
 
-static nvmlReturn_t clock_read(nvmlDevice_t dev, const char *what, nvmlClockType_t type, unsigned int *mhz)
+/* <what>.<domain> in MHz; absent: `dflt`, or NOT_SUPPORTED when `dflt` is 0. */
+static nvmlReturn_t clock_read(nvmlDevice_t dev, const char *what, nvmlClockType_t type, unsigned int *mhz,
+                               unsigned int dflt)
 {
     const char *n = clock_name(type);
     if (!n)
@@ -741,12 +805,13 @@ static nvmlReturn_t clock_read(nvmlDevice_t dev, const char *what, nvmlClockType
     if (!mhz) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
     char key[64];
     snprintf(key, sizeof key, "%s.%s", what, n);
-    *mhz = (unsigned int)gnum(dev->gpu, key, 1000);
+    if (!dflt && !gget(dev->gpu, key)) LEAVE(NVML_ERROR_NOT_SUPPORTED);
+    *mhz = (unsigned int)gnum(dev->gpu, key, dflt);
     LEAVE(NVML_SUCCESS);
 }
 
-nvmlReturn_t DECLDIR nvmlDeviceGetClockInfo(nvmlDevice_t dev, nvmlClockType_t type, unsigned int *mhz) { return clock_read(dev, "clock", type, mhz); }
-nvmlReturn_t DECLDIR nvmlDeviceGetMaxClockInfo(nvmlDevice_t dev, nvmlClockType_t type, unsigned int *mhz) { return clock_read(dev, "max_clock", type, mhz); }
+nvmlReturn_t DECLDIR nvmlDeviceGetClockInfo(nvmlDevice_t dev, nvmlClockType_t type, unsigned int *mhz) { return clock_read(dev, "clock", type, mhz, 1000); }
+nvmlReturn_t DECLDIR nvmlDeviceGetMaxClockInfo(nvmlDevice_t dev, nvmlClockType_t type, unsigned int *mhz) { return clock_read(dev, "max_clock", type, mhz, 1000); }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetPerformanceState(nvmlDevice_t dev, nvmlPstates_t *p)
 {
@@ -946,11 +1011,29 @@ nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t dev, int count, nvmlF
 {
     ENTER(dev, "field_values", 0);
     if (!values || count < 0) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    double delay = 0;
+    int report_latency = (int)gnum(dev->gpu, "field_latency", 1);
+    for (int i = 0; i < count; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "field.%u", values[i].fieldId);
+        count_call(dev->gpu, name);
+        snprintf(name, sizeof name, "delay.field.%u", values[i].fieldId);
+        const char *d = gget(dev->gpu, name);
+        double own = d ? atof(d) : 0;
+        delay += own;
+        values[i].latencyUsec = report_latency ? (long long)(own * 1e6) + 5 : 0;
+    }
+    if (delay > 0) {
+        delayed[dev->gpu]++;
+        pthread_mutex_unlock(&lock);
+        sleep_us((long)(delay * 1e6));
+        pthread_mutex_lock(&lock);
+        delayed[dev->gpu]--;
+    }
     struct timeval tv;
     gettimeofday(&tv, NULL);
     for (int i = 0; i < count; i++) {
         values[i].timestamp = (long long)tv.tv_sec * 1000000LL + tv.tv_usec;
-        values[i].latencyUsec = 5;
         values[i].nvmlReturn = field(dev->gpu, &values[i]);
     }
     LEAVE(NVML_SUCCESS);
@@ -1057,7 +1140,16 @@ int fake_nvml_stat(int gpu, const char *name)
     pthread_mutex_lock(&lock);
     int n = strcmp(name, "process_utilization") == 0 ? (int)util_calls[gpu]
           : strcmp(name, "process_list_sizing") == 0 ? (int)sizing_calls[gpu]
-          : strcmp(name, "hanging") == 0 ? (int)hanging[gpu] : -1;
+          : strcmp(name, "hanging") == 0 ? (int)hanging[gpu]
+          : strcmp(name, "delayed") == 0 ? (int)delayed[gpu]
+          : strcmp(name, "gpm_allocs") == 0 ? (int)gpm_allocs
+          : strcmp(name, "gpm_frees") == 0 ? (int)gpm_frees : -1;
+    if (strncmp(name, "calls.", 6) == 0 || strncmp(name, "field.", 6) == 0) {
+        n = 0; /* never called yet */
+        for (int i = 0; i < ncounters; i++)
+            if (strcmp(counter_names[i], name) == 0)
+                n = (int)counter_values[i][gpu];
+    }
     pthread_mutex_unlock(&lock);
     return n;
 }
@@ -1209,4 +1301,218 @@ nvmlReturn_t DECLDIR nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *da
             return NVML_ERROR_TIMEOUT;
         sleep_ms(left > 0.05 ? 50 : (int)(left * 1000) + 1);
     }
+}
+
+/* ---- facts added for nvidia_gpu_info and the limits beside the readings ------------------ */
+
+nvmlReturn_t DECLDIR nvmlDeviceGetArchitecture(nvmlDevice_t dev, nvmlDeviceArchitecture_t *arch)
+{
+    ENTER(dev, "architecture", 0);
+    if (!arch) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    *arch = (nvmlDeviceArchitecture_t)gnum(dev->gpu, "architecture", NVML_DEVICE_ARCH_HOPPER);
+    LEAVE(NVML_SUCCESS);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetCudaComputeCapability(nvmlDevice_t dev, int *major, int *minor)
+{
+    ENTER(dev, "compute_capability", 0);
+    if (!major || !minor) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    const char *v = gget(dev->gpu, "compute_capability"); /* "9.0" */
+    *major = 9;
+    *minor = 0;
+    if (v)
+        sscanf(v, "%d.%d", major, minor);
+    LEAVE(NVML_SUCCESS);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetBoardPartNumber(nvmlDevice_t dev, char *part, unsigned int length)
+{
+    ENTER(dev, "board_part_number", 0);
+    const char *v = gget(dev->gpu, "board_part_number");
+    if (!v) LEAVE(NVML_ERROR_NOT_SUPPORTED);
+    LEAVE(copy_str(part, length, v));
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetBAR1MemoryInfo(nvmlDevice_t dev, nvmlBAR1Memory_t *bar1)
+{
+    ENTER(dev, "bar1", 0);
+    if (!bar1) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    bar1->bar1Total = gnum(dev->gpu, "bar1_total", 128ULL << 30);
+    bar1->bar1Used = gnum(dev->gpu, "bar1_used", 0);
+    bar1->bar1Free = bar1->bar1Total - bar1->bar1Used;
+    LEAVE(NVML_SUCCESS);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t dev, unsigned int *min_mw,
+                                                                  unsigned int *max_mw)
+{
+    ENTER(dev, "power_limit_range", 0);
+    if (!min_mw || !max_mw) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    *min_mw = (unsigned int)gnum(dev->gpu, "power_min_mw", 200000);
+    *max_mw = (unsigned int)gnum(dev->gpu, "power_max_mw", 700000);
+    LEAVE(NVML_SUCCESS);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t dev, unsigned int *mw)
+{
+    return get_uint(dev, "power_default_mw", mw, 700000);
+}
+
+/* Application clocks: app_clock.<domain> / default_app_clock.<domain> in MHz; absent = NOT_SUPPORTED. */
+nvmlReturn_t DECLDIR nvmlDeviceGetApplicationsClock(nvmlDevice_t dev, nvmlClockType_t type, unsigned int *mhz)
+{
+    return clock_read(dev, "app_clock", type, mhz, 0);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetDefaultApplicationsClock(nvmlDevice_t dev, nvmlClockType_t type, unsigned int *mhz)
+{
+    return clock_read(dev, "default_app_clock", type, mhz, 0);
+}
+
+/* ---- GPM (GPU performance monitoring, Hopper and newer) --------------------------------------
+ *
+ * A sample buffer snapshots the configured metric values of a GPU (gpu.<i>.gpm.<id>) or of a GPU
+ * instance (gpu.<i>.mig.<j>.gpm.<id>, j the MIG device whose gi matches) when it is filled;
+ * nvmlGpmMetricsGet answers the values of sample2 for two samples of the same device, each metric
+ * with its own nvmlReturn (gpu.<i>.gpm_unsupported lists metric ids that answer NOT_SUPPORTED).
+ * Buffers come from a fixed pool; allocations and frees are counted for leak tests.
+ */
+#define GPM_POOL 256
+#define GPM_IDS 128
+struct nvmlGpmSample_st {
+    int used, filled, gpu;
+    unsigned int gi; /* NOT_MIG for the whole GPU */
+    double values[GPM_IDS];
+    unsigned char unsupported[GPM_IDS];
+};
+static struct nvmlGpmSample_st gpm_pool[GPM_POOL];
+
+static void gpm_reset(void)
+{
+    pthread_mutex_lock(&lock);
+    memset(gpm_pool, 0, sizeof gpm_pool);
+    pthread_mutex_unlock(&lock);
+}
+
+static int gpm_missing(void) /* Lock held. */
+{
+    const char *v = get("gpm_missing");
+    return v && atoi(v);
+}
+
+static int gpm_sample_valid(nvmlGpmSample_t s)
+{
+    return s && s >= gpm_pool && s < gpm_pool + GPM_POOL && s->used;
+}
+
+nvmlReturn_t DECLDIR nvmlGpmSampleAlloc(nvmlGpmSample_t *sample)
+{
+    nvmlReturn_t r = system_enter();
+    if (r) return r;
+    if (gpm_missing()) LEAVE(NVML_ERROR_FUNCTION_NOT_FOUND);
+    if (!sample) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    for (int i = 0; i < GPM_POOL; i++)
+        if (!gpm_pool[i].used) {
+            memset(&gpm_pool[i], 0, sizeof gpm_pool[i]);
+            gpm_pool[i].used = 1;
+            gpm_allocs++;
+            *sample = &gpm_pool[i];
+            LEAVE(NVML_SUCCESS);
+        }
+    LEAVE(NVML_ERROR_MEMORY);
+}
+
+nvmlReturn_t DECLDIR nvmlGpmSampleFree(nvmlGpmSample_t sample)
+{
+    pthread_mutex_lock(&lock); /* works after nvmlShutdown too: buffers belong to the caller */
+    refresh();
+    if (gpm_missing()) LEAVE(NVML_ERROR_FUNCTION_NOT_FOUND);
+    if (!gpm_sample_valid(sample)) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    sample->used = 0;
+    gpm_frees++;
+    LEAVE(NVML_SUCCESS);
+}
+
+nvmlReturn_t DECLDIR nvmlGpmQueryDeviceSupport(nvmlDevice_t dev, nvmlGpmSupport_t *support)
+{
+    ENTER(dev, "gpm", 0);
+    if (gpm_missing()) LEAVE(NVML_ERROR_FUNCTION_NOT_FOUND);
+    if (!support) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    if (support->version != NVML_GPM_SUPPORT_VERSION) LEAVE(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    support->isSupportedDevice = (unsigned int)gnum(dev->gpu, "gpm_supported", 0);
+    LEAVE(NVML_SUCCESS);
+}
+
+/* Fill `s` from the keys "<prefix>gpm.<id>". Lock held. */
+static void gpm_fill(nvmlGpmSample_t s, int gpu, unsigned int gi, const char *prefix)
+{
+    s->filled = 1;
+    s->gpu = gpu;
+    s->gi = gi;
+    for (int id = 0; id < GPM_IDS; id++) {
+        char key[96], name[16];
+        snprintf(key, sizeof key, "%sgpm.%d", prefix, id);
+        const char *v = get(key);
+        s->values[id] = v ? atof(v) : 0.0;
+        snprintf(name, sizeof name, "%d", id);
+        s->unsupported[id] = (unsigned char)in_list(gget(gpu, "gpm_unsupported"), name);
+    }
+}
+
+nvmlReturn_t DECLDIR nvmlGpmSampleGet(nvmlDevice_t dev, nvmlGpmSample_t sample)
+{
+    ENTER(dev, "gpm_sample", 0);
+    if (gpm_missing()) LEAVE(NVML_ERROR_FUNCTION_NOT_FOUND);
+    if (!gpm_sample_valid(sample)) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    if (!gnum(dev->gpu, "gpm_supported", 0)) LEAVE(NVML_ERROR_NOT_SUPPORTED);
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "gpu.%d.", dev->gpu);
+    gpm_fill(sample, dev->gpu, NOT_MIG, prefix);
+    LEAVE(NVML_SUCCESS);
+}
+
+nvmlReturn_t DECLDIR nvmlGpmMigSampleGet(nvmlDevice_t dev, unsigned int gpuInstanceId, nvmlGpmSample_t sample)
+{
+    ENTER(dev, "gpm_sample", 0);
+    if (gpm_missing()) LEAVE(NVML_ERROR_FUNCTION_NOT_FOUND);
+    if (!gpm_sample_valid(sample)) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    if (!gnum(dev->gpu, "gpm_supported", 0)) LEAVE(NVML_ERROR_NOT_SUPPORTED);
+    if (!gnum(dev->gpu, "mig_mode", 0)) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    for (int j = 0; j < mig_count(dev->gpu); j++)
+        if ((unsigned)mnum(dev->gpu, j, "gi", 1) == gpuInstanceId) {
+            char prefix[48];
+            snprintf(prefix, sizeof prefix, "gpu.%d.mig.%d.", dev->gpu, j);
+            gpm_fill(sample, dev->gpu, gpuInstanceId, prefix);
+            LEAVE(NVML_SUCCESS);
+        }
+    LEAVE(NVML_ERROR_NOT_FOUND);
+}
+
+nvmlReturn_t DECLDIR nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *m)
+{
+    if (!m)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlGpmSample_t a = m->sample1, b = m->sample2;
+    pthread_mutex_lock(&lock);
+    int ok = gpm_sample_valid(a) && gpm_sample_valid(b) && a->filled && b->filled && a->gpu == b->gpu &&
+             a->gi == b->gi && a != b;
+    int gpu = ok ? a->gpu : 0;
+    pthread_mutex_unlock(&lock);
+    ENTER(&gpu_handles[gpu], "gpm_metrics", 0);
+    if (gpm_missing()) LEAVE(NVML_ERROR_FUNCTION_NOT_FOUND);
+    if (m->version != NVML_GPM_METRICS_GET_VERSION) LEAVE(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if (!ok || m->numMetrics > NVML_GPM_METRIC_MAX) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
+    for (unsigned int i = 0; i < m->numMetrics; i++) {
+        nvmlGpmMetric_t *metric = &m->metrics[i];
+        unsigned int id = metric->metricId;
+        metric->metricInfo.shortName = metric->metricInfo.longName = metric->metricInfo.unit = NULL;
+        if (id >= GPM_IDS || b->unsupported[id]) {
+            metric->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            metric->value = 0;
+            continue;
+        }
+        metric->nvmlReturn = NVML_SUCCESS;
+        metric->value = b->values[id];
+    }
+    LEAVE(NVML_SUCCESS);
 }

@@ -1,0 +1,170 @@
+"""What NVML costs per cycle (issue 14): static facts read once, slow counters on their own
+cadence, fields that prove slow moved out of the fast batch per GPU, every group's time reported.
+
+The fake library counts calls per GPU and per read name (``FakeNode.stat(gpu, "calls.<name>")``,
+``"field.<id>"``) and sleeps where told to (``delay.<name>``, ``delay.field.<id>``), so these
+tests count calls instead of timing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterator
+
+import pynvml
+import pytest
+
+from exporter import catalog, vocabulary
+from exporter.config import parse_config
+from exporter.nvml import GpuReadError, NvmlBackend
+from exporter.nvml.cost import GROUPS
+from exporter.snapshot import Gpu
+from fakenvml import FakeNode
+from test_nvml_backend import value, wait_for
+
+REPLAY = pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER
+ENERGY = pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
+MEMORY_TEMP = pynvml.NVML_FI_DEV_MEMORY_TEMP
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def started(fake_nvml: FakeNode, clock: Clock) -> Iterator[NvmlBackend]:
+    backend = NvmlBackend(xid_event_timeout_ms=100, slow_interval=30, monotonic=clock)
+    backend.start()
+    yield backend
+    backend.stop()
+
+
+def read(backend: NvmlBackend, index: int, times: int) -> list[Gpu]:
+    return [backend.read_gpu(index) for _ in range(times)]
+
+
+def test_static_facts_are_read_once_and_served_every_read(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    gpus = read(started, 0, 3)
+    for name in ("max_clock", "temp_slowdown", "temp_shutdown", "pcie_max_gen", "pcie_max_width",
+                 "power_limit_range", "power_default_mw", "default_app_clock"):
+        per_read = {"max_clock": 4, "default_app_clock": 2}.get(name, 1)
+        assert fake_nvml.stat(0, f"calls.{name}") == per_read, name
+    assert fake_nvml.stat(0, "calls.clock") == 3 * 4  # current clocks: every read
+    for g in gpus:
+        assert value(g, catalog.CLOCK_MAX, "sm") == 1980e6
+        assert value(g, catalog.TEMPERATURE_THRESHOLD, "slowdown") == 90
+        assert value(g, catalog.PCIE_LINK_MAX_GENERATION) == 5
+        assert value(g, catalog.POWER_LIMIT_MIN) == 200
+        assert value(g, catalog.POWER_LIMIT_MAX) == 700
+        assert value(g, catalog.POWER_LIMIT_DEFAULT) == 700
+        assert value(g, catalog.APPLICATION_CLOCK_DEFAULT, "graphics") == 1755e6
+
+
+def test_static_facts_are_read_again_when_the_gpu_comes_back(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    read(started, 0, 2)
+    fake_nvml.update_gpu(0, lost=1)
+    with pytest.raises(GpuReadError):
+        started.read_gpu(0)
+    fake_nvml.update_gpu(0, lost=None, max_clock={"graphics": 1755, "sm": 1755, "memory": 2619, "video": 1545})
+    g = started.read_gpu(0)
+    assert fake_nvml.stat(0, "calls.max_clock") == 2 * 4
+    assert value(g, catalog.CLOCK_MAX, "sm") == 1755e6  # maybe another board now: its own facts
+
+
+def test_static_facts_read_with_an_error_are_read_again(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    fake_nvml.update_gpu(0, fail={"max_clock": 999})  # NVML_ERROR_UNKNOWN: maybe passing
+    assert value(started.read_gpu(0), catalog.CLOCK_MAX, "sm") is None
+    fake_nvml.update_gpu(0, fail=None)
+    assert value(started.read_gpu(0), catalog.CLOCK_MAX, "sm") == 1980e6
+    started.read_gpu(0)
+    assert fake_nvml.stat(0, "calls.max_clock") == 2 * 4  # kept once read without an error
+
+
+def test_slow_counters_are_read_once_per_slow_interval_and_served_in_between(
+    fake_nvml: FakeNode, started: NvmlBackend, clock: Clock
+) -> None:
+    first = started.read_gpu(0)
+    assert value(first, catalog.ENERGY) == pytest.approx(123_456.789)
+    fake_nvml.update_gpu(0, energy_mj=223_456_789, violation={0: 5_000_000_000})
+    for step in (10, 10):
+        clock.now += step
+        g = started.read_gpu(0)
+        assert value(g, catalog.ENERGY) == pytest.approx(123_456.789)  # the last reading, served
+        assert value(g, catalog.VIOLATION_TIME, "power") == 2.5
+    assert fake_nvml.stat(0, "calls.violation") == len(vocabulary.VIOLATION_POLICIES)
+    assert fake_nvml.stat(0, f"field.{ENERGY}") == 1
+    assert fake_nvml.stat(0, f"field.{MEMORY_TEMP}") == 3  # the fast batch: every read
+    clock.now += 10  # 30 s since the slow read
+    g = started.read_gpu(0)
+    assert value(g, catalog.ENERGY) == pytest.approx(223_456.789)
+    assert value(g, catalog.VIOLATION_TIME, "power") == 5
+    assert fake_nvml.stat(0, "calls.violation") == 2 * len(vocabulary.VIOLATION_POLICIES)
+    assert fake_nvml.stat(0, f"field.{ENERGY}") == 2
+
+
+def test_a_field_that_proves_slow_leaves_the_fast_batch_of_that_gpu_only(
+    fake_nvml: FakeNode, started: NvmlBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.nvml")
+    fake_nvml.update_gpu(0, delay={"field": {REPLAY: 0.003}})  # 3 ms, reported as its latencyUsec
+    gpu0, gpu1 = read(started, 0, 4), read(started, 1, 4)
+    # GPU 0: the first fast batch finds it slow, that read's slow batch has it; then only the slow cadence.
+    assert fake_nvml.stat(0, f"field.{REPLAY}") == 2
+    assert fake_nvml.stat(1, f"field.{REPLAY}") == 4  # GPU 1 is not slow: every read, as before
+    assert fake_nvml.stat(0, f"field.{MEMORY_TEMP}") == 4
+    assert all(value(g, catalog.PCIE_REPLAYS) == 2 for g in gpu0 + gpu1)  # never a gap in the series
+    assert [r.getMessage() for r in caplog.records if "slow" in r.getMessage()] == [
+        f"GPU 0: field {REPLAY} (pcie_replay) slow (3.0 ms); read every slow interval from now on"]
+
+
+def test_a_driver_without_field_latencies_has_its_slow_batch_taken_apart_once(
+    fake_nvml: FakeNode, started: NvmlBackend
+) -> None:
+    fake_nvml.update_gpu(0, field_latency=0, delay={"field": {REPLAY: 0.003}})
+    gpus = read(started, 0, 3)
+    # read 1: the fast batch, the field alone (timed twice), the slow batch; reads 2 and 3: none.
+    assert fake_nvml.stat(0, f"field.{REPLAY}") == 1 + 2 + 1
+    assert all(value(g, catalog.PCIE_REPLAYS) == 2 and value(g, catalog.MEMORY_TEMPERATURE) == 60 for g in gpus)
+    read(started, 0, 2)
+    assert fake_nvml.stat(0, f"field.{REPLAY}") == 4  # taken apart once per GPU, not every read
+
+
+def test_a_slow_query_on_one_gpu_does_not_hold_up_another(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    read(started, 0, 1)
+    fake_nvml.update_gpu(0, delay={"temperature": 1.5})
+    result: list[Gpu] = []
+    worker = threading.Thread(target=lambda: result.append(started.read_gpu(0)), daemon=True)
+    worker.start()
+    assert wait_for(lambda: fake_nvml.stat(0, "delayed") == 1)  # GPU 0's temperature call is in flight
+    g1 = started.read_gpu(1)
+    assert g1.up and fake_nvml.stat(0, "delayed") == 1 and not result  # GPU 1 read while it was
+    worker.join(timeout=10)
+    assert result and result[0].up
+
+
+def test_every_read_reports_its_nvml_time_by_group(fake_nvml: FakeNode, started: NvmlBackend, clock: Clock) -> None:
+    fake_nvml.update_gpu(0, delay={"violation": 0.002, "uuid": 0.003})
+    started.identify(0)  # as the collector does, before the first read: reported with that read
+    first, second = read(started, 0, 2)
+    assert set(first.nvml_seconds) == set(second.nvml_seconds) == set(GROUPS)  # series stay put
+    assert first.nvml_seconds["slow"] >= len(vocabulary.VIOLATION_POLICIES) * 0.002  # each reason delayed
+    assert first.nvml_seconds["identity"] >= 0.003
+    assert second.nvml_seconds["slow"] == second.nvml_seconds["static"] == second.nvml_seconds["identity"] == 0
+    assert second.nvml_seconds["fields"] > 0
+
+
+def test_slow_interval_and_profiling_flags() -> None:
+    config = parse_config(["--collector.slow-interval", "60", "--no-collector.profiling"], environ={})
+    assert (config.collector_slow_interval, config.collector_profiling) == (60, False)
+    config = parse_config([], environ={"KUBE_GPU_EXPORTER_COLLECTOR_SLOW_INTERVAL": "45"})
+    assert (config.collector_slow_interval, config.collector_profiling) == (45, True)
