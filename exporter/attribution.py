@@ -14,28 +14,38 @@ Device ids come in the forms the device plugins emit:
 ``0``                            GPU by NVML index (``deviceIDStrategy=index``)
 ``nvidia0``, ``nvidia0/vgpu3``   GPU by /dev/nvidia minor number (GKE; vgpu = shared)
 ===============================  ==========================================
+
+Devices of DRA ResourceClaims are named ``(driver, pool, device)`` instead; the driver publishes
+each one in a ResourceSlice with its ``uuid`` attribute (NVIDIA's driver: ``gpu-<minor>`` for a
+GPU, ``gpu-<minor>-mig-<profile id>-<start>-<size>`` for a MIG instance), see
+:func:`resolve_claim_device`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Literal, Mapping
 
 from . import catalog
 from .catalog import MetricSpec
-from .snapshot import ContainerRef, GpuProcess, GpuSnapshot, PodMeta, PodResources, Sample
+from .snapshot import (
+    ClaimDevice, ContainerRef, GpuProcess, GpuSnapshot, PodMeta, PodResources, PublishedDevices, Sample,
+)
+from .vocabulary import NVIDIA_DRA_DRIVER
 
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
 _INDEX = re.compile(r"^\d+$")
 _MINOR = re.compile(r"^nvidia(\d+)(?:/vgpu\d+)?$")
+_NVIDIA_DRA_GPU = re.compile(r"^gpu-(\d+)$")  # k8s-dra-driver-gpu's name of a whole GPU: gpu-<minor>
 _LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
 @dataclass(frozen=True, slots=True)
 class Holder:
-    """A container that holds a device."""
+    """A container that holds a device, through a device plugin (``resource``) or a DRA claim
+    (``resource`` is then the driver name, and the claim fields are set)."""
 
     namespace: str
     pod: str
@@ -45,6 +55,11 @@ class Holder:
     workload_kind: str
     workload: str
     pod_labels: tuple[tuple[str, str], ...] = ()  # (sanitised label name, value)
+    claim_namespace: str = ""
+    claim_name: str = ""
+    driver: str = ""
+    pool: str = ""
+    device: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,8 @@ class Attribution:
     allocatable: Mapping[str, int] = field(default_factory=dict)
     allocated: Mapping[str, int] = field(default_factory=dict)
     unknown_ids: tuple[str, ...] = ()  # device ids that matched no device this cycle
+    # DRA claim devices no ResourceSlice (nor the local fallback) could name this cycle
+    unresolved: tuple[ClaimDevice, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +136,36 @@ def resolve(device_id: str, ids: _Ids) -> tuple[str, bool] | None:
     return (uuid, shared) if uuid else None
 
 
+ClaimResolution = Literal["resolved", "unknown", "unresolved"]
+
+
+def resolve_claim_device(
+    device: ClaimDevice, ids: _Ids, published: PublishedDevices | None
+) -> tuple[str | None, ClaimResolution]:
+    """The uuid of the GPU or MIG instance a DRA claim device is, and how sure that is.
+
+    * ``resolved``: a ResourceSlice names its uuid, and that device is on this node; or, with no
+      slice of its pool known, NVIDIA's name ``gpu-<minor>`` names a GPU by minor number (the
+      one thing knowable without the API server: the CDI device names embed the same name).
+    * ``unknown``: it matches nothing, like an unknown device plugin id: its slice names a uuid
+      that is not on this node, or its pool is published but lists no such device.
+    * ``unresolved``: nothing here can tell which device it is (no slice of its pool, a device
+      without a ``uuid`` attribute, a MIG instance without the API server).
+    """
+    if published is not None:
+        key = (device.driver, device.pool, device.device)
+        uuid = published.uuids.get(key)
+        if uuid:
+            found = ids.by_key.get(("uuid", uuid))
+            return (found, "resolved") if found else (None, "unknown")
+        if uuid is None and (device.driver, device.pool) in published.pools:
+            return None, "unknown"
+    if device.driver == NVIDIA_DRA_DRIVER and (minor := _NVIDIA_DRA_GPU.match(device.device)) is not None:
+        found = ids.by_key.get(("minor", int(minor[1])))
+        return (found, "resolved") if found else (None, "unknown")
+    return None, "unresolved"
+
+
 def sanitize_label_name(name: str) -> str:
     """``app.kubernetes.io/name`` -> ``label_app_kubernetes_io_name`` (kube-state-metrics style)."""
     return "label_" + _LABEL_CHARS.sub("_", name)
@@ -130,22 +177,40 @@ def attribute(
     pods: Mapping[str, PodMeta],
     owners: Mapping[int, ContainerRef],
     pod_labels: Iterable[str] = (),
+    published: PublishedDevices | None = None,
 ) -> Attribution:
-    """Join devices, allocations, pod metadata and process owners."""
+    """Join devices, allocations (device plugin ids and DRA claim devices, the latter named
+    through ``published``), pod metadata and process owners."""
     if resources is None and not owners:
         return Attribution()
     ids = _Ids.of(snapshot)
     pods_by_name = {(p.namespace, p.name): p for p in pods.values()}
     wanted_labels = tuple(pod_labels)
 
+    def holder(namespace: str, pod: str, container: str, resource: str, **claim: str) -> Holder | None:
+        """The holder, or None for a finished pod (some kubelets keep listing completed pods
+        with their devices)."""
+        meta = pods_by_name.get((namespace, pod))
+        if meta is not None and meta.finished:
+            return None
+        return Holder(
+            namespace=namespace, pod=pod, container=container, resource=resource, shared=False,
+            workload_kind=meta.workload_kind if meta else "",
+            workload=meta.workload if meta else "",
+            pod_labels=tuple(
+                (sanitize_label_name(k), meta.labels.get(k, "") if meta else "") for k in wanted_labels
+            ),
+            **claim,
+        )
+
     holders: dict[str, list[Holder]] = defaultdict(list)
     allocated: dict[str, set[str]] = defaultdict(set)
     unknown: list[str] = []
+    unresolved: list[ClaimDevice] = []
     replicated: set[str] = set()
     for row in resources.containers if resources else ():
-        meta = pods_by_name.get((row.namespace, row.pod))
-        if meta is not None and meta.finished:
-            continue  # some kubelets keep listing completed pods with their devices
+        if (h := holder(row.namespace, row.pod, row.container, row.resource)) is None:
+            continue
         for device_id in row.device_ids:
             allocated[row.resource].add(device_id)
             resolved = resolve(device_id, ids)
@@ -155,36 +220,45 @@ def attribute(
             uuid, is_replica = resolved
             if is_replica:
                 replicated.add(uuid)
-            holder = Holder(
-                namespace=row.namespace,
-                pod=row.pod,
-                container=row.container,
-                resource=row.resource,
-                shared=False,
-                workload_kind=meta.workload_kind if meta else "",
-                workload=meta.workload if meta else "",
-                pod_labels=tuple(
-                    (sanitize_label_name(k), meta.labels.get(k, "") if meta else "") for k in wanted_labels
-                ),
-            )
-            if holder not in holders[uuid]:  # two replicas of one GPU in one container count once
-                holders[uuid].append(holder)
+            if h not in holders[uuid]:  # two replicas of one GPU in one container count once
+                holders[uuid].append(h)
+    for dev in resources.claim_devices if resources else ():
+        h = holder(dev.namespace, dev.pod, dev.container, dev.driver, claim_namespace=dev.claim_namespace,
+                   claim_name=dev.claim_name, driver=dev.driver, pool=dev.pool, device=dev.device)
+        if h is None:
+            continue
+        allocated[dev.driver].add(f"{dev.pool}/{dev.device}")
+        uuid, resolution = resolve_claim_device(dev, ids, published)
+        if resolution == "unresolved":
+            unresolved.append(dev)
+        elif uuid is None:
+            unknown.append(f"{dev.driver}/{dev.pool}/{dev.device}")
+        elif h not in holders[uuid]:
+            holders[uuid].append(h)
 
     final: dict[str, tuple[Holder, ...]] = {}
     for uuid, found in holders.items():
         shared = uuid in replicated or len({(h.namespace, h.pod, h.container) for h in found}) > 1
-        final[uuid] = tuple(
-            Holder(h.namespace, h.pod, h.container, h.resource, shared, h.workload_kind, h.workload, h.pod_labels)
-            for h in found
-        )
+        final[uuid] = tuple(replace(h, shared=shared) for h in found)
 
     return Attribution(
         holders=final,
         usage=_usage(snapshot, final, pods, owners),
-        allocatable={name: len(devices) for name, devices in (resources.allocatable if resources else {}).items()},
+        allocatable=_allocatable(resources, published, ids),
         allocated={name: len(devices) for name, devices in allocated.items()},
         unknown_ids=tuple(unknown),
+        unresolved=tuple(unresolved),
     )
+
+
+def _allocatable(resources: PodResources | None, published: PublishedDevices | None, ids: _Ids) -> dict[str, int]:
+    """Devices per resource name the kubelet can allocate, and per DRA driver the published
+    devices that are on this node (the driver publishes a MIG-enabled GPU's instances, not the GPU)."""
+    allocatable = {name: len(devices) for name, devices in (resources.allocatable if resources else {}).items()}
+    for (driver, _, _), uuid in (published.uuids.items() if published else ()):
+        if uuid and ("uuid", uuid) in ids.by_key:
+            allocatable[driver] = allocatable.get(driver, 0) + 1
+    return allocatable
 
 
 def _usage(

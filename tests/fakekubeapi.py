@@ -11,6 +11,8 @@ its own event loop (so sync tests and a separately started CLI process can both 
   "object": {...}}``) after ``resourceVersion`` (all current objects as ``ADDED`` first when it
   is empty or ``"0"``), until ``timeoutSeconds``; a ``resourceVersion`` older than the retained
   history gets an ``ERROR`` event with a 410 ``Status``, like the real thing.
+* ``GET /apis/resource.k8s.io/v1/resourceslices``, with and without ``watch=true``, the same way
+  (DRA ResourceSlices are cluster-scoped; ``fieldSelector=spec.nodeName=X,spec.driver=Y``).
 * ``GET /api/v1/namespaces/{ns}/pods/{name}``,
   ``GET /apis/apps/v1/namespaces/{ns}/{replicasets,deployments,statefulsets,daemonsets}/{name}``,
   ``GET /apis/batch/v1/namespaces/{ns}/{jobs,cronjobs}/{name}`` -- the object, or a 404
@@ -32,7 +34,8 @@ command), as an in-cluster API server does. The ``Authorization`` header of ever
 in ``.authorizations``.
 
 Use the ``fake_kube_api`` fixture (a started :class:`FakeKubeApi`, with ``.kubeconfig_path``),
-and :func:`make_pod` / :func:`make_owned` to build objects.
+and :func:`make_pod` / :func:`make_owned` / :func:`make_resource_slice` to build objects
+(``add_object`` / ``delete_object("ResourceSlice", "", name)`` for slices).
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "DaemonSet": ("apps/v1", "daemonsets"),
     "Job": ("batch/v1", "jobs"),
     "CronJob": ("batch/v1", "cronjobs"),
+    "ResourceSlice": ("resource.k8s.io/v1", "resourceslices"),
 }
+# kinds whose changes are kept as watch events
+_WATCHED = ("Pod", "ResourceSlice")
 _PLURAL_TO_KIND = {plural: kind for kind, (_, plural) in KINDS.items()}
 
 
@@ -161,6 +167,36 @@ def make_owned(kind: str, namespace: str, name: str, owner: tuple[str, str] | No
     return obj
 
 
+def make_resource_slice(
+    node: str,
+    devices: Mapping[str, str | None],
+    *,
+    driver: str = "gpu.nvidia.com",
+    pool: str | None = None,
+    generation: int = 1,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A ResourceSlice (``resource.k8s.io/v1``) as a DRA driver publishes it: ``devices`` maps
+    device name -> its ``uuid`` attribute (None: no uuid attribute); pool defaults to the node."""
+    pool = pool or node
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": name or f"{node}-{driver}-{pool}-{generation}"},
+        "spec": {
+            "driver": driver,
+            "nodeName": node,
+            "pool": {"name": pool, "generation": generation, "resourceSliceCount": 1},
+            "devices": [
+                {"name": dev, "attributes": {"type": {"string": "mig" if "-mig-" in dev else "gpu"},
+                                             **({"uuid": {"string": uuid}} if uuid else {})},
+                 "capacity": {"memory": {"value": "80Gi"}}}
+                for dev, uuid in devices.items()
+            ],
+        },
+    }
+
+
 def _status(code: int, reason: str, message: str) -> dict:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
@@ -219,7 +255,7 @@ class FakeKubeApi:
         # (kind, namespace, name) -> object
         self._objects: dict[tuple[str, str, str], dict] = {}
         self._rv = 1000
-        self._history: list[tuple[int, str, dict]] = []  # (rv, type, pod) of pod events
+        self._history: list[tuple[int, str, dict]] = []  # (rv, type, object) of _WATCHED kinds' events
         self._history_floor = self._rv  # watches from below this get 410
         self._watchers: set[asyncio.Queue] = set()
         self._open_watches: dict[int, web.Request] = {}  # id -> request
@@ -278,6 +314,7 @@ class FakeKubeApi:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/api/v1/pods", self._list_pods)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_pods)
+        app.router.add_get("/apis/resource.k8s.io/v1/resourceslices", self._list_slices)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get_object)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
@@ -393,12 +430,20 @@ class FakeKubeApi:
         server was at ``resource_version``."""
         return self._call(lambda: any(
             int(r.query.get("resourceVersion") or 0) >= resource_version
-            for r in self._open_watches.values()
+            for r in self._open_watches.values() if r.path.endswith("/pods")
+        ))
+
+    def watching_slices_since(self, resource_version: int) -> bool:
+        """:meth:`watching_since` for the ResourceSlice watch."""
+        return self._call(lambda: any(
+            int(r.query.get("resourceVersion") or 0) >= resource_version
+            for r in self._open_watches.values() if r.path.endswith("/resourceslices")
         ))
 
     # -- loop-thread internals -------------------------------------------------------------
 
     def _put(self, kind: str, obj: dict) -> dict:
+        obj.setdefault("kind", kind)  # watches tell kinds apart by it
         meta = obj.setdefault("metadata", {})
         key = (kind, meta.get("namespace", ""), meta["name"])
         self._rv += 1
@@ -406,7 +451,7 @@ class FakeKubeApi:
         meta.setdefault("uid", str(uuid.uuid4()))
         event = "MODIFIED" if key in self._objects else "ADDED"
         self._objects[key] = obj
-        if kind == "Pod":
+        if kind in _WATCHED:
             self._emit(event, obj)
         return copy.deepcopy(obj)
 
@@ -417,7 +462,7 @@ class FakeKubeApi:
         self._rv += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._rv)
-        if kind == "Pod":
+        if kind in _WATCHED:
             self._emit("DELETED", obj)
         return True
 
@@ -481,8 +526,15 @@ class FakeKubeApi:
         return web.json_response(obj)
 
     async def _list_pods(self, request: web.Request) -> web.StreamResponse:
-        if "pods" in self._resource_errors:
-            return self._error(self._resource_errors["pods"], "pods is not allowed")
+        return await self._list(request, "Pod")
+
+    async def _list_slices(self, request: web.Request) -> web.StreamResponse:
+        return await self._list(request, "ResourceSlice")
+
+    async def _list(self, request: web.Request, kind: str) -> web.StreamResponse:
+        api_version, plural = KINDS[kind]
+        if plural in self._resource_errors:
+            return self._error(self._resource_errors[plural], f"{plural} is not allowed")
         q = request.query
         try:
             fields = _parse_selector(q.get("fieldSelector", ""))
@@ -494,13 +546,13 @@ class FakeKubeApi:
             fields.append(("metadata.namespace", "=", ns))
 
         def selected(obj: dict) -> bool:
-            return _matches(obj, fields, labels)
+            return obj.get("kind") == kind and _matches(obj, fields, labels)
 
         if q.get("watch", "").lower() in ("true", "1"):
             return await self._watch(request, selected)
-        items = [o for (k, _, _), o in sorted(self._objects.items()) if k == "Pod" and selected(o)]
+        items = [o for (k, _, _), o in sorted(self._objects.items()) if k == kind and selected(o)]
         return web.json_response(
-            {"apiVersion": "v1", "kind": "PodList",
+            {"apiVersion": api_version, "kind": f"{kind}List",
              "metadata": {"resourceVersion": str(self._rv)}, "items": items}
         )
 
@@ -514,7 +566,7 @@ class FakeKubeApi:
         # Everything up to registering the queue runs without awaiting: no event is missed.
         if rv_text in ("", "0"):
             backlog = [(self._rv, "ADDED", copy.deepcopy(o))
-                       for (k, _, _), o in sorted(self._objects.items()) if k == "Pod"]
+                       for (k, _, _), o in sorted(self._objects.items()) if k in _WATCHED]
             gone = False
         else:
             try:

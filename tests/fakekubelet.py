@@ -48,6 +48,16 @@ Pods JSON format (also accepted by ``set_pods``; ``allocatable`` optional)::
 
 A bare JSON list is taken as the "pods" list. Each device entry becomes one ``ContainerDevices``
 message with all its ids (a real kubelet sends one entry per id; the client accepts both).
+
+DRA claims of a container (``dynamic_resources``; namespace defaults to the pod's, ``cdi`` to
+none)::
+
+    {"name": "trainer",
+     "claims": [{"name": "train-gpus", "namespace": "ml",
+                 "devices": [{"driver": "gpu.nvidia.com", "pool": "node-a", "device": "gpu-0",
+                              "cdi": ["k8s.gpu.nvidia.com/device=gpu-0"]}]}]}
+
+(``claim(...)`` and ``claim_device(...)`` build the same in Python.)
 """
 
 from __future__ import annotations
@@ -88,9 +98,27 @@ class Device:
 
 
 @dataclass(frozen=True)
+class ClaimDevice:
+    driver: str
+    pool: str
+    device: str
+    cdi: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A DRA ResourceClaim's devices, as the kubelet lists them for a container."""
+
+    name: str
+    namespace: str = ""  # "": the pod's
+    devices: tuple[ClaimDevice, ...] = ()
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     devices: tuple[Device, ...] = ()
+    claims: tuple[Claim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +140,21 @@ def pod(namespace: str, name: str, containers: Mapping[str, Mapping[str, Iterabl
     )
 
 
+def claim_device(device: str, pool: str = "node-a", driver: str = "gpu.nvidia.com") -> ClaimDevice:
+    """A claim device with the CDI name NVIDIA's driver gives it."""
+    return ClaimDevice(driver, pool, device, (f"k8s.{driver}/device={device}",))
+
+
+def claim(name: str, *devices: ClaimDevice, namespace: str = "") -> Claim:
+    return Claim(name, namespace, tuple(devices))
+
+
+def _claim_from_json(d: Mapping[str, Any]) -> Claim:
+    return Claim(d.get("name", ""), d.get("namespace", ""), tuple(
+        ClaimDevice(x.get("driver", ""), x.get("pool", ""), x.get("device", ""), tuple(x.get("cdi", ())))
+        for x in d.get("devices", ())))
+
+
 def _pod_from_json(d: Mapping[str, Any]) -> Pod:
     return Pod(
         d.get("namespace", ""),
@@ -123,6 +166,7 @@ def _pod_from_json(d: Mapping[str, Any]) -> Pod:
                     Device(dev["resource"], tuple(dev.get("ids", ())))
                     for dev in c.get("devices", ())
                 ),
+                tuple(_claim_from_json(x) for x in c.get("claims", ())),
             )
             for c in d.get("containers", ())
         ),
@@ -148,6 +192,20 @@ def _pod_message(p: Pod) -> api_pb2.PodResources:
                 devices=[
                     api_pb2.ContainerDevices(resource_name=d.resource, device_ids=list(d.ids))
                     for d in c.devices
+                ],
+                dynamic_resources=[
+                    api_pb2.DynamicResource(
+                        claim_name=cl.name,
+                        claim_namespace=cl.namespace or p.namespace,
+                        claim_resources=[
+                            api_pb2.ClaimResource(
+                                driver_name=x.driver, pool_name=x.pool, device_name=x.device,
+                                cdi_devices=[api_pb2.CDIDevice(name=n) for n in x.cdi],
+                            )
+                            for x in cl.devices
+                        ],
+                    )
+                    for cl in c.claims
                 ],
             )
             for c in p.containers

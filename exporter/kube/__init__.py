@@ -3,9 +3,13 @@
 :class:`PodWatcher` lists the pods of one node, watches them, and keeps a ``pod uid ->
 PodMeta`` map that the collection cycle reads. One module per concern:
 
-* ``watch``  -- the list/watch loop in its thread: resync, backoff, errors by kind, lifecycle;
+* ``listwatch`` -- the list/watch loop in its thread: resync, backoff, errors by kind, lifecycle,
+  shared by both watchers;
+* ``watch``  -- :class:`PodWatcher`: the pods of this node and their owners;
 * ``owners`` -- ReplicaSet -> Deployment and Job -> CronJob, cached, with the last good answer;
 * ``pods``   -- a pod as JSON -> :class:`~exporter.snapshot.PodMeta`;
+* ``slices`` -- :class:`SliceWatcher`: the DRA devices (ResourceSlices) this node's GPU drivers
+  publish, to name the devices of ResourceClaims;
 * ``api``    -- the request path (configuration, authentication, GET), without the generated
   API methods.
 
@@ -14,6 +18,8 @@ imported only by :meth:`PodWatcher.start`.
 """
 
 from .pods import pod_meta_from_dict, strip_runtime_prefix
+from .slices import SliceWatcher, published_devices
 from .watch import ERROR_KINDS, PodWatcher
 
-__all__ = ["PodWatcher", "ERROR_KINDS", "pod_meta_from_dict", "strip_runtime_prefix"]
+__all__ = ["PodWatcher", "SliceWatcher", "ERROR_KINDS", "pod_meta_from_dict", "published_devices",
+           "strip_runtime_prefix"]

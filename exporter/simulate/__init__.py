@@ -11,10 +11,12 @@ kubelet, API server and procfs adapters).
 from .backend import SimulatedBackend, SimulatedGpuLost
 from .parse import ScenarioError, load_scenario, load_scenario_text, parse_scenario
 from .scenario import Scenario
-from .sources import SimulatedCluster, SimulatedPodMetadata, SimulatedPodResources, process_owners
+from .sources import (
+    SimulatedCluster, SimulatedDeviceSlices, SimulatedPodMetadata, SimulatedPodResources, process_owners,
+)
 
 __all__ = [
-    "Scenario", "ScenarioError", "SimulatedBackend", "SimulatedCluster", "SimulatedGpuLost",
+    "Scenario", "ScenarioError", "SimulatedBackend", "SimulatedCluster", "SimulatedDeviceSlices", "SimulatedGpuLost",
     "SimulatedPodMetadata", "SimulatedPodResources", "load_scenario", "load_scenario_text", "parse_scenario",
     "process_owners",
 ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ..vocabulary import COMPUTE_MODES, GPU_RESOURCE, NVLINK_ERROR_TYPES, SHARED_GPU_RESOURCE
+from ..vocabulary import COMPUTE_MODES, GPU_RESOURCE, NVIDIA_DRA_DRIVER, NVLINK_ERROR_TYPES, SHARED_GPU_RESOURCE
 from .checker import Checker, YamlLoader, typename
 from .scenario import (
     FAULT_KINDS, LOAD_PATTERNS, SHARING_STRATEGIES, ContainerSpec, DeviceRef, FaultSpec, GpuSpec, LoadSpec,
@@ -115,7 +115,7 @@ _SHARING_KEYS = ("strategy", "replicas", "resource")
 _LOAD_KEYS = ("pattern", "level", "min", "max", "period", "phase", "duty", "noise")
 _POD_KEYS = ("namespace", "name", "uid", "workload", "labels", "containers")
 _WORKLOAD_KEYS = ("kind", "name")
-_CONTAINER_KEYS = ("name", "id", "resource", "devices", "processes")
+_CONTAINER_KEYS = ("name", "id", "resource", "claim", "devices", "processes")
 _DEVICE_KEYS = ("gpu", "mig", "compute_instance_id", "replica")
 _PROCESS_KEYS = ("pid", "memory", "utilization", "device")
 _FAULTS_KEYS = ("repeat_every", "events")
@@ -279,7 +279,8 @@ def _parse_pods(c: Checker, top: dict, gpus: list[GpuSpec | None], node: str, se
     pods: list[PodSpec] = []
     names: dict[tuple[str, str], int] = {}
     uids: dict[str, int] = {}
-    holders: dict[str, str] = {}  # device id -> path of first holder
+    holders: dict[str, tuple[str, tuple[str, str] | None]] = {}  # device id -> (path, claim) of first holder
+    claims: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {}  # claim -> (device ids, path first seen)
     pids: dict[int, str] = {}
     # per GPU / MIG instance: memory and utilisation shares of processes, to check the sums
     mem_use: dict[str, int] = {}
@@ -323,9 +324,14 @@ def _parse_pods(c: Checker, top: dict, gpus: list[GpuSpec | None], node: str, se
         cnames: set[str] = set()
         for j, rc in enumerate(c.seq(p, "containers", path, required=True)):
             cp = f"{path}.containers[{j}]"
-            cm = c.mapping(rc, cp, _CONTAINER_KEYS, ("name", "resource", "devices"))
+            is_claim = isinstance(rc, dict) and "claim" in rc
+            required = ("name", "devices") if is_claim else ("name", "resource", "devices")
+            cm = c.mapping(rc, cp, _CONTAINER_KEYS, required)
             if cm is None:
                 continue
+            claim = c.get(cm, "claim", cp, "str", None)
+            if is_claim and "resource" in cm:
+                c.add(f"{cp}.resource", f"devices of a claim come from the DRA driver {NVIDIA_DRA_DRIVER}; no resource")
             cname = c.get(cm, "name", cp, "str", f"c{j}")
             if cname in cnames:
                 c.add(f"{cp}.name", f"container {cname!r} already defined in this pod")
@@ -335,16 +341,23 @@ def _parse_pods(c: Checker, top: dict, gpus: list[GpuSpec | None], node: str, se
                 c.add(f"{cp}.id", "expected 12 to 64 lower-case hex digits, without a runtime prefix")
                 cid = None
             cid = cid or _digest(seed, uid, "container", cname).hex()
-            resource = c.get(cm, "resource", cp, "str", GPU_RESOURCE)
+            resource = NVIDIA_DRA_DRIVER if claim else c.get(cm, "resource", cp, "str", GPU_RESOURCE)
+            claim_key = (ns, claim) if claim else None
             devices: list[DeviceRef | None] = []
             for k, rd in enumerate(c.seq(cm, "devices", cp, required=True)):
                 dp = f"{cp}.devices[{k}]"
-                ref = _parse_device(c, rd, dp, gpus, resource)
+                ref = _parse_device(c, rd, dp, gpus, None if claim else resource)
                 devices.append(ref)
                 if ref is not None:
-                    if ref.device_id in holders:
-                        c.add(dp, f"device {ref.device_id} is already held by {holders[ref.device_id]}")
-                    holders.setdefault(ref.device_id, dp)
+                    held = holders.get(ref.device_id)
+                    if held is not None and (claim_key is None or held[1] != claim_key):
+                        c.add(dp, f"device {ref.device_id} is already held by {held[0]}")
+                    holders.setdefault(ref.device_id, (dp, claim_key))
+            if claim_key is not None:
+                ids = tuple(sorted(d.device_id for d in devices if d is not None))
+                seen_claim = claims.setdefault(claim_key, (ids, cp))
+                if seen_claim[0] != ids:
+                    c.add(f"{cp}.devices", f"claim {claim!r} holds other devices at {seen_claim[1]}")
             processes: list[ProcessSpec] = []
             for k, rp in enumerate(c.seq(cm, "processes", cp)):
                 pp = f"{cp}.processes[{k}]"
@@ -373,7 +386,7 @@ def _parse_pods(c: Checker, top: dict, gpus: list[GpuSpec | None], node: str, se
                         util_use[ref.gpu] = util_use.get(ref.gpu, 0.0) + share
                     processes.append(ProcessSpec(pid, mem, share, dev))
             containers.append(ContainerSpec(cname, cid, resource, tuple(d for d in devices if d is not None),
-                                            tuple(processes)))
+                                            tuple(processes), claim))
         pods.append(PodSpec(ns, name, uid, kind, workload, labels, tuple(containers)))
 
     for g in gpus:
@@ -389,7 +402,10 @@ def _parse_pods(c: Checker, top: dict, gpus: list[GpuSpec | None], node: str, se
     return pods
 
 
-def _parse_device(c: Checker, raw: Any, path: str, gpus: list[GpuSpec | None], resource: str) -> DeviceRef | None:
+def _parse_device(
+    c: Checker, raw: Any, path: str, gpus: list[GpuSpec | None], resource: str | None
+) -> DeviceRef | None:
+    """A device held under ``resource`` (a device plugin's), or through a DRA claim (None)."""
     if isinstance(raw, int) and not isinstance(raw, bool):  # shorthand: devices: [0]
         raw = {"gpu": raw}
     d = c.mapping(raw, path, _DEVICE_KEYS, ("gpu",))
@@ -422,7 +438,7 @@ def _parse_device(c: Checker, raw: Any, path: str, gpus: list[GpuSpec | None], r
         m = found[0]
         if replica is not None:
             c.add(f"{path}.replica", "MIG instances are not shared in this simulator")
-        if resource != m.resource:
+        if resource is not None and resource != m.resource:
             c.add(path, f"MIG instance {m.profile} is advertised as {m.resource}, not {resource}")
         return DeviceRef(gi, mig=m, device_id=m.uuid)
     if ci is not None:
@@ -431,6 +447,9 @@ def _parse_device(c: Checker, raw: Any, path: str, gpus: list[GpuSpec | None], r
         c.add(path, f"gpu {gi} is MIG-enabled; hold one of its MIG instances (give mig: <gpu_instance_id>)")
         return None
     if g.sharing is not None:
+        if resource is None:
+            c.add(path, f"gpu {gi} is shared by the device plugin ({g.sharing.strategy}); a claim cannot hold it")
+            return None
         if replica is None:
             c.add(path, f"gpu {gi} is shared ({g.sharing.strategy}); give replica: 0..{g.sharing.replicas - 1}")
             return None
@@ -443,7 +462,7 @@ def _parse_device(c: Checker, raw: Any, path: str, gpus: list[GpuSpec | None], r
     if replica is not None:
         c.add(f"{path}.replica", f"gpu {gi} is not shared (add sharing: to gpus[{gi}])")
         return None
-    if resource != GPU_RESOURCE:
+    if resource is not None and resource != GPU_RESOURCE:
         c.add(path, f"full GPUs are advertised as {GPU_RESOURCE}, not {resource}")
     return DeviceRef(gi, device_id=g.uuid)
 

@@ -162,6 +162,14 @@ class DeviceRef:
     replica: int | None = None
     device_id: str = ""  # as the NVIDIA device plugin names it: GPU-<uuid>, GPU-<uuid>::<n>, MIG-<uuid>
 
+    @property
+    def dra_name(self) -> str:
+        """The device's name in the simulated DRA driver's ResourceSlice: ``gpu-<minor>`` as
+        NVIDIA's driver names a GPU, ``gpu-<minor>-mig-<gi>-<ci>`` for a MIG instance."""
+        if self.mig is None:
+            return f"gpu-{self.gpu}"
+        return f"gpu-{self.gpu}-mig-{self.mig.gpu_instance_id}-{self.mig.compute_instance_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessSpec:
@@ -175,9 +183,10 @@ class ProcessSpec:
 class ContainerSpec:
     name: str
     container_id: str
-    resource: str
+    resource: str  # the DRA driver when the devices come through a claim
     devices: tuple[DeviceRef, ...]
     processes: tuple[ProcessSpec, ...] = ()
+    claim: str | None = None  # a DRA ResourceClaim (in the pod's namespace) holds the devices
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,17 +6,23 @@ kubelet client, pod metadata from a pod watcher and process owners from procfs; 
 ``--simulate`` the adapters below serve the cluster's answers instead, so that simulated pods
 flow through the real attribution code. ``--no-kubelet.enabled`` and ``--kubernetes.enabled``
 choose which of them run, exactly as on a real node.
+
+Containers holding devices through a DRA claim are listed as the kubelet lists
+``dynamic_resources``; the simulated ``gpu.nvidia.com`` driver publishes one ResourceSlice per
+node (pool = node name) with every GPU and MIG instance and its ``uuid``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Mapping
 
-from ..snapshot import ContainerDevices, ContainerRef, PodMeta, PodResources
-from ..vocabulary import GPU_RESOURCE
-from .scenario import Scenario
+from ..snapshot import ClaimDevice, ContainerDevices, ContainerRef, PodMeta, PodResources, PublishedDevices
+from ..vocabulary import GPU_RESOURCE, NVIDIA_DRA_DRIVER
+from .scenario import DeviceRef, Scenario
 
-__all__ = ["SimulatedCluster", "SimulatedPodMetadata", "SimulatedPodResources", "process_owners"]
+__all__ = ["SimulatedCluster", "SimulatedDeviceSlices", "SimulatedPodMetadata", "SimulatedPodResources",
+           "process_owners"]
 
 
 class SimulatedCluster:
@@ -25,19 +31,31 @@ class SimulatedCluster:
     def __init__(self, scenario: Scenario) -> None:
         self.node_name = scenario.node.name
         containers: list[ContainerDevices] = []
+        claim_devices: list[ClaimDevice] = []
         owners: dict[int, ContainerRef] = {}
         meta: dict[str, PodMeta] = {}
+        pool = scenario.node.name
         for pod in scenario.pods:
             for c in pod.containers:
-                containers.append(ContainerDevices(pod.namespace, pod.name, c.name, c.resource,
-                                                   tuple(d.device_id for d in c.devices)))
+                if c.claim:
+                    claim_devices.extend(
+                        ClaimDevice(pod.namespace, pod.name, c.name, pod.namespace, c.claim, NVIDIA_DRA_DRIVER, pool,
+                                    d.dra_name, (f"k8s.{NVIDIA_DRA_DRIVER}/device={d.dra_name}",))
+                        for d in c.devices)
+                else:
+                    containers.append(ContainerDevices(pod.namespace, pod.name, c.name, c.resource,
+                                                       tuple(d.device_id for d in c.devices)))
                 for p in c.processes:
                     owners[p.pid] = ContainerRef(pod.uid, c.container_id)
             meta[pod.uid] = PodMeta(pod.namespace, pod.name, pod.uid, pod.workload_kind, pod.workload,
                                     dict(pod.labels), {c.container_id: c.name for c in pod.containers},
                                     phase="Running")
+        # The DRA driver publishes the GPUs some claim holds; the device plugin advertises the others.
+        dra_gpus = {d.gpu for pod in scenario.pods for c in pod.containers if c.claim for d in c.devices}
         allocatable: dict[str, list[str]] = {}
         for g in scenario.gpus:
+            if g.index in dra_gpus:
+                continue
             if g.mig:
                 for m in g.mig:
                     allocatable.setdefault(m.resource, []).append(m.uuid)
@@ -46,13 +64,23 @@ class SimulatedCluster:
                     f"{g.uuid}::{r}" for r in range(g.sharing.replicas))
             else:
                 allocatable.setdefault(GPU_RESOURCE, []).append(g.uuid)
-        self._resources = PodResources(tuple(containers), {k: tuple(v) for k, v in allocatable.items()})
+        self._resources = PodResources(tuple(containers), {k: tuple(v) for k, v in allocatable.items()},
+                                       tuple(claim_devices))
+        dra = [g for g in scenario.gpus if g.index in dra_gpus]
+        published = [DeviceRef(g.index, device_id=g.uuid) for g in dra if not g.mig] + [
+            DeviceRef(g.index, mig=m, device_id=m.uuid) for g in dra for m in g.mig]
+        self._published = PublishedDevices({(NVIDIA_DRA_DRIVER, pool, d.dra_name): d.device_id for d in published},
+                                           frozenset({(NVIDIA_DRA_DRIVER, pool)}))
         self._meta = meta
         self._owners = owners
 
     def pod_resources(self) -> PodResources:
         """What the kubelet's pod-resources List + GetAllocatableResources would answer."""
         return self._resources
+
+    def published_devices(self) -> PublishedDevices:
+        """What the simulated DRA driver's ResourceSlice publishes."""
+        return self._published
 
     def pod_meta(self) -> dict[str, PodMeta]:
         """Pods on the node by uid, as the API server watch would describe them."""
@@ -68,11 +96,15 @@ class SimulatedPodResources:
 
     ERROR_KINDS: tuple[str, ...] = ()
 
-    def __init__(self, cluster: SimulatedCluster) -> None:
+    def __init__(self, cluster: SimulatedCluster, dra_drivers: tuple[str, ...] = (NVIDIA_DRA_DRIVER,)) -> None:
         self._cluster = cluster
+        self._dra_drivers = frozenset(dra_drivers)
 
     async def list_resources(self) -> PodResources:
-        return self._cluster.pod_resources()
+        # claims of drivers not asked for are left out, as the kubelet client leaves them out
+        resources = self._cluster.pod_resources()
+        claims = tuple(d for d in resources.claim_devices if d.driver in self._dra_drivers)
+        return resources if claims == resources.claim_devices else replace(resources, claim_devices=claims)
 
     async def close(self) -> None:
         return None
@@ -100,6 +132,13 @@ class SimulatedPodMetadata:
 
     def error_counts(self) -> dict[str, int]:
         return {}
+
+
+class SimulatedDeviceSlices(SimulatedPodMetadata):
+    """What the API server's ResourceSlice watch would say: the simulated driver's one slice."""
+
+    def published(self) -> PublishedDevices:
+        return self._cluster.published_devices()
 
 
 def process_owners(cluster: SimulatedCluster) -> Callable[[list[int]], dict[int, ContainerRef]]:
