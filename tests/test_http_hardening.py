@@ -1,0 +1,228 @@
+"""HTTP that no client can wedge, tried with raw sockets as a hostile client would.
+
+In-process tests run the real listener (``exporter.http.start_server``) with small limits so that
+timeouts pass in a second or two; the end-to-end test runs the CLI with its defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import pytest
+from aiohttp import web
+from e2e import AgentProcess, value
+
+from exporter.http import Guard, HttpLimits, start_server
+from exporter.webconfig import WebConfig
+
+LIMITS = HttpLimits(max_connections=8, idle_timeout=1.0, write_timeout=1.0, tls_handshake_timeout=1.0)
+SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: node\r\nAccept: */*\r\n\r\n"
+BIG = b"x" * (32 << 20)  # larger than any socket buffer: a client that does not read blocks the write
+
+
+class Served:
+    """The guarded listener with /metrics, /slow (waits for ``release``) and /big."""
+
+    def __init__(self, limits: HttpLimits = LIMITS) -> None:
+        self.limits = limits
+        self.release = asyncio.Event()
+
+    async def __aenter__(self) -> "Served":
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(text="up 1\n")
+
+        async def slow(request: web.Request) -> web.Response:
+            await self.release.wait()
+            return web.Response(text="done\n")
+
+        async def big(request: web.Request) -> web.Response:
+            return web.Response(body=BIG)
+
+        self.guard = Guard(WebConfig(), self.limits)
+        app = web.Application(middlewares=[self.guard.middleware])
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/slow", slow)
+        app.router.add_get("/big", big)
+        self.runner, self.site = await start_server(app, "127.0.0.1", 0, guard=self.guard)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.release.set()
+        await self.runner.cleanup()
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.site.port)
+
+    async def request(self, raw: bytes) -> bytes:
+        """Send ``raw`` on a fresh connection and read the whole answer (the guard closes after rejects)."""
+        reader, writer = await self.connect()
+        writer.write(raw)
+        try:
+            return await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+
+    async def scrape(self) -> bytes:
+        reader, writer = await self.connect()
+        writer.write(SCRAPE)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        return head
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the server closes the connection within ``seconds`` (data read meanwhile is dropped)."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            chunk = await asyncio.wait_for(reader.read(65536), max(0.01, deadline - time.monotonic()))
+            if not chunk:
+                return True
+    except (asyncio.TimeoutError, TimeoutError):
+        return False
+    except ConnectionError:
+        return True
+    return False
+
+
+async def test_idle_keep_alive_and_silent_connections_are_closed_after_the_idle_timeout():
+    async with Served() as served:
+        reader, writer = await served.connect()
+        writer.write(SCRAPE)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        silent, _ = await served.connect()
+        assert not await closed_within(reader, 0.3)  # kept alive for a while...
+        assert await closed_within(reader, LIMITS.idle_timeout + 2)  # ...then closed
+        assert await closed_within(silent, LIMITS.idle_timeout + 2)
+
+
+async def test_a_request_sent_a_byte_at_a_time_is_dropped():
+    async with Served() as served:
+        reader, writer = await served.connect()
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\n")
+        deadline = time.monotonic() + LIMITS.idle_timeout + 3
+        dropped = False
+        while time.monotonic() < deadline and not dropped:
+            try:
+                writer.write(b"X")  # a header that never ends
+                await writer.drain()
+            except ConnectionError:
+                dropped = True
+            dropped = dropped or await closed_within(reader, 0.2)
+        assert dropped, "a slowloris connection was still held"
+        assert (await served.scrape()).startswith(b"HTTP/1.1 200")
+
+
+async def test_at_the_cap_the_oldest_idle_connection_makes_room_for_a_scrape():
+    async with Served() as served:
+        idle = [await served.connect() for _ in range(LIMITS.max_connections)]
+        assert (await served.scrape()).startswith(b"HTTP/1.1 200")
+        assert await closed_within(idle[0][0], 2)  # the oldest idle one went
+        assert not await closed_within(idle[-1][0], 0.1)  # the newest stays
+
+
+async def test_when_every_connection_is_busy_a_new_one_is_refused_then_served_after():
+    async with Served() as served:
+        busy = []
+        for _ in range(LIMITS.max_connections):
+            reader, writer = await served.connect()
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: node\r\n\r\n")
+            busy.append((reader, writer))
+        await wait_for(lambda: len(served.guard.busy) == LIMITS.max_connections, "every connection busy")
+        extra, _ = await served.connect()
+        assert await closed_within(extra, 2)
+        assert served.guard.rejected["connection_limit"] >= 1
+        served.release.set()
+        for reader, _ in busy:
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        assert (await served.scrape()).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_client_that_does_not_read_is_cut_off_after_the_write_timeout():
+    async with Served() as served:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.site.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: node\r\n\r\n")
+        await wait_for(lambda: served.guard.rejected["write_timeout"] == 1, "the write deadline", 10)
+        received = 0
+        try:
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+                received += len(chunk)
+        except ConnectionError:
+            pass
+        assert received < len(BIG)
+        assert not served.guard.busy
+        assert (await served.scrape()).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"POST /metrics HTTP/1.1\r\nHost: n\r\nContent-Length: 0\r\n\r\n", b"405"),
+    (b"DELETE /metrics HTTP/1.1\r\nHost: n\r\n\r\n", b"405"),
+    (b"OPTIONS * HTTP/1.1\r\nHost: n\r\n\r\n", b"405"),
+    (b"TRACE /metrics HTTP/1.1\r\nHost: n\r\n\r\n", b"405"),
+    (b"GET /etc/passwd HTTP/1.1\r\nHost: n\r\n\r\n", b"404"),
+    (b"GET /metrics/../metrics HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n", b"404"),
+    (b"GET /metrics HTTP/1.1\r\nHost: n\r\nContent-Length: 5\r\n\r\nhello", b"400"),
+    (b"GET /metrics HTTP/1.1\r\nHost: n\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"400"),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: n\r\n\r\n", b"4"),
+    (b"GET /metrics HTTP/1.1\r\nHost: n\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(100)) + b"\r\n", b"4"),
+    (b"GET /metrics HTTP/1.1\r\nHost: n\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", b"4"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(200)) + b"\r\n\r\n", b"400"),
+    (b"GET /metrics HTTP/9.9\r\n\r\n", b"4"),
+    (b"GET /metrics HTTP/1.1\r\nHost: n\r\nBad Header\r\n\r\n", b"400"),
+])
+async def test_client_mistakes_get_a_short_answer_and_no_stack_trace(raw, status, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with Served() as served:
+        answer = await served.request(raw)
+        assert answer.split(b" ")[1].startswith(status), answer[:200]
+        assert b"Traceback" not in answer and len(answer) < 2000
+        assert (await served.scrape()).startswith(b"HTTP/1.1 200")
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+async def test_head_is_answered_without_a_body():
+    async with Served() as served:
+        answer = await served.request(b"HEAD /metrics HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n")
+
+
+async def wait_for(condition, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+# -- end to end: the CLI with its defaults ------------------------------------------------------------
+
+
+def test_the_agent_sheds_idle_and_half_sent_connections_and_answers_scrapes_meanwhile(fake_nvml):
+    agent = AgentProcess(["--simulate", "--web.max-connections", "40"], fake_nvml.env)
+    try:
+        agent.wait_for(lambda b: value(b, "kube_gpu_exporter_nvml_up") == 1, what="first cycle")
+        idle = [socket.create_connection(("127.0.0.1", agent.port)) for _ in range(30)]
+        half = [socket.create_connection(("127.0.0.1", agent.port)) for _ in range(30)]
+        for s in half:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: node\r\nX-Slow: ")
+        # More connections than the cap, none finished: a scrape still gets its answer.
+        assert agent.get("/metrics")[0] == 200
+        for path in ("/", "/api/v1/status", "/healthz", "/readyz"):  # routes added elsewhere are allowed
+            assert agent.get(path)[0] in (200, 503)
+        assert agent.get("/nope")[0] == 404
+        for s in idle + half:
+            s.settimeout(HttpLimits().idle_timeout + 5)
+            try:
+                assert s.recv(1 << 16) == b""  # closed by the agent (a timeout here raises)
+            except ConnectionResetError:
+                pass
+            s.close()
+    finally:
+        stderr = agent.stop()
+    assert "Traceback" not in stderr, stderr
