@@ -1,12 +1,18 @@
-"""The agent's memory and cycle time on the fake NVML node, with and without pod churn.
+"""The agent's memory, threads and start-up on an 8-GPU fake NVML node, as the host's core count changes.
 
-    .venv/bin/python bench/agent_rss.py [--seconds 30] [--interval 1]
+    .venv/bin/python bench/agent_rss.py [--seconds 20] [--interval 1] [--cpus 0,128]
 
-Uses the test fakes (tests/fakenvml.py, fakekubelet.py, fakekubeapi.py): the real CLI runs
-as a separate process on the fake libnvidia-ml.so.1, talks to a real gRPC kubelet on a unix
-socket and to the fake API server through the real `kubernetes` client. RSS is sampled from
-/proc every second. Four configurations run one after the other: NVML alone, with the kubelet,
-with the API server too, and the last one with every pod replaced by a new one every second.
+The real CLI runs as a separate process on the fake libnvidia-ml.so.1 of the tests (eight H100s,
+one process each), with the test fakes as its kubelet (a real gRPC server on a unix socket, one
+pod per GPU) and API server (the real ``kubernetes`` client against tests/fakekubeapi.py over
+HTTPS with a token: in-cluster configuration as in a DaemonSet, and a kubeconfig file). Each
+configuration runs once with the core count as it is and once with the agent told the host has
+128 cores (``bench/common.py: fake_cpus_env``: LD_PRELOAD for C libraries, ``os.cpu_count``
+raised for Python). Sampled from /proc every second: RSS and threads. Also: seconds from spawn
+until the port listens and until the first snapshot is served, and the wire size per series.
+
+The last configuration replaces every pod each second (pod churn); the hour-long soak is
+``bench/soak.py``.
 """
 
 from __future__ import annotations
@@ -18,80 +24,97 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import GPU, NODE, AgentProcess, value  # noqa: E402
+from common import Agent, mib, save, series_count, thread_names  # noqa: E402
 from fakekubeapi import FakeKubeApi, make_pod  # noqa: E402
 from fakekubelet import FakeKubelet  # noqa: E402
-from fakenvml import FakeNode, build_fake_nvml  # noqa: E402
+from fakenvml import FakeNode, build_fake_nvml, h100  # noqa: E402
+
+NODE = "gpu-node-bench"
+GPUS = 8
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def place_pods(generation: int, kubelet: FakeKubelet, api: FakeKubeApi) -> None:
+def place_pods(generation: int, node: FakeNode, kubelet: FakeKubelet, api: FakeKubeApi) -> None:
     """One pod per GPU, all named after the generation (a churn replaces every one)."""
     pods = []
-    for i, uuid in enumerate(GPU):
+    for i, gpu in enumerate(node.gpus):
         name = f"job-{generation}-{i}"
         pods.append({"namespace": "ml", "name": name,
-                     "containers": [{"name": "c", "devices": [{"resource": "nvidia.com/gpu", "ids": [uuid]}]}]})
+                     "containers": [{"name": "c", "devices": [{"resource": "nvidia.com/gpu", "ids": [gpu["uuid"]]}]}]})
         api.add_pod(make_pod("ml", name, node=NODE, owner=("Job", f"job-{generation}")))
         if generation:
             api.delete_pod("ml", f"job-{generation - 1}-{i}")
     kubelet.set_pods(pods)
 
 
-def run(label: str, args: list[str], node: FakeNode, seconds: float, churn, interval: float) -> None:
-    agent = AgentProcess(args, node.env, interval=interval)
+def run(label: str, args: list[str], env: dict[str, str], seconds: float, churn, interval: float,  # noqa: ANN001
+        cpus: int) -> dict:
+    agent = Agent(args, env=env, fake_cpus=cpus, interval=interval)
     try:
-        body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_nvml_up") == 1, timeout=30)
-        start = rss_kib(agent.process.pid)
-        peak, samples, generation = start, [], itertools.count(1)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        listening = agent.listening_after()
+        ready = agent.ready_after()
+        timeline, generation = [], itertools.count(1)
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
             if churn:
                 churn(next(generation))
             time.sleep(1)
-            peak = max(peak, rss_kib(agent.process.pid))
-            samples.append(rss_kib(agent.process.pid))
-        body = agent.scrape()
-        cycle = value(body, "kube_gpu_exporter_cycle_duration_seconds") or 0
-        print(f"{label:42s} RSS {start / 1024:6.1f} MiB at start, {samples[-1] / 1024:6.1f} MiB after "
-              f"{seconds:.0f} s (peak {peak / 1024:.1f}); last cycle {cycle * 1e3:.1f} ms")
+            timeline.append({"t": round(time.monotonic() - started, 1), **agent.status()})
+        text = agent.scraper.text()
+        _, wire = agent.scraper.timed()
+        names = thread_names(agent.process.pid)
     finally:
         agent.stop()
+    series = series_count(text)
+    row = {"label": label, "cpus": cpus or None, "listening_s": listening, "first_snapshot_s": ready,
+           "rss_start_mib": mib(timeline[0]["rss"]), "rss_end_mib": mib(timeline[-1]["rss"]),
+           "rss_peak_mib": mib(max(s["rss"] for s in timeline)), "threads": max(s["threads"] for s in timeline),
+           "thread_names": names, "series": series, "gzip_bytes_per_series": wire / series,
+           "timeline": timeline}
+    print(f"{label:38s} cpus {cpus or 'as is':>5}  RSS {row['rss_start_mib']:5.1f} -> {row['rss_end_mib']:5.1f} MiB"
+          f"  threads {row['threads']:2d}  listening {listening:.2f} s  first snapshot {ready:.2f} s"
+          f"  {row['gzip_bytes_per_series']:.1f} B/series", flush=True)
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--cpus", default="0,128", help="reported core counts; 0: as it is")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="kge-bench-"))
-    node = FakeNode(work / "fake_nvml.conf", lib_path=build_fake_nvml(work))
+    work = Path(tempfile.mkdtemp(prefix="kge-rss-"))
+    node = FakeNode(work / "fake_nvml.conf", lib_path=build_fake_nvml(work), gpus=[h100(i) for i in range(GPUS)])
     kubelet = FakeKubelet().start()
-    api = FakeKubeApi().start()
-    api.write_kubeconfig(work / "kubeconfig")
-    place_pods(0, kubelet, api)
+    # HTTPS with a service-account token, as the API server is seen from a DaemonSet pod
+    api = FakeKubeApi(token="sa-token", tls_dir=work / "tls").start()
+    api.write_kubeconfig(work / "kubeconfig", token="sa-token")
+    (work / "token").write_text("sa-token")
+    in_cluster = {**node.env, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port),
+                  "KGE_BENCH_SA_TOKEN": str(work / "token"), "KGE_BENCH_SA_CA": str(api.ca_cert_path)}
+    place_pods(0, node, kubelet, api)
     kubelet_args = ["--kubelet.pod-resources-socket", kubelet.socket_path]
-    kube_args = ["--kubernetes.enabled", "--kubernetes.node-name", NODE,
-                 "--kubernetes.kubeconfig", str(work / "kubeconfig")]
+    kube_args = ["--kubernetes.enabled", "--kubernetes.node-name", NODE]
+    kubeconfig_args = [*kube_args, "--kubernetes.kubeconfig", str(work / "kubeconfig")]
+    configs = [
+        ("NVML", ["--no-kubelet.enabled"], node.env, None),
+        ("NVML + kubelet", kubelet_args, node.env, None),
+        ("NVML + kubelet + API server", kubelet_args + kube_args, in_cluster, None),
+        ("the same, kubeconfig file (development)", kubelet_args + kubeconfig_args, node.env, None),
+        ("the same in-cluster, pods replaced each second", kubelet_args + kube_args, in_cluster,
+         lambda g: place_pods(g, node, kubelet, api)),
+    ]
+    rows = []
     try:
-        run("NVML", ["--no-kubelet.enabled"], node, args.seconds, None, args.interval)
-        run("NVML + kubelet", kubelet_args, node, args.seconds, None, args.interval)
-        run("NVML + kubelet + API server", kubelet_args + kube_args, node, args.seconds, None, args.interval)
-        run("NVML + kubelet + API server, pod churn 1/s", kubelet_args + kube_args, node, args.seconds,
-            lambda g: place_pods(g, kubelet, api), args.interval)
+        for cpus in [int(c) for c in args.cpus.split(",")]:
+            for label, agent_args, env, churn in configs:
+                rows.append(run(label, agent_args, env, args.seconds, churn, args.interval, cpus))
     finally:
         kubelet.close()
         api.stop()
+    save("agent_rss", {"gpus": GPUS, "seconds": args.seconds, "interval": args.interval, "runs": rows})
     return 0
 
 

@@ -1,103 +1,80 @@
-"""Scrape latency, RSS and collection time of the agent on a simulated node.
+"""Scrape latency against series count: the agent and the prometheus-client baseline side by side.
 
-    .venv/bin/python bench/scrape.py [--scrapes 2000] [--scenario FILE] [--interval 1]
+    .venv/bin/python bench/scrape.py [--gpus 2,8,19,48,64] [--scrapes 400] [--quick]
 
-Starts the real CLI as a separate process on a loopback port, waits for the first collection,
-then scrapes /metrics sequentially over one keep-alive connection the way Prometheus does
-(gzip, OpenMetrics first) and reports latency percentiles, the agent's RSS and its own
-collection-duration metric. Numbers, not assertions: compare runs, do not gate tests on them.
+For each node size a simulated node (``bench/common.py: simulated_node``: H100s, every fourth
+MIG-split, every other time-sliced between four pods) is served by the agent and by
+``bench/baseline.py`` at once, and both are scraped in turn, one scrape each, the way Prometheus
+does (gzip OpenMetrics, sequential, keep-alive where the server allows it): the ratio of their
+latencies is measured under the same load at the same moment. Latency is taken at the client,
+so it includes the loopback round trip and the client's own work (an upper bound of the
+server-side time). Also reported: bytes on the wire per series (gzip) for each size.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import re
-import socket
-import statistics
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (ROOT, Agent, quantiles, save, series_count,  # noqa: E402
+                    simulated_node, write_scenario)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def metric(body: str, name: str) -> float | None:
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)", body, re.M)
-    return float(match[1]) if match else None
+def measure(gpus: int, scrapes: int, work: Path) -> dict:
+    scenario = write_scenario(simulated_node(gpus), work)
+    args = ["--simulate", str(scenario), "--kubernetes.enabled"]
+    agent = Agent(args, interval=5)
+    baseline = Agent(args, interval=5, command=[sys.executable, str(ROOT / "bench" / "baseline.py")])
+    try:
+        agent.ready_after()
+        baseline.ready_after()
+        series = series_count(agent.scraper.text())
+        baseline_series = series_count(baseline.scraper.text())
+        for _ in range(20):  # warm-up: connections, caches, the first gzip
+            agent.scraper.timed()
+            baseline.scraper.timed()
+        times: dict[str, list[float]] = {"agent": [], "baseline": []}
+        size = {"agent": 0, "baseline": 0}
+        for _ in range(scrapes):
+            for name, target in (("agent", agent), ("baseline", baseline)):
+                elapsed, size[name] = target.scraper.timed()
+                times[name].append(elapsed)
+    finally:
+        agent.stop()
+        baseline.stop()
+    result = {"gpus": gpus, "series": series, "baseline_series": baseline_series, "scrapes": scrapes}
+    for name in times:
+        result[name] = quantiles(times[name]) | {"gzip_bytes": size[name]}
+    result["p99_ratio"] = result["baseline"]["p99_ms"] / result["agent"]["p99_ms"]
+    result["p50_ratio"] = result["baseline"]["p50_ms"] / result["agent"]["p50_ms"]
+    result["gzip_bytes_per_series"] = size["agent"] / series
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scrapes", type=int, default=2000)
-    parser.add_argument("--scenario", default="")
-    parser.add_argument("--interval", default="1")
+    parser.add_argument("--gpus", default="2,8,19,48,64")
+    parser.add_argument("--scrapes", type=int, default=400)
+    parser.add_argument("--quick", action="store_true", help="two sizes, 100 scrapes")
     args = parser.parse_args()
-
-    port = free_port()
-    command = [sys.executable, "-m", "exporter", "--simulate", *([args.scenario] if args.scenario else []),
-               "--web.listen-address", f"127.0.0.1:{port}", "--collector.interval", args.interval,
-               "--log.level", "warning"]
-    agent = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                connection.request("GET", "/metrics")
-                response = connection.getresponse()
-                response.read()
-                if response.status == 200:
-                    break
-            except OSError:
-                connection.close()
-            if time.monotonic() > deadline:
-                raise SystemExit("agent did not serve /metrics within 30 s")
-            time.sleep(0.1)
-
-        rss_start = rss_bytes(agent.pid)
-        latencies = []
-        size = 0
-        headers = {"Accept": ACCEPT, "Accept-Encoding": "gzip"}
-        for _ in range(args.scrapes):
-            started = time.perf_counter()
-            connection.request("GET", "/metrics", headers=headers)
-            response = connection.getresponse()
-            size = len(response.read())
-            latencies.append(time.perf_counter() - started)
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        body = response.read().decode()
-        rss_end = rss_bytes(agent.pid)
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
-
-    latencies.sort()
-    quantile = statistics.quantiles(latencies, n=100)
-    series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
-    print(f"scrapes              {len(latencies)} sequential, keep-alive, gzip OpenMetrics")
-    print(f"response             {size} bytes gzip, {len(body)} bytes plain, {series} series")
-    print(f"scrape latency       p50 {quantile[49] * 1e3:.3f} ms   p99 {quantile[98] * 1e3:.3f} ms   "
-          f"max {latencies[-1] * 1e3:.3f} ms")
-    print(f"agent RSS            {rss_start / 2**20:.1f} MiB after start, {rss_end / 2**20:.1f} MiB after scrapes")
-    duration = metric(body, "kube_gpu_exporter_cycle_duration_seconds")
-    print(f"collection duration  {duration * 1e3:.2f} ms (the agent's own last cycle)" if duration else "")
+    sizes = [int(g) for g in args.gpus.split(",")]
+    scrapes = args.scrapes
+    if args.quick:
+        sizes, scrapes = [8, 24], 100
+    work = Path(tempfile.mkdtemp(prefix="kge-scrape-"))
+    rows = []
+    for gpus in sizes:
+        # the baseline takes ~0.1-0.3 s per scrape on the largest nodes: fewer rounds there
+        row = measure(gpus, scrapes if gpus <= 19 else max(100, scrapes // 2), work)
+        rows.append(row)
+        print(f"{row['series']:6d} series  agent p50 {row['agent']['p50_ms']:.3f} p99 {row['agent']['p99_ms']:.3f} ms"
+              f"  baseline p50 {row['baseline']['p50_ms']:.2f} p99 {row['baseline']['p99_ms']:.2f} ms"
+              f"  p99 ratio {row['p99_ratio']:.0f}x  {row['gzip_bytes_per_series']:.1f} gzip B/series", flush=True)
+    save("scrape", {"sizes": rows})
     return 0
 
 

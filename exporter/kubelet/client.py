@@ -10,7 +10,10 @@ next cycle is the retry. (The one exception, a ``List`` on a stale channel after
 restart, is retried on a fresh connection; see ``PodResourcesClient``.)
 
 The client only transports: device ids (``GPU-<uuid>``, ``MIG-<uuid>``, ``GPU-<uuid>::<n>``,
-``nvidia0``, ...) are handed on untouched; mapping them to GPUs is done elsewhere.
+``nvidia0``, ...) are handed on untouched; mapping them to GPUs is done elsewhere. So are the
+devices of DRA ResourceClaims (``dynamic_resources``, Kubernetes >= 1.34 with the
+``KubeletPodResourcesDynamicResources`` gate, on by default): their ``(driver, pool, device)``
+names are resolved against the drivers' ResourceSlices by attribution.
 """
 
 from __future__ import annotations
@@ -19,32 +22,30 @@ import logging
 import time
 from typing import Iterable
 
-import grpc
-import grpc.aio
 from google.protobuf.message import DecodeError
+from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.const import Status
+from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from h2.exceptions import ProtocolError as H2ProtocolError
 
 from .. import vocabulary
-from ..snapshot import ContainerDevices, PodResources
+from ..snapshot import ClaimDevice, ContainerDevices, PodResources
 from .podresources.v1 import api_pb2
 
 log = logging.getLogger(__name__)
 
 
-# The kubelet answers List with up to 16 MiB (its own send limit); grpc's default receive limit
-# is 4 MiB, which a large node with many pods and CPU/memory assignments can exceed.
+# The kubelet answers List with up to 16 MiB (its own send limit). grpclib reads a message of any
+# size; the limit is kept as a guard against a runaway answer.
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-_CHANNEL_OPTIONS = (
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    # After the kubelet restarts, reconnect within about a cycle rather than after grpc's
-    # default exponential backoff (up to 120 s).
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # A channel recreated after UNAVAILABLE must not pick up the old channel's subchannel (and
-    # its backoff state) from grpc's process-wide subchannel pool.
-    ("grpc.use_local_subchannel_pool", 1),
-)
+# Transport: grpclib, gRPC in pure Python on the agent's own event loop, not grpcio. grpcio's C
+# core starts a thread pool sized by the host's core count (sysconf(_SC_NPROCESSORS_CONF), not
+# the container's CPU limit: 4 threads on 2 cores, 16 on 16 or more, and no knob to bound it:
+# grpc/grpc#40991) and costs ~8 MB more to import; two unary calls per cycle on a unix socket
+# need none of it (docs/performance.md). grpclib opens a new connection on the next call after
+# the old one broke, without grpcio's reconnect backoff, which is what a kubelet restart needs.
 
 
 class KubeletError(Exception):
@@ -74,16 +75,16 @@ class KubeletError(Exception):
 class PodResourcesClient:
     """Reads device assignments from the kubelet's pod-resources socket.
 
-    One grpc.aio channel is created lazily on the first call and reused; it is bound to the event
-    loop running that call, so use one client per loop. grpc reconnects a channel by itself, but
-    only after its reconnect backoff: tested with grpcio 1.85, a channel that failed while the
-    socket was absent kept failing after the socket came back. So after UNAVAILABLE the channel
-    is dropped and the next call opens a new one, and a ``List`` failing UNAVAILABLE on a channel
-    from an earlier cycle is retried once on a fresh channel: a kubelet restarted between two
-    cycles costs no failed cycle, one still down costs one failed cycle per cycle.
+    One grpclib channel (one HTTP/2 connection, no thread) is created lazily on the first call
+    and reused; it is bound to the event loop running that call, so use one client per loop.
+    After UNAVAILABLE or a broken connection the channel is dropped and the next call opens a
+    new one, and a ``List`` failing UNAVAILABLE on a channel from an earlier cycle is retried
+    once on a fresh channel: a kubelet restarted between two cycles costs no failed cycle, one
+    still down costs one failed cycle per cycle.
 
     Devices are kept when their resource name is in ``resource_names`` or starts with one of
-    ``resource_prefixes`` (MIG ``mixed`` strategy: ``nvidia.com/mig-1g.10gb``, ...).
+    ``resource_prefixes`` (MIG ``mixed`` strategy: ``nvidia.com/mig-1g.10gb``, ...); DRA claim
+    devices when their driver is one of ``dra_drivers``.
     """
 
     #: Kinds of the errors this client raises, for kube_gpu_exporter_collector_errors_total.
@@ -95,6 +96,7 @@ class PodResourcesClient:
         timeout_seconds: float = 5.0,
         resource_names: tuple[str, ...] = vocabulary.DEFAULT_RESOURCE_NAMES,
         resource_prefixes: tuple[str, ...] = vocabulary.DEFAULT_RESOURCE_PREFIXES,
+        dra_drivers: tuple[str, ...] = vocabulary.DEFAULT_DRA_DRIVERS,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be > 0")
@@ -102,8 +104,9 @@ class PodResourcesClient:
         self.timeout_seconds = float(timeout_seconds)
         self.resource_names = frozenset(resource_names)
         self.resource_prefixes = tuple(resource_prefixes)
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: dict[str, grpc.aio.UnaryUnaryMultiCallable] | None = None
+        self.dra_drivers = frozenset(dra_drivers)
+        self._channel: Channel | None = None
+        self._stub: dict[str, UnaryUnaryMethod] | None = None
         self._allocatable_unsupported_logged = False
 
     def wants(self, resource_name: str) -> bool:
@@ -112,20 +115,13 @@ class PodResourcesClient:
             resource_name.startswith(p) for p in self.resource_prefixes
         )
 
-    def _get_stub(self) -> dict[str, grpc.aio.UnaryUnaryMultiCallable]:
-        # Not the generated stub: responses come back as bytes and are decoded in _call, so a
-        # bad answer becomes KubeletError("invalid_response") instead of a None result and an
-        # ERROR log line from grpc on every call.
+    def _get_stub(self) -> dict[str, UnaryUnaryMethod]:
+        # Responses come back as bytes (_RawCodec) and are decoded in _call, so that a bad answer
+        # becomes KubeletError("invalid_response").
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
-                f"unix://{self.socket_path}", options=_CHANNEL_OPTIONS
-            )
+            self._channel = Channel(path=self.socket_path, codec=_RawCodec(), status_details_codec=None)
             self._stub = {
-                name: self._channel.unary_unary(
-                    f"/{_SERVICE.full_name}/{name}",
-                    request_serializer=_serialize,
-                    response_deserializer=None,
-                )
+                name: UnaryUnaryMethod(self._channel, f"/{_SERVICE.full_name}/{name}", bytes, bytes)
                 for name in ("List", "GetAllocatableResources")
             }
         return self._stub
@@ -134,7 +130,7 @@ class PodResourcesClient:
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             try:
-                await channel.close()
+                channel.close()
             except Exception:  # closing a broken channel must not hide the original error
                 pass
 
@@ -165,6 +161,7 @@ class PodResourcesClient:
             # kubelet's rate limiter, so this costs it nothing.
             listed = await self._call("List", deadline)
         containers = self._containers(listed)
+        claim_devices = self._claim_devices(listed)
         allocatable: dict[str, tuple[str, ...]] = {}
         try:
             alloc = await self._call("GetAllocatableResources", deadline)
@@ -179,7 +176,7 @@ class PodResourcesClient:
                 )
         else:
             allocatable = self._allocatable(alloc.devices)
-        return PodResources(containers=containers, allocatable=allocatable)
+        return PodResources(containers=containers, allocatable=allocatable, claim_devices=claim_devices)
 
     async def _call(self, name: str, deadline: float):
         request_type, response_type = _TYPES[name]
@@ -191,25 +188,30 @@ class PodResourcesClient:
                 f"kubelet pod-resources {name} at {self.socket_path}: no time left of the "
                 f"{self.timeout_seconds:g}s timeout",
             )
+        where = f"kubelet pod-resources {name} at {self.socket_path}"
         try:
-            raw = await method(request_type(), timeout=remaining)
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
+            raw = await method(request_type().SerializeToString(), timeout=remaining)
+        except GRPCError as exc:
+            code, details = exc.status, exc.message or ""
             if name == "GetAllocatableResources" and (
-                code == grpc.StatusCode.UNIMPLEMENTED
-                or (code == grpc.StatusCode.UNKNOWN and "disabled" in details)
+                code == Status.UNIMPLEMENTED or (code == Status.UNKNOWN and "disabled" in details)
             ):
                 raise _AllocatableUnsupported(f"{code.name}: {details}") from None
-            where = f"kubelet pod-resources {name} at {self.socket_path}"
-            if code == grpc.StatusCode.UNAVAILABLE:
+            if code == Status.UNAVAILABLE:
                 # A fresh channel next time: cheap, and sure to see a socket created again.
                 await self._drop_channel()
                 raise KubeletError("unavailable", f"{where}: unavailable: {details}") from None
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise KubeletError(
-                    "timeout", f"{where}: no answer within {self.timeout_seconds:g}s"
-                ) from None
+            if code == Status.DEADLINE_EXCEEDED:
+                raise KubeletError("timeout", f"{where}: no answer within {self.timeout_seconds:g}s") from None
             raise KubeletError("rpc_error", f"{where}: {code.name}: {details}") from None
+        except TimeoutError:  # grpclib's own deadline (asyncio.TimeoutError is TimeoutError)
+            raise KubeletError("timeout", f"{where}: no answer within {self.timeout_seconds:g}s") from None
+        except (OSError, StreamTerminatedError, ProtocolError, H2ProtocolError) as exc:
+            # No socket, connection refused or reset, the kubelet gone mid-call.
+            await self._drop_channel()
+            raise KubeletError("unavailable", f"{where}: unavailable: {exc or type(exc).__name__}") from None
+        if len(raw) > _MAX_MESSAGE_BYTES:
+            raise KubeletError("invalid_response", f"{where}: {len(raw)} bytes, over {_MAX_MESSAGE_BYTES}")
         try:
             return response_type.FromString(raw)
         except (DecodeError, TypeError) as exc:
@@ -226,14 +228,7 @@ class PodResourcesClient:
                 for dev in container.devices:
                     if not self.wants(dev.resource_name):
                         continue
-                    if not (pod.namespace and pod.name and container.name):
-                        raise KubeletError(
-                            "invalid_response",
-                            f"kubelet pod-resources List at {self.socket_path}: "
-                            f"{dev.resource_name} devices {list(dev.device_ids)} assigned to a "
-                            f"container without a name (namespace={pod.namespace!r}, "
-                            f"pod={pod.name!r}, container={container.name!r})",
-                        )
+                    self._require_names(pod, container, f"{dev.resource_name} devices {list(dev.device_ids)}")
                     key = (pod.namespace, pod.name, container.name, dev.resource_name)
                     rows.setdefault(key, set()).update(i for i in dev.device_ids if i)
         return tuple(
@@ -241,6 +236,40 @@ class PodResourcesClient:
             for (ns, pod, ctr, res), ids in sorted(rows.items())
             if ids
         )
+
+    def _claim_devices(self, resp: api_pb2.ListPodResourcesResponse) -> tuple[ClaimDevice, ...]:
+        """Devices of the wanted DRA drivers, one row per (container, claim, device), sorted and
+        de-duplicated. A device without a pool or device name cannot be resolved: it is an
+        invalid answer, like a device plugin id without a container name."""
+        rows: dict[tuple[str, ...], set[str]] = {}
+        for pod in resp.pod_resources:
+            for container in pod.containers:
+                for claim in container.dynamic_resources:
+                    for res in claim.claim_resources:
+                        if res.driver_name not in self.dra_drivers:
+                            continue
+                        what = (f"{res.driver_name} device {res.pool_name}/{res.device_name} "
+                                f"of claim {claim.claim_name!r}")
+                        self._require_names(pod, container, what)
+                        if not (claim.claim_name and res.pool_name and res.device_name):
+                            raise KubeletError(
+                                "invalid_response",
+                                f"kubelet pod-resources List at {self.socket_path}: {what} "
+                                f"(pod {pod.namespace}/{pod.name}) lacks a claim, pool or device name",
+                            )
+                        key = (pod.namespace, pod.name, container.name, claim.claim_namespace or pod.namespace,
+                               claim.claim_name, res.driver_name, res.pool_name, res.device_name)
+                        rows.setdefault(key, set()).update(d.name for d in res.cdi_devices if d.name)
+        return tuple(ClaimDevice(*key, cdi_devices=tuple(sorted(cdi))) for key, cdi in sorted(rows.items()))
+
+    def _require_names(self, pod: api_pb2.PodResources, container: api_pb2.ContainerResources, what: str) -> None:
+        if not (pod.namespace and pod.name and container.name):
+            raise KubeletError(
+                "invalid_response",
+                f"kubelet pod-resources List at {self.socket_path}: {what} assigned to a "
+                f"container without a name (namespace={pod.namespace!r}, "
+                f"pod={pod.name!r}, container={container.name!r})",
+            )
 
     def _allocatable(self, devices: Iterable[api_pb2.ContainerDevices]) -> dict[str, tuple[str, ...]]:
         by_resource: dict[str, set[str]] = {}
@@ -270,8 +299,16 @@ _TYPES = {
 }
 
 
-def _serialize(message) -> bytes:
-    return message.SerializeToString()
+class _RawCodec(CodecBase):
+    """Messages pass as bytes: serialised before the call, decoded after it (see ``_call``)."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: bytes, message_type: type) -> bytes:
+        return message
+
+    def decode(self, data: bytes, message_type: type) -> bytes:
+        return data
 
 
 class _AllocatableUnsupported(Exception):
