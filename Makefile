@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # python3-venv gives Debian's Python its venv; gcc + libc6-dev build the fake libnvidia-ml.so.1
-# for the tests, and prometheus brings promtool.
+# for the tests, and prometheus brings promtool; prometheus-alertmanager (alertmanager, amtool) for
+# the alerting tests; chromium loads the status page in tests/test_status_page.py.
 RUN_DEB_PACKAGES  := python3-venv
-TEST_DEB_PACKAGES := $(RUN_DEB_PACKAGES) prometheus gcc libc6-dev
+TEST_DEB_PACKAGES := $(RUN_DEB_PACKAGES) prometheus prometheus-alertmanager gcc libc6-dev chromium
 
-.PHONY: run test run-deps test-deps venv test-venv protos golden docs clean
+.PHONY: run test run-deps test-deps venv test-venv protos golden docs rules bench dashboards dashboards-png clean
 
 ## run: set up (only what running needs) and serve the built-in simulated 4-GPU node, with its
 ## pods and workloads, at http://localhost:9400/metrics; more flags with ARGS='--collector.interval 2'
@@ -51,6 +52,11 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/.created
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+## bench: every benchmark of bench/ (about 15 minutes): one table of targets against measurements,
+## bench/results/*.json and the plots of docs/performance.md; BENCH_ARGS='--quick' for a smoke run
+bench: test-deps test-venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 ## protos: regenerate the committed kubelet pod-resources stubs from their .proto
 protos: test-venv
 	PYTHON=$(PY) sh exporter/kubelet/podresources/generate.sh
@@ -65,3 +71,17 @@ clean:
 ## docs: rewrite the generated metric table in docs/metrics.md
 docs: venv
 	$(PY) -m exporter.catalog docs/metrics.md
+
+## rules: regenerate the rule files, the PrometheusRule, their promtool tests and the alert docs
+## from alerts/rules.py
+rules: venv
+	$(PY) -m alerts.generate
+
+## dashboards: regenerate dashboards/*.json and their ConfigMap from dashboards/generate.py
+dashboards: test-venv
+	$(PY) dashboards/generate.py
+
+## dashboards-png: redraw docs/images/ (the dashboards from a Prometheus scraping the simulated
+## demo node, the status page in headless Chromium) by running their tests with UPDATE_IMAGES=1
+dashboards-png: test-deps test-venv
+	UPDATE_IMAGES=1 $(PY) -m pytest tests/test_dashboards.py tests/test_status_page.py -q

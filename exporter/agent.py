@@ -25,7 +25,9 @@ from .config import Config
 from .gpu_collector import ERROR_KINDS as NVML_ERROR_KINDS
 from .gpu_collector import GpuCollector, run_in_daemon_thread
 from .metrics import AgentStatus, CollectorStatus, Exposition, Renderer
-from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources
+from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources, PublishedDevices
+from .status import StatusPage
+from .status import render as render_status_page
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ HOLD_CYCLES = 3
 AGENT_ERROR_KINDS: Mapping[str, tuple[str, ...]] = {
     "kubelet": ("unknown_device_id",),
     "kubernetes": ("config",),
+    "resourceslices": ("config",),
     "procfs": ("read",),
     "agent": ("cycle",),
 }
@@ -57,6 +60,24 @@ class PodMetadataSource(Protocol):
     def stop(self) -> None: ...
     def wait_synced(self, timeout: float) -> bool: ...
     def pods(self) -> Mapping[str, PodMeta]: ...
+    def error_counts(self) -> Mapping[str, int]: ...
+
+
+class CycleListener(Protocol):
+    """Told about every cycle's snapshot and attribution (exporter/alerting/notifier.py); must not block."""
+
+    def update(self, snapshot: GpuSnapshot, attribution: Attribution) -> None: ...
+
+
+class DeviceSliceSource(Protocol):
+    """The DRA devices this node's drivers publish (ResourceSlices), watched like the pods."""
+
+    connected: bool
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait_synced(self, timeout: float) -> bool: ...
+    def published(self) -> PublishedDevices: ...
     def error_counts(self) -> Mapping[str, int]: ...
 
 
@@ -90,6 +111,7 @@ class Agent:
         *,
         pod_resources: PodResourcesSource | None = None,
         pod_metadata: PodMetadataSource | None = None,
+        device_slices: DeviceSliceSource | None = None,
         process_owners: Callable[[list[int]], Mapping[int, ContainerRef]] | None = None,
     ) -> None:
         self.config = config
@@ -98,9 +120,12 @@ class Agent:
             backend, timeout=config.collector_timeout, hold_seconds=HOLD_CYCLES * config.collector_interval)
         self.pod_resources = pod_resources
         self.pod_metadata = pod_metadata
+        self.device_slices = device_slices
         self.process_owners = process_owners or (lambda pids: cgroups.containers_of(pids, config.procfs))
         self.renderer = Renderer()
         self.exposition: Exposition | None = None
+        self.status_page: StatusPage | None = None  # / and /api/v1/status, rendered with the exposition
+        self.notifier: CycleListener | None = None  # the push path to Alertmanager, set by the CLI
         self.errors: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for collector, kinds in self._known_error_kinds().items():
             self.errors[collector].update(dict.fromkeys(kinds, 0))
@@ -110,6 +135,7 @@ class Agent:
         self._source_up: dict[str, bool] = {}  # for one log line per loss and per recovery
         self._resources = _Kept[PodResources](config.attribution_grace_period)
         self._pods = _Kept[Mapping[str, PodMeta]](config.attribution_grace_period)
+        self._published = _Kept[PublishedDevices](config.attribution_grace_period)
         self._ready_once = False
         self._loop_tick = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -120,6 +146,8 @@ class Agent:
             known["kubelet"] = AGENT_ERROR_KINDS["kubelet"] + tuple(getattr(self.pod_resources, "ERROR_KINDS", ()))
         if self.pod_metadata is not None:
             known["kubernetes"] = AGENT_ERROR_KINDS["kubernetes"]
+        if self.device_slices is not None:
+            known["resourceslices"] = AGENT_ERROR_KINDS["resourceslices"]
         return known
 
     # -- one cycle ---------------------------------------------------------------------------
@@ -133,9 +161,11 @@ class Agent:
         )
         pods = self._pod_metadata()
         owners = await self._timed("procfs", self._process_owners, snapshot)
-        attribution = attribute(snapshot, resources, pods, owners or {}, self.config.pod_labels)
+        attribution = attribute(snapshot, resources, pods, owners or {}, self.config.pod_labels,
+                                published=self._published_devices())
         if self.gpus.state.up:  # without NVML every id is "unknown": that is not the kubelet's fault
             self._count_unknown_ids(attribution)
+            self._log_unresolved_claims(attribution)
 
         now = time.monotonic()
         status = AgentStatus(
@@ -148,9 +178,18 @@ class Agent:
             gpu_snapshot_age_seconds=max(0.0, now - snapshot.taken),
             gpu_snapshot_stale=snapshot.stale,
             kubelet_enabled=self.pod_resources is not None,
+            nvml_query_seconds=_nvml_query_seconds(snapshot),
         )
         exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
         self.exposition = exposition
+        if self.notifier is not None:  # only queues: posting happens in the notifier's own tasks
+            try:
+                self.notifier.update(snapshot, attribution)
+            except Exception:  # noqa: BLE001 - a push-path bug must not cost the cycle
+                log.exception("computing the alerts to push failed")
+        self.status_page = await asyncio.to_thread(
+            render_status_page, snapshot, attribution, status,
+            node=self.config.node_name, interval_seconds=self.config.collector_interval)
         self._ready_once = self._ready_once or self.gpus.state.up
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -220,6 +259,21 @@ class Agent:
                              f"keeping the last workloads for {self._pods.grace:g}s")
         return self._pods.current(now) or {}
 
+    def _published_devices(self) -> PublishedDevices | None:
+        """The DRA devices from the ResourceSlice watch; while it is disconnected, the last known
+        ones within the grace period, then None (claims resolved only from what is local)."""
+        if self.device_slices is None:
+            return None
+        now = time.monotonic()
+        connected = bool(self.device_slices.connected)
+        self._record("resourceslices", connected, None)
+        if connected:
+            self._source_changed("resourceslices", True, "API server ResourceSlice watch connected")
+            return self._published.good(self.device_slices.published(), now)
+        self._source_changed("resourceslices", False, "API server ResourceSlice watch lost; "
+                             f"keeping the last DRA devices for {self._published.grace:g}s")
+        return self._published.current(now)
+
     def _source_changed(self, source: str, up: bool, message: str) -> None:
         """Log a source's loss or recovery once (not its first success)."""
         before = self._source_up.get(source)
@@ -231,9 +285,18 @@ class Agent:
         for device_id in attribution.unknown_ids:
             self._error("kubelet", "unknown_device_id", f"device id {device_id!r} matches no GPU or MIG device")
 
+    def _log_unresolved_claims(self, attribution: Attribution) -> None:
+        for d in attribution.unresolved:
+            self._warn_once(f"DRA claim {d.claim_namespace}/{d.claim_name}: device {d.driver}/{d.pool}/{d.device} "
+                            f"of {d.namespace}/{d.pod}/{d.container} is named by no known ResourceSlice; not "
+                            "attributed (see kube_gpu_exporter_unresolved_claim_devices)")
+
     def _error(self, collector: str, kind: str, message: str) -> None:
         """Count every error; log each distinct message once (then again after 1000 others)."""
         self.errors[collector][kind] += 1
+        self._warn_once(message)
+
+    def _warn_once(self, message: str) -> None:
         if message not in self._logged:
             if len(self._logged) >= 1000:  # bounded: messages can carry ids that churn
                 self._logged.clear()
@@ -247,6 +310,8 @@ class Agent:
         counts.update({("nvml", k): n for k, n in self.backend.error_counts().items()})
         if self.pod_metadata is not None:
             counts.update({("kubernetes", k): n for k, n in self.pod_metadata.error_counts().items()})
+        if self.device_slices is not None:
+            counts.update({("resourceslices", k): n for k, n in self.device_slices.error_counts().items()})
         return dict(counts)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -268,17 +333,27 @@ class Agent:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def start_sources(self, *, sync_timeout: float = 0.0) -> None:
-        """Start the pod watch; with ``sync_timeout``, wait up to that long for its first list
-        (``--once`` does, so that a single cycle sees workloads)."""
-        if self.pod_metadata is None:
-            return
-        try:
-            self.pod_metadata.start()
-        except Exception as exc:  # noqa: BLE001 - no API config: attribution goes on without it
-            self._error("kubernetes", "config", f"cannot start the pod watch: {exc}")
-            return
-        if sync_timeout > 0 and not await asyncio.to_thread(self.pod_metadata.wait_synced, sync_timeout):
-            log.warning("the API server's pod list did not arrive within %gs; workloads stay unknown", sync_timeout)
+        """Start the pod and ResourceSlice watches; with ``sync_timeout``, wait up to that long
+        for their first lists (``--once`` does, so that a single cycle sees workloads and DRA
+        devices)."""
+        watches = [("kubernetes", self.pod_metadata, "pod watch", "workloads"),
+                   ("resourceslices", self.device_slices, "ResourceSlice watch", "DRA claims")]
+        started = []
+        for collector, source, what, unknown in watches:
+            if source is None:
+                continue
+            try:
+                source.start()
+            except Exception as exc:  # noqa: BLE001 - no API config: attribution goes on without it
+                self._error(collector, "config", f"cannot start the {what}: {exc}")
+                continue
+            started.append((source, what, unknown))
+        if sync_timeout > 0:
+            synced = await asyncio.gather(*(asyncio.to_thread(s.wait_synced, sync_timeout) for s, _, _ in started))
+            for (_, what, unknown), ok in zip(started, synced):
+                if not ok:
+                    log.warning("the API server's first answer to the %s did not arrive within %gs; %s stay "
+                                "unknown", what, sync_timeout, unknown)
 
     async def start(self) -> None:
         await self.start_sources()
@@ -298,6 +373,8 @@ class Agent:
         stops = [run_in_daemon_thread(self.gpus.stop, name="nvml-stop")]
         if self.pod_metadata is not None:
             stops.append(run_in_daemon_thread(self.pod_metadata.stop, name="watch-stop"))
+        if self.device_slices is not None:
+            stops.append(run_in_daemon_thread(self.device_slices.stop, name="slice-watch-stop"))
         await asyncio.wait(stops, timeout=0.5)
 
     # -- health --------------------------------------------------------------------------------
@@ -319,6 +396,15 @@ class Agent:
         if self.exposition is None or not self._ready_once:
             return Health(False, "no collection has succeeded yet")
         return Health(True, "ok")
+
+
+def _nvml_query_seconds(snapshot: GpuSnapshot) -> dict[str, float]:
+    """NVML time by query group over this cycle's fresh readings (held ones cost nothing now)."""
+    total: Counter[str] = Counter()
+    for gpu in snapshot.gpus:
+        if gpu.up:
+            total.update(gpu.nvml_seconds)
+    return dict(total)
 
 
 async def _none() -> None:

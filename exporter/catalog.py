@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["gauge", "counter"]
-Scope = Literal["gpu", "mig", "allocation", "container", "node", "agent"]
+Scope = Literal["gpu", "mig", "device", "allocation", "container", "node", "agent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ def all_metrics() -> list[MetricSpec]:
 GPU_INFO = _metric(
     "nvidia_gpu_info", "gauge", "Facts about a GPU, to join on by uuid; always 1. Kept while the GPU is down.", "gpu",
     ("model", "pci_bus_id", "serial", "vbios_version", "driver_version", "cuda_version",
-     "mig_mode", "persistence_mode", "compute_mode"),
+     "mig_mode", "persistence_mode", "compute_mode", "architecture", "compute_capability", "board_part_number"),
 )
 GPU_UP = _metric(
     "nvidia_gpu_up", "gauge",
@@ -78,6 +78,11 @@ MEMORY_FREE = _metric("nvidia_gpu_memory_free_bytes", "gauge", "Device memory no
 MEMORY_RESERVED = _metric(
     "nvidia_gpu_memory_reserved_bytes", "gauge", "Device memory reserved by the driver and firmware.", "gpu",
 )
+BAR1_TOTAL = _metric(
+    "nvidia_gpu_bar1_total_bytes", "gauge", "Size of the BAR1 aperture through which the CPU and peers map device "
+    "memory.", "gpu",
+)
+BAR1_USED = _metric("nvidia_gpu_bar1_used_bytes", "gauge", "BAR1 aperture in use.", "gpu")
 TEMPERATURE = _metric("nvidia_gpu_temperature_celsius", "gauge", "GPU core temperature.", "gpu")
 MEMORY_TEMPERATURE = _metric(
     "nvidia_gpu_memory_temperature_celsius", "gauge", "HBM memory temperature, where the GPU reports it.", "gpu",
@@ -89,8 +94,17 @@ TEMPERATURE_THRESHOLD = _metric(
 )
 POWER = _metric("nvidia_gpu_power_watts", "gauge", "Power drawn by the GPU board.", "gpu")
 POWER_LIMIT = _metric("nvidia_gpu_power_limit_watts", "gauge", "Power limit the driver enforces.", "gpu")
+POWER_LIMIT_DEFAULT = _metric(
+    "nvidia_gpu_power_limit_default_watts", "gauge", "Power limit the board ships with.", "gpu",
+)
+POWER_LIMIT_MIN = _metric(
+    "nvidia_gpu_power_limit_min_watts", "gauge", "Lowest power limit an operator may set.", "gpu",
+)
+POWER_LIMIT_MAX = _metric(
+    "nvidia_gpu_power_limit_max_watts", "gauge", "Highest power limit an operator may set.", "gpu",
+)
 ENERGY = _metric(
-    "nvidia_gpu_energy_joules_total", "counter", "Energy used by the GPU since the driver was loaded.", "gpu",
+    "nvidia_gpu_energy_joules_total", "counter", "Energy used by the GPU since the driver was loaded; read once per --collector.slow-interval.", "gpu",
 )
 FAN_SPEED = _metric(
     "nvidia_gpu_fan_speed_ratio", "gauge", "Intended fan speed as a fraction of the maximum.", "gpu",
@@ -102,6 +116,15 @@ CLOCK = _metric(
 CLOCK_MAX = _metric(
     "nvidia_gpu_clock_max_hertz", "gauge", "Maximum clock frequency by domain.", "gpu", ("clock",),
 )
+APPLICATION_CLOCK = _metric(
+    "nvidia_gpu_application_clock_hertz", "gauge",
+    "Application clock target by domain: what the GPU runs at under load unless a limit holds it down.", "gpu",
+    ("clock",),
+)
+APPLICATION_CLOCK_DEFAULT = _metric(
+    "nvidia_gpu_application_clock_default_hertz", "gauge", "Default application clock target by domain.", "gpu",
+    ("clock",),
+)
 PERFORMANCE_STATE = _metric(
     "nvidia_gpu_performance_state", "gauge", "Performance state, 0 (maximum) to 15 (minimum).", "gpu",
 )
@@ -111,7 +134,8 @@ CLOCK_EVENT = _metric(
 )
 VIOLATION_TIME = _metric(
     "nvidia_gpu_violation_seconds_total", "counter",
-    "Time the GPU spent held below its target clocks, by policy (power, thermal, ...).", "gpu", ("reason",),
+    "Time the GPU spent held below its target clocks, by policy (power, thermal, ...); read once per "
+    "--collector.slow-interval.", "gpu", ("reason",),
 )
 PCIE_LINK_GENERATION = _metric(
     "nvidia_gpu_pcie_link_generation", "gauge", "Current PCIe link generation.", "gpu",
@@ -139,7 +163,7 @@ ECC_ERRORS = _metric(
 ECC_AGGREGATE_ERRORS = _metric(
     "nvidia_gpu_ecc_aggregate_errors_total", "counter",
     "ECC errors by type over the GPU's lifetime (NVML's aggregate count, kept across reboots; includes the "
-    "volatile ones).", "gpu", ("type",),
+    "volatile ones); read once per --collector.slow-interval.", "gpu", ("type",),
 )
 RETIRED_PAGES = _metric(
     "nvidia_gpu_retired_pages", "gauge", "Memory pages retired, by cause (single_bit, double_bit).", "gpu",
@@ -182,6 +206,41 @@ PROCESSES = _metric(
     "gpu",
 )
 
+# -- Profiling (NVML GPM, Hopper and newer), per GPU and per MIG instance ----------------------
+GRAPHICS_ACTIVE = _metric(
+    "nvidia_gpu_graphics_active_ratio", "gauge",
+    "Fraction of the last cycle in which the graphics or compute engine was busy (0..1).", "device",
+)
+SM_ACTIVE = _metric(
+    "nvidia_gpu_sm_active_ratio", "gauge",
+    "Fraction of SMs busy, averaged over the last cycle (0..1): how much of the GPU the work fills.", "device",
+)
+SM_OCCUPANCY = _metric(
+    "nvidia_gpu_sm_occupancy_ratio", "gauge",
+    "Warps resident on the SMs as a fraction of the maximum, averaged over the last cycle (0..1).", "device",
+)
+TENSOR_ACTIVE = _metric(
+    "nvidia_gpu_tensor_active_ratio", "gauge",
+    "Fraction of the last cycle in which the SMs ran tensor-core instructions of any kind (0..1).", "device",
+)
+PIPE_ACTIVE = _metric(
+    "nvidia_gpu_pipe_active_ratio", "gauge",
+    "Fraction of the last cycle in which the SMs used one pipe: fp64, fp32, fp16, integer (non-tensor math) "
+    "or tensor_hmma, tensor_imma, tensor_dfma (tensor cores by instruction); 0..1.", "device", ("pipe",),
+)
+DRAM_ACTIVE = _metric(
+    "nvidia_gpu_dram_active_ratio", "gauge",
+    "Device memory bandwidth used as a fraction of the maximum, averaged over the last cycle (0..1).", "device",
+)
+PCIE_RATE = _metric(
+    "nvidia_gpu_pcie_bytes_per_second", "gauge", "PCIe traffic over the last cycle by direction (rx, tx).",
+    "device", ("direction",),
+)
+NVLINK_RATE = _metric(
+    "nvidia_gpu_nvlink_bytes_per_second", "gauge",
+    "NVLink traffic over all links in the last cycle by direction (rx, tx).", "device", ("direction",),
+)
+
 # -- Per MIG instance --------------------------------------------------------------------
 MIG_INFO = _metric(
     "nvidia_gpu_mig_info", "gauge", "A MIG instance of a GPU; always 1. Kept while the GPU is down.", "mig",
@@ -204,16 +263,22 @@ MIG_PROCESSES = _metric(
 ALLOCATION_INFO = _metric(
     "nvidia_gpu_allocation_info", "gauge",
     "A device (GPU or MIG instance) allocated to a container by the kubelet; always 1. The join point "
-    "between device series and pods: one series per device and holder (a shared device has one per container).",
+    "between device series and pods: one series per device and holder (a shared device has one per container). "
+    "Through a DRA ResourceClaim: resource is the driver, and claim_namespace, claim_name, driver, pool, device "
+    "name the claim and the device (empty for device-plugin allocations).",
     "allocation",
-    ("namespace", "pod", "container", "resource", "shared", "workload_kind", "workload"),
+    ("namespace", "pod", "container", "resource", "shared", "workload_kind", "workload",
+     "claim_namespace", "claim_name", "driver", "pool", "device"),
 )
 ALLOCATABLE_DEVICES = _metric(
-    "nvidia_gpu_allocatable_devices", "gauge", "Devices the kubelet can allocate, by resource name.", "node",
+    "nvidia_gpu_allocatable_devices", "gauge",
+    "Devices the kubelet can allocate, by resource name; for a DRA driver (resource=<driver>), the devices it "
+    "publishes in this node's ResourceSlices.", "node",
     ("resource",),
 )
 ALLOCATED_DEVICES = _metric(
-    "nvidia_gpu_allocated_devices", "gauge", "Devices allocated to containers, by resource name.", "node",
+    "nvidia_gpu_allocated_devices", "gauge",
+    "Devices allocated to containers, by resource name (resource=<driver> for DRA claims).", "node",
     ("resource",),
 )
 CONTAINER_MEMORY_USED = _metric(
@@ -269,15 +334,38 @@ GPU_SNAPSHOT_STALE = _metric(
     "kube_gpu_exporter_gpu_snapshot_stale", "gauge",
     "1 when some GPU readings are from an earlier cycle because an NVML call did not return in time.", "agent",
 )
+UNRESOLVED_CLAIM_DEVICES = _metric(
+    "kube_gpu_exporter_unresolved_claim_devices", "gauge",
+    "Devices of a DRA ResourceClaim held on this node that no ResourceSlice names (API server unreachable past "
+    "the grace period, no slice of the pool, a device without a uuid attribute): their holders are not attributed. "
+    "Present only while some are.", "agent", ("claim_namespace", "claim_name", "driver"),
+)
+NVML_QUERY_DURATION = _metric(
+    "kube_gpu_exporter_nvml_query_duration_seconds", "gauge",
+    "NVML time of the last read of every GPU, summed over GPUs, by query group (identity, static, modes, "
+    "activity, thermal_power, clocks, pcie, memory_errors, nvlink, fields, slow, processes, profiling).",
+    "agent", ("group",),
+)
 NVML_UP = _metric(
     "kube_gpu_exporter_nvml_up", "gauge",
     "1 when NVML is initialised and answers (or the simulated backend runs).", "agent",
+)
+ALERTMANAGER_NOTIFICATIONS = _metric(
+    "kube_gpu_exporter_alertmanager_notifications_total", "counter",
+    "Alerts the agent pushed to an Alertmanager (--alertmanager.url), by result: sent, failed (after its "
+    "retries), dropped (the queue was full); every result present from the start (0).", "agent",
+    ("alertmanager", "result"),
+)
+ALERTMANAGER_QUEUE_LENGTH = _metric(
+    "kube_gpu_exporter_alertmanager_queue_length", "gauge",
+    "Alerts waiting to be posted to an Alertmanager.", "agent", ("alertmanager",),
 )
 
 
 _SCOPE_LABELS = {
     "gpu": "gpu, uuid",
     "mig": "gpu, uuid, gpu_instance_id, compute_instance_id",
+    "device": "gpu, uuid (+ gpu_instance_id, compute_instance_id on a MIG instance)",
     "allocation": "gpu, uuid, gpu_instance_id, compute_instance_id (absent for a whole GPU), label_<name> "
     "for allowlisted pod labels",
     "container": "namespace, pod, container, gpu, uuid (+ gpu_instance_id, compute_instance_id on MIG)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -10,11 +11,11 @@ import signal
 import sys
 from typing import Sequence
 
-from aiohttp import web
-
 from . import __version__
 from .agent import Agent
+from .alerting import notifier as alertmanager_notifier
 from .config import Config, ConfigError, parse_config
+from .http import Guard, HttpLimits, start_server
 from .server import make_app
 
 log = logging.getLogger("exporter")
@@ -58,6 +59,8 @@ def build_agent(config: Config) -> Agent:
     Under ``--simulate`` the scenario plays NVML, the kubelet, the API server and procfs; the
     kubelet and API server flags switch the simulated sources exactly as they switch the real ones.
     """
+    # DRA claims are read from the kubelet; the API server's ResourceSlices name their devices.
+    watch_slices = config.kubelet_enabled and config.kubernetes_enabled and bool(config.dra_drivers)
     if config.simulate:
         from . import simulate
 
@@ -66,8 +69,10 @@ def build_agent(config: Config) -> Agent:
         return Agent(
             config,
             backend,
-            pod_resources=simulate.SimulatedPodResources(backend.cluster) if config.kubelet_enabled else None,
+            pod_resources=(simulate.SimulatedPodResources(backend.cluster, config.dra_drivers)
+                           if config.kubelet_enabled else None),
             pod_metadata=simulate.SimulatedPodMetadata(backend.cluster) if config.kubernetes_enabled else None,
+            device_slices=simulate.SimulatedDeviceSlices(backend.cluster) if watch_slices else None,
             process_owners=simulate.process_owners(backend.cluster),
         )
 
@@ -82,18 +87,39 @@ def build_agent(config: Config) -> Agent:
             timeout_seconds=config.kubelet_timeout,
             resource_names=config.resource_names,
             resource_prefixes=config.resource_prefixes,
+            dra_drivers=config.dra_drivers,
         )
     pod_metadata = None
     if config.kubernetes_enabled:
         from .kube import PodWatcher
 
         pod_metadata = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
-    return Agent(config, NvmlBackend(), pod_resources=pod_resources, pod_metadata=pod_metadata)
+    device_slices = None
+    if watch_slices:
+        from .kube import SliceWatcher
+
+        device_slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
+    backend = NvmlBackend(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling)
+    return Agent(config, backend, pod_resources=pod_resources, pod_metadata=pod_metadata,
+                 device_slices=device_slices)
+
+
+#: Worker threads of the event loop's default executor (``asyncio.to_thread``: process cgroups,
+#: rendering, the first pod list), all used one at a time. Python's default grows to
+#: min(32, cpus + 4) under concurrent calls: bounded so that threads never follow the host's
+#: core count (docs/performance.md).
+EXECUTOR_THREADS = 4
+
+
+def bound_default_executor() -> None:
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="kge-worker"))
 
 
 async def run_once(agent: Agent) -> int:
     """One cycle, printed. The pod watch (if enabled) gets one list before the cycle, within the
     kubelet timeout, so that ``--once --kubernetes.enabled`` shows workloads too."""
+    bound_default_executor()
     await agent.start_sources(sync_timeout=ONCE_SYNC_TIMEOUT_SECONDS)
     exposition = await agent.collect_once()
     state = agent.gpus.state
@@ -106,26 +132,27 @@ async def run_once(agent: Agent) -> int:
 
 
 async def serve(agent: Agent, config: Config) -> int:
+    bound_default_executor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(make_app(agent), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
+    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections))
     host = config.listen_host or None  # "" = every interface
-    site = web.TCPSite(runner, host, config.listen_port)
     try:
-        await site.start()
+        runner, site = await start_server(make_app(agent, guard), host, config.listen_port, guard=guard)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
-        await runner.cleanup()
         return EXIT_USAGE
+    notifier = await alertmanager_notifier.attach(agent, config)
     await agent.start()
-    log.info("serving on http://%s:%d/metrics", config.listen_host or "0.0.0.0", config.listen_port)
+    log.info("serving on %s/metrics%s", site.name, " (basic auth)" if guard.auth else "")
     await stop.wait()
     log.info("shutting down")
     await agent.stop()
+    if notifier is not None:
+        await notifier.stop()
     await runner.cleanup()
     return 0
 

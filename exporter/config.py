@@ -18,15 +18,17 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from . import __version__, vocabulary
+from . import __version__, vocabulary, webconfig
+from .alerting import settings as alerting_settings
 
 ENV_PREFIX = "KUBE_GPU_EXPORTER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_KEY = re.compile(r"^([a-zA-Z0-9.-]+/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$")
 
 
@@ -66,11 +68,25 @@ class Config:
     pod_labels: tuple[str, ...]
     procfs: str
     attribution_grace_period: float
+    web_config_file: str | None = None
+    web_config: webconfig.WebConfig = field(default_factory=webconfig.WebConfig)  # what the file says
+    web_max_connections: int = 256
+    collector_slow_interval: float = 30.0  # seconds between reads of slow NVML counters
+    collector_profiling: bool = True  # GPM profiling metrics where the GPU supports them
+    dra_drivers: tuple[str, ...] = vocabulary.DEFAULT_DRA_DRIVERS  # () = DRA claims not attributed
+    alertmanager_urls: tuple[str, ...] = ()  # the push path (exporter/alerting); () = off
+    alertmanager_labels: tuple[tuple[str, str], ...] = ()
+    alertmanager_basic_auth_file: str | None = None
+    alertmanager_bearer_token_file: str | None = None
+    alertmanager_tls_ca_file: str | None = None
+    alertmanager_timeout: float = 5.0
+    alertmanager_event_window: float = 600.0
     warnings: tuple[str, ...] = ()  # for the caller to log; not configuration
 
     def as_log_dict(self) -> dict[str, Any]:
         values = asdict(self)
         del values["warnings"]
+        del values["web_config"]  # hashes and paths; web_config_file names it
         return values
 
 
@@ -81,6 +97,14 @@ def env_name(flag: str) -> str:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _path_is(test: Callable[[], bool]) -> bool:
+    """``Path.is_file``/``is_dir``, False for a name the system refuses (too long: ENAMETOOLONG)."""
+    try:
+        return test()
+    except (OSError, ValueError):
+        return False
 
 
 def _env_bool(value: str) -> bool | None:
@@ -103,11 +127,21 @@ def get_parser() -> argparse.ArgumentParser:
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add("--web.listen-address", dest="listen_address", default=":9400",
         help="host:port to serve /metrics on (default %(default)s)")
+    add("--web.config.file", dest="web_config_file", default=None,
+        help="exporter-toolkit web config: TLS, basic auth, response headers (docs/security.md)")
+    add("--web.max-connections", dest="web_max_connections", default="256",
+        help="open HTTP connections at most; at the cap the oldest idle one is closed (default %(default)s)")
     add("--collector.interval", dest="collector_interval", default="10",
         help="seconds between collection cycles (default %(default)s)")
     add("--collector.timeout", dest="collector_timeout", default=None,
         help="seconds an NVML read of one GPU may take before the cycle goes on without it "
         "(default: half the interval; at most the interval)")
+    add("--collector.slow-interval", dest="collector_slow_interval", default="30",
+        help="seconds between reads of the slow NVML counters (energy, violation times, fields that "
+        "prove slow on a GPU); served from their last reading in between (default %(default)s)")
+    add("--collector.profiling", dest="collector_profiling", action=argparse.BooleanOptionalAction,
+        default=None, help="read GPM profiling metrics (SM, tensor, DRAM activity) where the GPU "
+        "supports them, Hopper and newer (default true)")
     add("--simulate", dest="simulate", nargs="?", const="", default=None, metavar="SCENARIO.yaml",
         help="read a simulated node instead of NVML; without a file, the built-in 4-GPU node")
     add("--once", dest="once", action="store_true", default=None,
@@ -132,11 +166,31 @@ def get_parser() -> argparse.ArgumentParser:
         help="kubeconfig file for development; default in-cluster config")
     add("--kubernetes.pod-labels", dest="pod_labels", default="",
         help="comma-separated pod labels copied onto nvidia_gpu_allocation_info as label_<name>")
+    add("--kubernetes.dra-drivers", dest="dra_drivers", default=",".join(vocabulary.DEFAULT_DRA_DRIVERS),
+        help="comma-separated DRA drivers whose ResourceClaims hold GPUs: their devices are read from the "
+        "kubelet and named through their ResourceSlices; empty: none (default %(default)s)")
     add("--path.procfs", dest="procfs", default="/proc",
         help="procfs mount, /host/proc in the DaemonSet (default %(default)s)")
     add("--attribution.grace-period", dest="attribution_grace_period", default=None,
         help="seconds the last known pod allocations and workloads are kept while the kubelet or "
         "the API server does not answer (default: 3 x the interval)")
+    add("--alertmanager.url", dest="alertmanager_urls", action=alerting_settings.Repeatable, default=None,
+        help="Alertmanager to push critical GPU alerts to (XID, GPU lost, uncorrectable ECC), e.g. "
+        "http://alertmanager:9093; repeatable (the variable: comma-separated)")
+    add("--alertmanager.label", dest="alertmanager_labels", action=alerting_settings.Repeatable, default=None,
+        help="name=value label added to pushed alerts, as Prometheus' external labels (e.g. cluster=prod); "
+        "repeatable (the variable: comma-separated)")
+    add("--alertmanager.basic-auth-file", dest="alertmanager_basic_auth_file", default=None,
+        help="file holding username:password for Alertmanager")
+    add("--alertmanager.bearer-token-file", dest="alertmanager_bearer_token_file", default=None,
+        help="file holding a bearer token for Alertmanager (read at each post)")
+    add("--alertmanager.tls-ca-file", dest="alertmanager_tls_ca_file", default=None,
+        help="CA certificate file to verify an https:// Alertmanager")
+    add("--alertmanager.timeout", dest="alertmanager_timeout", default="5",
+        help="seconds one post to Alertmanager may take (default %(default)s)")
+    add("--alertmanager.event-window", dest="alertmanager_event_window", default="600",
+        help="seconds a pushed XID or ECC alert stays active after its last event; keep it equal to the "
+        "rules' event_window (default %(default)s)")
     return parser
 
 
@@ -248,6 +302,18 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         else:
             port = int(port_text)
 
+    web_config = webconfig.WebConfig()
+    if ns.web_config_file:
+        try:
+            web_config = webconfig.load(ns.web_config_file)
+        except webconfig.WebConfigError as exc:
+            problems.extend(f"{source('--web.config.file')}: {p}" for p in exc.problems)
+    max_connections = 256
+    if not str(ns.web_max_connections).isdigit() or int(ns.web_max_connections) < 1:
+        problems.append(f"{source('--web.max-connections')}: {ns.web_max_connections!r} is not a whole number >= 1")
+    else:
+        max_connections = int(ns.web_max_connections)
+
     interval = number("--collector.interval", ns.collector_interval)
     if ns.collector_timeout is None:
         timeout = interval / 2
@@ -259,6 +325,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
                 f"{source('--collector.interval')} ({ns.collector_interval!r}); one read may take "
                 "at most one interval"
             )
+    slow_interval = number("--collector.slow-interval", ns.collector_slow_interval)
     kubelet_timeout = number("--kubelet.timeout", ns.kubelet_timeout)
     if ns.attribution_grace_period is None:
         grace_period = 3 * interval
@@ -278,12 +345,13 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     simulate = ns.simulate is not None
     if simulate and ns.simulate:
         scenario = ns.simulate
-        if Path(scenario).is_dir():
+        if _path_is(Path(scenario).is_dir):
             problems.append(f"{source('--simulate')}: scenario {scenario!r} is a directory, not a file")
-        elif not Path(scenario).is_file():
+        elif not _path_is(Path(scenario).is_file):
             problems.append(f"{source('--simulate')}: scenario file {scenario!r} does not exist")
 
     once = boolean("--once", ns.once, False)
+    profiling = boolean("--collector.profiling", ns.collector_profiling, True)
     kubelet_enabled = boolean("--kubelet.enabled", ns.kubelet_enabled, True)
     kubernetes_enabled = boolean("--kubernetes.enabled", ns.kubernetes_enabled, False)
     node_name = ns.node_name or environ.get("NODE_NAME", "")
@@ -293,17 +361,27 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     if kubernetes_enabled and not simulate and importlib.util.find_spec("kubernetes") is None:
         problems.append(f"{source('--kubernetes.enabled')}: the kubernetes package is not installed "
                         "(pip install 'kube-gpu-exporter[kubernetes]')")
-    if ns.kubeconfig and not Path(ns.kubeconfig).is_file():
+    if ns.kubeconfig and not _path_is(Path(ns.kubeconfig).is_file):
         problems.append(f"{source('--kubernetes.kubeconfig')}: file {ns.kubeconfig!r} does not exist")
     pod_labels = _csv(ns.pod_labels)
     for label in pod_labels:
         if not _LABEL_KEY.match(label):
             problems.append(f"{source('--kubernetes.pod-labels')}: {label!r} is not a valid Kubernetes label key")
+    dra_drivers = _csv(ns.dra_drivers)
+    for driver in dra_drivers:
+        if not _DNS_SUBDOMAIN.match(driver):
+            problems.append(f"{source('--kubernetes.dra-drivers')}: {driver!r} is not a DRA driver name "
+                            "(a DNS subdomain such as gpu.nvidia.com)")
     resource_names = _csv(ns.resource_names)
     resource_prefixes = _csv(ns.resource_prefixes)
     if not resource_names and not resource_prefixes:
         problems.append(f"{source('--kubelet.resource-names')}/{source('--kubelet.resource-prefixes')}: "
                         "both empty, no device would match")
+
+    alertmanager, alertmanager_problems = alerting_settings.validate(ns, source, node_name)
+    problems += alertmanager_problems
+    alertmanager_timeout = number("--alertmanager.timeout", ns.alertmanager_timeout)
+    alertmanager_event_window = number("--alertmanager.event-window", ns.alertmanager_event_window)
 
     warnings = tuple(_unknown_variables(environ))
     if problems:
@@ -313,6 +391,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         listen_port=port,
         collector_interval=interval,
         collector_timeout=timeout,
+        collector_slow_interval=slow_interval,
+        collector_profiling=profiling,
         simulate=simulate,
         scenario=scenario,
         once=once,
@@ -329,5 +409,12 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         pod_labels=pod_labels,
         procfs=ns.procfs,
         attribution_grace_period=grace_period,
+        web_config_file=ns.web_config_file or None,
+        web_config=web_config,
+        web_max_connections=max_connections,
+        dra_drivers=dra_drivers,
+        **alertmanager,
+        alertmanager_timeout=alertmanager_timeout,
+        alertmanager_event_window=alertmanager_event_window,
         warnings=warnings,
     )

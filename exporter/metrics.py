@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import platform
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -18,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Sample as PromSample
 
-from . import __version__, catalog
+from . import __version__, catalog, exposition
 from .attribution import Attribution
 from .catalog import MetricSpec
 from .snapshot import Gpu, GpuSnapshot, MigDevice, Sample
@@ -46,6 +47,7 @@ class AgentStatus:
     gpu_snapshot_age_seconds: float = 0.0
     gpu_snapshot_stale: bool = False
     kubelet_enabled: bool = False  # allocatable/allocated device counts are only known then
+    nvml_query_seconds: Mapping[str, float] = field(default_factory=dict)  # by query group, summed over GPUs
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,8 @@ def _add_holders(out: _Families, identity: dict[str, str], device: str, attribut
         labels = identity | {
             "namespace": h.namespace, "pod": h.pod, "container": h.container, "resource": h.resource,
             "shared": "true" if h.shared else "false", "workload_kind": h.workload_kind, "workload": h.workload,
+            "claim_namespace": h.claim_namespace, "claim_name": h.claim_name, "driver": h.driver, "pool": h.pool,
+            "device": h.device,
         }
         labels.update(h.pod_labels)
         out.add(catalog.ALLOCATION_INFO, labels, 1)
@@ -164,10 +168,18 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
     out.add(catalog.GPU_SNAPSHOT_AGE, {}, status.gpu_snapshot_age_seconds)
     out.add(catalog.GPU_SNAPSHOT_STALE, {}, 1 if status.gpu_snapshot_stale else 0)
     out.add(catalog.NVML_UP, {}, 1 if status.nvml_up else 0)
+    for group, seconds in status.nvml_query_seconds.items():
+        out.add(catalog.NVML_QUERY_DURATION, {"group": group}, seconds)
     if status.kubelet_enabled:
         for resource in sorted(set(attribution.allocatable) | set(attribution.allocated)):
             out.add(catalog.ALLOCATABLE_DEVICES, {"resource": resource}, attribution.allocatable.get(resource, 0))
             out.add(catalog.ALLOCATED_DEVICES, {"resource": resource}, attribution.allocated.get(resource, 0))
+    # a claim shared by several containers lists its devices once per container: count each once
+    unresolved = Counter((ns, claim, driver) for ns, claim, driver, _, _ in {
+        (d.claim_namespace, d.claim_name, d.driver, d.pool, d.device) for d in attribution.unresolved})
+    for (claim_namespace, claim_name, driver), count in sorted(unresolved.items()):
+        out.add(catalog.UNRESOLVED_CLAIM_DEVICES,
+                {"claim_namespace": claim_namespace, "claim_name": claim_name, "driver": driver}, count)
 
 
 class Renderer:
@@ -193,5 +205,5 @@ class Renderer:
 
     def render(self, snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus) -> Exposition:
         self._metrics = self.families(snapshot, attribution, status)
-        return Exposition.of(generate_latest(self.registry), openmetrics.generate_latest(self.registry))
+        return Exposition.of(*exposition.render(self.registry))  # what generate_latest writes, faster
 

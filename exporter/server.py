@@ -6,22 +6,12 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from . import __version__
 from .agent import Agent, Health
+from .http import Guard
 from .metrics import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from .status import STARTING_PAGE
 
 AGENT = web.AppKey("agent", Agent)
-
-LANDING_PAGE = """<!doctype html>
-<html><head><title>kube-gpu-exporter</title></head>
-<body><h1>kube-gpu-exporter {version}</h1>
-<p>GPU metrics of this node, attributed to pods.</p>
-<ul>
-<li><a href="metrics">/metrics</a>: Prometheus metrics</li>
-<li><a href="healthz">/healthz</a>: liveness (the collection loop runs)</li>
-<li><a href="readyz">/readyz</a>: readiness (NVML is up and a collection succeeded)</li>
-</ul></body></html>
-"""
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -57,15 +47,29 @@ async def readyz(request: web.Request) -> web.Response:
     return _health_response(request.app[AGENT].readiness())
 
 
-async def landing(request: web.Request) -> web.Response:
-    return web.Response(text=LANDING_PAGE.format(version=__version__), content_type="text/html")
+async def status_page(request: web.Request) -> web.Response:
+    """The node's status page, rendered by the last cycle (a short page with the links before it)."""
+    page = request.app[AGENT].status_page
+    if page is None:
+        return web.Response(status=503, text=STARTING_PAGE, content_type="text/html")
+    return web.Response(body=page.html, content_type="text/html", charset="utf-8")
 
 
-def make_app(agent: Agent) -> web.Application:
-    app = web.Application()
+async def status_json(request: web.Request) -> web.Response:
+    """The status page as JSON, for scripts (schema: docs/dashboards.md#the-status-page)."""
+    page = request.app[AGENT].status_page
+    if page is None:
+        return web.json_response({"error": "no collection has finished yet"}, status=503)
+    return web.Response(body=page.json, content_type="application/json")
+
+
+def make_app(agent: Agent, guard: Guard | None = None) -> web.Application:
+    """The routes; ``guard`` (exporter/http.py) adds methods, paths, auth and headers."""
+    app = web.Application(middlewares=[guard.middleware] if guard else [])
     app[AGENT] = agent
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", landing)
+    app.router.add_get("/", status_page)
+    app.router.add_get("/api/v1/status", status_json)
     return app

@@ -74,6 +74,8 @@ class Gpu:
     mig_devices: tuple[MigDevice, ...] = ()
     processes: tuple[GpuProcess, ...] = ()  # processes on the full GPU (not inside a MIG instance)
     error: str | None = None
+    # NVML seconds this reading took by query group (nvml/cost.py); empty for simulated GPUs
+    nvml_seconds: Mapping[str, float] = field(default_factory=dict)
 
 
     @property
@@ -106,12 +108,41 @@ class ContainerDevices:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimDevice:
+    """One device of a DRA ResourceClaim allocated to one container (``dynamic_resources`` of the
+    kubelet's List). ``(driver, pool, device)`` names it in the driver's ResourceSlices."""
+
+    namespace: str
+    pod: str
+    container: str
+    claim_namespace: str
+    claim_name: str
+    driver: str
+    pool: str
+    device: str
+    cdi_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PodResources:
     """The kubelet's answer for this node."""
 
     containers: tuple[ContainerDevices, ...]
     # resource name -> device ids the kubelet can allocate (GetAllocatableResources)
     allocatable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # DRA devices of the wanted drivers, one row per (container, claim, device)
+    claim_devices: tuple[ClaimDevice, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedDevices:
+    """The DRA devices this node's drivers publish in ResourceSlices: ``(driver, pool, device)``
+    -> the device's ``uuid`` attribute (``""`` when it has none, e.g. a MIG instance not created
+    yet). ``pools`` are the ``(driver, pool)`` pairs seen, complete or not: a device missing from
+    a known pool matches nothing."""
+
+    uuids: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
+    pools: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

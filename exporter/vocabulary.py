@@ -13,6 +13,8 @@ from __future__ import annotations
 
 #: ``clock`` label of nvidia_gpu_clock_hertz / nvidia_gpu_clock_max_hertz (nvmlClockType_t order).
 CLOCK_DOMAINS: tuple[str, ...] = ("graphics", "sm", "memory", "video")
+#: ``clock`` label of the application clock metrics: NVML sets them as (memory, graphics) pairs.
+APPLICATION_CLOCK_DOMAINS: tuple[str, ...] = ("graphics", "memory")
 
 #: ``reason`` label of nvidia_gpu_clock_event_active, with the nvmlClocksEventReason* bit of each.
 CLOCK_EVENT_REASONS: tuple[tuple[str, int], ...] = (
@@ -49,6 +51,16 @@ REMAPPED_ROW_TYPES: tuple[str, ...] = ("correctable", "uncorrectable")
 #: ``cause`` label of nvidia_gpu_retired_pages.
 RETIREMENT_CAUSES: tuple[str, ...] = ("single_bit", "double_bit")
 
+#: ``pipe`` label of nvidia_gpu_pipe_active_ratio (GPM): non-tensor math pipes, then tensor-core
+#: instruction kinds.
+PROFILING_PIPES: tuple[str, ...] = ("fp64", "fp32", "fp16", "integer", "tensor_hmma", "tensor_imma", "tensor_dfma")
+
+#: ``architecture`` on nvidia_gpu_info, by nvmlDeviceArchitecture_t (absent: unknown, shown as its number).
+ARCHITECTURES: dict[int, str] = {
+    2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada", 9: "hopper",
+    10: "blackwell",
+}
+
 #: ``direction`` label of byte counters (PCIe, NVLink).
 DIRECTIONS: tuple[str, ...] = ("rx", "tx")
 
@@ -66,6 +78,7 @@ NOT_MIG = 0xFFFFFFFF
 
 HERTZ_PER_MEGAHERTZ = 1_000_000
 BYTES_PER_KIB = 1024  # NVML's "KB" in PCIe and NVLink figures are KiB
+BYTES_PER_MIB = 1024 * 1024  # GPM's "MiB/sec" rates
 WATTS_PER_MILLIWATT = 1e-3
 JOULES_PER_MILLIJOULE = 1e-3
 SECONDS_PER_NANOSECOND = 1e-9
@@ -81,3 +94,6 @@ DEFAULT_RESOURCE_PREFIXES: tuple[str, ...] = ("nvidia.com/mig-",)
 GPU_RESOURCE = DEFAULT_RESOURCE_NAMES[0]
 SHARED_GPU_RESOURCE = DEFAULT_RESOURCE_NAMES[1]
 MIG_RESOURCE_PREFIX = DEFAULT_RESOURCE_PREFIXES[0]
+# The DRA driver whose ResourceClaims hold GPUs and MIG instances (NVIDIA's k8s-dra-driver-gpu).
+DEFAULT_DRA_DRIVERS: tuple[str, ...] = ("gpu.nvidia.com",)
+NVIDIA_DRA_DRIVER = DEFAULT_DRA_DRIVERS[0]

@@ -83,7 +83,7 @@ def test_default_scenario_has_four_gpus_one_mig_enabled(clock):
         assert g.info["driver_version"] == s.node.driver_version
         for sample in g.samples:
             assert len(sample.labels) == len(sample.metric.labels), sample
-            assert sample.metric.scope == "gpu"
+            assert sample.metric.scope in ("gpu", "device")
     backend.stop()
     backend.stop()
 
@@ -311,6 +311,11 @@ def test_label_values_are_exactly_the_vocabulary_s(clock):
     assert labelled_values(gpus) == {
         (catalog.CLOCK.name, "clock"): set(V.CLOCK_DOMAINS),
         (catalog.CLOCK_MAX.name, "clock"): set(V.CLOCK_DOMAINS),
+        (catalog.APPLICATION_CLOCK.name, "clock"): set(V.APPLICATION_CLOCK_DOMAINS),
+        (catalog.APPLICATION_CLOCK_DEFAULT.name, "clock"): set(V.APPLICATION_CLOCK_DOMAINS),
+        (catalog.PIPE_ACTIVE.name, "pipe"): set(V.PROFILING_PIPES),
+        (catalog.PCIE_RATE.name, "direction"): set(V.DIRECTIONS),
+        (catalog.NVLINK_RATE.name, "direction"): set(V.DIRECTIONS),
         (catalog.CLOCK_EVENT.name, "reason"): {reason for reason, _bit in V.CLOCK_EVENT_REASONS},
         (catalog.VIOLATION_TIME.name, "reason"): set(V.VIOLATION_POLICIES),
         (catalog.TEMPERATURE_THRESHOLD.name, "threshold"): set(V.TEMPERATURE_THRESHOLDS),
@@ -398,10 +403,14 @@ def test_process_owner_maps_pids_to_pod_and_container(clock):
             assert ref.container_id in pod.container_ids
             # the container that owns the pid holds this GPU (or one of its MIG instances)
             cname = pod.container_ids[ref.container_id]
-            held = next(c for c in backend.cluster.pod_resources().containers
-                        if c.namespace == pod.namespace and c.pod == pod.name and c.container == cname)
+            holder = (pod.namespace, pod.name, cname)
+            resources, published = backend.cluster.pod_resources(), backend.cluster.published_devices()
+            held = [d for c in resources.containers if (c.namespace, c.pod, c.container) == holder
+                    for d in c.device_ids]
+            held += [published.uuids[d.driver, d.pool, d.device] for d in resources.claim_devices
+                     if (d.namespace, d.pod, d.container) == holder]  # held through a DRA claim
             ids = {g.uuid} | {m.uuid for m in g.mig_devices}
-            assert any(d.split("::")[0] in ids for d in held.device_ids)
+            assert any(d.split("::")[0] in ids for d in held)
             pids += 1
     assert pids == sum(len(c.processes) for pod in s.pods for c in pod.containers)
     assert backend.cluster.process_owner(1) is None

@@ -95,7 +95,7 @@ class ListWatcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._api: KubeApi | None = None
-        self._watch: Any = None  # the current kubernetes.watch.Watch
+        self._watch: Any = None  # the current api.Watch (stop() closes its stream)
         self._resource_version: str | None = None
         self._last_list = 0.0
 
