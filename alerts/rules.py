@@ -84,7 +84,11 @@ class Params:
 # -- PromQL building blocks -----------------------------------------------------------------
 
 _HOLDERS = "max by (node, uuid, namespace, pod) (nvidia_gpu_allocation_info)"
-SOLE_HOLDER = f"({_HOLDERS} and on (node, uuid) (count by (node, uuid) ({_HOLDERS}) == 1))"
+#: The pod holding a GPU alone (the whole GPU, or all its held MIG instances or replicas), recorded
+#: once per evaluation: every device alert joins it, and computing it inside each alert cost most
+#: of the rules' evaluation time (docs/scaling.md).
+SOLE_HOLDER_RECORD = "node_uuid:nvidia_gpu_allocation:single_pod"
+SOLE_HOLDER = SOLE_HOLDER_RECORD
 
 
 def held(expr: str) -> str:
@@ -161,6 +165,7 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
         + happened(f'nvidia_gpu_xid_errors_total{{xid=~"{codes(D.XID_RESET + D.XID_REBOOT)}"}}', "1h") + ")",
     ])
     return [
+        (SOLE_HOLDER_RECORD, f"{_HOLDERS}\n  and on (node, uuid) (count by (node, uuid) ({_HOLDERS}) == 1)"),
         ("namespace:nvidia_gpu_allocated_devices:sum", f"sum by (namespace) (\n  {devices}\n)"),
         ("namespace_workload:nvidia_gpu_allocated_devices:sum",
          f"sum by (namespace, workload_kind, workload) (\n  {devices}\n)"),
@@ -189,6 +194,9 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
 
 
 RECORDING_DOCS: Mapping[str, str] = {
+    SOLE_HOLDER_RECORD:
+        "The pod holding a GPU alone (`node, uuid, namespace, pod`), absent when several pods or none "
+        "hold it: the join every device alert uses to name the pod.",
     "namespace:nvidia_gpu_allocated_devices:sum":
         "Devices held per namespace; a device shared by n containers counts 1/n, a MIG instance as one.",
     "namespace_workload:nvidia_gpu_allocated_devices:sum": "The same per `namespace, workload_kind, workload`.",
