@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
@@ -66,6 +67,9 @@ def build_agent(config: Config) -> Agent:
 
         backend = simulate.SimulatedBackend(simulate.load_scenario(config.scenario))
         log.warning("SIMULATED node: no real GPU is read (scenario %s)", config.scenario or "built-in")
+        # The simulated node has a name of its own (the status page and pushed alerts show it),
+        # unless --kubernetes.node-name says otherwise.
+        config = dataclasses.replace(config, node_name=config.node_name or backend.scenario.node.name)
         return Agent(
             config,
             backend,
