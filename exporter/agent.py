@@ -126,6 +126,8 @@ class Agent:
         self.exposition: Exposition | None = None
         self.status_page: StatusPage | None = None  # / and /api/v1/status, rendered with the exposition
         self.notifier: CycleListener | None = None  # the push path to Alertmanager, set by the CLI
+        #: Requests the HTTP guard refused, by reason (exporter/http.py), set by the CLI when it serves.
+        self.http_rejected: Mapping[str, int] = {}
         self.errors: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for collector, kinds in self._known_error_kinds().items():
             self.errors[collector].update(dict.fromkeys(kinds, 0))
@@ -179,6 +181,7 @@ class Agent:
             gpu_snapshot_stale=snapshot.stale,
             kubelet_enabled=self.pod_resources is not None,
             nvml_query_seconds=_nvml_query_seconds(snapshot),
+            http_rejected=dict(self.http_rejected),
         )
         exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
         self.exposition = exposition

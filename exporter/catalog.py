@@ -360,6 +360,12 @@ ALERTMANAGER_QUEUE_LENGTH = _metric(
     "kube_gpu_exporter_alertmanager_queue_length", "gauge",
     "Alerts waiting to be posted to an Alertmanager.", "agent", ("alertmanager",),
 )
+HTTP_REJECTED = _metric(
+    "kube_gpu_exporter_http_rejected_total", "counter",
+    "HTTP requests and connections the agent refused, by reason (method, path, body, unauthorized, "
+    "client_certificate, write_timeout, connection_limit); every reason present from the start (0).",
+    "agent", ("reason",),
+)
 
 
 _SCOPE_LABELS = {

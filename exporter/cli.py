@@ -143,6 +143,7 @@ async def serve(agent: Agent, config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections))
+    agent.http_rejected = guard.rejected  # read live: each cycle renders the counts so far
     host = config.listen_host or None  # "" = every interface
     try:
         runner, site = await start_server(make_app(agent, guard), host, config.listen_port, guard=guard)

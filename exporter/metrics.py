@@ -48,6 +48,7 @@ class AgentStatus:
     gpu_snapshot_stale: bool = False
     kubelet_enabled: bool = False  # allocatable/allocated device counts are only known then
     nvml_query_seconds: Mapping[str, float] = field(default_factory=dict)  # by query group, summed over GPUs
+    http_rejected: Mapping[str, int] = field(default_factory=dict)  # by reason; empty when not serving HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,8 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
     out.add(catalog.NVML_UP, {}, 1 if status.nvml_up else 0)
     for group, seconds in status.nvml_query_seconds.items():
         out.add(catalog.NVML_QUERY_DURATION, {"group": group}, seconds)
+    for reason, count in sorted(status.http_rejected.items()):
+        out.add(catalog.HTTP_REJECTED, {"reason": reason}, count)
     if status.kubelet_enabled:
         for resource in sorted(set(attribution.allocatable) | set(attribution.allocated)):
             out.add(catalog.ALLOCATABLE_DEVICES, {"resource": resource}, attribution.allocatable.get(resource, 0))

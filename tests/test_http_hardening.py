@@ -226,3 +226,20 @@ def test_the_agent_sheds_idle_and_half_sent_connections_and_answers_scrapes_mean
     finally:
         stderr = agent.stop()
     assert "Traceback" not in stderr, stderr
+
+
+def test_refused_requests_are_counted_by_reason_in_the_exposition(fake_nvml):
+    agent = AgentProcess(["--simulate"], fake_nvml.env)
+    try:
+        body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_nvml_up") == 1, what="first cycle")
+        # Every reason is there before the first refusal, so increase() sees the first one.
+        assert value(body, "kube_gpu_exporter_http_rejected_total", reason="method") == 0
+        assert value(body, "kube_gpu_exporter_http_rejected_total", reason="connection_limit") == 0
+        with socket.create_connection(("127.0.0.1", agent.port)) as s:
+            s.sendall(b"DELETE /metrics HTTP/1.1\r\nHost: node\r\n\r\n")
+            assert s.recv(1 << 16).startswith(b"HTTP/1.1 405")
+        assert agent.get("/nope")[0] == 404
+        agent.wait_for(lambda b: value(b, "kube_gpu_exporter_http_rejected_total", reason="method") == 1
+                       and value(b, "kube_gpu_exporter_http_rejected_total", reason="path") == 1, what="counted")
+    finally:
+        agent.stop()
