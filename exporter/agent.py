@@ -145,7 +145,7 @@ class Agent:
     def _known_error_kinds(self) -> dict[str, tuple[str, ...]]:
         known = {"nvml": NVML_ERROR_KINDS, "procfs": AGENT_ERROR_KINDS["procfs"], "agent": AGENT_ERROR_KINDS["agent"]}
         if self.pod_resources is not None:
-            known["kubelet"] = AGENT_ERROR_KINDS["kubelet"] + tuple(getattr(self.pod_resources, "ERROR_KINDS", ()))
+            known["kubelet"] = AGENT_ERROR_KINDS["kubelet"] + tuple(self.pod_resources.ERROR_KINDS)
         if self.pod_metadata is not None:
             known["kubernetes"] = AGENT_ERROR_KINDS["kubernetes"]
         if self.device_slices is not None:
@@ -248,34 +248,34 @@ class Agent:
             return {}, False
 
     def _pod_metadata(self) -> Mapping[str, PodMeta]:
-        """Pods from the API server's watch; while it is disconnected, the last known ones within
-        the grace period, then none (workloads unknown rather than possibly wrong)."""
+        """Pods from the API server's watch (see ``_watched``); none when that is off or too old:
+        workloads unknown rather than possibly wrong."""
         if self.pod_metadata is None:
             return {}
-        now = time.monotonic()
-        connected = bool(self.pod_metadata.connected)
-        self._record("kubernetes", connected, None)
-        if connected:
-            self._source_changed("kubernetes", True, "API server pod watch connected")
-            return self._pods.good(self.pod_metadata.pods(), now)
-        self._source_changed("kubernetes", False, "API server pod watch lost; "
-                             f"keeping the last workloads for {self._pods.grace:g}s")
-        return self._pods.current(now) or {}
+        watch = self.pod_metadata
+        return self._watched("kubernetes", "pod watch", "workloads", watch.connected, watch.pods, self._pods) or {}
 
     def _published_devices(self) -> PublishedDevices | None:
-        """The DRA devices from the ResourceSlice watch; while it is disconnected, the last known
-        ones within the grace period, then None (claims resolved only from what is local)."""
+        """The DRA devices from the ResourceSlice watch (see ``_watched``); None: claims are
+        resolved only from what is local."""
         if self.device_slices is None:
             return None
+        watch = self.device_slices
+        return self._watched("resourceslices", "ResourceSlice watch", "DRA devices", watch.connected,
+                             watch.published, self._published)
+
+    def _watched(self, collector: str, what: str, kept_what: str, connected: bool,
+                 read: Callable[[], T], kept: _Kept[T]) -> T | None:
+        """What a background watch of the API server knows: its current view while it is
+        connected; while it is not, the last one within the grace period, then None."""
         now = time.monotonic()
-        connected = bool(self.device_slices.connected)
-        self._record("resourceslices", connected, None)
+        self._record(collector, bool(connected), None)
         if connected:
-            self._source_changed("resourceslices", True, "API server ResourceSlice watch connected")
-            return self._published.good(self.device_slices.published(), now)
-        self._source_changed("resourceslices", False, "API server ResourceSlice watch lost; "
-                             f"keeping the last DRA devices for {self._published.grace:g}s")
-        return self._published.current(now)
+            self._source_changed(collector, True, f"API server {what} connected")
+            return kept.good(read(), now)
+        self._source_changed(collector, False, f"API server {what} lost; "
+                             f"keeping the last {kept_what} for {kept.grace:g}s")
+        return kept.current(now)
 
     def _source_changed(self, source: str, up: bool, message: str) -> None:
         """Log a source's loss or recovery once (not its first success)."""
