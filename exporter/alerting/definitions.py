@@ -1,14 +1,19 @@
 """What the pushed alerts are called and say, shared with the rule generator (``alerts/rules.py``).
 
-The generated Prometheus rules for these alerts aggregate to exactly the label set the agent
-pushes (``alertname, severity, node, gpu, uuid[, xid][, namespace, pod]`` plus the external
-labels), so that Alertmanager sees one alert from two sources and sends one notification.
+**Labels identify the device, never its holder.** The generated rules for these alerts aggregate
+to exactly the label set the agent pushes (``alertname, severity, node, gpu, uuid`` plus the
+external labels), so that Alertmanager sees one alert from two sources and sends one
+notification. A pod never goes into an alert's labels: a holder change (a Job's next pod, a
+time-sliced replica moving) or a kubelet outage would otherwise end the alert and start a new
+one, restarting its ``for:`` and paging twice. Who holds the device is said in the ``holders``
+annotation (``namespace/pod, ...``), which the rules fill from ``nvidia_gpu_allocation_info``
+with a template query and the agent from its own attribution, in the same format.
 
-A device is labelled with ``namespace`` and ``pod`` when exactly one pod holds it (the whole
-GPU, or every held MIG instance or replica of it). A GPU shared by several pods carries no pod
-labels: one alert per GPU, whose description says where to find the holders. (One alert per
-holder cannot be written in PromQL for a GPU with several XID codes at once: that would be a
-many-to-many join.)
+XIDs are alerted on per tier (the action a code calls for), from
+``nvidia_gpu_xid_events_total{tier}``, which the agent exports for every tier at 0 from the
+start so that ``increase()`` sees the first event; the codes behind an alert are in its ``xids``
+annotation. The per-code ``nvidia_gpu_xid_errors_total{xid}`` is at 0 from the start only for
+the codes whose recurrence the rules judge (``XID_ZERO_CODES``): bounded, whatever NVIDIA adds.
 
 Annotations use a small subset of Prometheus' Go templates, ``{{ $labels.x }}`` and
 ``{{ if $labels.x }}...{{ end }}``, which ``render`` evaluates the same way in Python: for the
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 #: XID codes by the action they call for (NVIDIA's XID catalog, Ampere and newer).
 XID_APPLICATION = (13, 31, 43, 45, 68, 94)  # the application faulted; the GPU stays usable
@@ -31,13 +36,52 @@ XID_INFORMATIONAL = (63, 92)  # row remap recorded, high single-bit ECC rate
 XID_REPLACE_IF_RECURRING = (48, 64, 74, 95)
 XID_KNOWN = XID_APPLICATION + XID_RESET + XID_REBOOT + XID_INFORMATIONAL
 
+#: ``tier`` label of nvidia_gpu_xid_events_total, most severe first; "other" is every code the
+#: tiers above do not name (new drivers add codes).
+XID_TIERS: tuple[str, ...] = ("reboot", "reset", "application", "informational", "other")
+_TIER_OF: Mapping[int, str] = {
+    **dict.fromkeys(XID_APPLICATION, "application"), **dict.fromkeys(XID_RESET, "reset"),
+    **dict.fromkeys(XID_REBOOT, "reboot"), **dict.fromkeys(XID_INFORMATIONAL, "informational"),
+}
+
+
+def xid_tier(code: int) -> str:
+    """The tier of an XID code (one of ``XID_TIERS``)."""
+    return _TIER_OF.get(code, "other")
+
+
+#: Codes whose nvidia_gpu_xid_errors_total{xid} series exists at 0 from the start (GpuXidRecurring
+#: counts their second event); other codes' series appear with their first event.
+XID_ZERO_CODES = XID_REPLACE_IF_RECURRING
+
+#: The window an XID or ECC event keeps its alert active: the rules' ``event_window`` and the
+#: default of ``--alertmanager.event-window``; the status page fades an XID mark after it too.
+EVENT_WINDOW_SECONDS = 600
+#: ``for:`` of the GpuLost rule; the agent pushes GpuLost for a GPU down this long (or at once
+#: when NVML says the GPU is lost).
+GPU_LOST_FOR_SECONDS = 60
+
 #: Where runbook_url points; the rules' ``Params.runbook_base`` defaults to it.
 RUNBOOK_BASE = "https://github.com/kube-gpu-exporter/kube-gpu-exporter/blob/main/docs/runbooks.md"
 
-HOLDER_DESCRIPTION = (
-    "{{ if $labels.pod }} It is held by pod {{ $labels.namespace }}/{{ $labels.pod }}.{{ end }}"
-)
+#: Gone with the alert-seams change (holders are an annotation now); kept until alerts/rules.py stops using it.
+HOLDER_DESCRIPTION = ""
 GPU_DESCRIPTION = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on node {{ $labels.node }}"
+
+#: Annotation keys beside summary, description and runbook_url.
+HOLDERS_ANNOTATION = "holders"  # "namespace/pod, ..." of the pods holding the GPU or its MIG instances
+XIDS_ANNOTATION = "xids"  # "code, ..." of an XID alert's tier with an event in the event window
+
+
+def holders_text(pods: Iterable[tuple[str, str]]) -> str:
+    """The ``holders`` annotation: distinct ``namespace/pod`` sorted as text, joined by ", "
+    ("" when nobody holds the device). The rules' template sorts the same way (sortByLabel)."""
+    return ", ".join(sorted({f"{namespace}/{pod}" for namespace, pod in pods}))
+
+
+def xids_text(codes: Iterable[int]) -> str:
+    """The ``xids`` annotation: distinct codes sorted as text (as sortByLabel sorts), joined by ", "."""
+    return ", ".join(sorted({str(code) for code in codes}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +100,23 @@ class AlertText:
 XID_RESET_REQUIRED = AlertText(
     "GpuXidResetRequired", "critical",
     "A GPU reported an XID error that needs a GPU reset.",
-    GPU_DESCRIPTION + " reported XID {{ $labels.xid }}: the GPU needs a reset (drain the node, then "
-    "nvidia-smi -r) before it can be trusted again." + HOLDER_DESCRIPTION,
+    GPU_DESCRIPTION + " reported an XID error after which the GPU needs a reset (drain the node, then "
+    "nvidia-smi -r) before it can be trusted again; the codes are in the xids annotation.",
 )
 XID_REBOOT_REQUIRED = AlertText(
     "GpuXidRebootRequired", "critical",
     "A GPU reported an XID error that needs a node reboot.",
-    GPU_DESCRIPTION + " reported XID {{ $labels.xid }}: the GPU fell off the bus; drain and "
-    "power-cycle the node." + HOLDER_DESCRIPTION,
+    GPU_DESCRIPTION + " fell off the bus (XID 79): drain and power-cycle the node.",
 )
 GPU_LOST = AlertText(
     "GpuLost", "critical",
     "A GPU does not answer NVML.",
-    GPU_DESCRIPTION + " does not answer NVML (lost, failed or hung reads)." + HOLDER_DESCRIPTION,
+    GPU_DESCRIPTION + " does not answer NVML (lost, failed or hung reads).",
 )
 ECC_UNCORRECTABLE = AlertText(
     "GpuEccUncorrectableErrors", "critical",
     "A GPU reported uncorrectable ECC errors.",
-    GPU_DESCRIPTION + " reported uncorrectable ECC memory errors: the data of the work on it may be "
-    "corrupt." + HOLDER_DESCRIPTION,
+    GPU_DESCRIPTION + " reported uncorrectable ECC memory errors: the data of the work on it may be corrupt.",
 )
 
 #: Every alert the agent pushes, by name.
