@@ -7,6 +7,11 @@ never a pile of them, and never the loop. Daemon threads also mean a hung call c
 process exit.
 
 NVML that cannot start (driver not loaded yet) is retried with capped exponential backoff.
+
+Each snapshot says whether NVML as a whole answers (``nvml_up``) and, for a GPU that is down,
+the kind of failure (``Gpu.error_kind``): the push path tells a lost GPU from a hung read and
+from an NVML restart by them. XID counts come with every snapshot, with the time each count
+last grew; a failed XID read serves the last counts (a counter never drops to nothing and back).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .backend import GpuBackend
 from .snapshot import Gpu, GpuIdentity, GpuSnapshot
@@ -105,11 +110,13 @@ class GpuCollector:
         timeout: float,
         hold_seconds: float,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ):
         self.backend = backend
         self.timeout = timeout
         self.hold_seconds = hold_seconds
         self._monotonic = monotonic
+        self._clock = clock  # unix time, for xid_last_event
         self._started = False
         self._start_error: str | None = "not started yet"
         self._next_start = 0.0
@@ -121,6 +128,9 @@ class GpuCollector:
         self._identity: dict[int, GpuIdentity] = {}
         self._last: dict[int, _Reading] = {}
         self._down_reason: dict[int, str] = {}  # GPUs reported down, for one log line per change
+        self._xids: dict[tuple[str, int], int] = {}  # the last XID counts read
+        self._xid_last_event: dict[tuple[str, int], float] = {}  # unix time each count last grew
+        self._xid_error: str | None = None  # the last failure to read them, for one log line per change
         self.errors: Counter[str] = Counter(dict.fromkeys(ERROR_KINDS, 0))
 
     @property
@@ -181,8 +191,8 @@ class GpuCollector:
         """One cycle: every GPU read in parallel, each within the deadline."""
         now = self._monotonic()
         if not await self._ensure_started():
-            return self._snapshot([self._down(i, self._start_error or "backend not started") for i in self._known()],
-                                  now)
+            return self._snapshot([self._down(i, self._start_error or "backend not started", "init")
+                                   for i in self._known()], now)
         if self._count is None:
             self._count = run_in_daemon_thread(self.backend.device_count, name="nvml-count")
         await asyncio.wait([self._count], timeout=self.timeout)
@@ -194,8 +204,8 @@ class GpuCollector:
         count_future, self._count = self._count, None
         if (error := count_future.exception()) is not None:
             self._restart_later(f"device count failed: {str(error) or type(error).__name__}")
-            return self._snapshot([self._down(i, self._start_error or "device count failed") for i in self._known()],
-                                  now)
+            return self._snapshot([self._down(i, self._start_error or "device count failed", "restart")
+                                   for i in self._known()], now)
         self._backoff = BACKOFF_INITIAL_SECONDS  # NVML answers again: the next failure retries soon
         self._set_count(count_future.result())
 
@@ -258,9 +268,10 @@ class GpuCollector:
             error = outcome.error
         assert error is not None
         message = str(error) or type(error).__name__
-        self.errors[getattr(error, "kind", "unknown")] += 1
+        kind = getattr(error, "kind", "unknown")
+        self.errors[kind] += 1
         self._mark_down(index, message)
-        return self._down(index, message)
+        return self._down(index, message, kind)
 
     def _held(self, index: int, now: float) -> Gpu:
         """A GPU whose read hangs: down, with its last readings for at most ``hold_seconds``."""
@@ -268,29 +279,46 @@ class GpuCollector:
         self._mark_down(index, reason)
         last = self._last.get(index)
         if last is None or now - last.taken > self.hold_seconds:
-            return self._down(index, reason)
-        return replace(last.gpu, up=False, error=reason)
+            return self._down(index, reason, "timeout")
+        return replace(last.gpu, up=False, error=reason, error_kind="timeout")
 
-    def _down(self, index: int, reason: str) -> Gpu:
+    def _down(self, index: int, reason: str, kind: str) -> Gpu:
         """A GPU that could not be read: up=0 under its known identity, with its MIG instances
         (without readings) from the last good read. uuid is "" only if it was never identified."""
         identity = self._identity.get(index) or GpuIdentity(index=index, uuid="")
         last = self._last.get(index)
         layout = tuple(replace(m, samples=(), processes=()) for m in last.gpu.mig_devices) if last else ()
         return Gpu(index=index, uuid=identity.uuid, up=False, minor_number=identity.minor_number,
-                   info=identity.info, mig_devices=layout, error=reason)
+                   info=identity.info, mig_devices=layout, error=reason, error_kind=kind)
 
     def _snapshot(self, gpus: list[Gpu], now: float, *, stale: bool = False) -> GpuSnapshot:
         taken = min((self._last[g.index].taken for g in gpus if g.samples and g.index in self._last and not g.up),
                     default=now)
-        return GpuSnapshot(gpus=tuple(gpus), taken=taken, stale=stale, xids=self._xid_counts())
+        self._read_xids()
+        return GpuSnapshot(gpus=tuple(gpus), taken=taken, stale=stale, xids=dict(self._xids),
+                           xid_last_event=dict(self._xid_last_event), nvml_up=self.state.up)
 
-    def _xid_counts(self) -> Mapping[tuple[str, int], int]:
+    def _read_xids(self) -> None:
+        """The backend's XID counts, and when each last grew. A failed read keeps the last counts:
+        emitting none (or 0) would read as a counter reset, and the next good read as new events."""
         try:
-            return dict(self.backend.xid_counts())
-        except Exception:  # noqa: BLE001 - XIDs are an extra; a failure costs only them
-            log.debug("reading XID counts failed", exc_info=True)
-            return {}
+            counts = dict(self.backend.xid_counts())
+        except Exception as exc:  # noqa: BLE001 - XIDs are an extra; a failure costs only their freshness
+            message = str(exc) or type(exc).__name__
+            self.errors[getattr(exc, "kind", "unknown")] += 1
+            if message != self._xid_error:
+                log.warning("reading XID counts failed, serving the last ones: %s", message)
+            self._xid_error = message
+            return
+        if self._xid_error is not None:
+            log.info("reading XID counts works again")
+            self._xid_error = None
+        now = self._clock()
+        for key, count in counts.items():
+            if count and count != self._xids.get(key, 0):  # grew, or a lower count after a reset
+                self._xid_last_event[key] = now
+        self._xids = counts
+        self._xid_last_event = {k: t for k, t in self._xid_last_event.items() if k in counts}
 
     def _mark_down(self, index: int, reason: str) -> None:
         if self._down_reason.get(index) != reason:

@@ -74,6 +74,10 @@ class Gpu:
     mig_devices: tuple[MigDevice, ...] = ()
     processes: tuple[GpuProcess, ...] = ()  # processes on the full GPU (not inside a MIG instance)
     error: str | None = None
+    # Why it is down, as counted in kube_gpu_exporter_collector_errors_total{collector="nvml",kind}:
+    # "gpu_is_lost" (NVML says so: GpuLost is pushed at once), "timeout" (a read hangs), "init" or
+    # "restart" (NVML as a whole is down), ...; None while up.
+    error_kind: str | None = None
     # NVML seconds this reading took by query group (nvml/cost.py); empty for simulated GPUs
     nvml_seconds: Mapping[str, float] = field(default_factory=dict)
 
@@ -91,6 +95,12 @@ class GpuSnapshot:
     # XID events since the agent started by (GPU uuid, XID code); kept apart from the GPUs'
     # readings because they must stay visible while a GPU is down.
     xids: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    # Unix time at which each (GPU uuid, XID code) count last grew, as seen by the agent: alerts and
+    # the status page treat an XID as an event for a window after it.
+    xid_last_event: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    # False while NVML as a whole is down (not started, restarting, its device count hangs): then
+    # every GPU reads as down, and that is no GPU's fault (KubeGpuExporterNvmlDown, not GpuLost).
+    nvml_up: bool = True
 
 
 # -- Kubernetes side ------------------------------------------------------------------------

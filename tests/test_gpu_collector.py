@@ -34,6 +34,7 @@ class ScriptedBackend:
         self.temperature = 40.0
         self.migs: dict[int, tuple[MigDevice, ...]] = {}
         self.xids: dict[tuple[str, int], int] = {}
+        self.xid_fails = 0  # the next n xid_counts calls raise
         self.count_hang = threading.Event()
         self.count_hangs = False
         self.count_fails = False
@@ -67,6 +68,9 @@ class ScriptedBackend:
         return {}
 
     def xid_counts(self) -> dict[tuple[str, int], int]:
+        if self.xid_fails:
+            self.xid_fails -= 1
+            raise GpuReadError("event set: unknown error", "unknown")
         return dict(self.xids)
 
     def read_gpu(self, index: int) -> Gpu:
@@ -100,7 +104,8 @@ def temps(snapshot):
 def collector_for(backend, timeout: float = 1.0, hold_seconds: float = 60.0, clock=None) -> GpuCollector:
     if clock is None:
         return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds)
-    return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds, monotonic=lambda: clock[0])
+    return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds, monotonic=lambda: clock[0],
+                        clock=lambda: clock[0])
 
 
 async def test_a_broken_gpu_costs_only_its_own_series_and_is_counted_once():
@@ -331,3 +336,77 @@ async def test_going_down_and_coming_back_is_logged_once_each(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("GPU 1 (GPU-1) is down" in m for m in messages) == 1
     assert sum("GPU 1 (GPU-1) is back" in m for m in messages) == 1
+
+
+def kinds(snapshot) -> list[str | None]:
+    return [g.error_kind for g in snapshot.gpus]
+
+
+async def test_a_down_gpu_says_why_and_the_snapshot_whether_nvml_as_a_whole_answers():
+    """What the push path tells apart: a lost GPU (GpuLost at once), a hung read (only if it lasts),
+    NVML down or restarting (no GPU's fault: no GpuLost at all)."""
+    backend = ScriptedBackend()
+    collector = collector_for(backend, timeout=0.2)
+    snapshot = await collector.collect()
+    assert snapshot.nvml_up and kinds(snapshot) == [None, None, None]
+    backend.broken.add(1)
+    backend.hung_gpu = 2
+    try:
+        snapshot = await collector.collect()
+        assert snapshot.nvml_up and kinds(snapshot) == [None, "gpu_is_lost", "timeout"]
+    finally:
+        backend.hang.set()
+    backend.broken.clear()
+    backend.hung_gpu = None
+    snapshot = await collect_until(collector, lambda s: all(g.up for g in s.gpus))
+    assert kinds(snapshot) == [None, None, None]
+
+    backend.count_hangs = True  # NVML hangs as a whole: every GPU held down, NVML not up
+    try:
+        snapshot = await collector.collect()
+        assert not snapshot.nvml_up and kinds(snapshot) == ["timeout"] * 3
+    finally:
+        backend.count_hang.set()
+    await collect_until(collector, lambda s: s.nvml_up)
+
+    backend.count_fails = True  # NVML fails as a whole: restarted; the GPUs down meanwhile
+    backend.stop_hang.set()
+    backend.fail_start = 1
+    snapshot = await collector.collect()
+    assert not snapshot.nvml_up and kinds(snapshot) == ["restart"] * 3
+    snapshot = await collector.collect()  # not started again yet (backoff)
+    assert not snapshot.nvml_up and kinds(snapshot) == ["init"] * 3
+
+
+async def test_each_xid_count_is_stamped_with_the_time_it_last_grew():
+    clock = [1000.0]
+    backend = ScriptedBackend(count=2)
+    collector = collector_for(backend, clock=clock)
+    backend.xids = {("GPU-0", 48): 1}
+    snapshot = await collector.collect()
+    assert snapshot.xid_last_event == {("GPU-0", 48): 1000.0}  # seen since the agent started: an event now
+    clock[0] += 10
+    backend.xids = {("GPU-0", 48): 1, ("GPU-1", 13): 2}
+    snapshot = await collector.collect()
+    assert snapshot.xid_last_event == {("GPU-0", 48): 1000.0, ("GPU-1", 13): 1010.0}
+    clock[0] += 10
+    backend.xids = {("GPU-0", 48): 2, ("GPU-1", 13): 2}
+    snapshot = await collector.collect()
+    assert snapshot.xid_last_event == {("GPU-0", 48): 1020.0, ("GPU-1", 13): 1010.0}
+
+
+async def test_a_failed_xid_read_keeps_the_last_counts_and_is_counted():
+    clock = [1000.0]
+    backend = ScriptedBackend(count=1)
+    collector = collector_for(backend, clock=clock)
+    backend.xids = {("GPU-0", 79): 3}
+    await collector.collect()
+    backend.xid_fails = 1
+    clock[0] += 10
+    snapshot = await collector.collect()
+    assert snapshot.xids == {("GPU-0", 79): 3}  # not {}: that would read as a counter reset
+    assert snapshot.xid_last_event == {("GPU-0", 79): 1000.0}
+    assert collector.errors["unknown"] == 1
+    clock[0] += 10
+    snapshot = await collector.collect()  # the same count again: no new event
+    assert snapshot.xids == {("GPU-0", 79): 3} and snapshot.xid_last_event == {("GPU-0", 79): 1000.0}
