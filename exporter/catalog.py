@@ -193,13 +193,15 @@ NVLINK_DATA = _metric(
 )
 XID_ERRORS = _metric(
     "nvidia_gpu_xid_errors_total", "counter",
-    "XID error events since the agent started, by XID code; a code's series appears with its first event.",
+    "XID error events since the agent started, by XID code; the codes whose recurrence the alerts judge (48, 64, "
+    "74, 95) are present from the start (0), any other code's series appears with its first event.",
     "gpu", ("xid",),
 )
 XID_EVENTS = _metric(
     "nvidia_gpu_xid_events_total", "counter",
-    "XID error events of every code since the agent started; present from the start (0), so that increase() "
-    "sees the first one.", "gpu",
+    "XID error events since the agent started, by tier: the action the code calls for (reboot, reset, "
+    "application, informational; other: a code the agent does not know); every tier present from the start (0), "
+    "so that increase() sees the first event.", "gpu", ("tier",),
 )
 PROCESSES = _metric(
     "nvidia_gpu_processes", "gauge", "Compute processes running on the GPU (all its MIG instances included).",

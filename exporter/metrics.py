@@ -20,6 +20,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Sample as PromSample
 
 from . import __version__, catalog, exposition
+from .alerting import definitions
 from .attribution import Attribution
 from .catalog import MetricSpec
 from .snapshot import Gpu, GpuSnapshot, MigDevice, Sample
@@ -117,16 +118,29 @@ def _device_families(out: _Families, snapshot: GpuSnapshot, attribution: Attribu
             out.add(catalog.GPU_INFO, identity | {k: gpu.info.get(k, "") for k in catalog.GPU_INFO.labels}, 1)
         out.add(catalog.GPU_UP, identity, 1 if gpu.up else 0)
         _add_samples(out, identity, gpu.samples)
-        gpu_xids = xids.get(gpu.uuid, []) if gpu.uuid else []
-        out.add(catalog.XID_EVENTS, identity, sum(count for _, count in gpu_xids))
-        for code, count in gpu_xids:
-            out.add(catalog.XID_ERRORS, identity | {"xid": str(code)}, count)
+        if gpu.uuid:  # XIDs are counted by uuid: a GPU never identified has none
+            _add_xids(out, identity, xids.get(gpu.uuid, []))
         _add_holders(out, identity | {"gpu_instance_id": "", "compute_instance_id": ""}, gpu.uuid, attribution)
         for mig in gpu.mig_devices:
             mig_id = _mig_identity(gpu, mig)
             out.add(catalog.MIG_INFO, mig_id | {"mig_uuid": mig.uuid, "profile": mig.profile}, 1)
             _add_samples(out, mig_id, mig.samples)
             _add_holders(out, mig_id, mig.uuid, attribution)
+
+
+def _add_xids(out: _Families, identity: dict[str, str], counts: list[tuple[int, int]]) -> None:
+    """The XID counters of one GPU. Both exist at 0 before the first event, so that increase()
+    sees it: every tier, and the per-code series of the codes whose recurrence the alerts judge
+    (a bounded set, not one series per code NVIDIA may ever add)."""
+    tiers = dict.fromkeys(definitions.XID_TIERS, 0)
+    by_code = dict.fromkeys(definitions.XID_ZERO_CODES, 0)
+    for code, count in counts:
+        tiers[definitions.xid_tier(code)] += count
+        by_code[code] = count
+    for tier, count in tiers.items():
+        out.add(catalog.XID_EVENTS, identity | {"tier": tier}, count)
+    for code, count in sorted(by_code.items()):
+        out.add(catalog.XID_ERRORS, identity | {"xid": str(code)}, count)
 
 
 def _add_holders(out: _Families, identity: dict[str, str], device: str, attribution: Attribution) -> None:

@@ -151,15 +151,60 @@ async def test_counters_alerts_watch_exist_before_their_first_event():
     backend = OneGpu()
     agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(), process_owners=lambda p: {})
     body = await scrape(agent)
-    assert value(body, "nvidia_gpu_xid_events_total", uuid=GPU) == 0
-    assert not samples(body, "nvidia_gpu_xid_errors_total")
+    assert xid_series(body) == ZERO_XID_SERIES
     for collector, kind in [("kubelet", "unknown_device_id"), ("kubelet", "unavailable"), ("nvml", "gpu_is_lost"),
                             ("nvml", "timeout"), ("procfs", "read")]:
         assert value(body, "kube_gpu_exporter_collector_errors_total", collector=collector, kind=kind) == 0
-    backend.xids = {(GPU, 79): 1}
+    backend.xids = {(GPU, 79): 1, (GPU, 48): 2, (GPU, 13): 1, (GPU, 999): 1}
     body = await scrape(agent)
-    assert value(body, "nvidia_gpu_xid_events_total", uuid=GPU) == 1
-    assert value(body, "nvidia_gpu_xid_errors_total", uuid=GPU, xid="79") == 1
+    assert xid_series(body) == ZERO_XID_SERIES | {
+        ("events", "reboot"): 1, ("events", "reset"): 2, ("events", "application"): 1, ("events", "other"): 1,
+        ("errors", "48"): 2, ("errors", "79"): 1, ("errors", "13"): 1, ("errors", "999"): 1}
+
+
+#: Every GPU's XID series before its first event: each tier, and the codes of definitions.XID_ZERO_CODES.
+ZERO_XID_SERIES = {**{("events", tier): 0 for tier in ("reboot", "reset", "application", "informational", "other")},
+                   **{("errors", code): 0 for code in ("48", "64", "74", "95")}}
+
+
+def xid_series(body: str, uuid: str = GPU) -> dict[tuple[str, str], float]:
+    """(events, tier) and (errors, code) -> value of the XID counters of one GPU."""
+    found = {("events", labels["tier"]): v for labels, v in samples(body, "nvidia_gpu_xid_events_total", uuid=uuid)}
+    found |= {("errors", labels["xid"]): v for labels, v in samples(body, "nvidia_gpu_xid_errors_total", uuid=uuid)}
+    return found
+
+
+async def test_the_simulated_node_has_the_same_zero_xid_series():
+    from exporter.cli import build_agent
+
+    agent = build_agent(parse_config(["--simulate", "--no-kubelet.enabled"], environ={}))
+    body = await scrape(agent)
+    uuids = {labels["uuid"] for labels, _ in samples(body, "nvidia_gpu_up")}
+    assert len(uuids) == 4
+    for uuid in uuids:
+        assert xid_series(body, uuid) == ZERO_XID_SERIES
+
+
+async def test_a_failed_xid_read_keeps_the_last_counts():
+    class XidReadFailsOnce(OneGpu):
+        fail = False
+
+        def xid_counts(self) -> dict[tuple[str, int], int]:
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("event thread gone")
+            return super().xid_counts()
+
+    backend = XidReadFailsOnce()
+    agent = Agent(parse_config([], environ={}), backend, process_owners=lambda p: {})
+    backend.xids = {(GPU, 79): 2}
+    before = xid_series(await scrape(agent))
+    assert before[("events", "reboot")] == before[("errors", "79")] == 2
+    backend.fail = True
+    body = await scrape(agent)
+    assert xid_series(body) == before  # not 0 or absent: Prometheus would read a counter reset
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="nvml", kind="unknown") == 1
+    assert xid_series(await scrape(agent)) == before
 
 
 async def test_losing_and_regaining_the_kubelet_is_logged_once_each(caplog):

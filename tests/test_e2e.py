@@ -255,7 +255,12 @@ def test_xid_events_increment_the_counter_per_code(cluster):
     cluster.nvml.add_xid(0, 79, 79, 13)
     body = agent.wait_for(lambda b: value(b, "nvidia_gpu_xid_errors_total", gpu="0", xid="79") == 2, what="XID")
     assert value(body, "nvidia_gpu_xid_errors_total", gpu="0", xid="13") == 1
-    assert not samples(body, "nvidia_gpu_xid_errors_total", gpu="1")
+    assert value(body, "nvidia_gpu_xid_events_total", gpu="0", tier="reboot") == 2
+    assert value(body, "nvidia_gpu_xid_events_total", gpu="0", tier="application") == 1
+    # GPU 1 has had none: its tiers and the codes the alerts judge at 0, no other code's series.
+    assert {labels["xid"]: v for labels, v in samples(body, "nvidia_gpu_xid_errors_total", gpu="1")} == {
+        "48": 0, "64": 0, "74": 0, "95": 0}
+    assert {v for _, v in samples(body, "nvidia_gpu_xid_events_total", gpu="1")} == {0}
     cluster.nvml.add_xid(1, 13)
     body = agent.wait_for(lambda b: value(b, "nvidia_gpu_xid_errors_total", gpu="1", xid="13") == 1)
     assert value(body, "nvidia_gpu_xid_errors_total", gpu="0", xid="79") == 2  # a counter, not a gauge
