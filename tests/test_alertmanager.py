@@ -160,9 +160,17 @@ def alertmanager(tmp_path):
 # -- cycles -> alerts ----------------------------------------------------------------------------
 
 
-def gpu(index: int, uuid: str, *, up: bool = True, uncorrected: float | None = 0, migs: tuple[MigDevice, ...] = ()) -> Gpu:
+def gpu(index: int, uuid: str, *, up: bool = True, uncorrected: float | None = 0, migs: tuple[MigDevice, ...] = (),
+        kind: str | None = None) -> Gpu:
     readings = () if uncorrected is None else (Sample(catalog.ECC_ERRORS, uncorrected, ("uncorrected",)),)
-    return Gpu(index, uuid, up=up, samples=readings if up else (), mig_devices=migs)
+    return Gpu(index, uuid, up=up, samples=readings if up else (), mig_devices=migs,
+               error_kind=None if up else kind or "gpu_is_lost")
+
+
+def xids(gpus: tuple[Gpu, ...], counts: dict[tuple[str, int], int], last: dict[tuple[str, int], float],
+         **kw: Any) -> GpuSnapshot:
+    """A cycle's snapshot with XID counts and the unix time each last grew (as the collector stamps it)."""
+    return GpuSnapshot(gpus, 0.0, xids=counts, xid_last_event=last, **kw)
 
 
 def holder(namespace: str, pod: str, container: str = "main") -> Holder:
@@ -176,40 +184,70 @@ def labels_of(active) -> list[dict[str, str]]:
 def test_a_reset_tier_xid_is_an_alert_for_the_event_window_with_the_rules_label_set():
     tracker = EventTracker(NODE, {"cluster": "prod"}, event_window=600)
     held = Attribution(holders={GPU0: (holder("ml", "train-0"),)})
-    snapshot = GpuSnapshot((gpu(0, GPU0), gpu(1, GPU1)), 0.0, xids={(GPU0, 62): 1, (GPU1, 13): 4})
+    snapshot = xids((gpu(0, GPU0), gpu(1, GPU1)), {(GPU0, 62): 1, (GPU1, 13): 4}, {(GPU0, 62): 1000.0, (GPU1, 13): 990.0})
 
     active = tracker.update(snapshot, held, now=1000.0)
     assert labels_of(active) == [{"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE,
-                                  "gpu": "0", "uuid": GPU0, "xid": "62", "namespace": "ml", "pod": "train-0",
-                                  "cluster": "prod"}]  # XID 13 is application-tier: not pushed
+                                  "gpu": "0", "uuid": GPU0, "cluster": "prod"}]  # XID 13 is application-tier: not pushed
     (alert,) = active.values()
-    assert alert.annotations["description"] == (
-        f"GPU 0 ({GPU0}) on node {NODE} reported XID 62: the GPU needs a reset (drain the node, then "
-        "nvidia-smi -r) before it can be trusted again. It is held by pod ml/train-0.")
-    assert alert.annotations["runbook_url"].endswith("runbooks.md#gpuxidresetrequired")
+    assert alert.annotations == {
+        "summary": "A GPU reported an XID error that needs a GPU reset.",
+        "description": f"GPU 0 ({GPU0}) on node {NODE} reported an XID error after which the GPU needs a reset (drain "
+                       "the node, then nvidia-smi -r) before it can be trusted again; the codes are in the xids annotation.",
+        "runbook_url": "https://github.com/kube-gpu-exporter/kube-gpu-exporter/blob/main/docs/runbooks.md"
+                       "#gpuxidresetrequired",
+        "holders": "ml/train-0", "xids": "62"}
 
     assert tracker.update(snapshot, held, now=1500.0)[alert.key].starts_at == 1000.0  # still active, same start
     assert tracker.update(snapshot, held, now=1601.0) == {}  # no new event within the window
-    again = GpuSnapshot(snapshot.gpus, 0.0, xids={(GPU0, 62): 2})
+    again = xids(snapshot.gpus, {(GPU0, 62): 2}, {(GPU0, 62): 1700.0})
     assert list(tracker.update(again, held, now=1700.0)) == [alert.key]  # the next event: active again
 
 
-def test_a_gpu_held_by_several_pods_is_labelled_without_pod_and_one_pod_on_two_mig_instances_with_it():
+def test_xid_alerts_are_one_per_gpu_and_tier_with_the_codes_of_the_window_in_an_annotation():
+    tracker = EventTracker(NODE, {}, event_window=600)
+    last = {(GPU0, 48): 1000.0, (GPU0, 74): 1300.0, (GPU0, 79): 1300.0, (GPU0, 13): 1300.0, (GPU0, 999): 1300.0}
+    snapshot = xids((gpu(0, GPU0),), dict.fromkeys(last, 1), last)
+
+    def alerts(now: float) -> dict[str, str]:
+        return {a.labels["alertname"]: a.annotations["xids"] for a in tracker.update(snapshot, Attribution(), now).values()}
+
+    assert alerts(1300.0) == {"GpuXidResetRequired": "48, 74", "GpuXidRebootRequired": "79"}
+    assert alerts(1700.0) == {"GpuXidResetRequired": "74", "GpuXidRebootRequired": "79"}  # 48 left the window
+    assert alerts(1901.0) == {}
+
+
+def test_the_holders_are_an_annotation_and_every_pod_on_the_gpu_or_its_mig_instances():
     migs = (MigDevice("MIG-a", 1, 0, "3g.40gb"), MigDevice("MIG-b", 2, 0, "3g.40gb"))
-    snapshot = GpuSnapshot((gpu(0, GPU0), gpu(1, GPU1, migs=migs)), 0.0, xids={(GPU0, 79): 1, (GPU1, 48): 1})
+    snapshot = xids((gpu(0, GPU0), gpu(1, GPU1, migs=migs)), {(GPU0, 79): 1, (GPU1, 48): 1},
+                    {(GPU0, 79): 1.0, (GPU1, 48): 1.0})
     attribution = Attribution(holders={
-        GPU0: (holder("lab", "nb-a"), holder("lab", "nb-b")),
-        "MIG-a": (holder("ml", "eval-0", "a"),), "MIG-b": (holder("ml", "eval-0", "b"),)})
+        GPU0: (holder("lab", "nb-b"), holder("lab", "nb-a"), holder("lab", "nb-a", "sidecar")),
+        "MIG-a": (holder("ml", "eval-0", "a"),), "MIG-b": (holder("ml", "eval-0", "b"), holder("dev", "x"))})
     active = EventTracker(NODE, {}, 600).update(snapshot, attribution, now=1.0)
     assert labels_of(active) == [
-        {"alertname": "GpuXidRebootRequired", "severity": "critical", "node": NODE, "gpu": "0", "uuid": GPU0,
-         "xid": "79"},
-        {"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE, "gpu": "1", "uuid": GPU1,
-         "xid": "48", "namespace": "ml", "pod": "eval-0"},
+        {"alertname": "GpuXidRebootRequired", "severity": "critical", "node": NODE, "gpu": "0", "uuid": GPU0},
+        {"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE, "gpu": "1", "uuid": GPU1},
     ]
+    assert {a.labels["uuid"]: a.annotations["holders"] for a in active.values()} == {
+        GPU0: "lab/nb-a, lab/nb-b", GPU1: "dev/x, ml/eval-0"}
 
 
-def test_uncorrectable_ecc_counts_from_the_first_reading_and_a_lost_gpu_while_it_is_lost():
+def test_a_holder_change_or_a_kubelet_outage_changes_no_alert_only_its_holders_annotation():
+    tracker = EventTracker(NODE, {"cluster": "prod"}, 600)
+    snapshot = xids((gpu(0, GPU0, uncorrected=1), gpu(1, GPU1, up=False)), {(GPU0, 48): 1}, {(GPU0, 48): 100.0})
+    first = tracker.update(snapshot, Attribution(holders={GPU0: (holder("ml", "train-0"),),
+                                                          GPU1: (holder("ml", "serve-0"),)}), now=100.0)
+    assert sorted(a.labels["alertname"] for a in first.values()) == ["GpuLost", "GpuXidResetRequired"]
+    for attribution, holders in ((Attribution(holders={GPU0: (holder("ml", "train-1"),)}), {GPU0: "ml/train-1", GPU1: ""}),
+                                 (Attribution(), {GPU0: "", GPU1: ""})):  # the Job's next pod; then no kubelet
+        later = tracker.update(snapshot, attribution, now=200.0)
+        assert list(later) == list(first)  # the same alerts: none resolved, none new ...
+        assert [a.starts_at for a in later.values()] == [a.starts_at for a in first.values()]  # ... same start
+        assert {a.labels["uuid"]: a.annotations["holders"] for a in later.values()} == holders
+
+
+def test_uncorrectable_ecc_counts_from_the_first_reading():
     tracker = EventTracker(NODE, {}, 600)
     none = Attribution()
 
@@ -218,11 +256,53 @@ def test_uncorrectable_ecc_counts_from_the_first_reading_and_a_lost_gpu_while_it
         return sorted((a.labels["alertname"], a.labels["uuid"]) for a in active.values())
 
     assert names(gpu(0, GPU0, uncorrected=3), gpu(1, GPU1), now=0) == []  # errors from before: the baseline
-    assert names(gpu(0, GPU0, uncorrected=4), gpu(1, GPU1, up=False), now=10) == [
-        ("GpuEccUncorrectableErrors", GPU0), ("GpuLost", GPU1)]
-    assert names(gpu(0, GPU0, uncorrected=4), gpu(1, GPU1), now=700) == []  # window over; the GPU is back
+    assert names(gpu(0, GPU0, uncorrected=4), gpu(1, GPU1), now=10) == [("GpuEccUncorrectableErrors", GPU0)]
+    assert names(gpu(0, GPU0, uncorrected=4), gpu(1, GPU1), now=700) == []  # window over
     assert names(gpu(0, GPU0, uncorrected=0), gpu(1, GPU1), now=710) == []  # a driver reload: new baseline
     assert names(gpu(0, GPU0, uncorrected=1), gpu(1, GPU1), now=720) == [("GpuEccUncorrectableErrors", GPU0)]
+
+
+def lost(tracker: EventTracker, *gpus: Gpu, now: float, nvml_up: bool = True) -> dict[str, float]:
+    """uuid -> startsAt of the GpuLost alerts active after a cycle."""
+    active = tracker.update(GpuSnapshot(gpus, 0.0, nvml_up=nvml_up), Attribution(), now)
+    return {a.labels["uuid"]: a.starts_at for a in active.values() if a.labels["alertname"] == "GpuLost"}
+
+
+def test_gpu_lost_is_pushed_at_once_when_nvml_says_the_gpu_is_lost():
+    tracker = EventTracker(NODE, {}, 600)
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1), now=0) == {}
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1, up=False, kind="gpu_is_lost"), now=10) == {GPU1: 10}
+    # Lost, then its reads hang: still the same spell, still lost.
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1, up=False, kind="timeout"), now=20) == {GPU1: 10}
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1), now=30) == {}  # back
+
+
+def test_a_hung_read_pages_nobody_unless_the_gpu_stays_down_as_long_as_the_rules_for():
+    tracker = EventTracker(NODE, {}, 600)
+    hung = gpu(1, GPU1, up=False, kind="timeout")
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1), now=0) == {}
+    assert lost(tracker, gpu(0, GPU0), hung, now=10) == {}  # one read past --collector.timeout
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1), now=20) == {}
+    for now in range(30, 90, 10):  # down from 30 s on: the rule's for: 1m ends at 90 s
+        assert lost(tracker, gpu(0, GPU0), hung, now=now) == {}, now
+    assert lost(tracker, gpu(0, GPU0), hung, now=90) == {GPU1: 30}  # starts when the spell did, as the rule's
+    unknown = gpu(1, GPU1, up=False, kind="unknown")  # any other failure counts the same
+    assert lost(tracker, gpu(0, GPU0), unknown, now=100) == {GPU1: 30}
+
+
+def test_an_nvml_restart_pushes_no_gpu_lost():
+    """NVML down as a whole reads as every GPU down: KubeGpuExporterNvmlDown's alert, not one GpuLost a GPU."""
+    tracker = EventTracker(NODE, {}, 600)
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1), now=0) == {}
+    for now in range(10, 300, 10):
+        down = [gpu(i, u, up=False, kind="restart" if now == 10 else "init") for i, u in enumerate((GPU0, GPU1))]
+        assert lost(tracker, *down, now=now, nvml_up=False) == {}, now
+    # Back with one GPU down: its spell starts now, not with the restart.
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1, up=False, kind="timeout"), now=300) == {}
+    assert lost(tracker, gpu(0, GPU0), gpu(1, GPU1, up=False, kind="timeout"), now=360) == {GPU1: 300}
+    # A lost GPU's alert resolves while NVML is down, as the rule's does (unless nvml_up == 0).
+    assert lost(tracker, gpu(0, GPU0, up=False, kind="restart"), gpu(1, GPU1, up=False, kind="restart"), now=370,
+                nvml_up=False) == {}
 
 
 # -- delivery ---------------------------------------------------------------------------------------
@@ -239,26 +319,30 @@ def counts(notifier: AlertmanagerNotifier) -> dict[str, float]:
     return {s.labels["result"]: s.value for s in sent.samples if s.name.endswith("_total")}
 
 
-XID = GpuSnapshot((gpu(0, GPU0),), 0.0, xids={(GPU0, 62): 1})
+def xid_now() -> GpuSnapshot:
+    """XID 62 on GPU 0, just now (the window of these notifiers is 2 s)."""
+    return xids((gpu(0, GPU0),), {(GPU0, 62): 1}, {(GPU0, 62): time.time()})
 
 
 async def test_a_pushed_alert_reaches_a_real_alertmanager_and_resolves_there(alertmanager):
     am = alertmanager()
     notifier = AlertmanagerNotifier(notifier_config(am.url))
     await notifier.start()
+    xid = xid_now()
     try:
-        notifier.update(XID, Attribution())
+        notifier.update(xid, Attribution())
         (alert,) = await asyncio.to_thread(eventually, lambda: am.alerts(alertname="GpuXidResetRequired"),
                                            "the pushed alert in Alertmanager")
         assert alert["labels"] == {"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE,
-                                   "gpu": "0", "uuid": GPU0, "xid": "62", "cluster": "test"}
+                                   "gpu": "0", "uuid": GPU0, "cluster": "test"}
         assert alert["annotations"]["summary"] == "A GPU reported an XID error that needs a GPU reset."
+        assert (alert["annotations"]["xids"], alert["annotations"]["holders"]) == ("62", "")
 
         await asyncio.to_thread(eventually, lambda: counts(notifier) == {"sent": 1, "failed": 0, "dropped": 0},
                                 "the batch counted as sent")
 
         async def resolved() -> bool:
-            notifier.update(XID, Attribution())  # the same count: no new event; resolves after the 2 s window
+            notifier.update(xid, Attribution())  # the same count: no new event; resolves after the 2 s window
             return not await asyncio.to_thread(am.alerts, alertname="GpuXidResetRequired")
 
         await until(resolved, "the alert resolved in Alertmanager")
@@ -266,6 +350,52 @@ async def test_a_pushed_alert_reaches_a_real_alertmanager_and_resolves_there(ale
                                 "the resolving batch counted as sent")
     finally:
         await notifier.stop()
+
+
+async def test_a_holder_change_updates_the_pushed_alert_in_place():
+    """The next batch carries the same alert (labels, startsAt, endsAt ahead) with the new holders,
+    and no resolved copy: Alertmanager updates the alert, it does not resolve and re-open it."""
+    notifier = AlertmanagerNotifier(notifier_config("http://127.0.0.1:9"))  # never started: nothing is posted
+    (target,) = notifier.targets
+    xid = xid_now()
+    notifier.update(xid, Attribution(holders={GPU0: (holder("ml", "train-0"),)}))
+    notifier.update(xid, Attribution(holders={GPU0: (holder("ml", "train-0"),)}))  # nothing changed: no batch
+    notifier.update(xid, Attribution(holders={GPU0: (holder("ml", "train-1"),)}))
+    first, second = target.queue
+    (before,), (after,) = first, second
+    assert after["labels"] == before["labels"] and after["startsAt"] == before["startsAt"]
+    assert after["endsAt"] > after["startsAt"]  # still firing
+    assert (before["annotations"]["holders"], after["annotations"]["holders"]) == ("ml/train-0", "ml/train-1")
+
+
+class Untouchable:
+    """A queue that may not be read: what the render thread must never do with the loop's deque."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the queue was read ({name}) outside the event loop")
+
+    def __iter__(self):
+        raise AssertionError("the queue was iterated outside the event loop")
+
+    def __len__(self) -> int:
+        raise AssertionError("the queue was measured outside the event loop")
+
+
+async def test_the_self_metrics_are_figures_taken_on_the_loop_not_reads_of_the_queue():
+    """``collect`` runs in the render thread while the loop pops the queue: it must read only the
+    figures the loop computed (iterating the deque there can fail the whole rendering)."""
+    notifier = AlertmanagerNotifier(notifier_config("http://127.0.0.1:9"), max_batches=2)
+    (target,) = notifier.targets
+    for n in range(4):  # three batches (start, resolve, start) into a queue of two: one dropped
+        notifier.update(GpuSnapshot((gpu(0, GPU0, up=n % 2 == 0),), 0.0), Attribution())
+    queue, target.queue = target.queue, Untouchable()
+    try:
+        sent, queued = notifier.collect()
+    finally:
+        target.queue = queue
+    assert {s.labels["result"]: s.value for s in sent.samples if s.name.endswith("_total")} == {
+        "sent": 0, "failed": 0, "dropped": 1}
+    assert [(s.labels["alertmanager"], s.value) for s in queued.samples] == [("http://127.0.0.1:9", 2)]
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -307,10 +437,10 @@ async def test_basic_auth_and_a_private_ca_from_files(alertmanager, tmp_path):
     for n in (right, wrong):
         await n.start()
     try:
-        wrong.update(XID, Attribution())
+        wrong.update(xid_now(), Attribution())
         await asyncio.to_thread(eventually, lambda: counts(wrong)["failed"] == 1, "a 401 counted as failed")
         assert am.alerts() == []
-        right.update(XID, Attribution())
+        right.update(xid_now(), Attribution())
         await asyncio.to_thread(eventually, lambda: am.alerts(alertname="GpuXidResetRequired"), "the alert over TLS")
         await asyncio.to_thread(eventually, lambda: counts(right)["sent"] == 1, "the batch counted as sent")
     finally:
@@ -339,7 +469,7 @@ async def test_a_bearer_token_is_read_from_its_file_at_each_post(tmp_path):
                                                     "--alertmanager.bearer-token-file", str(token)))
     await notifier.start()
     try:
-        notifier.update(XID, Attribution())
+        notifier.update(xid_now(), Attribution())
         await asyncio.to_thread(eventually, lambda: len(seen) == 1, "the first post")
         token.write_text("rotated\n")
         notifier.update(GpuSnapshot((gpu(0, GPU0, up=False),), 0.0), Attribution())  # a new alert: a new batch

@@ -9,8 +9,15 @@ batch is dropped first), counted in
 
 Like Prometheus, the agent sends a batch when an alert starts or resolves, and re-sends the
 active ones every ``resend_interval`` with ``endsAt`` four intervals ahead, so that alerts of an
-agent that died resolve by themselves. A resolved alert is sent once with ``endsAt`` = now.
+agent that died resolve by themselves. A resolved alert is sent once with ``endsAt`` = now. An
+active alert whose annotations changed (its holders, its XID codes) is sent again at once under
+the same labels and start: Alertmanager updates it, it does not see a new alert.
 Credentials and the CA are files, read at each post (rotated tokens work).
+
+Everything here runs on the event loop except ``collect``, which the renderer calls from its
+thread: it reads only ``_figures``, plain values the loop computes after every change of the
+queues or counts (replaced whole, never mutated), so that it never iterates a deque the loop is
+popping ("deque mutated during iteration" would fail the whole rendering).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -50,6 +57,14 @@ def payload(alert: ActiveAlert, ends_at: float) -> dict[str, Any]:
             "startsAt": _iso(alert.starts_at), "endsAt": _iso(ends_at)}
 
 
+class _Figures(NamedTuple):
+    """One Alertmanager's self-metrics at one moment: plain values, safe to read from any thread."""
+
+    url: str
+    counts: tuple[int, ...]  # by RESULTS
+    queued: int
+
+
 class _Target:
     """One Alertmanager: its queue of batches and the task that posts them."""
 
@@ -71,8 +86,9 @@ class _Target:
         self.queue.append(batch)
         self.wakeup.set()
 
-    def queued(self) -> int:
-        return sum(len(batch) for batch in self.queue)
+    def figures(self) -> _Figures:
+        """Call on the event loop only (the loop is what changes the queue)."""
+        return _Figures(self.url, tuple(self.counts[r] for r in RESULTS), sum(len(batch) for batch in self.queue))
 
 
 class AlertmanagerNotifier:
@@ -89,6 +105,8 @@ class AlertmanagerNotifier:
         self._active: dict[LabelSet, ActiveAlert] = {}
         self._last_batch = float("-inf")
         self._session: aiohttp.ClientSession | None = None
+        self._figures: tuple[_Figures, ...] = ()
+        self._refresh_figures()
 
     # -- from the collection cycle ---------------------------------------------------------------
 
@@ -98,9 +116,11 @@ class AlertmanagerNotifier:
         active = self.tracker.update(snapshot, attribution, now)
         resolved = [alert for key, alert in self._active.items() if key not in active]
         started = [key for key in active if key not in self._active]
+        changed = [key for key, alert in active.items()
+                   if key in self._active and alert.annotations != self._active[key].annotations]
         self._active = active
         due = active and now - self._last_batch >= self.resend_interval
-        if not (started or resolved or due):
+        if not (started or resolved or changed or due):
             return
         for alert in (self._active[k] for k in started):
             log.info("pushing alert %s", dict(alert.labels))
@@ -109,6 +129,10 @@ class AlertmanagerNotifier:
         self._last_batch = now
         for target in self.targets:
             target.enqueue(batch)
+        self._refresh_figures()
+
+    def _refresh_figures(self) -> None:
+        self._figures = tuple(target.figures() for target in self.targets)
 
     # -- the senders -------------------------------------------------------------------------------
 
@@ -139,6 +163,7 @@ class AlertmanagerNotifier:
                 if target.queue and target.queue[0] is batch:  # not dropped meanwhile
                     target.queue.popleft()
                     target.counts["sent" if ok else "failed"] += len(batch)
+                    self._refresh_figures()
 
     async def _post(self, target: _Target, batch: list[dict[str, Any]]) -> bool:
         assert self._session is not None
@@ -180,15 +205,17 @@ class AlertmanagerNotifier:
     # -- self-metrics (a collector of the agent's registry) ----------------------------------------
 
     def collect(self) -> Iterable[Metric]:
+        """Called from the render thread: reads the figures the loop computed, nothing else."""
+        figures = self._figures
         spec = catalog.ALERTMANAGER_NOTIFICATIONS
         sent = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for target in self.targets:
-            for result in RESULTS:
-                sent.add_metric([target.url, result], target.counts[result])
+        for f in figures:
+            for result, count in zip(RESULTS, f.counts):
+                sent.add_metric([f.url, result], count)
         spec = catalog.ALERTMANAGER_QUEUE_LENGTH
         queued = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for target in self.targets:
-            queued.add_metric([target.url], target.queued())
+        for f in figures:
+            queued.add_metric([f.url], f.queued)
         return [sent, queued]
 
 
