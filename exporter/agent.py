@@ -183,16 +183,18 @@ class Agent:
             nvml_query_seconds=_nvml_query_seconds(snapshot),
             http_rejected=dict(self.http_rejected),
         )
-        exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
-        self.exposition = exposition
-        if self.notifier is not None:  # only queues: posting happens in the notifier's own tasks
+        if self.notifier is not None:
+            # On the loop, before rendering: it only queues (posting happens in the notifier's own
+            # tasks) and leaves its self-metrics as plain figures for the render thread to read.
             try:
                 self.notifier.update(snapshot, attribution)
             except Exception:  # noqa: BLE001 - a push-path bug must not cost the cycle
                 log.exception("computing the alerts to push failed")
+        exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
+        self.exposition = exposition
         self.status_page = await asyncio.to_thread(
-            render_status_page, snapshot, attribution, status,
-            node=self.config.node_name, interval_seconds=self.config.collector_interval)
+            render_status_page, snapshot, attribution, status, node=self.config.node_name,
+            interval_seconds=self.config.collector_interval, event_window=self.config.alertmanager_event_window)
         self._ready_once = self._ready_once or self.gpus.state.up
         if log.isEnabledFor(logging.DEBUG):
             log.debug(

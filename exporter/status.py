@@ -6,6 +6,12 @@ holds it, and the agent's own state. Built once per collection cycle from the sa
 attribution and agent status the metric renderer gets, and served as bytes: a request does no
 work and never waits on NVML, the kubelet or the API server.
 
+XIDs are graded as the alerts grade them, by the tier of their code (``alerting.definitions``):
+a reboot- or reset-tier XID is critical, an unknown code a warning, an application fault or an
+informational code only information; and each mark fades after the alerts' event window
+(``--alertmanager.event-window``) from the code's last event, as the alert resolves. The counts
+since the agent started stay on the card as plain numbers.
+
 The page is plain server-rendered HTML with inline CSS (no JavaScript, no external assets, a
 refresh meta tag). Every value that comes from a pod or a GPU (names, labels, errors) reaches the
 HTML only through ``html()``, which escapes it: a pod named ``<script>`` is shown as text.
@@ -22,6 +28,7 @@ from html import escape
 from typing import Iterable, Mapping
 
 from . import __version__, catalog
+from .alerting import definitions
 from .attribution import Attribution, ContainerUsage, Holder
 from .catalog import MetricSpec
 from .metrics import AgentStatus
@@ -41,6 +48,16 @@ THROTTLE_REASONS = frozenset({
 #: A GPU this close to its slowdown temperature is shown as a warning.
 TEMPERATURE_MARGIN_CELSIUS = 5.0
 MIN_REFRESH_SECONDS = 5
+#: How an XID within the event window shows, by tier: the level the alerts give it, and what it means.
+XID_PROBLEMS: Mapping[str, tuple[str, str]] = {
+    "reboot": ("critical", "the GPU fell off the bus: drain and power-cycle the node"),
+    "reset": ("critical", "the GPU needs a reset (drain the node, then nvidia-smi -r)"),
+    "other": ("warning", "a code the agent does not know: look it up in NVIDIA's XID catalog"),
+    "application": ("info", "an application faulted; the GPU stays usable"),
+    "informational": ("info", "recorded for information (a row remap, a high single-bit ECC rate)"),
+}
+#: Problem levels, worst first; "info" does not change a GPU's health.
+LEVELS = ("critical", "warning", "info")
 
 
 #: Served at ``/`` until the first cycle has finished (with status 503).
@@ -78,7 +95,7 @@ class MigStatus:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    level: str  # "critical" or "warning"
+    level: str  # "critical", "warning" or "info"
     text: str
 
 
@@ -89,7 +106,7 @@ class GpuStatus:
     model: str
     up: bool
     error: str | None
-    health: str  # "ok", "warning" or "critical": the worst of ``problems``
+    health: str  # "ok", "warning" or "critical": the worst of ``problems`` ("ok" if only info)
     problems: list[Problem]  # what a person should look at, worst first
     utilization_ratio: float | None
     memory_used_bytes: float | None
@@ -100,6 +117,7 @@ class GpuStatus:
     power_limit_watts: float | None
     clock_events_active: list[str]  # reasons of nvidia_gpu_clock_event_active that are 1
     xid_events: dict[str, int]  # XID code -> events since the agent started
+    xid_last_event_timestamps: dict[str, float]  # XID code -> unix time of its last event
     ecc_errors: dict[str, int]  # type (corrected, uncorrected) -> volatile count
     holders: list[HolderStatus]  # of the whole GPU (time-sliced: every holder)
     mig_instances: list[MigStatus]
@@ -174,19 +192,24 @@ def _mig(mig: MigDevice, attribution: Attribution) -> MigStatus:
     )
 
 
-def _problems(gpu: Gpu, g: GpuStatus) -> list[Problem]:
+def _problems(gpu: Gpu, g: GpuStatus, now: float, event_window: float) -> list[Problem]:
     """What is wrong with a GPU, worst first."""
-    critical: list[str] = []
-    warning: list[str] = []
+    found: dict[str, list[str]] = {level: [] for level in LEVELS}
+    critical, warning = found["critical"], found["warning"]
     if not gpu.up:
         critical.append(f"not answering: {gpu.error or 'unknown error'}")
     if uncorrected := g.ecc_errors.get("uncorrected"):
         critical.append(f"{uncorrected} uncorrected ECC errors since the driver loaded")
     if _value(gpu.samples, catalog.REMAPPED_ROWS_FAILURE):
         critical.append("a memory row remap failed: the GPU needs service")
-    if g.xid_events:
-        listing = ", ".join(f"XID {code} x{count}" for code, count in g.xid_events.items())
-        warning.append(f"XID errors since the agent started: {listing}")
+    recent: dict[str, list[str]] = {}  # tier -> codes with an event within the window
+    for code, at in g.xid_last_event_timestamps.items():
+        if now - at <= event_window:
+            recent.setdefault(definitions.xid_tier(int(code)), []).append(code)
+    for tier in definitions.XID_TIERS:
+        if codes := recent.get(tier):
+            level, meaning = XID_PROBLEMS[tier]
+            found[level].append(f"XID {', '.join(codes)} in the last {_duration(event_window)}: {meaning}")
     if _value(gpu.samples, catalog.REMAPPED_ROWS_PENDING):
         warning.append("a memory row remap waits for a GPU reset")
     if throttled := [r for r in g.clock_events_active if r in THROTTLE_REASONS]:
@@ -194,7 +217,11 @@ def _problems(gpu: Gpu, g: GpuStatus) -> list[Problem]:
     if _near_slowdown(g):
         warning.append(f"temperature {g.temperature_celsius:.0f} °C is within {TEMPERATURE_MARGIN_CELSIUS:.0f} °C "
                        f"of its slowdown threshold ({g.temperature_slowdown_celsius:.0f} °C)")
-    return [Problem("critical", t) for t in critical] + [Problem("warning", t) for t in warning]
+    return [Problem(level, text) for level in LEVELS for text in found[level]]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
 def _near_slowdown(g: GpuStatus) -> bool:
@@ -202,8 +229,9 @@ def _near_slowdown(g: GpuStatus) -> bool:
     return t is not None and slowdown is not None and t >= slowdown - TEMPERATURE_MARGIN_CELSIUS
 
 
-def _gpu(gpu: Gpu, attribution: Attribution, xid_counts: Mapping[tuple[str, int], int]) -> GpuStatus:
+def _gpu(gpu: Gpu, attribution: Attribution, snapshot: GpuSnapshot, now: float, event_window: float) -> GpuStatus:
     samples = gpu.samples
+    mine = sorted(code for uuid, code in snapshot.xids if gpu.uuid and uuid == gpu.uuid)
     readings = GpuStatus(
         index=gpu.index, uuid=gpu.uuid, model=gpu.info.get("model", ""), up=gpu.up, error=gpu.error,
         health="ok", problems=[],
@@ -214,13 +242,15 @@ def _gpu(gpu: Gpu, attribution: Attribution, xid_counts: Mapping[tuple[str, int]
         temperature_slowdown_celsius=_value(samples, catalog.TEMPERATURE_THRESHOLD, "slowdown"),
         power_watts=_value(samples, catalog.POWER), power_limit_watts=_value(samples, catalog.POWER_LIMIT),
         clock_events_active=sorted(s.labels[0] for s in samples if s.metric is catalog.CLOCK_EVENT and s.value),
-        xid_events={str(code): n for (uuid, code), n in sorted(xid_counts.items()) if gpu.uuid and uuid == gpu.uuid},
+        xid_events={str(code): snapshot.xids[gpu.uuid, code] for code in mine},
+        xid_last_event_timestamps={str(code): snapshot.xid_last_event[gpu.uuid, code] for code in mine
+                                   if (gpu.uuid, code) in snapshot.xid_last_event},
         ecc_errors={s.labels[0]: int(s.value) for s in samples if s.metric is catalog.ECC_ERRORS},
         holders=_holders(gpu.uuid, attribution) if gpu.uuid else [],
         mig_instances=[_mig(m, attribution) for m in gpu.mig_devices],
     )
-    problems = _problems(gpu, readings)
-    health = problems[0].level if problems else "ok"
+    problems = _problems(gpu, readings, now, event_window)
+    health = next((p.level for p in problems if p.level != "info"), "ok")
     return replace(readings, health=health, problems=problems)
 
 
@@ -241,21 +271,24 @@ def _agent(status: AgentStatus) -> AgentState:
 
 
 def build(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus, *,
-          node: str = "", interval_seconds: float = 10.0) -> NodeStatus:
+          node: str = "", interval_seconds: float = 10.0,
+          event_window: float = definitions.EVENT_WINDOW_SECONDS) -> NodeStatus:
     return NodeStatus(
         schema_version=SCHEMA_VERSION,
         node=node or socket.gethostname(),
         generated_at=status.cycle_timestamp,
         refresh_seconds=max(MIN_REFRESH_SECONDS, math.ceil(interval_seconds)),
         agent=_agent(status),
-        gpus=[_gpu(g, attribution, snapshot.xids) for g in snapshot.gpus],
+        gpus=[_gpu(g, attribution, snapshot, status.cycle_timestamp, event_window) for g in snapshot.gpus],
     )
 
 
 def render(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus, *,
-           node: str = "", interval_seconds: float = 10.0) -> StatusPage:
+           node: str = "", interval_seconds: float = 10.0,
+           event_window: float = definitions.EVENT_WINDOW_SECONDS) -> StatusPage:
     """The status page and its JSON for one cycle (call it where the exposition is rendered)."""
-    model = build(snapshot, attribution, status, node=node, interval_seconds=interval_seconds)
+    model = build(snapshot, attribution, status, node=node, interval_seconds=interval_seconds,
+                  event_window=event_window)
     document = asdict(model, dict_factory=_json_object)
     return StatusPage(to_html(model).encode(), json.dumps(document, indent=1).encode() + b"\n", model)
 
@@ -287,7 +320,7 @@ def join(parts: Iterable[Html], sep: str = "") -> Html:
 GIB = 1 << 30
 
 _CSS = Html("""
-:root{color-scheme:light dark;--ok:#1a7f37;--warn:#9a6700;--crit:#cf222e;--mute:#6e7781;--line:#d0d7de}
+:root{color-scheme:light dark;--ok:#1a7f37;--warn:#9a6700;--crit:#cf222e;--info:#0969da;--mute:#6e7781;--line:#d0d7de}
 *{box-sizing:border-box}
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;padding:12px;max-width:1200px}
 h1{font-size:1.3rem;margin:0 0 4px}h2{font-size:1.1rem;margin:18px 0 8px}h3{font-size:1rem;margin:0}
@@ -306,6 +339,7 @@ nav a{margin-right:12px}
 .gauge .bar span{display:block;height:100%;background:#0969da}
 .gauge .bar span.hot{background:var(--crit)}
 ul.problems{margin:6px 0;padding-left:20px}li.critical{color:var(--crit)}li.warning{color:var(--warn)}
+li.info{color:var(--info)}
 h4{font-size:.9rem;margin:10px 0 4px}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
@@ -400,18 +434,20 @@ def _gpu_html(g: GpuStatus) -> Html:
     ])
     events = ", ".join(g.clock_events_active) or "none"
     ecc = ", ".join(f"{k} {v}" for k, v in sorted(g.ecc_errors.items())) or "n/a"
+    xids = ", ".join(f"{code} x{count}" for code, count in g.xid_events.items()) or "none"
     return html(
         '<section class="card h-{health}" id="gpu-{index}" data-uuid="{uuid}"><div class="head">'
         '<h3>GPU {index} · {model}</h3><span class="badge health {health}">{health_text}</span></div>'
         '<div class="mono mute">{uuid}</div>'
         '{problems}<div class="gauges">{gauges}</div>'
-        '<div class="mute">clock events: {events} · ECC (volatile): {ecc} · XIDs: {xids}</div>'
+        '<div class="mute">clock events: {events} · ECC (volatile): {ecc} · XIDs since the agent started: '
+        '<span class="xids">{xids}</span></div>'
         '{holders}{mig}</section>',
         health=g.health, index=g.index, uuid=g.uuid or "uuid unknown", model=g.model or "unknown model",
         health_text=g.health if g.up else "down",
         problems=html('<ul class="problems">{items}</ul>', items=problems) if g.problems else Html(""),
         gauges=gauges if g.up else Html('<p class="mute">no readings while the GPU is down</p>'),
-        events=events, ecc=ecc, xids=sum(g.xid_events.values()),
+        events=events, ecc=ecc, xids=xids,
         holders=html("<h4>Held by</h4>{t}", t=_holders_html(g.holders)) if g.holders or not g.mig_instances
         else Html(""),
         mig=_mig_html(g.mig_instances),

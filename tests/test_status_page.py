@@ -9,6 +9,7 @@ reads the GPUs and pods off the rendered DOM, and a pod whose names carry HTML i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,10 +23,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from e2e import ROOT, AgentProcess
 
+from exporter import status
+from exporter.attribution import Attribution
 from exporter.cli import build_agent
 from exporter.config import parse_config
+from exporter.metrics import AgentStatus
 from exporter.server import make_app
 from exporter.simulate import load_scenario
+from exporter.snapshot import Gpu, GpuSnapshot
 
 IMAGES = ROOT / "docs" / "images"
 BUILT_IN = load_scenario(None)
@@ -135,7 +140,7 @@ STATUS_SCHEMA = {
             "required": ["index", "uuid", "model", "up", "error", "health", "problems", "utilization_ratio",
                          "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
                          "temperature_slowdown_celsius", "power_watts", "power_limit_watts", "clock_events_active",
-                         "xid_events", "ecc_errors", "holders", "mig_instances"],
+                         "xid_events", "xid_last_event_timestamps", "ecc_errors", "holders", "mig_instances"],
             "properties": {
                 "index": {"type": "integer", "minimum": 0},
                 "uuid": {"type": "string"},
@@ -145,7 +150,7 @@ STATUS_SCHEMA = {
                 "health": {"enum": ["ok", "warning", "critical"]},
                 "problems": {"type": "array", "items": {
                     "type": "object", "required": ["level", "text"], "additionalProperties": False,
-                    "properties": {"level": {"enum": ["warning", "critical"]}, "text": {"type": "string"}},
+                    "properties": {"level": {"enum": ["info", "warning", "critical"]}, "text": {"type": "string"}},
                 }},
                 **{k: _NUMBER_OR_NULL for k in (
                     "utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
@@ -153,6 +158,8 @@ STATUS_SCHEMA = {
                 "clock_events_active": {"type": "array", "items": {"type": "string"}},
                 "xid_events": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1},
                                "propertyNames": {"pattern": "^[0-9]+$"}},
+                "xid_last_event_timestamps": {"type": "object", "additionalProperties": {"type": "number"},
+                                              "propertyNames": {"pattern": "^[0-9]+$"}},
                 "ecc_errors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
                 "holders": {"type": "array", "items": _HOLDER},
                 "mig_instances": {"type": "array", "items": {
@@ -322,17 +329,81 @@ async def test_faults_show_as_problems_worst_first(tmp_path):
     await agent.stop()
     jsonschema.validate(document, STATUS_SCHEMA)
     xid, thermal, ecc, lost = document["gpus"]
-    assert xid["health"] == "warning" and xid["xid_events"] == {"79": 2}
-    assert "XID 79 x2" in xid["problems"][0]["text"]
+    assert xid["health"] == "critical" and xid["xid_events"] == {"79": 2}  # 79: reboot tier, as the alert
+    assert xid["problems"][0] == {"level": "critical", "text": "XID 79 in the last 10 min: the GPU fell off the bus: "
+                                                               "drain and power-cycle the node"}
+    assert set(xid["xid_last_event_timestamps"]) == {"79"}
     assert thermal["health"] == "warning" and "hw_thermal_slowdown" in thermal["clock_events_active"]
     assert any("clocks held down" in p["text"] for p in thermal["problems"])
     assert ecc["health"] == "critical" and ecc["ecc_errors"]["uncorrected"] == 3
     assert lost["health"] == "critical" and not lost["up"] and lost["uuid"] == ""
     assert lost["problems"][0]["level"] == "critical" and "not answering" in lost["problems"][0]["text"]
     badges = [text for _, text in dom.find("span", **{"class": "health"})]
-    assert badges == ["warning", "warning", "critical", "down"]
-    assert "1 ok" not in dom.text and "0 ok, 2 warning, 2 critical" in dom.text
+    assert badges == ["critical", "warning", "critical", "down"]
+    assert "1 ok" not in dom.text and "0 ok, 1 warning, 3 critical" in dom.text
+    assert [text for _, text in dom.find("span", **{"class": "xids"})] == ["79 x2", "none", "none", "none"]
     assert "uuid unknown" in dom.text and "no readings while the GPU is down" in dom.text
+
+
+def _xid_node(now: float, last: dict[int, float], *, event_window: float = 600.0) -> dict:
+    """The JSON of a one-GPU node whose XIDs (code -> unix time of the last event) came so long ago."""
+    uuid = "GPU-0"
+    snapshot = GpuSnapshot((Gpu(0, uuid, info={"model": "H100"}),), 0.0, xids={(uuid, c): 1 for c in last},
+                           xid_last_event={(uuid, c): t for c, t in last.items()})
+    page = status.render(snapshot, Attribution(), AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=now),
+                         node="n", event_window=event_window)
+    document = json.loads(page.json)
+    jsonschema.validate(document, STATUS_SCHEMA)
+    (gpu,) = document["gpus"]
+    return gpu
+
+
+def test_xids_are_graded_by_tier_as_the_alerts_grade_them():
+    cases = {  # codes -> health, levels of the problems
+        (48,): ("critical", ["critical"]), (79,): ("critical", ["critical"]),  # reset, reboot: a page
+        (999,): ("warning", ["warning"]),  # a code nobody named: look at it
+        (13,): ("ok", ["info"]), (63,): ("ok", ["info"]),  # an application fault, informational: the GPU is fine
+        (13, 48, 999): ("critical", ["critical", "warning", "info"]),
+    }
+    for codes, (health, levels) in cases.items():
+        gpu = _xid_node(1000.0, dict.fromkeys(codes, 990.0))
+        assert (gpu["health"], [p["level"] for p in gpu["problems"]]) == (health, levels), codes
+    gpu = _xid_node(1000.0, {13: 990.0, 48: 995.0, 74: 990.0})
+    assert [p["text"] for p in gpu["problems"]] == [
+        "XID 48, 74 in the last 10 min: the GPU needs a reset (drain the node, then nvidia-smi -r)",
+        "XID 13 in the last 10 min: an application faulted; the GPU stays usable"]
+
+
+def test_an_xid_mark_fades_after_the_event_window_and_its_count_stays():
+    gpu = _xid_node(1000.0, {48: 400.0, 13: 390.0})  # 600 s and 610 s ago
+    assert [p["text"][:6] for p in gpu["problems"]] == ["XID 48"] and gpu["health"] == "critical"
+    gpu = _xid_node(1001.0, {48: 400.0, 13: 390.0})
+    assert gpu["problems"] == [] and gpu["health"] == "ok"
+    assert gpu["xid_events"] == {"13": 1, "48": 1} and gpu["xid_last_event_timestamps"] == {"13": 390.0, "48": 400.0}
+    page = Dom(status.to_html(status.build(
+        GpuSnapshot((Gpu(0, "GPU-0"),), 0.0, xids={("GPU-0", 48): 3}, xid_last_event={("GPU-0", 48): 400.0}),
+        Attribution(), AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=1001.0), node="n")))
+    assert [text for _, text in page.find("span", **{"class": "xids"})] == ["48 x3"]
+    assert [text for _, text in page.find("span", **{"class": "health"})] == ["ok"]
+    # The window is the configured one (--alertmanager.event-window), as for the pushed alerts.
+    assert _xid_node(1000.0, {48: 800.0}, event_window=120)["problems"] == []
+    assert _xid_node(1000.0, {48: 900.0}, event_window=120)["problems"][0]["text"].startswith(
+        "XID 48 in the last 2 min")
+
+
+async def test_the_agent_grades_xids_with_its_configured_event_window(tmp_path):
+    scenario = tmp_path / "xid.yaml"
+    scenario.write_text("node: {name: n}\ngpus: [{model: NVIDIA H100 80GB HBM3}]\n"
+                        "faults: {events: [{kind: xid, at: 0, gpu: 0, code: 48}]}\n")
+    agent, client = _client_for(["--simulate", str(scenario), "--alertmanager.event-window", "0.000001"])
+    async with client:
+        await agent.collect_once()  # the XID is seen: stamped now
+        await asyncio.sleep(0.01)
+        await agent.collect_once()  # ... and out of a window of a microsecond by the next cycle
+        document = json.loads((await _get(client, "/api/v1/status"))[2])
+    await agent.stop()
+    (gpu,) = document["gpus"]
+    assert gpu["xid_events"] == {"48": 1} and gpu["problems"] == [] and gpu["health"] == "ok"
 
 
 async def test_values_from_pods_are_escaped(tmp_path):
