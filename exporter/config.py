@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__, vocabulary, webconfig
+from .alerting import definitions as alerting_definitions
 from .alerting import settings as alerting_settings
 
 ENV_PREFIX = "KUBE_GPU_EXPORTER_"
@@ -80,7 +81,7 @@ class Config:
     alertmanager_bearer_token_file: str | None = None
     alertmanager_tls_ca_file: str | None = None
     alertmanager_timeout: float = 5.0
-    alertmanager_event_window: float = 600.0
+    alertmanager_event_window: float = float(alerting_definitions.EVENT_WINDOW_SECONDS)
     warnings: tuple[str, ...] = ()  # for the caller to log; not configuration
 
     def as_log_dict(self) -> dict[str, Any]:
@@ -188,9 +189,10 @@ def get_parser() -> argparse.ArgumentParser:
         help="CA certificate file to verify an https:// Alertmanager")
     add("--alertmanager.timeout", dest="alertmanager_timeout", default="5",
         help="seconds one post to Alertmanager may take (default %(default)s)")
-    add("--alertmanager.event-window", dest="alertmanager_event_window", default="600",
-        help="seconds a pushed XID or ECC alert stays active after its last event; keep it equal to the "
-        "rules' event_window (default %(default)s)")
+    add("--alertmanager.event-window", dest="alertmanager_event_window",
+        default=str(alerting_definitions.EVENT_WINDOW_SECONDS),
+        help="seconds a pushed XID or ECC alert stays active after its last event, and an XID's mark on the "
+        "status page; keep it equal to the rules' event_window (default %(default)s)")
     return parser
 
 
