@@ -4,7 +4,12 @@ with the generated rules (shortened for:), Alertmanager delivering to a webhook 
 What it shows: the expected alerts fire (the node's very first XID included) and the healthy
 GPU's do not; the agent's push delivers the XID alert before any rule could (Alertmanager's
 first notification carries the pushed copy, which has no generatorURL); the rule-made copy has
-the same label set, so Alertmanager holds one alert and sends one notification for both.
+the same label set (the device, never its holder) and the same ``holders`` annotation, so
+Alertmanager holds one alert and sends one notification for both. On the fake NVML: a read that
+hangs for a few cycles pages nobody, by push or rule, while a GPU NVML calls lost pages once.
+
+Both tests need the rules of the alert-seams change (device labels, holders annotation, XID
+tiers, GpuLost unless NVML is down) in ``alerts/rules.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +30,7 @@ import pytest
 
 from alerts.generate import rules_file
 from alerts.rules import Params
-from e2e import ROOT, AgentProcess, free_port
+from e2e import GPU, ROOT, AgentProcess, free_port, value
 from test_alertmanager import Alertmanager, Webhook, eventually, stop_process
 
 NODE = "gpu-node-e2e"
@@ -44,50 +52,93 @@ class Prometheus:
              "--rules.alert.resend-delay=1s", "--log.level=warn"],
             stdout=self._log, stderr=self._log, text=True)
 
-    def alerts(self) -> list[dict[str, Any]]:
-        """Prometheus' own alerts (pending and firing), as /api/v1/alerts lists them."""
+    def _api(self, path: str) -> Any:
         if self.process.poll() is not None:
             self._log.seek(0)
             raise AssertionError(f"prometheus exited: {self._log.read()}")
         try:
-            with urllib.request.urlopen(self.url + "/api/v1/alerts", timeout=5) as response:
-                return json.load(response)["data"]["alerts"]
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return json.load(response)["data"]
         except OSError:
-            return []
+            return None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Prometheus' own alerts (pending and firing), as /api/v1/alerts lists them."""
+        return (self._api("/api/v1/alerts") or {"alerts": []})["alerts"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's samples (empty while Prometheus does not answer)."""
+        return (self._api("/api/v1/query?" + urllib.parse.urlencode({"query": expr})) or {"result": []})["result"]
+
+    def last_evaluation(self) -> float:
+        """Unix time of the oldest last evaluation among the rule groups (year 1 before the first)."""
+        groups = (self._api("/api/v1/rules") or {"groups": []})["groups"]
+        return min((datetime.fromisoformat(g["lastEvaluation"]).timestamp() for g in groups), default=0.0)
 
     def stop(self) -> None:
         stop_process(self.process)
 
 
-@pytest.fixture
-def stack(tmp_path):
+def start_stack(directory: Path, agent_args: list[str], env: dict[str, str], *, gpu_lost_for: str,
+                started: list[Any]) -> tuple[AgentProcess, Prometheus, Alertmanager, Webhook]:
+    """The agent pushing to Alertmanager, Prometheus scraping it with the generated rules (GpuLost's
+    ``for:`` shortened) and alerting the same Alertmanager, which notifies a webhook."""
     webhook = Webhook()
-    am = Alertmanager(tmp_path, (
+    started.append(webhook)
+    am = Alertmanager(directory, (
         # Every alert its own group, notified at once and never again within the test: the number of
         # notifications that carry an alert is then the number of distinct alerts Alertmanager made of it.
         "route: {receiver: hook, group_by: ['...'], group_wait: 0s, group_interval: 10m, repeat_interval: 1h}\n"
         f"receivers: [{{name: hook, webhook_configs: [{{url: '{webhook.url}', send_resolved: false}}]}}]\n"))
-    agent = AgentProcess(["--simulate", str(SCENARIO), "--kubernetes.enabled", "--kubernetes.node-name", NODE,
-                          "--alertmanager.url", am.url, "--alertmanager.label", "cluster=e2e"],
-                         env=dict(os.environ), interval=0.5)
-    (tmp_path / "rules.yaml").write_text(rules_file(Params(gpu_lost_for="2s")))
-    prometheus = Prometheus(tmp_path, f"""
+    started.append(am)
+    agent = AgentProcess([*agent_args, "--kubernetes.node-name", NODE, "--alertmanager.url", am.url,
+                          "--alertmanager.label", "cluster=e2e"], env=env, interval=0.5)
+    started.append(agent)
+    (directory / "rules.yaml").write_text(rules_file(Params(gpu_lost_for=gpu_lost_for)))
+    prometheus = Prometheus(directory, f"""
 global: {{scrape_interval: 1s, evaluation_interval: 2s, external_labels: {{cluster: e2e}}}}
-rule_files: [{tmp_path / 'rules.yaml'}]
+rule_files: [{directory / 'rules.yaml'}]
 alerting: {{alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am.port}']}}]}}]}}
 scrape_configs:
   - job_name: kube-gpu-exporter
     honor_labels: true
     static_configs: [{{targets: ['127.0.0.1:{agent.port}'], labels: {{node: {NODE}}}}}]
 """)
-    yield agent, prometheus, am, webhook
-    for process in (prometheus, agent, am, webhook):
+    started.append(prometheus)
+    return agent, prometheus, am, webhook
+
+
+@pytest.fixture
+def stacks():
+    started: list[Any] = []
+    yield lambda *args, **kw: start_stack(*args, **kw, started=started)
+    for process in reversed(started):
         process.stop()
 
 
-def notified(webhook: Webhook, alertname: str) -> list[dict[str, Any]]:
-    """Every alert of that name in every notification so far, in order."""
-    return [a for n in webhook.notifications for a in n["alerts"] if a["labels"]["alertname"] == alertname]
+@pytest.fixture
+def stack(stacks, tmp_path):
+    return stacks(tmp_path, ["--simulate", str(SCENARIO), "--kubernetes.enabled"], dict(os.environ), gpu_lost_for="2s")
+
+
+def notified(webhook: Webhook, alertname: str, **match: str) -> list[dict[str, Any]]:
+    """Every alert of that name (and those labels) in every notification so far, in order."""
+    return [a for n in webhook.notifications for a in n["alerts"] if a["labels"]["alertname"] == alertname
+            and all(a["labels"].get(k) == v for k, v in match.items())]
+
+
+def firing(prometheus: Prometheus) -> dict[str, list[dict[str, Any]]]:
+    """Prometheus' firing alerts by name (labels and annotations)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for alert in prometheus.alerts():
+        if alert["state"] == "firing":
+            found.setdefault(alert["labels"]["alertname"], []).append(alert)
+    return found
+
+
+def without_cluster(labels: dict[str, str]) -> dict[str, str]:
+    """A pushed alert's labels as Prometheus lists its own (external labels are added on the way out)."""
+    return {k: v for k, v in labels.items() if k != "cluster"}
 
 
 def test_rules_and_pushes_meet_in_alertmanager(stack):
@@ -103,23 +154,25 @@ def test_rules_and_pushes_meet_in_alertmanager(stack):
     for name in PUSHED:
         first = eventually(lambda name=name: notified(webhook, name), f"a notification of {name}", timeout=40)[0]
         assert first["generatorURL"] == "", f"{name}: Prometheus' copy arrived first: {first}"
-    xid = notified(webhook, "GpuXidResetRequired")[0]["labels"]
-    assert xid == {"alertname": "GpuXidResetRequired", "severity": "critical", "cluster": "e2e", "node": NODE,
-                   "gpu": "0", "uuid": uuids["0"], "xid": "62", "namespace": "ml", "pod": "train-0"}
+    xid = notified(webhook, "GpuXidResetRequired")[0]
+    # The device is the identity; the holder and the codes are annotations.
+    assert xid["labels"] == {"alertname": "GpuXidResetRequired", "severity": "critical", "cluster": "e2e",
+                             "node": NODE, "gpu": "0", "uuid": uuids["0"]}
+    assert (xid["annotations"]["holders"], xid["annotations"]["xids"]) == ("ml/train-0", "62")
+    lost = notified(webhook, "GpuLost")[0]  # GPU 1: NVML answers GPU_IS_LOST, pushed at once
+    assert lost["labels"] == {"alertname": "GpuLost", "severity": "critical", "cluster": "e2e", "node": NODE,
+                              "gpu": "1", "uuid": uuids["1"]}
 
-    # 2. The rules fire the same alerts (the node's first XID included), with the same labels.
-    def firing() -> dict[str, list[dict[str, str]]]:
-        found: dict[str, list[dict[str, str]]] = {}
-        for alert in prometheus.alerts():
-            if alert["state"] == "firing":
-                found.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
-        return found
-
+    # 2. The rules fire the same alerts (the node's first XID included), with the same labels and holders.
     expected = (*PUSHED, "GpuXidApplicationError")
-    rule_made = eventually(lambda: (f := firing()) and all(n in f for n in expected) and f,
+    rule_made = eventually(lambda: (f := firing(prometheus)) and all(n in f for n in expected) and f,
                            f"Prometheus firing {expected}", timeout=40)
-    assert rule_made["GpuXidResetRequired"] == [{k: v for k, v in xid.items() if k != "cluster"}]
-    assert {a["gpu"] for alerts in rule_made.values() for a in alerts if "gpu" in a} == {"0", "1", "2"}
+    for name, pushed in (("GpuXidResetRequired", xid), ("GpuLost", lost)):
+        (made,) = rule_made[name]
+        assert made["labels"] == without_cluster(pushed["labels"]), name
+        assert made["annotations"]["holders"] == pushed["annotations"]["holders"], name
+    assert {a["labels"]["gpu"] for alerts in rule_made.values() for a in alerts if "gpu" in a["labels"]} == {
+        "0", "1", "2"}
     assert not [a for a in prometheus.alerts() if a["labels"].get("uuid") == uuids["3"]], "the healthy GPU alerted"
 
     # 3. One alert in Alertmanager for both copies (the rule's copy updated the pushed one) ...
@@ -135,3 +188,42 @@ def test_rules_and_pushes_meet_in_alertmanager(stack):
                timeout=30)
     for name in PUSHED:
         assert len(notified(webhook, name)) == 1, f"{name}: {notified(webhook, name)}"
+
+
+def test_a_hung_read_pages_nobody_and_a_lost_gpu_pages_once(stacks, fake_nvml, tmp_path):
+    """The fake NVML's GPU 1 hangs in one read for a few cycles (past --collector.timeout, shorter
+    than GpuLost's for:): no GpuLost from the push path, none from the rule. Then GPU 0 answers
+    GPU_IS_LOST: pushed at once, fired by the rule with the same labels, one notification. By the
+    time the rule fires for GPU 0, it would have fired for GPU 1 too, had the hang been enough."""
+    agent, prometheus, am, webhook = stacks(tmp_path, ["--no-kubelet.enabled", "--collector.timeout", "0.3"],
+                                            fake_nvml.env, gpu_lost_for="10s")
+    agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 1, what="the first cycle", timeout=30)
+    eventually(lambda: prometheus.query('nvidia_gpu_up{gpu="1"} == 1'), "Prometheus scraping GPU 1", timeout=30)
+
+    fake_nvml.update_gpu(1, hang_seconds=120)
+    try:
+        agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 0, what="GPU 1's read hanging")
+        # Until Prometheus has seen it down too: the rule gets its chance to go pending.
+        eventually(lambda: prometheus.query('nvidia_gpu_up{gpu="1"} == 0'), "Prometheus seeing GPU 1 down",
+                   timeout=30)
+    finally:
+        fake_nvml.update_gpu(1, hang_seconds=None)  # the hung call returns
+    agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 1, what="GPU 1 back")
+    body = agent.scrape()
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="nvml", kind="timeout") >= 1
+    back = time.time()
+
+    fake_nvml.update_gpu(0, lost=1)
+    pushed = eventually(lambda: notified(webhook, "GpuLost", gpu="0"), "GPU 0's GpuLost pushed", timeout=30)[0]
+    assert pushed["generatorURL"] == "" and pushed["labels"]["uuid"] == GPU[0]
+    (made,) = eventually(lambda: firing(prometheus).get("GpuLost"), "the GpuLost rule firing", timeout=40)
+    assert made["labels"] == without_cluster(pushed["labels"])
+    # Every rule group evaluated past the point where a GpuLost of the hang would have fired.
+    eventually(lambda: prometheus.last_evaluation() > back + 10, "a rule evaluation after the for: of the hang",
+               timeout=40)
+    eventually(lambda: len(am.alerts(alertname="GpuLost")) == 1 and am.alerts(alertname="GpuLost")[0][
+        "generatorURL"].startswith(prometheus.url), "the rule's copy merged into the pushed one", timeout=20)
+
+    assert not notified(webhook, "GpuLost", gpu="1"), "a hung read paged"
+    assert not [a for a in prometheus.alerts() if a["labels"]["alertname"] == "GpuLost" and a["labels"]["gpu"] == "1"]
+    assert len(notified(webhook, "GpuLost", gpu="0")) == 1
