@@ -184,16 +184,18 @@ def labels_of(active) -> list[dict[str, str]]:
 def test_a_reset_tier_xid_is_an_alert_for_the_event_window_with_the_rules_label_set():
     tracker = EventTracker(NODE, {"cluster": "prod"}, event_window=600)
     held = Attribution(holders={GPU0: (holder("ml", "train-0"),)})
-    snapshot = xids((gpu(0, GPU0), gpu(1, GPU1)), {(GPU0, 62): 1, (GPU1, 13): 4}, {(GPU0, 62): 1000.0, (GPU1, 13): 990.0})
+    snapshot = xids((gpu(0, GPU0), gpu(1, GPU1)), {(GPU0, 62): 1, (GPU1, 13): 4},
+                    {(GPU0, 62): 1000.0, (GPU1, 13): 990.0})
 
     active = tracker.update(snapshot, held, now=1000.0)
     assert labels_of(active) == [{"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE,
-                                  "gpu": "0", "uuid": GPU0, "cluster": "prod"}]  # XID 13 is application-tier: not pushed
+                                  "gpu": "0", "uuid": GPU0, "cluster": "prod"}]  # XID 13: application tier, not pushed
     (alert,) = active.values()
     assert alert.annotations == {
         "summary": "A GPU reported an XID error that needs a GPU reset.",
-        "description": f"GPU 0 ({GPU0}) on node {NODE} reported an XID error after which the GPU needs a reset (drain "
-                       "the node, then nvidia-smi -r) before it can be trusted again; the codes are in the xids annotation.",
+        "description": f"GPU 0 ({GPU0}) on node {NODE} reported an XID error after which the GPU needs a reset "
+                       "(drain the node, then nvidia-smi -r) before it can be trusted again; the codes are in the "
+                       "xids annotation.",
         "runbook_url": "https://github.com/kube-gpu-exporter/kube-gpu-exporter/blob/main/docs/runbooks.md"
                        "#gpuxidresetrequired",
         "holders": "ml/train-0", "xids": "62"}
@@ -210,7 +212,8 @@ def test_xid_alerts_are_one_per_gpu_and_tier_with_the_codes_of_the_window_in_an_
     snapshot = xids((gpu(0, GPU0),), dict.fromkeys(last, 1), last)
 
     def alerts(now: float) -> dict[str, str]:
-        return {a.labels["alertname"]: a.annotations["xids"] for a in tracker.update(snapshot, Attribution(), now).values()}
+        active = tracker.update(snapshot, Attribution(), now)
+        return {a.labels["alertname"]: a.annotations["xids"] for a in active.values()}
 
     assert alerts(1300.0) == {"GpuXidResetRequired": "48, 74", "GpuXidRebootRequired": "79"}
     assert alerts(1700.0) == {"GpuXidResetRequired": "74", "GpuXidRebootRequired": "79"}  # 48 left the window
@@ -239,8 +242,8 @@ def test_a_holder_change_or_a_kubelet_outage_changes_no_alert_only_its_holders_a
     first = tracker.update(snapshot, Attribution(holders={GPU0: (holder("ml", "train-0"),),
                                                           GPU1: (holder("ml", "serve-0"),)}), now=100.0)
     assert sorted(a.labels["alertname"] for a in first.values()) == ["GpuLost", "GpuXidResetRequired"]
-    for attribution, holders in ((Attribution(holders={GPU0: (holder("ml", "train-1"),)}), {GPU0: "ml/train-1", GPU1: ""}),
-                                 (Attribution(), {GPU0: "", GPU1: ""})):  # the Job's next pod; then no kubelet
+    next_pod = Attribution(holders={GPU0: (holder("ml", "train-1"),)})  # the Job's next pod; then no kubelet
+    for attribution, holders in ((next_pod, {GPU0: "ml/train-1", GPU1: ""}), (Attribution(), {GPU0: "", GPU1: ""})):
         later = tracker.update(snapshot, attribution, now=200.0)
         assert list(later) == list(first)  # the same alerts: none resolved, none new ...
         assert [a.starts_at for a in later.values()] == [a.starts_at for a in first.values()]  # ... same start
