@@ -440,8 +440,8 @@ def _gpu_html(g: GpuStatus) -> Html:
         '<h3>GPU {index} · {model}</h3><span class="badge health {health}">{health_text}</span></div>'
         '<div class="mono mute">{uuid}</div>'
         '{problems}<div class="gauges">{gauges}</div>'
-        '<div class="mute">clock events: {events} · ECC (volatile): {ecc} · XIDs since the agent started: '
-        '<span class="xids">{xids}</span></div>'
+        '<div class="mute">clock events: {events} · ECC (volatile): {ecc} · XIDs: '
+        '<span class="xids" title="events since the agent started">{xids}</span></div>'
         '{holders}{mig}</section>',
         health=g.health, index=g.index, uuid=g.uuid or "uuid unknown", model=g.model or "unknown model",
         health_text=g.health if g.up else "down",
