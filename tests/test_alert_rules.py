@@ -169,3 +169,30 @@ def test_annotation_templates_render_as_prometheus_does(template, labels, expect
 ])
 def test_the_expected_holders_follow_the_input_series_as_prometheus_sees_them(values, minute, interval, seen):
     assert generate.present(values, minute, interval) is seen
+
+
+def _matches(matcher: str, name: str) -> bool:
+    """An Alertmanager matcher on alertname (``=``, ``!=``, ``=~``, ``!~``; regexes anchored)."""
+    match = re.fullmatch(r'alertname(=~|!~|!=|=)"(.*)"', matcher)
+    assert match, f"only alertname matchers are expected in the example: {matcher}"
+    op, value = match.groups()
+    found = re.fullmatch(value, name) is not None if "~" in op else value == name
+    return found if op in ("=", "=~") else not found
+
+
+def test_the_example_inhibitions_run_from_cause_to_symptom_without_a_cycle():
+    example = yaml.safe_load((ROOT / "alerts" / "alertmanager-example.yaml").read_text())
+    names = [a.name for a in alerts(Params())]
+    edges = {(source, target) for rule in example["inhibit_rules"]
+             for source in names if all(_matches(m, source) for m in rule["source_matchers"])
+             for target in names if all(_matches(m, target) for m in rule["target_matchers"])}
+    assert edges and all(source != target for source, target in edges)
+    # no alert silenced, directly or through others, by an alert it silences (neither would notify)
+    reach = {name: {t for s, t in edges if s == name} for name in names}
+    for _ in names:
+        for name in names:
+            reach[name] |= {far for near in reach[name] for far in reach[near]}
+    assert not [name for name in names if name in reach[name]]
+    # the XID that explains a lost GPU is what pages; GpuLost never hides it
+    for cause in (definitions.XID_REBOOT_REQUIRED.name, definitions.XID_RESET_REQUIRED.name):
+        assert (cause, definitions.GPU_LOST.name) in edges and (definitions.GPU_LOST.name, cause) not in edges
