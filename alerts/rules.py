@@ -107,8 +107,9 @@ def codes(xids: tuple[int, ...]) -> str:
 def listing(label: str, query: str) -> str:
     """An annotation template: the values of ``label`` in the result of ``query`` (a Go format
     string given the alert's ``node`` and ``uuid`` as ``%[1]q`` and ``%[2]q``), sorted as text
-    and joined by ", "; "" when the query returns nothing. Evaluated when Prometheus sends the
-    alert, only for active alerts: no rule evaluates it, so it costs nothing per node."""
+    and joined by ", "; "" when the query returns nothing. Prometheus runs the query at each
+    evaluation for each active (pending or firing) alert only: its cost grows with the alerts
+    active, not with the nodes, unlike a join in the alert's expression."""
     return (f'{{{{ range $i, $s := sortByLabel "{label}" (query (printf `{query}` $labels.node $labels.uuid)) }}}}'
             f"{{{{ if $i }}}}, {{{{ end }}}}{{{{ $s.Labels.{label} }}}}{{{{ end }}}}")
 
