@@ -406,7 +406,9 @@ def node() -> list[Panel]:
         table("XID codes since the agent started",
               f"sum by (gpu, xid) (nvidia_gpu_xid_errors_total{{{GPU}}}) > 0", width=6,
               description="Events per code, counted since the agent started (a code's series appears with its "
-                          "first event)."),
+                          "first event).",
+              overrides=[{"matcher": {"id": "byName", "options": "Value"},
+                          "properties": [{"id": "displayName", "value": "events"}]}]),
         timeseries("ECC errors (volatile)", Target(
             f"increase(nvidia_gpu_ecc_errors_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{type}}"), width=6),
         timeseries("Remapped rows", Target(f"nvidia_gpu_remapped_rows{{{GPU}}}", "GPU {{gpu}} {{type}}"),
