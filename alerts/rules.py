@@ -341,11 +341,15 @@ def _m(name: str, labels: str) -> str:
     return f"{name}{{{labels}}}"
 
 
+#: The codes of each tier of definitions.XID_TIERS; "other" is every code the others do not name.
+XID_TIER_CODES: Mapping[str, tuple[int, ...] | None] = {
+    "reboot": D.XID_REBOOT, "reset": D.XID_RESET, "application": D.XID_APPLICATION,
+    "informational": D.XID_INFORMATIONAL, "other": None,
+}
 #: XID tier alerts: tier -> the codes its xids annotation lists, as a matcher on ``xid``.
 XID_MATCHERS: Mapping[str, str] = {
-    "reboot": f'xid=~"{codes(D.XID_REBOOT)}"', "reset": f'xid=~"{codes(D.XID_RESET)}"',
-    "application": f'xid=~"{codes(D.XID_APPLICATION)}"', "informational": f'xid=~"{codes(D.XID_INFORMATIONAL)}"',
-    "other": f'xid!~"{codes(D.XID_KNOWN)}"',
+    tier: f'xid=~"{codes(tier_codes)}"' if tier_codes else f'xid!~"{codes(D.XID_KNOWN)}"'
+    for tier, tier_codes in XID_TIER_CODES.items()
 }
 
 
@@ -412,10 +416,8 @@ def alerts(p: Params) -> list[Alert]:
 
     # -- XIDs ----------------------------------------------------------------------------------
     def xid_alert(tier: str, cases: tuple[Case, ...], **kw: object) -> None:
-        codes_of_tier = {"reboot": D.XID_REBOOT, "reset": D.XID_RESET, "application": D.XID_APPLICATION,
-                         "informational": D.XID_INFORMATIONAL}.get(tier)
         add(group="gpu-xid", for_=p.xid_for, holders=True, xid_matcher=XID_MATCHERS[tier],
-            expr=xid_expr(tier, p), threshold=xid_threshold(codes_of_tier, p), cases=cases, **kw)
+            expr=xid_expr(tier, p), threshold=xid_threshold(XID_TIER_CODES[tier], p), cases=cases, **kw)
 
     t = D.XID_RESET_REQUIRED
     xid_alert(

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from alerts import generate
-from alerts.rules import XID_MATCHERS, Params, alerts, recording_rules
+from alerts.rules import XID_MATCHERS, XID_TIER_CODES, Params, alerts, recording_rules
 from exporter.alerting import definitions
 
 ROOT = generate.ROOT
@@ -136,6 +136,10 @@ def test_the_xid_tiers_do_not_overlap():
     codes = [c for tier in tiers for c in tier]
     assert len(codes) == len(set(codes))
     assert set(definitions.XID_REPLACE_IF_RECURRING) <= set(definitions.XID_RESET)
+    # the rules' tiers are the agent's tier label
+    for tier, tier_codes in XID_TIER_CODES.items():
+        assert all(definitions.xid_tier(code) == tier for code in tier_codes or ()), tier
+    assert definitions.xid_tier(999) == "other" and list(XID_TIER_CODES) == list(definitions.XID_TIERS)
     # GpuXidRecurring counts every event only on series there at 0 before the first
     assert set(definitions.XID_REPLACE_IF_RECURRING) <= set(definitions.XID_ZERO_CODES)
 
