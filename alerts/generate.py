@@ -14,6 +14,7 @@ Outputs, all from ``alerts/rules.py`` with the default ``Params``:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 from alerts.rules import Alert, Case, Params, RECORDING_DOCS, _minutes, alerts, recording_rules
-from exporter.alerting.definitions import render
+from exporter.alerting.definitions import HOLDERS_ANNOTATION, XIDS_ANNOTATION, holders_text, render, xids_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "kube-gpu-exporter.rules.yaml"
@@ -88,21 +89,84 @@ def _checks(alert: Alert, case: Case) -> list[tuple[int, bool]]:
     return sorted(set(checks))
 
 
+_SERIES = re.compile(r"^(\w+)\{(.*)\}$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+_EXPANDING = re.compile(r"^([^x]+?)(?:([+-][^x]+))?x(\d+)$")
+LOOKBACK_MINUTES = 5  # Prometheus' lookback delta
+
+
+def samples(values: str) -> list[float | str | None]:
+    """promtool's series notation, one entry per interval: a value, "stale", or None (``_``)."""
+    out: list[float | str | None] = []
+    for token in values.split():
+        if token == "stale":
+            out.append("stale")
+        elif match := re.fullmatch(r"_(?:x(\d+))?", token):
+            out += [None] * int(match[1] or 1)
+        elif match := _EXPANDING.match(token):
+            start, step = float(match[1]), float(match[2] or 0)
+            out += [start + k * step for k in range(int(match[3]) + 1)]
+        else:
+            out.append(float(token))
+    return out
+
+
+def present(values: str, minute: int, interval: str) -> bool:
+    """Whether an instant query at ``minute`` sees the series: its latest sample within the
+    lookback is a value, not a stale marker."""
+    step = _minutes(interval) if interval.endswith(("m", "h", "d")) else int(interval[:-1]) / 60
+    latest = None
+    for k, value in enumerate(samples(values)):
+        if k * step > minute:
+            break
+        if value is not None and minute - k * step <= LOOKBACK_MINUTES:  # inclusive before Prometheus 3
+            latest = value
+    return latest is not None and latest != "stale"
+
+
+def holders(case: Case, labels: dict[str, str], minute: int) -> str:
+    """The ``holders`` annotation the rules must give at ``minute``: the pods of the case's
+    nvidia_gpu_allocation_info series of the alert's node and uuid present then."""
+    pods = []
+    for series, values in case.series.items():
+        match = _SERIES.match(series)
+        if match and match[1] == "nvidia_gpu_allocation_info":
+            series_labels = dict(_LABEL.findall(match[2]))
+            if all(series_labels.get(k) == labels.get(k) for k in ("node", "uuid")) \
+                    and present(values, minute, case.interval):
+                pods.append((series_labels["namespace"], series_labels["pod"]))
+    return holders_text(pods)
+
+
+def expected_annotations(alert: Alert, case: Case, minute: int, p: Params) -> dict[str, str]:
+    """What promtool must see: the Go templates rendered by Python's ``render``, the holders from
+    the input series (``definitions.holders_text``), the xids of the case (``definitions.xids_text``)."""
+    annotations = {k: render(v, case.labels) for k, v in alert.annotations(p).items()}
+    if HOLDERS_ANNOTATION in annotations:
+        annotations[HOLDERS_ANNOTATION] = holders(case, dict(case.labels), minute)
+    if XIDS_ANNOTATION in annotations:
+        annotations[XIDS_ANNOTATION] = xids_text(case.xids)
+    return annotations
+
+
+DEFAULT_CASE = "fires after its for:, not before; the healthy series stay silent"
+
+
 def test_file(p: Params = Params()) -> str:
     tests = []
     for alert in alerts(p):
         for n, case in enumerate(alert.cases):
-            expected = {"severity": alert.severity, **case.labels}
-            annotations = {k: render(v, case.labels) for k, v in alert.annotations(p).items()}
+            labels = {"severity": alert.severity, **case.labels}
             checks = [{
                 "eval_time": f"{minute}m",
                 "alertname": alert.name,
-                "exp_alerts": [{"exp_labels": expected, "exp_annotations": annotations}] if firing else [],
+                "exp_alerts": [{"exp_labels": labels, "exp_annotations": expected_annotations(alert, case, minute, p)}]
+                if firing else [],
             } for minute, firing in _checks(alert, case)]
             tests.append({
-                "name": f"{alert.name}: {case.name or 'fires after its for:, not before; the healthy series stay silent'}"
+                "name": f"{alert.name}: {case.name or DEFAULT_CASE}"
                         + (f" ({n + 1})" if len(alert.cases) > 1 and not case.name else ""),
-                "interval": "1m",
+                "interval": case.interval,
                 "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
                 "alert_rule_test": checks,
             })
@@ -140,9 +204,11 @@ def runbooks(p: Params = Params()) -> str:
         "# Runbooks",
         "",
         "One section per alert of [alerts.md](alerts.md) (generated from `alerts/rules.py` by `make rules`;",
-        "edit the source, not this file). `<node>`, `<gpu>`, `<uuid>`, `<namespace>`, `<pod>` are the alert's",
-        "labels. On a node, `kubectl debug node/<node> -it --image=ubuntu -- chroot /host` gives a shell",
-        "where `nvidia-smi` and `dmesg` run.",
+        "edit the source, not this file). `<node>`, `<gpu>`, `<uuid>` are the alert's labels; the pods holding",
+        "the device, `<namespace>/<pod>`, are in a device alert's `holders` annotation (a container alert has",
+        "`namespace`, `pod`, `container` as labels). On a node,",
+        "`kubectl debug node/<node> -it --image=ubuntu -- chroot /host` gives a shell where `nvidia-smi` and",
+        "`dmesg` run.",
     ]
     for a in alerts(p):
         rb = a.runbook

@@ -7,14 +7,19 @@ docs/runbooks.md. Tune a threshold or a ``for:`` by changing ``Params`` (or by p
 
 Label model: Prometheus adds ``node`` to every series of the agent at scrape time (relabelling);
 every rule aggregates by the labels it keeps, which drops the scrape target's ``instance``,
-``job``, ``pod``, ``namespace``. Device alerts keep ``node, gpu, uuid`` (plus ``xid``, ``link``,
-or the MIG instance ids where they matter) and add ``namespace, pod`` when one pod holds the GPU
-(see exporter/alerting/definitions.py: the pushed alerts use the same rule).
+``job``, ``pod``, ``namespace``. **Labels identify the device, annotations say who holds it.**
+Device alerts are labelled ``node, gpu, uuid`` (plus ``xid`` or ``link`` where the alert is about
+one of those), never with a pod: a holder change or a kubelet outage must not end an alert and
+start another (restarting its ``for:``, paging twice). Their ``holders`` annotation names the pods
+holding the device, filled at notification time by a template query on
+``nvidia_gpu_allocation_info``; the agent's pushed alerts carry the same labels and the same
+annotation (exporter/alerting/definitions.py). Container alerts (idle, stuck, memory) are about a
+container and keep ``namespace, pod, container``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from exporter.alerting import definitions as D
@@ -83,20 +88,6 @@ class Params:
 
 # -- PromQL building blocks -----------------------------------------------------------------
 
-_HOLDERS = "max by (node, uuid, namespace, pod) (nvidia_gpu_allocation_info)"
-#: The pod holding a GPU alone (the whole GPU, or all its held MIG instances or replicas), recorded
-#: once per evaluation: every device alert joins it, and computing it inside each alert cost most
-#: of the rules' evaluation time (docs/scaling.md).
-SOLE_HOLDER_RECORD = "node_uuid:nvidia_gpu_allocation:single_pod"
-SOLE_HOLDER = SOLE_HOLDER_RECORD
-
-
-def held(expr: str) -> str:
-    """``expr`` (by node, gpu, uuid, ...) with ``namespace, pod`` added when one pod holds the GPU."""
-    return (f"({expr})\n  * on (node, uuid) group_left (namespace, pod) {SOLE_HOLDER}\n"
-            f"or\n({expr})\n  unless on (node, uuid) {SOLE_HOLDER}")
-
-
 def gauge(metric: str, p: Params) -> str:
     """The latest sample of a gauge, carried over missed scrapes for ``p.bridge``: a failed scrape
     must not reset the ``for:`` of an alert that is still true."""
@@ -104,27 +95,49 @@ def gauge(metric: str, p: Params) -> str:
 
 
 def happened(counter: str, window: str) -> str:
-    """The counter grew in the window, including a series that appeared (already at 1) in it."""
-    return f"(increase({counter}[{window}]) > 0 or ({counter} unless {counter} offset {window}))"
+    """The counter grew in the window, or its series appeared in it above 0 (a per-code XID series
+    of a code outside ``XID_ZERO_CODES`` is born at 1 with its first event)."""
+    return f"increase({counter}[{window}]) > 0 or ({counter} > 0 unless {counter} offset {window})"
 
 
 def codes(xids: tuple[int, ...]) -> str:
     return "|".join(str(x) for x in xids)
 
 
-def xid_threshold(xids: tuple[int, ...], p: Params) -> str:
-    return f"any XID of {', '.join(map(str, xids))} in {p.event_window}"
+def listing(label: str, query: str) -> str:
+    """An annotation template: the values of ``label`` in the result of ``query`` (a Go format
+    string given the alert's ``node`` and ``uuid`` as ``%[1]q`` and ``%[2]q``), sorted as text
+    and joined by ", "; "" when the query returns nothing. Prometheus runs the query at each
+    evaluation for each active (pending or firing) alert only: its cost grows with the alerts
+    active, not with the nodes, unlike a join in the alert's expression."""
+    return (f'{{{{ range $i, $s := sortByLabel "{label}" (query (printf `{query}` $labels.node $labels.uuid)) }}}}'
+            f"{{{{ if $i }}}}, {{{{ end }}}}{{{{ $s.Labels.{label} }}}}{{{{ end }}}}")
 
 
-def xid_expr(matcher: str, p: Params) -> str:
-    """XIDs of some codes in the event window, per GPU and code. The per-GPU total (there at 0
-    from the start) guards against a per-code series that is old news (a Prometheus that starts
-    scraping an agent that saw an XID an hour ago)."""
-    series = f"nvidia_gpu_xid_errors_total{{{matcher}}}"
-    return held(
-        f"max by (node, gpu, uuid, xid) (\n    {happened(series, p.event_window)}\n"
-        f"    and on (node, uuid) increase(nvidia_gpu_xid_events_total[{p.event_window}]) > 0\n  )"
-    )
+#: The ``holders`` annotation (definitions.HOLDERS_ANNOTATION): distinct ``namespace/pod`` of the
+#: pods holding the GPU or any of its MIG instances or replicas, as ``definitions.holders_text``.
+HOLDERS_TEMPLATE = listing("holder", "count by (holder) (label_join(nvidia_gpu_allocation_info"
+                                      '{node=%[1]q, uuid=%[2]q}, "holder", "/", "namespace", "pod"))')
+
+
+def xids_template(matcher: str, p: Params) -> str:
+    """The ``xids`` annotation (definitions.XIDS_ANNOTATION) of an XID alert: the codes of its tier
+    (``matcher`` on ``xid``) with an event in the event window, as ``definitions.xids_text``."""
+    series = f"nvidia_gpu_xid_errors_total{{node=%[1]q, uuid=%[2]q, {matcher}}}"
+    return listing("xid", f"max by (xid) ({happened(series, p.event_window)})")
+
+
+def xid_expr(tier: str, p: Params) -> str:
+    """XID events of one tier in the event window, per GPU. The tier's series is there at 0 from
+    the start, so ``increase()`` sees the first event; a series first seen already above 0 (a
+    Prometheus that starts scraping an agent that saw an XID an hour ago) shows no increase."""
+    return (f"max by (node, gpu, uuid) (\n  increase(nvidia_gpu_xid_events_total{{tier=\"{tier}\"}}"
+            f"[{p.event_window}])\n) > 0")
+
+
+def xid_threshold(xids: tuple[int, ...] | None, p: Params) -> str:
+    named = f"any XID of {', '.join(map(str, xids))}" if xids else "any XID the tiers above do not name"
+    return f"{named} in {p.event_window}"
 
 
 # -- Recording rules ---------------------------------------------------------------------------
@@ -161,11 +174,9 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
         "max by (node, gpu, uuid) (nvidia_gpu_remapped_rows_pending) == 1",
         "max by (node, gpu, uuid) (nvidia_gpu_retired_pages_pending) == 1",
         'sum by (node, gpu, uuid) (increase(nvidia_gpu_ecc_errors_total{type="uncorrected"}[1h])) > 0',
-        "max by (node, gpu, uuid) ("
-        + happened(f'nvidia_gpu_xid_errors_total{{xid=~"{codes(D.XID_RESET + D.XID_REBOOT)}"}}', "1h") + ")",
+        'sum by (node, gpu, uuid) (increase(nvidia_gpu_xid_events_total{tier=~"reset|reboot"}[1h])) > 0',
     ])
     return [
-        (SOLE_HOLDER_RECORD, f"{_HOLDERS}\n  and on (node, uuid) (count by (node, uuid) ({_HOLDERS}) == 1)"),
         ("namespace:nvidia_gpu_allocated_devices:sum", f"sum by (namespace) (\n  {devices}\n)"),
         ("namespace_workload:nvidia_gpu_allocated_devices:sum",
          f"sum by (namespace, workload_kind, workload) (\n  {devices}\n)"),
@@ -194,9 +205,6 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
 
 
 RECORDING_DOCS: Mapping[str, str] = {
-    SOLE_HOLDER_RECORD:
-        "The pod holding a GPU alone (`node, uuid, namespace, pod`), absent when several pods or none "
-        "hold it: the join every device alert uses to name the pod.",
     "namespace:nvidia_gpu_allocated_devices:sum":
         "Devices held per namespace; a device shared by n containers counts 1/n, a MIG instance as one.",
     "namespace_workload:nvidia_gpu_allocated_devices:sum": "The same per `namespace, workload_kind, workload`.",
@@ -225,9 +233,12 @@ RECORDING_DOCS: Mapping[str, str] = {
 
 @dataclass(frozen=True)
 class Case:
-    """A promtool test of one alert: input series (1-minute samples), the minute from which the
-    expression holds, the labels it fires with. ``checks`` adds (minute, firing?) checks, e.g. for
-    the traps; the default checks are: silent one minute before ``for:`` runs out, firing after."""
+    """A promtool test of one alert: input series (one sample per ``interval``), the minute from
+    which the expression holds, the labels it fires with. ``checks`` adds (minute, firing?) checks,
+    e.g. for the traps; the default checks are: silent one minute before ``for:`` runs out, firing
+    after. The expected ``holders`` annotation of a check is computed from the case's
+    ``nvidia_gpu_allocation_info`` series present at that minute (alerts/generate.py); ``xids`` is
+    the expected ``xids`` annotation's codes, the same at every firing check of the case."""
 
     series: Mapping[str, str]
     active_from: int
@@ -235,6 +246,8 @@ class Case:
     checks: tuple[tuple[int, bool], ...] = ()
     defaults: bool = True  # the silent-then-firing checks
     name: str = ""
+    xids: tuple[int, ...] = ()
+    interval: str = "1m"
 
 
 @dataclass(frozen=True)
@@ -258,10 +271,17 @@ class Alert:
     runbook: Runbook
     cases: tuple[Case, ...]
     group: str
+    holders: bool = False  # a device alert: the holders annotation names who holds the device
+    xid_matcher: str = ""  # an XID tier alert: the xids annotation lists its codes (a matcher on xid)
 
     def annotations(self, p: Params) -> dict[str, str]:
-        return {"summary": self.summary, "description": self.description,
-                "runbook_url": D.AlertText(self.name, self.severity, "", "").runbook_url(p.runbook_base)}
+        annotations = {"summary": self.summary, "description": self.description,
+                       "runbook_url": D.AlertText(self.name, self.severity, "", "").runbook_url(p.runbook_base)}
+        if self.holders:
+            annotations[D.HOLDERS_ANNOTATION] = HOLDERS_TEMPLATE
+        if self.xid_matcher:
+            annotations[D.XIDS_ANNOTATION] = xids_template(self.xid_matcher, p)
+        return annotations
 
 
 # Test fixtures: node gpu-node-1, scraped as target 10.0.0.1:9400 of the agent's pod, whose own
@@ -270,21 +290,33 @@ NODE = "gpu-node-1"
 _TARGET = 'instance="10.0.0.1:9400",job="kube-gpu-exporter"'
 
 
-def dev(i: int, **extra: str) -> str:
-    labels = f'node="{NODE}",{_TARGET},namespace="monitoring",pod="kube-gpu-exporter-7xk2p",gpu="{i}",uuid="GPU-{i}"'
-    return labels + "".join(f',{k}="{v}"' for k, v in extra.items())
-
-
-def agent(**extra: str) -> str:
-    return f'node="{NODE}",{_TARGET},namespace="monitoring",pod="kube-gpu-exporter-7xk2p"' + "".join(
+def agent(*, node: str = NODE, **extra: str) -> str:
+    """The labels of a series of the agent of ``node`` (gpu-node-2's is target 10.0.0.2:9400)."""
+    target = _TARGET if node == NODE else _TARGET.replace("10.0.0.1", "10.0.0.2")
+    return f'node="{node}",{target},namespace="monitoring",pod="kube-gpu-exporter-7xk2p"' + "".join(
         f',{k}="{v}"' for k, v in extra.items())
 
 
+def dev(i: int, *, node: str = NODE, **extra: str) -> str:
+    return agent(node=node, gpu=str(i), uuid=f"GPU-{i}", **extra)
+
+
+def container(i: int, namespace: str, pod: str, name: str, **extra: str) -> str:
+    """The labels of a container series of GPU i: the holder's namespace and pod (the agent's
+    own, the scrape target's, are overwritten: honor_labels)."""
+    return (f'node="{NODE}",{_TARGET},namespace="{namespace}",pod="{pod}",container="{name}",gpu="{i}",'
+            f'uuid="GPU-{i}"') + "".join(f',{k}="{v}"' for k, v in extra.items())
+
+
+def nvml_up(values: str, node: str = NODE) -> dict[str, str]:
+    return {_m("kube_gpu_exporter_nvml_up", agent(node=node)): values}
+
+
 def alloc(i: int, namespace: str, pod: str, *, container: str = "main", kind: str = "Deployment",
-          workload: str = "app", gi: str = "", shared: str = "false") -> str:
+          workload: str = "app", gi: str = "", shared: str = "false", resource: str = "nvidia.com/gpu") -> str:
     mig = f',gpu_instance_id="{gi}",compute_instance_id="0"' if gi else ""
     return (f'nvidia_gpu_allocation_info{{node="{NODE}",{_TARGET},gpu="{i}",uuid="GPU-{i}"{mig},'
-            f'namespace="{namespace}",pod="{pod}",container="{container}",resource="nvidia.com/gpu",'
+            f'namespace="{namespace}",pod="{pod}",container="{container}",resource="{resource}",'
             f'shared="{shared}",workload_kind="{kind}",workload="{workload}"}}')
 
 
@@ -293,6 +325,8 @@ def gpu_labels(i: int, **extra: str) -> dict[str, str]:
 
 
 EXCLUSIVE = {alloc(0, "ml", "train-0", kind="Job", workload="train"): "1x300"}
+#: The agent drops the allocations once the kubelet has been away past --attribution.grace-period.
+EXCLUSIVE_UNTIL_20 = {alloc(0, "ml", "train-0", kind="Job", workload="train"): "1x19 stale"}
 TWO_MIG_HOLDERS = {
     alloc(2, "ml", "eval-0", gi="1", kind="StatefulSet", workload="eval"): "1x300",
     alloc(2, "serving", "embed-0", gi="2", workload="embed"): "1x300",
@@ -307,34 +341,54 @@ def _m(name: str, labels: str) -> str:
     return f"{name}{{{labels}}}"
 
 
-def _xid_cases(code: int, other: int) -> tuple[Case, ...]:
-    """The first XID of a code (series born at 1, per-GPU total from 0) fires; another GPU's
-    older code and a healthy GPU stay silent; the alert resolves after the event window."""
+#: The codes of each tier of definitions.XID_TIERS; "other" is every code the others do not name.
+XID_TIER_CODES: Mapping[str, tuple[int, ...] | None] = {
+    "reboot": D.XID_REBOOT, "reset": D.XID_RESET, "application": D.XID_APPLICATION,
+    "informational": D.XID_INFORMATIONAL, "other": None,
+}
+#: XID tier alerts: tier -> the codes its xids annotation lists, as a matcher on ``xid``.
+XID_MATCHERS: Mapping[str, str] = {
+    tier: f'xid=~"{codes(tier_codes)}"' if tier_codes else f'xid!~"{codes(D.XID_KNOWN)}"'
+    for tier, tier_codes in XID_TIER_CODES.items()
+}
+
+
+def tiers(i: int, values: Mapping[str, str], rest: str = "0x45") -> dict[str, str]:
+    """nvidia_gpu_xid_events_total of GPU i, one series per tier: ``values`` by tier, ``rest`` for
+    the others (the agent exports every tier at 0 from the start)."""
+    return {_m("nvidia_gpu_xid_events_total", dev(i, tier=t)): values.get(t, rest) for t in D.XID_TIERS}
+
+
+def per_code(i: int, code: int, before: int, after: str) -> dict[str, str]:
+    """nvidia_gpu_xid_errors_total{xid=code} of GPU i: ``before`` samples before the first event
+    (at 0 for the codes of XID_ZERO_CODES, absent for the others), then ``after``."""
+    born = f"0x{before - 1}" if code in D.XID_ZERO_CODES else f"_x{before}"
+    return {_m("nvidia_gpu_xid_errors_total", dev(i, xid=str(code))): f"{born} {after}"}
+
+
+def _xid_cases(tier: str, code: int, second: int | None, other: tuple[str, int]) -> tuple[Case, ...]:
+    """The first event of a tier fires, resolves after the event window; two codes at once are
+    both listed; an event of another tier is neither an alert of this tier nor listed; an agent
+    restart fires nothing; a GPU whose old events Prometheus first sees stays silent."""
+    other_tier, other_code = other
+    both = (code,) if second is None else (code, second)
+    at_once = {k: v for c in both for k, v in per_code(2, c, 8, "1x40").items()}
+    after_restart = "0x8" if code in D.XID_ZERO_CODES else "_x9"
     return (
-        Case({
-            _m("nvidia_gpu_xid_events_total", dev(0)): "0x4 1x40",
-            _m("nvidia_gpu_xid_errors_total", dev(0, xid=str(code))): "_x5 1x40",
-            _m("nvidia_gpu_xid_events_total", dev(1)): "0x45",
-            **EXCLUSIVE,
-        }, 5, gpu_labels(0, xid=str(code), namespace="ml", pod="train-0"), checks=((15, False),),
-            name="first event of a code, on an exclusively held GPU"),
-        Case({
-            _m("nvidia_gpu_xid_events_total", dev(2)): "0x4 1x2 2x40",
-            _m("nvidia_gpu_xid_errors_total", dev(2, xid=str(other))): "_x5 1x40",
-            _m("nvidia_gpu_xid_errors_total", dev(2, xid=str(code))): "_x8 1x40",
-            **TWO_MIG_HOLDERS,
-        }, 8, gpu_labels(2, xid=str(code)), name="a second code on a GPU shared by two pods"),
+        Case({**tiers(0, {tier: "0x4 1x40"}), **per_code(0, code, 5, "1x40"), **tiers(1, {}), **EXCLUSIVE},
+             5, gpu_labels(0), checks=((15, False),), xids=(code,),
+             name="the first event of the tier, on an exclusively held GPU; silent again after the event window"),
+        Case({**tiers(2, {other_tier: "0x4 1x40", tier: f"0x7 {len(both)}x40"}), **per_code(2, other_code, 5, "1x40"),
+              **at_once, **TWO_MIG_HOLDERS},
+             8, gpu_labels(2), xids=both,
+             name="codes of the tier at once on a GPU two pods share; another tier's earlier event is not listed"),
+        Case({**tiers(0, {tier: "0x4 1x14 stale 0x8 1x10"}, rest="0x19 stale 0x19"),
+              **per_code(0, code, 5, f"1x14 stale {after_restart} 1x10"),
+              **tiers(1, {tier: "3x45"}), _m("nvidia_gpu_xid_errors_total", dev(1, xid=str(code))): "3x45"},
+             30, gpu_labels(0), checks=((16, False), (22, False), (29, False), (30, True)), defaults=False,
+             xids=(code,), name="an agent restart fires nothing, the first event after it does; "
+                                "old events seen for the first time fire nothing"),
     )
-
-
-def _restart_trap(code: int) -> Case:
-    """The agent restarts at 20 (its series go stale, the per-GPU total starts again at 0): nothing
-    fires by itself; a new event at 30 (the code's series reborn at 1) fires."""
-    return Case({
-        _m("nvidia_gpu_xid_events_total", dev(0)): "0x4 1x14 stale 0x8 1x10",
-        _m("nvidia_gpu_xid_errors_total", dev(0, xid=str(code))): "_x5 1x14 stale _x9 1x10",
-    }, 30, gpu_labels(0, xid=str(code)), checks=((16, False), (22, False), (29, False), (30, True)),
-        defaults=False, name="an agent restart fires nothing; the first event after it does")
 
 
 def _gpu_counter_case(metric: str, labels: Mapping[str, str], faulty: str, healthy: str, active_from: int,
@@ -354,7 +408,6 @@ def _gauge_case(metric: str, faulty: str, healthy: str, active_from: int, expect
 
 def alerts(p: Params) -> list[Alert]:
     G = D.GPU_DESCRIPTION
-    H = D.HOLDER_DESCRIPTION
     by_gpu = "node, gpu, uuid"
     a: list[Alert] = []
 
@@ -362,50 +415,53 @@ def alerts(p: Params) -> list[Alert]:
         a.append(Alert(**kw))  # type: ignore[arg-type]
 
     # -- XIDs ----------------------------------------------------------------------------------
+    def xid_alert(tier: str, cases: tuple[Case, ...], **kw: object) -> None:
+        add(group="gpu-xid", for_=p.xid_for, holders=True, xid_matcher=XID_MATCHERS[tier],
+            expr=xid_expr(tier, p), threshold=xid_threshold(XID_TIER_CODES[tier], p), cases=cases, **kw)
+
     t = D.XID_RESET_REQUIRED
-    add(name=t.name, severity=t.severity, group="gpu-xid", for_=p.xid_for, summary=t.summary, description=t.description,
-        expr=xid_expr(f'xid=~"{codes(D.XID_RESET)}"', p),
-        threshold=xid_threshold(D.XID_RESET, p),
-        why="XIDs are events: the alert is active for the event window after the last one. The per-code "
-            "series appears at 1 with its first event, so the rule also catches a series that was not "
-            "there a window ago; the always-present per-GPU total must have grown too, which keeps an "
-            "old event from firing when a Prometheus starts scraping, and keeps an agent restart "
-            "(counters back to 0) silent. Also pushed by the agent.",
+    xid_alert(
+        "reset", name=t.name, severity=t.severity, summary=t.summary, description=t.description,
+        why="XIDs are events: the alert is active for the event window after the last one. It reads the "
+            "tier's count, which the agent exports at 0 from the start: `increase()` sees the first event, "
+            "an agent restart (counts back to 0) is a counter reset and fires nothing, and a Prometheus "
+            "that first scrapes an agent with old events sees no increase. One alert per GPU and tier, "
+            "whatever the codes: they are in the `xids` annotation. Also pushed by the agent.",
         runbook=Runbook(
             "The driver reported an error after which NVIDIA's XID catalog says the GPU must be reset: a "
             "micro-controller halt (62), GSP errors (119, 120), uncontained ECC (95), row-remap failure "
-            "(64), double-bit ECC (48), NVLink error (74) and others.",
+            "(64), double-bit ECC (48), NVLink error (74) and others. The codes are in the alert's `xids` "
+            "annotation, the pods that held the GPU in `holders`.",
             "The work on the GPU has usually crashed or hangs; new work scheduled there may fail the same way.",
             "`kubectl debug node/<node> -it --image=ubuntu -- chroot /host dmesg -T | grep -i xid` shows the "
-            "driver's message; `nvidia_gpu_xid_errors_total{uuid=\"<uuid>\"}` the history; "
-            "`nvidia_gpu_allocation_info{uuid=\"<uuid>\"}` who held it.",
+            "driver's message; `nvidia_gpu_xid_errors_total{uuid=\"<uuid>\"}` the history per code.",
             "Cordon and drain the node (`kubectl drain <node> --ignore-daemonsets`), reset the GPU "
             "(`nvidia-smi -r -i <gpu>`, or reboot the node), uncordon. If a reset does not bring it back, "
             "reboot; if the same code comes back within a day (GpuXidRecurring), replace the GPU (RMA)."),
-        cases=(*_xid_cases(48, 13), _restart_trap(62)))
+        cases=_xid_cases("reset", 48, 62, ("application", 13)))
 
     t = D.XID_REBOOT_REQUIRED
-    add(name=t.name, severity=t.severity, group="gpu-xid", for_=p.xid_for, summary=t.summary, description=t.description,
-        expr=xid_expr(f'xid=~"{codes(D.XID_REBOOT)}"', p),
-        threshold=xid_threshold(D.XID_REBOOT, p),
-        why="As GpuXidResetRequired. 79 (the GPU fell off the bus) needs the node power-cycled, so "
-            "Alertmanager's example configuration lets it inhibit the application-tier XIDs of the node. "
-            "Also pushed by the agent.",
+    xid_alert(
+        "reboot", name=t.name, severity=t.severity, summary=t.summary, description=t.description,
+        why="As GpuXidResetRequired. 79 (the GPU fell off the bus) needs the node power-cycled; it explains "
+            "the GpuLost that follows, so Alertmanager's example configuration lets it inhibit GpuLost on "
+            "the same GPU (and the application-tier XIDs of the node), never the reverse. Also pushed by "
+            "the agent.",
         runbook=Runbook(
             "XID 79: the GPU fell off the PCIe bus. The driver cannot talk to it any more.",
-            "Every process on the GPU is dead; the GPU usually shows as lost (GpuLost) right after.",
+            "Every process on the GPU is dead; the GPU shows as lost right after (GpuLost, inhibited by "
+            "this alert in the example Alertmanager configuration).",
             "`dmesg -T | grep -iE 'xid|fallen off'` on the node; check the BMC's event log for PCIe, power or "
             "thermal events; `nvidia_gpu_temperature_celsius{uuid=\"<uuid>\"}` before the event.",
             "Drain the node and power-cycle it (a warm reboot is often not enough). If it recurs, have the "
             "riser, power and the GPU checked by the hardware vendor."),
-        cases=(*_xid_cases(79, 13),))
+        cases=_xid_cases("reboot", 79, None, ("reset", 48)))
 
-    add(name="GpuXidApplicationError", severity="info", group="gpu-xid", for_=p.xid_for,
+    xid_alert(
+        "application", name="GpuXidApplicationError", severity="info",
         summary="A GPU reported an application-level XID error.",
-        description=G + " reported XID {{ $labels.xid }}: an application fault (bad memory access, "
-                    "illegal instruction, a killed context); the GPU itself is fine." + H,
-        expr=xid_expr(f'xid=~"{codes(D.XID_APPLICATION)}"', p),
-        threshold=xid_threshold(D.XID_APPLICATION, p),
+        description=G + " reported an application fault (bad memory access, illegal instruction, a killed "
+                        "context; the codes are in the xids annotation); the GPU itself is fine.",
         why="Information for the workload's owner, not the platform: the GPU stays usable. Kept at info so "
             "that it lands on dashboards and in the namespace owner's channel, never in the pager.",
         runbook=Runbook(
@@ -413,18 +469,17 @@ def alerts(p: Params) -> list[Alert]:
             "out-of-bounds access), 31 (memory page fault), 43 (context killed), 45 (preemptive cleanup), "
             "68 (video decoder), 94 (contained ECC error: only the affected context was killed).",
             "The process on the GPU crashed or was killed; other work on the GPU is not affected.",
-            "The pod's logs (`kubectl logs -n <namespace> <pod> --previous`); "
-            "`increase(nvidia_gpu_xid_errors_total{uuid=\"<uuid>\"}[1d])` shows whether it repeats.",
+            "The pods in the alert's `holders` annotation: their logs (`kubectl logs -n <namespace> <pod> "
+            "--previous`); `increase(nvidia_gpu_xid_errors_total{uuid=\"<uuid>\"}[1d])` shows whether it repeats.",
             "Nothing on the node. Tell the workload's owner; repeated 94s on one GPU with other ECC alerts "
             "point at the memory: watch GpuEccUncorrectableErrors and GpuRowRemapPending."),
-        cases=(*_xid_cases(13, 48),))
+        cases=_xid_cases("application", 13, 43, ("reset", 62)))
 
-    add(name="GpuXidInformational", severity="info", group="gpu-xid", for_=p.xid_for,
+    xid_alert(
+        "informational", name="GpuXidInformational", severity="info",
         summary="A GPU reported an informational XID.",
-        description=G + " reported XID {{ $labels.xid }} (63: a row remap was recorded; 92: high "
-                    "single-bit ECC rate)." + H,
-        expr=xid_expr(f'xid=~"{codes(D.XID_INFORMATIONAL)}"', p),
-        threshold=xid_threshold(D.XID_INFORMATIONAL, p),
+        description=G + " reported an informational XID (63: a row remap was recorded; 92: high single-bit "
+                        "ECC rate; the codes are in the xids annotation).",
         why="Early signs of memory wear: worth a look, not an action on their own.",
         runbook=Runbook(
             "63: the GPU recorded a row remap (it will take effect at the next reset); 92: the single-bit "
@@ -432,33 +487,34 @@ def alerts(p: Params) -> list[Alert]:
             "None now; a pending remap needs a reset (GpuRowRemapPending).",
             "`nvidia_gpu_remapped_rows{uuid=\"<uuid>\"}`, `nvidia_gpu_ecc_errors_total{uuid=\"<uuid>\"}`.",
             "Plan a GPU reset at the next drain; replace the GPU if remaps keep coming."),
-        cases=(*_xid_cases(63, 13),))
+        cases=_xid_cases("informational", 63, 92, ("application", 13)))
 
-    add(name="GpuXidOther", severity="info", group="gpu-xid", for_=p.xid_for,
+    xid_alert(
+        "other", name="GpuXidOther", severity="info",
         summary="A GPU reported an XID that the rules do not classify.",
-        description=G + " reported XID {{ $labels.xid }}, which is not in the rules' tiers." + H,
-        expr=xid_expr(f'xid!~"{codes(D.XID_KNOWN)}"', p),
-        threshold=f"any other XID in {p.event_window}",
-        why="New drivers add codes; an unknown code must be seen, and classified in the generator.",
+        description=G + " reported an XID that is not in the rules' tiers (the codes are in the xids annotation).",
+        why="New drivers add codes; an unknown code must be seen, and classified in "
+            "exporter/alerting/definitions.py (the agent counts it in the `other` tier until then).",
         runbook=Runbook(
             "An XID code outside the tiers of the rule set.",
             "Unknown: look it up.",
             "NVIDIA's XID catalog (docs.nvidia.com/deploy/xid-errors); `dmesg -T | grep -i xid` on the node.",
             "Add the code to its tier in exporter/alerting/definitions.py, regenerate (`make rules`)."),
-        cases=(*_xid_cases(999, 13),))
+        cases=_xid_cases("other", 998, 999, ("application", 13)))
 
     recurring = f'nvidia_gpu_xid_errors_total{{xid=~"{codes(D.XID_REPLACE_IF_RECURRING)}"}}'
-    add(name="GpuXidRecurring", severity="warning", group="gpu-xid", for_="0s",
+    add(holders=True, name="GpuXidRecurring", severity="warning", group="gpu-xid", for_="0s",
         summary="A GPU keeps reporting the same hardware XID: replace it.",
         description=G + " reported XID {{ $labels.xid }} again within " + p.xid_recurring_window
-                    + ": resets do not cure it; the GPU should be replaced." + H,
-        expr=held(f"max by (node, gpu, uuid, xid) (\n    increase({recurring}[{p.xid_recurring_window}]) "
-                  f">= {p.xid_recurring_increase}\n  )"),
-        threshold=f"increase >= {p.xid_recurring_increase} of one of "
+                    + ": resets do not cure it; the GPU should be replaced.",
+        expr=f"max by (node, gpu, uuid, xid) (\n  increase({recurring}[{p.xid_recurring_window}])\n"
+             f") >= {p.xid_recurring_increase}",
+        threshold=f"{p.xid_recurring_increase} events of one of "
                   f"{', '.join(map(str, D.XID_REPLACE_IF_RECURRING))} in {p.xid_recurring_window}",
-        why="increase() does not count the first event of a series born at 1, so an increase of 2 means "
-            "the third event of a code first seen in the window, or the second of one seen before. A "
-            "ticket, not a page: GpuXidResetRequired already paged.",
+        why="The agent exports the per-code series of these codes at 0 from the start "
+            "(`XID_ZERO_CODES`), so `increase()` counts every event: 2 is the second event within the "
+            "window, also across an agent restart between the two (a counter reset). A ticket, not a "
+            "page: GpuXidResetRequired already paged.",
         runbook=Runbook(
             "A reset-tier XID (48 double-bit ECC, 64 row-remap failure, 74 NVLink, 95 uncontained ECC) "
             "keeps coming back on the same GPU.",
@@ -467,16 +523,18 @@ def alerts(p: Params) -> list[Alert]:
             "`nvidia_gpu_ecc_aggregate_errors_total{uuid=\"<uuid>\"}` for its lifetime history.",
             "Cordon the node, take the GPU out of service and open an RMA with the serial from "
             "`nvidia_gpu_info{uuid=\"<uuid>\"}`."),
-        cases=(Case({_m("nvidia_gpu_xid_errors_total", dev(0, xid="48")): "_x5 1x10 2x10 3x30",
-                     _m("nvidia_gpu_xid_errors_total", dev(1, xid="48")): "_x4 1x50"},
-                    27, gpu_labels(0, xid="48")),))
+        cases=(Case({**per_code(0, 48, 5, "1x9 2x30"), **per_code(1, 48, 5, "1x40"), **EXCLUSIVE},
+                    15, gpu_labels(0, xid="48"), name="the second event within the window; one event is silent"),
+               Case({**per_code(0, 64, 5, "1x9 stale 0x3 1x20"), **per_code(1, 64, 5, "1x9 stale 0x25")},
+                    20, gpu_labels(0, xid="64"),
+                    name="an agent restart between two events; an agent restart after one event is silent")))
 
     # -- Memory and the GPU itself --------------------------------------------------------------
     t = D.ECC_UNCORRECTABLE
-    add(name=t.name, severity=t.severity, group="gpu-hardware", for_=p.ecc_for, summary=t.summary,
+    add(holders=True, name=t.name, severity=t.severity, group="gpu-hardware", for_=p.ecc_for, summary=t.summary,
         description=t.description,
-        expr=held(f"sum by ({by_gpu}) (\n    increase(nvidia_gpu_ecc_errors_total{{type=\"uncorrected\"}}"
-                  f"[{p.event_window}])\n  ) > 0"),
+        expr=f"sum by ({by_gpu}) (\n  increase(nvidia_gpu_ecc_errors_total{{type=\"uncorrected\"}}"
+             f"[{p.event_window}])\n) > 0",
         threshold=f"any increase of the volatile uncorrected count in {p.event_window}",
         why="The volatile count is there from the GPU's first reading (at 0 after a driver load), so "
             "increase() sees the first error; a driver reload resets it to 0, which increase() reads as "
@@ -495,7 +553,7 @@ def alerts(p: Params) -> list[Alert]:
                   _m("nvidia_gpu_ecc_errors_total", dev(1, type="uncorrected")): "0x45",
                   _m("nvidia_gpu_ecc_errors_total", dev(1, type="corrected")): "0+3x45",
                   **ONE_POD_TWO_MIG},
-                 5, gpu_labels(2, namespace="ml", pod="eval-0"), checks=((15, False),),
+                 5, gpu_labels(2), checks=((15, False),),
                  name="the first error, on a GPU whose two MIG instances one pod holds"),
             Case({_m("nvidia_gpu_ecc_errors_total", dev(0, type="uncorrected")): "2x10 0x20"}, 0,
                  checks=((5, False), (11, False), (15, False)), defaults=False,
@@ -503,12 +561,17 @@ def alerts(p: Params) -> list[Alert]:
         ))
 
     t = D.GPU_LOST
-    add(name=t.name, severity=t.severity, group="gpu-hardware", for_=p.gpu_lost_for, summary=t.summary,
+    add(holders=True, name=t.name, severity=t.severity, group="gpu-hardware", for_=p.gpu_lost_for, summary=t.summary,
         description=t.description,
-        expr=held(f"max by ({by_gpu}) ({gauge('nvidia_gpu_up', p)}) == 0"),
-        threshold="nvidia_gpu_up == 0", why=f"`for: {p.gpu_lost_for}` skips a single hung read; a GPU that "
-        "is really lost stays lost. The last sample is carried over missed scrapes, so a scrape that fails "
-        "(the agent restarting) does not resolve it. Also pushed by the agent at once.",
+        expr=f"max by ({by_gpu}) ({gauge('nvidia_gpu_up', p)}) == 0\n"
+             f"  unless on (node) max by (node) ({gauge('kube_gpu_exporter_nvml_up', p)}) == 0",
+        threshold="nvidia_gpu_up == 0 while NVML as a whole is up",
+        why=f"`for: {p.gpu_lost_for}` skips a hung read or two; a GPU that is really lost stays lost. The "
+            "last sample is carried over missed scrapes, so a scrape that fails (the agent restarting) does "
+            "not resolve it. While NVML as a whole is down (`kube_gpu_exporter_nvml_up` 0: the driver, or "
+            "the agent restarting NVML) every GPU reads as down: that is one problem, "
+            "KubeGpuExporterNvmlDown's, not one GpuLost per GPU. Also pushed by the agent: at once when "
+            "NVML says the GPU is lost, after the same minute for any other failed read.",
         runbook=Runbook(
             "NVML calls on the GPU fail (GPU_IS_LOST, unknown error) or hang past the collection timeout.",
             "Work on the GPU is dead or stuck; the device plugin may still offer it to new pods.",
@@ -518,24 +581,34 @@ def alerts(p: Params) -> list[Alert]:
             "Cordon and drain the node, reset the GPU (`nvidia-smi -r -i <gpu>`) or reboot; if the GPU "
             "does not come back after a power cycle, replace it."),
         cases=(
-            Case({_m("nvidia_gpu_up", dev(0)): "1x4 0x40", _m("nvidia_gpu_up", dev(1)): "1x45", **EXCLUSIVE},
-                 5, gpu_labels(0, namespace="ml", pod="train-0"), name="held by one pod"),
-            Case({_m("nvidia_gpu_up", dev(0)): "1x4 0x10 stale stale 0x20"}, 5, gpu_labels(0),
-                 checks=((15, True), (16, True), (17, True)),
+            Case({_m("nvidia_gpu_up", dev(0)): "1x4 0x40", _m("nvidia_gpu_up", dev(1)): "1x45",
+                  **nvml_up("1x45"), **EXCLUSIVE},
+                 5, gpu_labels(0), name="held by one pod"),
+            Case({_m("nvidia_gpu_up", dev(0)): "1x4 0x10 stale stale 0x20", **nvml_up("1x15 stale stale 1x20")},
+                 5, gpu_labels(0), checks=((15, True), (16, True), (17, True)),
                  name="two failed scrapes do not resolve it"),
+            Case({_m("nvidia_gpu_up", dev(0)): "1x4 0x40", _m("nvidia_gpu_up", dev(1)): "1x4 0x40",
+                  **nvml_up("1x4 0x40")}, 0, checks=((5, False), (6, False), (10, False), (30, False)),
+                 defaults=False, name="NVML down on the node (every GPU down): KubeGpuExporterNvmlDown's job"),
+            Case({_m("nvidia_gpu_up", dev(0)): "1x10 0 0 1x60", _m("nvidia_gpu_up", dev(1)): "1x10 0 1x60",
+                  **nvml_up("1x72")}, 0, checks=((5, False), (6, False), (7, False), (10, False)), defaults=False,
+                 interval="30s", name="a hung read or two (30 s scrapes) pages nobody"),
         ))
 
     add(name="GpuMissingFromNode", severity="critical", group="gpu-hardware", for_=p.gpu_missing_for,
         summary="A node has fewer GPUs than it had in the last day.",
         description="Node {{ $labels.node }} shows fewer GPUs than it had in the last "
                     + p.gpu_missing_window + ": a GPU is gone from the bus or from the driver.",
-        expr="count by (node) (max by (node, uuid) (nvidia_gpu_info))\n"
+        expr="(\n  count by (node) (max by (node, uuid) (nvidia_gpu_info))\n"
+             "  or max by (node) (kube_gpu_exporter_nvml_up == 1) * 0\n)\n"
              f"  < on (node) max_over_time(node:nvidia_gpu_gpus:count[{p.gpu_missing_window}])",
         threshold=f"fewer GPUs than the maximum of the last {p.gpu_missing_window}",
         why="A GPU that vanished has no series at all, so nvidia_gpu_up cannot say it is down; the "
-            "count per node can. Counted per node (a replaced GPU brings the count back). The count now is "
-            "computed in the rule, not read from its recording rule: rule groups run independently, and "
-            "the recorded value may be one evaluation late.",
+            "count per node can. Counted per node (a replaced GPU brings the count back). A node left "
+            "with no GPU at all has no series to count: while NVML is up there, its count is 0 (a node "
+            "whose NVML is down is KubeGpuExporterNvmlDown's). The count now is computed in the rule, not "
+            "read from its recording rule: rule groups run independently, and the recorded value may be "
+            "one evaluation late.",
         runbook=Runbook(
             "NVML enumerates fewer GPUs than before: one fell off the bus, or the driver did not "
             "initialise it after a reboot.",
@@ -545,14 +618,19 @@ def alerts(p: Params) -> list[Alert]:
             "`dmesg` on the node.",
             "Drain and power-cycle the node; if the GPU is still missing, open a hardware ticket. After a "
             "planned removal the alert resolves a day later, or silence it."),
-        cases=(Case({_m("nvidia_gpu_info", dev(0)): "1x60", _m("nvidia_gpu_info", dev(1)): "1x30 stale"},
-                    31, {"node": NODE}),))
+        cases=(Case({_m("nvidia_gpu_info", dev(0)): "1x60", _m("nvidia_gpu_info", dev(1)): "1x30 stale",
+                     **nvml_up("1x60")}, 31, {"node": NODE}, name="2 GPUs -> 1"),
+               Case({_m("nvidia_gpu_info", dev(0)): "1x30 stale", **nvml_up("1x60"),
+                     _m("nvidia_gpu_info", dev(0, node="gpu-node-2")): "1x30 stale",
+                     **nvml_up("1x30 0x30", node="gpu-node-2")}, 31, {"node": NODE},
+                    name="1 GPU -> 0 while NVML is up; a node whose NVML is down is not judged")))
 
-    add(name="GpuRowRemapFailure", severity="critical", group="gpu-hardware", for_=p.row_remap_failure_for,
+    add(holders=True, name="GpuRowRemapFailure", severity="critical", group="gpu-hardware",
+        for_=p.row_remap_failure_for,
         summary="A GPU failed to remap a memory row: it needs service.",
         description=G + " failed to remap a faulty memory row; it is out of spare rows and must be "
-                        "replaced." + H,
-        expr=held(f"max by ({by_gpu}) ({gauge('nvidia_gpu_remapped_rows_failure', p)}) == 1"),
+                        "replaced.",
+        expr=f"max by ({by_gpu}) ({gauge('nvidia_gpu_remapped_rows_failure', p)}) == 1",
         threshold="nvidia_gpu_remapped_rows_failure == 1",
         why="A state, not an event: it stays 1 until the GPU is serviced.",
         runbook=Runbook(
@@ -562,10 +640,10 @@ def alerts(p: Params) -> list[Alert]:
             "Drain the node, take the GPU out of service and RMA it."),
         cases=(_gauge_case("nvidia_gpu_remapped_rows_failure", "0x4 1x40", "0x45", 5, gpu_labels(0)),))
 
-    add(name="GpuRowRemapPending", severity="warning", group="gpu-hardware", for_=p.pending_for,
+    add(holders=True, name="GpuRowRemapPending", severity="warning", group="gpu-hardware", for_=p.pending_for,
         summary="A GPU has a memory row remap waiting for a reset.",
-        description=G + " has a row remap pending: it takes effect at the next GPU reset." + H,
-        expr=held(f"max by ({by_gpu}) ({gauge('nvidia_gpu_remapped_rows_pending', p)}) == 1"),
+        description=G + " has a row remap pending: it takes effect at the next GPU reset.",
+        expr=f"max by ({by_gpu}) ({gauge('nvidia_gpu_remapped_rows_pending', p)}) == 1",
         threshold="nvidia_gpu_remapped_rows_pending == 1",
         why=f"Not urgent, but the faulty row stays in use until a reset: `for: {p.pending_for}` lets a "
             "planned reset happen first.",
@@ -574,12 +652,21 @@ def alerts(p: Params) -> list[Alert]:
             "Until the reset the faulty row can cause more errors.",
             "`nvidia_gpu_remapped_rows{uuid=\"<uuid>\"}`; `nvidia-smi -q -d ROW_REMAPPER`.",
             "At the next convenient time drain the node and reset the GPU (or reboot)."),
-        cases=(_gauge_case("nvidia_gpu_remapped_rows_pending", "0x4 1x40", "0x45", 5, gpu_labels(0)),))
+        cases=(_gauge_case("nvidia_gpu_remapped_rows_pending", "0x4 1x40", "0x45", 5, gpu_labels(0)),
+               Case({_m("nvidia_gpu_remapped_rows_pending", dev(0)): "1x40",
+                     alloc(0, "ml", "train-0", kind="Job", workload="train"): "1x9 stale",
+                     alloc(0, "ml", "train-1", kind="Job", workload="train"): "_x10 1x30"},
+                    0, gpu_labels(0), checks=((9, False), (16, True)),
+                    name="the sole holder replaced during for: (a Job's next pod): on time, the same labels"),
+               Case({_m("nvidia_gpu_remapped_rows_pending", dev(0)): "1x40", **EXCLUSIVE_UNTIL_20},
+                    0, gpu_labels(0), checks=((25, True), (35, True)),
+                    name="a kubelet outage past the grace period (the allocations vanish at 20): the same alert, "
+                         "holders empty")))
 
-    add(name="GpuRetiredPagesPending", severity="warning", group="gpu-hardware", for_=p.pending_for,
+    add(holders=True, name="GpuRetiredPagesPending", severity="warning", group="gpu-hardware", for_=p.pending_for,
         summary="A GPU has memory pages waiting to be retired at the next reboot.",
-        description=G + " has memory pages pending retirement (older GPUs' equivalent of row remapping)." + H,
-        expr=held(f"max by ({by_gpu}) ({gauge('nvidia_gpu_retired_pages_pending', p)}) == 1"),
+        description=G + " has memory pages pending retirement (older GPUs' equivalent of row remapping).",
+        expr=f"max by ({by_gpu}) ({gauge('nvidia_gpu_retired_pages_pending', p)}) == 1",
         threshold="nvidia_gpu_retired_pages_pending == 1", why="As GpuRowRemapPending, for GPUs before Ampere.",
         runbook=Runbook(
             "Pages with ECC errors are marked for retirement; the driver retires them at the next reload.",
@@ -590,12 +677,12 @@ def alerts(p: Params) -> list[Alert]:
         cases=(_gauge_case("nvidia_gpu_retired_pages_pending", "0x4 1x40", "0x45", 5, gpu_labels(0)),))
 
     # -- Interconnects ---------------------------------------------------------------------------
-    add(name="GpuNvlinkErrorsRising", severity="warning", group="gpu-hardware", for_=p.nvlink_for,
+    add(holders=True, name="GpuNvlinkErrorsRising", severity="warning", group="gpu-hardware", for_=p.nvlink_for,
         summary="NVLink errors are rising on a GPU.",
         description=G + " counts more than " + str(p.nvlink_errors) + " NVLink errors per "
-                    + p.nvlink_window + "." + H,
-        expr=held(f"sum by ({by_gpu}) (\n    increase(nvidia_gpu_nvlink_errors_total[{p.nvlink_window}])\n"
-                  f"  ) > {p.nvlink_errors}"),
+                    + p.nvlink_window + ".",
+        expr=f"sum by ({by_gpu}) (\n  increase(nvidia_gpu_nvlink_errors_total[{p.nvlink_window}])\n"
+             f") > {p.nvlink_errors}",
         threshold=f"> {p.nvlink_errors} errors (all links and types) per {p.nvlink_window}",
         why="A few CRC errors are corrected by replays and are normal; a sustained rate points at a bad "
             "link, cable or bridge.",
@@ -609,11 +696,11 @@ def alerts(p: Params) -> list[Alert]:
         cases=(_gpu_counter_case("nvidia_gpu_nvlink_errors_total", {"link": "3", "type": "crc_flit"},
                                  "0x4 0+10x40", "0+1x45", 11, gpu_labels(0)),))
 
-    add(name="GpuNvlinkLinkDown", severity="warning", group="gpu-hardware", for_=p.nvlink_down_for,
+    add(holders=True, name="GpuNvlinkLinkDown", severity="warning", group="gpu-hardware", for_=p.nvlink_down_for,
         summary="An NVLink link of a GPU is down while its other links are up.",
-        description=G + " has NVLink link {{ $labels.link }} down while its other links are up." + H,
-        expr=held(f"max by ({by_gpu}, link) ({gauge('nvidia_gpu_nvlink_up', p)}) == 0\n"
-                  f"  and on (node, uuid) max by (node, uuid) (nvidia_gpu_nvlink_up) == 1"),
+        description=G + " has NVLink link {{ $labels.link }} down while its other links are up.",
+        expr=f"max by ({by_gpu}, link) ({gauge('nvidia_gpu_nvlink_up', p)}) == 0\n"
+             f"  and on (node, uuid) max by (node, uuid) (nvidia_gpu_nvlink_up) == 1",
         threshold="nvidia_gpu_nvlink_up == 0 on one link, 1 on another",
         why="A GPU with all links down is not using NVLink (or is lost): only a partial loss is a fault.",
         runbook=Runbook(
@@ -627,12 +714,12 @@ def alerts(p: Params) -> list[Alert]:
                      _m("nvidia_gpu_nvlink_up", dev(1, link="1")): "0x45"},
                     5, gpu_labels(0, link="1")),))
 
-    add(name="GpuPcieReplaysRising", severity="warning", group="gpu-hardware", for_=p.pcie_replay_for,
+    add(holders=True, name="GpuPcieReplaysRising", severity="warning", group="gpu-hardware", for_=p.pcie_replay_for,
         summary="PCIe replays are rising on a GPU.",
         description=G + " counts more than " + str(p.pcie_replays) + " PCIe replays per "
-                    + p.pcie_replay_window + ": the link retransmits." + H,
-        expr=held(f"sum by ({by_gpu}) (increase(nvidia_gpu_pcie_replays_total[{p.pcie_replay_window}])) "
-                  f"> {p.pcie_replays}"),
+                    + p.pcie_replay_window + ": the link retransmits.",
+        expr=f"sum by ({by_gpu}) (increase(nvidia_gpu_pcie_replays_total[{p.pcie_replay_window}])) "
+             f"> {p.pcie_replays}",
         threshold=f"> {p.pcie_replays} replays per {p.pcie_replay_window}",
         why="Replays are the link correcting itself; a steady stream is a marginal riser, slot or cable "
             "before it fails (XID 79).",
@@ -648,14 +735,14 @@ def alerts(p: Params) -> list[Alert]:
                     name="a counter reset (driver reload) fires nothing")))
 
     busy = f"max by ({by_gpu}) (nvidia_gpu_utilization_ratio) > {p.pcie_busy_ratio}"
-    add(name="GpuPcieLinkDegraded", severity="warning", group="gpu-hardware", for_=p.pcie_degraded_for,
+    add(holders=True, name="GpuPcieLinkDegraded", severity="warning", group="gpu-hardware", for_=p.pcie_degraded_for,
         summary="A busy GPU's PCIe link runs below its maximum generation or width.",
-        description=G + " is busy but its PCIe link runs below its maximum generation or width." + H,
-        expr=held(f"(\n    max by ({by_gpu}) (nvidia_gpu_pcie_link_generation)\n"
-                  f"      < max by ({by_gpu}) (nvidia_gpu_pcie_link_max_generation)\n"
-                  f"    or\n    max by ({by_gpu}) (nvidia_gpu_pcie_link_width)\n"
-                  f"      < max by ({by_gpu}) (nvidia_gpu_pcie_link_max_width)\n"
-                  f"  )\n  and on (node, uuid) ({busy})"),
+        description=G + " is busy but its PCIe link runs below its maximum generation or width.",
+        expr=f"(\n  max by ({by_gpu}) (nvidia_gpu_pcie_link_generation)\n"
+             f"    < max by ({by_gpu}) (nvidia_gpu_pcie_link_max_generation)\n"
+             f"  or\n  max by ({by_gpu}) (nvidia_gpu_pcie_link_width)\n"
+             f"    < max by ({by_gpu}) (nvidia_gpu_pcie_link_max_width)\n"
+             f")\nand on (node, uuid) ({busy})",
         threshold=f"generation or width below the maximum while utilisation > {p.pcie_busy_ratio}",
         why="An idle GPU drops its link to Gen1 to save power, so only a busy one is judged.",
         runbook=Runbook(
@@ -679,11 +766,12 @@ def alerts(p: Params) -> list[Alert]:
     # -- Thermal and power ------------------------------------------------------------------------
     def clock_event(reason: str) -> str:
         metric = 'nvidia_gpu_clock_event_active{reason="%s"}' % reason
-        return held(f"max by ({by_gpu}) ({gauge(metric, p)}) == 1")
+        return f"max by ({by_gpu}) ({gauge(metric, p)}) == 1"
 
-    add(name="GpuHardwareThermalSlowdown", severity="warning", group="gpu-thermal", for_=p.hw_slowdown_for,
+    add(holders=True, name="GpuHardwareThermalSlowdown", severity="warning", group="gpu-thermal",
+        for_=p.hw_slowdown_for,
         summary="A GPU is slowed down by its hardware thermal protection.",
-        description=G + " has its clocks cut by hardware thermal slowdown: it is too hot." + H,
+        description=G + " has its clocks cut by hardware thermal slowdown: it is too hot.",
         expr=clock_event("hw_thermal_slowdown"),
         threshold='nvidia_gpu_clock_event_active{reason="hw_thermal_slowdown"} == 1',
         why="The hardware's own protection cuts clocks hard (by half or more); it should never be active "
@@ -697,10 +785,10 @@ def alerts(p: Params) -> list[Alert]:
         cases=(_gauge_case('nvidia_gpu_clock_event_active', "0x4 1x40", "0x45", 5, gpu_labels(0),
                            {"reason": "hw_thermal_slowdown"}),))
 
-    add(name="GpuHardwarePowerBrake", severity="warning", group="gpu-thermal", for_=p.hw_slowdown_for,
+    add(holders=True, name="GpuHardwarePowerBrake", severity="warning", group="gpu-thermal", for_=p.hw_slowdown_for,
         summary="A GPU is slowed down by the hardware power brake.",
         description=G + " has its clocks cut by the external power brake signal (the system's power "
-                        "supply or BMC asked for it)." + H,
+                        "supply or BMC asked for it).",
         expr=clock_event("hw_power_brake_slowdown"),
         threshold='nvidia_gpu_clock_event_active{reason="hw_power_brake_slowdown"} == 1',
         why="Asserted by the system, not the GPU: a power supply problem that a busy node should never see.",
@@ -713,13 +801,13 @@ def alerts(p: Params) -> list[Alert]:
                            {"reason": "hw_power_brake_slowdown"}),))
 
     def violation(reason: str, ratio: float) -> str:
-        return held(f"sum by ({by_gpu}) (\n    rate(nvidia_gpu_violation_seconds_total{{reason=\"{reason}\"}}"
-                    f"[{p.capping_window}])\n  ) > {ratio}")
+        return (f"sum by ({by_gpu}) (\n  rate(nvidia_gpu_violation_seconds_total{{reason=\"{reason}\"}}"
+                f"[{p.capping_window}])\n) > {ratio}")
 
-    add(name="GpuThermalCapping", severity="warning", group="gpu-thermal", for_=p.thermal_capping_for,
+    add(holders=True, name="GpuThermalCapping", severity="warning", group="gpu-thermal", for_=p.thermal_capping_for,
         summary="A GPU's clocks are held down by heat most of the time.",
         description=G + " spent more than " + f"{p.thermal_capping_ratio:.0%}"
-                    + " of the time thermally capped." + H,
+                    + " of the time thermally capped.",
         expr=violation("thermal", p.thermal_capping_ratio),
         threshold=f"thermal violation time > {p.thermal_capping_ratio:.0%} of {p.capping_window}",
         why="Read from the violation counter, not the clock-event gauge: a counter sees every second "
@@ -733,10 +821,10 @@ def alerts(p: Params) -> list[Alert]:
         cases=(_gpu_counter_case("nvidia_gpu_violation_seconds_total", {"reason": "thermal"},
                                  "0x4 0+60x60", "0+6x65", 13, gpu_labels(0)),))
 
-    add(name="GpuPowerCapping", severity="info", group="gpu-thermal", for_=p.power_capping_for,
+    add(holders=True, name="GpuPowerCapping", severity="info", group="gpu-thermal", for_=p.power_capping_for,
         summary="A GPU's clocks are held down by its power limit most of the time.",
         description=G + " spent more than " + f"{p.power_capping_ratio:.0%}"
-                    + " of the time at its power cap." + H,
+                    + " of the time at its power cap.",
         expr=violation("power", p.power_capping_ratio),
         threshold=f"power violation time > {p.power_capping_ratio:.0%} of {p.capping_window}",
         why="A busy GPU often runs at its power limit; this is information for capacity planning, unless "
@@ -750,12 +838,13 @@ def alerts(p: Params) -> list[Alert]:
                                  "0x4 0+60x70", "0+6x75", 18, gpu_labels(0)),))
 
     slowdown = 'max by (node, uuid) (nvidia_gpu_temperature_threshold_celsius{threshold="slowdown"})'
-    add(name="GpuTemperatureNearSlowdown", severity="warning", group="gpu-thermal", for_=p.temperature_for,
+    add(holders=True, name="GpuTemperatureNearSlowdown", severity="warning", group="gpu-thermal",
+        for_=p.temperature_for,
         summary="A GPU runs close to its slowdown temperature.",
         description=G + " is within " + f"{p.temperature_margin:g}" + " degrees of the temperature at which "
-                    "it slows itself down." + H,
-        expr=held(f"max by ({by_gpu}) ({gauge('nvidia_gpu_temperature_celsius', p)})\n"
-                  f"  >= on (node, uuid) group_left ()\n    ({slowdown} - {p.temperature_margin:g})"),
+                    "it slows itself down.",
+        expr=f"max by ({by_gpu}) ({gauge('nvidia_gpu_temperature_celsius', p)})\n"
+             f"  >= on (node, uuid) group_left ()\n    ({slowdown} - {p.temperature_margin:g})",
         threshold=f"temperature >= slowdown threshold - {p.temperature_margin:g} C",
         why="The slowdown temperature differs per model (read from NVML), so no constant fits every GPU.",
         runbook=Runbook(
@@ -772,12 +861,12 @@ def alerts(p: Params) -> list[Alert]:
                     5, gpu_labels(0)),))
 
     memory_max = 'max by (node, uuid) (nvidia_gpu_temperature_threshold_celsius{threshold="memory_max"})'
-    add(name="GpuMemoryTemperatureHigh", severity="warning", group="gpu-thermal", for_=p.temperature_for,
+    add(holders=True, name="GpuMemoryTemperatureHigh", severity="warning", group="gpu-thermal", for_=p.temperature_for,
         summary="A GPU's HBM memory runs close to its maximum temperature.",
         description=G + " has its HBM memory within " + f"{p.temperature_margin:g}"
-                    + " degrees of its maximum temperature." + H,
-        expr=held(f"max by ({by_gpu}) ({gauge('nvidia_gpu_memory_temperature_celsius', p)})\n"
-                  f"  >= on (node, uuid) group_left ()\n    ({memory_max} - {p.temperature_margin:g})"),
+                    + " degrees of its maximum temperature.",
+        expr=f"max by ({by_gpu}) ({gauge('nvidia_gpu_memory_temperature_celsius', p)})\n"
+             f"  >= on (node, uuid) group_left ()\n    ({memory_max} - {p.temperature_margin:g})",
         threshold=f"memory temperature >= memory_max threshold - {p.temperature_margin:g} C",
         why="HBM heats separately from the core and errs (ECC) when hot; the limit comes from NVML. "
             "GPUs that report no memory temperature or threshold are not judged.",
@@ -807,24 +896,39 @@ def alerts(p: Params) -> list[Alert]:
                   "({{ $labels.workload_kind }} {{ $labels.workload }}) holds GPU {{ $labels.gpu }} "
                   "({{ $labels.uuid }}) on node {{ $labels.node }}")
 
-    def idle_case(kind: str, workload: str, busy_kind: str) -> tuple[Case, ...]:
-        a0 = alloc(0, "lab", "nb-0", container="jupyter", kind=kind, workload=workload)
-        a1 = alloc(1, "lab", "nb-1", container="jupyter", kind=busy_kind, workload=workload)
-        util0 = _m("nvidia_gpu_container_utilization_ratio",
-                   f'node="{NODE}",{_TARGET},namespace="lab",pod="nb-0",container="jupyter",gpu="0",uuid="GPU-0"')
-        util1 = _m("nvidia_gpu_container_utilization_ratio",
-                   f'node="{NODE}",{_TARGET},namespace="lab",pod="nb-1",container="jupyter",gpu="1",uuid="GPU-1"')
-        labels = {"node": NODE, "namespace": "lab", "pod": "nb-0", "container": "jupyter", "gpu": "0",
-                  "uuid": "GPU-0", "workload_kind": kind, "workload": workload}
+    def idle_cases(kind: str, workload: str, busy_kind: str, window: str) -> tuple[Case, ...]:
+        """An exclusive holder idle after busy; idle holders of a time-sliced and of an MPS-shared GPU
+        beside a busy one (the agent exports utilisation 0 for a holder without a process once it
+        has read the device's process list; a holder with no usage series is unknown, not idle)."""
+        def holder(i: int, pod: str, *, on: str = kind, **kw: str) -> str:
+            return alloc(i, "lab", pod, container="jupyter", kind=on, workload=workload, **kw)
+
+        def used(i: int, pod: str) -> str:
+            return _m("nvidia_gpu_container_utilization_ratio", container(i, "lab", pod, "jupyter"))
+
+        def labels(i: int, pod: str) -> dict[str, str]:
+            return {"node": NODE, "namespace": "lab", "pod": pod, "container": "jupyter", "gpu": str(i),
+                    "uuid": f"GPU-{i}", "workload_kind": kind, "workload": workload}
+
+        sliced = {"shared": "true", "resource": "nvidia.com/gpu.shared"}
+        mps = {"shared": "true", "resource": "nvidia.com/gpu"}
         return (
-            Case({a0: "1x400", a1: "1x400", util0: "0.6x10 0x100 stale 0x289", util1: "0.6x10 0x390"},
-                 0, labels, name="idle after busy, a failed scrape in between does not restart the for:; "
-                                 "the other tier's holder is silent"),
+            Case({holder(0, "nb-0"): "1x400", holder(1, "nb-1", on=busy_kind): "1x400",
+                  used(0, "nb-0"): "0.6x10 0x100 stale 0x289", used(1, "nb-1"): "0.6x10 0x390"},
+                 11 + _minutes(window), labels(0, "nb-0"),
+                 name="idle after busy, a failed scrape in between does not restart the for:; "
+                      "the other tier's holder is silent"),
+            Case({holder(2, "nb-a", **sliced): "1x400", holder(2, "nb-b", **sliced): "1x400",
+                  holder(2, "nb-c", **sliced): "1x400", used(2, "nb-a"): "0x400", used(2, "nb-b"): "0.6x400"},
+                 0, labels(2, "nb-a"),
+                 name="an idle holder of a time-sliced GPU beside a busy one; a holder without usage is unknown"),
+            Case({holder(3, "nb-a", **mps): "1x400", holder(3, "nb-b", **mps): "1x400",
+                  used(3, "nb-a"): "0x400", used(3, "nb-b"): "0.3x400"},
+                 0, labels(3, "nb-a"), name="an idle holder of an MPS-shared GPU beside a busy one"),
         )
 
     f_int = _minutes(p.idle_interactive_for)
     w_int = _minutes(p.idle_interactive_window)
-    int_cases = idle_case("Deployment", "notebook", "Job")
     add(name="GpuAllocatedIdle", severity="info", group="gpu-usage", for_=p.idle_interactive_for,
         summary="An interactive or serving pod holds a GPU it has not used for hours.",
         description=usage_desc + " and has not used it for " + p.idle_interactive_window + " and more.",
@@ -832,9 +936,12 @@ def alerts(p: Params) -> list[Alert]:
         threshold=f"peak utilisation < {p.idle_ratio} over {p.idle_interactive_window}, for "
                   f"{p.idle_interactive_for} (idle {_human(w_int + f_int)} in all)",
         why="A notebook or dev pod that sits on a GPU costs as much as a busy one. Judged on the "
-            "container's own utilisation (a time-sliced GPU's other holders do not hide it); MIG "
-            "instances report no utilisation and are not judged. The peak over a window is robust to "
-            "missed scrapes. Info: a cost signal for the namespace owner, not a page.",
+            "container's own utilisation, per holder: on a shared GPU (time-slicing, MPS, a shared DRA "
+            "claim) a holder with no process gets utilisation 0 from the agent, and a busy neighbour "
+            "does not hide it; a holder whose usage is unknown (the process list could not be read) has "
+            "no series and is not judged. MIG instances report no utilisation and are not judged. The "
+            "peak over a window is robust to missed scrapes. Info: a cost signal for the namespace "
+            "owner, not a page.",
         runbook=Runbook(
             "A non-batch workload (Deployment, StatefulSet, bare pod, or unknown) has held a GPU with "
             "practically no utilisation for hours.",
@@ -843,10 +950,8 @@ def alerts(p: Params) -> list[Alert]:
             "`namespace:nvidia_gpu_allocated_devices:sum`.",
             "Ask the owner to scale it down or release the GPU; consider an idle-culling policy for "
             "notebooks. Tune `idle_interactive_for` for your habits."),
-        cases=tuple(replace(c, active_from=11 + w_int) for c in int_cases))
+        cases=idle_cases("Deployment", "notebook", "Job", p.idle_interactive_window))
 
-    w_b = _minutes(p.idle_batch_window)
-    batch_cases = idle_case("Job", "train", "Deployment")
     add(name="GpuBatchJobStuck", severity="warning", group="gpu-usage", for_=p.idle_batch_for,
         summary="A batch Job holds a GPU at zero utilisation.",
         description=usage_desc + " and has computed nothing on it for " + p.idle_batch_window
@@ -861,7 +966,7 @@ def alerts(p: Params) -> list[Alert]:
             "`kubectl logs -n <ns> <pod>`; `py-spy dump` in the container; the other ranks' utilisation "
             "(`namespace_workload:nvidia_gpu_container_utilization_ratio:sum`).",
             "Tell the owner; kill the pod if it is hung so that the job retries."),
-        cases=tuple(replace(c, active_from=11 + w_b) for c in batch_cases))
+        cases=idle_cases("Job", "train", "Deployment", p.idle_batch_window))
 
     container_memory = ("max by (node, namespace, pod, container, gpu, uuid, gpu_instance_id, compute_instance_id) "
                         f"({gauge('nvidia_gpu_container_memory_used_bytes', p)})")
@@ -886,17 +991,15 @@ def alerts(p: Params) -> list[Alert]:
             "`XLA_PYTHON_CLIENT_PREALLOCATE=false` / memory growth if this alert is noise for them."),
         cases=(Case({
             _m("nvidia_gpu_container_memory_used_bytes",
-               f'node="{NODE}",{_TARGET},namespace="ml",pod="eval-0",container="eval",gpu="2",uuid="GPU-2",'
-               'gpu_instance_id="1",compute_instance_id="0"'): "1e9x4 9.8e9x40",
+               container(2, "ml", "eval-0", "eval", gpu_instance_id="1", compute_instance_id="0")): "1e9x4 9.8e9x40",
             _m("nvidia_gpu_mig_memory_total_bytes", dev(2, gpu_instance_id="1", compute_instance_id="0")): "1e10x45",
             _m("nvidia_gpu_memory_total_bytes", dev(2)): "8e10x45",
-            _m("nvidia_gpu_container_memory_used_bytes",
-               f'node="{NODE}",{_TARGET},namespace="ml",pod="train-0",container="main",gpu="0",uuid="GPU-0"'): "7e10x45",
+            _m("nvidia_gpu_container_memory_used_bytes", container(0, "ml", "train-0", "main")): "7e10x45",
             _m("nvidia_gpu_memory_total_bytes", dev(0)): "8e10x45",
         }, 5, {"node": NODE, "namespace": "ml", "pod": "eval-0", "container": "eval", "gpu": "2", "uuid": "GPU-2",
                "gpu_instance_id": "1", "compute_instance_id": "0"}),))
 
-    add(name="GpuBusyWithoutPod", severity="warning", group="gpu-usage", for_=p.busy_unallocated_for,
+    add(holders=True, name="GpuBusyWithoutPod", severity="warning", group="gpu-usage", for_=p.busy_unallocated_for,
         summary="A GPU is busy but no pod holds it.",
         description=G + " is busy but the kubelet has allocated it to no pod: something outside "
                         "Kubernetes uses it.",
@@ -1011,10 +1114,24 @@ def alerts(p: Params) -> list[Alert]:
                   "kubernetes, which have alerts of their own)",
         why="procfs failures cost per-container usage on shared GPUs; new collectors are covered by default.",
         runbook=Runbook(
-            "A collector (procfs: the process cgroups) failed in every recent cycle.",
-            "Per-container usage on shared GPUs is missing.",
-            "`kube_gpu_exporter_collector_errors_total{node=\"<node>\"}` by kind; the agent's log.",
-            "Check the agent's `/host/proc` mount and its `hostPID` setting."),
+            "A collector failed in every recent cycle. For `procfs` (the process cgroups that place GPU "
+            "processes in containers) the error kind says why: `read`: the agent cannot read "
+            "`<procfs>/1/cgroup`, the host's `/proc` is not where `--path.procfs` points; `unresolved_pid`: "
+            "NVML lists GPU processes whose pids the agent's procfs does not show "
+            "(`kube_gpu_exporter_unresolved_gpu_processes`): the agent runs in a pid namespace of its own "
+            "and the driver translates the pids into it.",
+            "Per-container usage on shared GPUs (time-slicing, MPS, shared DRA claims) is missing where "
+            "processes cannot be placed: those holders have no usage series (unknown, not idle: "
+            "GpuAllocatedIdle and GpuBatchJobStuck do not judge them). Whole GPUs and MIG instances held "
+            "by one container are not affected.",
+            "`sum by (kind) (increase(kube_gpu_exporter_collector_errors_total{node=\"<node>\", "
+            "collector=\"procfs\"}[1h]))`; `kube_gpu_exporter_unresolved_gpu_processes{node=\"<node>\"}`; "
+            "the agent's log (one line says when it looks like a pid namespace of its own).",
+            "`read`: mount the host's `/proc` read-only at `/host/proc` and pass `--path.procfs=/host/proc` "
+            "(deploy/daemonset.yaml does both). `unresolved_pid`: apply the opt-in `hostPID` patch, "
+            "weighing its security trade-off, as [deploy.md](deploy.md#shared-gpus-and-hostpid) describes; "
+            "without it, per-container usage on shared GPUs stays unknown with this driver. Another "
+            "collector: its error kinds and the agent's log."),
         cases=(_agent_case("kube_gpu_exporter_collector_success", {"collector": "procfs"}, "1x4 0x40", 5,
                            expect={"collector": "procfs"}),))
 
@@ -1042,10 +1159,13 @@ def alerts(p: Params) -> list[Alert]:
         expr=agent_gauge("kube_gpu_exporter_collector_success", 0, '{collector="kubelet"}'),
         threshold='kube_gpu_exporter_collector_success{collector="kubelet"} == 0',
         why="The agent keeps the last allocations for a grace period, so a kubelet restart is quiet; "
-            "longer, the pod labels on every alert go missing.",
+            "longer, the allocations are dropped: device alerts keep firing as they were (their labels "
+            "name the device only) but their `holders` annotation goes empty, and the usage alerts and "
+            "dashboards lose their pods and workloads.",
         runbook=Runbook(
             "Calls to the kubelet's pod-resources socket fail.",
-            "GPU alerts and dashboards lose their pods and workloads.",
+            "Device alerts no longer say who holds the GPU (`holders` empty); usage alerts and dashboards "
+            "lose their pods and workloads.",
             "`kube_gpu_exporter_collector_errors_total{collector=\"kubelet\"}` by kind; the socket mount "
             "(`/var/lib/kubelet/pod-resources`) in the agent; `systemctl status kubelet`.",
             "Fix the mount or the kubelet."),

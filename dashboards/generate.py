@@ -7,8 +7,8 @@
 Three dashboards, linked to each other: Fleet (``kube-gpu-exporter-fleet``), Node and GPU
 (``kube-gpu-exporter-node``), Namespace and workload (``kube-gpu-exporter-workload``). Panel ids are
 given in definition order, so they stay put across runs; every query uses the ``$datasource``
-variable and the dashboard's own variables. Thresholds, XID tiers and batch workload kinds are
-the alert rules' own (``alerts/rules.py`` ``Params``, ``exporter/alerting/definitions.py``), and
+variable and the dashboard's own variables. Thresholds and batch workload kinds are the alert
+rules' own (``alerts/rules.py`` ``Params``), XID tiers the agent's ``tier`` label (the alerts'), and
 the fleet and workload panels read the recording rules of ``alerts/rules.py``; per-pod panels
 join the raw series as docs/attribution.md shows.
 
@@ -33,7 +33,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from alerts.rules import Params, recording_rules  # noqa: E402 - the rule set's thresholds and rules
-from exporter.alerting import definitions as D  # noqa: E402
 
 TAG = "kube-gpu-exporter"
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11.x
@@ -44,11 +43,6 @@ CONFIGMAP = HERE / "configmap.yaml"
 P = Params()
 #: Recording rules of alerts/rules.py, by name.
 RULES = dict(recording_rules(P))
-#: XID codes by the action they call for, as the alerts tier them.
-XID_TIERS: dict[str, tuple[int, ...]] = {
-    "application": D.XID_APPLICATION, "reset": D.XID_RESET, "reboot": D.XID_REBOOT,
-    "informational": D.XID_INFORMATIONAL,
-}
 #: Clock-event reasons that hold a GPU below the clocks it wants (the others are normal operation).
 THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
 #: Workload kinds, split into batch (the alerts' batch kinds), interactive and other.
@@ -81,14 +75,6 @@ def workload_class(expr: str) -> str:
     other = f'label_replace({expr}, "class", "other", "workload_kind", ".*")'
     interactive = f'label_replace({other}, "class", "interactive", "workload_kind", "{INTERACTIVE_KINDS}")'
     return f'label_replace({interactive}, "class", "batch", "workload_kind", "{P.batch_kinds}")'
-
-
-def xid_tier(expr: str) -> str:
-    """``expr`` (with an ``xid`` label) with a ``tier`` label from XID_TIERS (else "other")."""
-    out = f'label_replace({expr}, "tier", "other", "xid", ".*")'
-    for tier, codes in XID_TIERS.items():
-        out = f'label_replace({out}, "tier", "{tier}", "xid", "{"|".join(map(str, codes))}")'
-    return out
 
 
 def rule(name: str, selector: str) -> str:
@@ -321,9 +307,10 @@ def fleet() -> list[Panel]:
         stat("Lost GPUs", f"count(nvidia_gpu_up{{{FLEET}}} == 0) or vector(0)", thresholds=red_from(1), height=8,
              description="GPUs whose NVML reads fail or hang (nvidia_gpu_up 0); GpuLost pages."),
         timeseries("XID events by tier", Target(
-            f"sum by (tier) ({xid_tier(f'increase(nvidia_gpu_xid_errors_total{{{FLEET}}}[$__rate_interval])')})",
-            "{{tier}}"), description="The alerts' tiers: application (the job's fault), reset (the GPU needs a "
-            "reset), reboot (fell off the bus), informational; see docs/alerts.md.", width=7, stack=True),
+            f"sum by (tier) (increase(nvidia_gpu_xid_events_total{{{FLEET}}}[$__rate_interval]))", "{{tier}}"),
+            description="The alerts' tiers: reboot (fell off the bus), reset (the GPU needs a reset), application "
+            "(the job's fault), informational, other (codes the tiers do not name); see docs/alerts.md. The "
+            "tier counts exist at 0 from the start, so the first event of a node shows.", width=7, stack=True),
         timeseries("ECC errors", Target(
             f"sum by (type) (increase(nvidia_gpu_ecc_errors_total{{{FLEET}}}[$__rate_interval]))", "{{type}}"),
             description="Volatile ECC errors; uncorrected ones page.", width=7),
@@ -414,12 +401,19 @@ def node() -> list[Panel]:
         violation("power", P.power_capping_ratio, "GpuPowerCapping"),
         row("Errors"),
         timeseries("XID events", Target(
-            f"increase(nvidia_gpu_xid_errors_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} XID {{xid}}"), width=8),
+            f"increase(nvidia_gpu_xid_events_total{{{GPU}}}[$__rate_interval]) > 0", "GPU {{gpu}} {{tier}}"), width=6,
+            description="By the alerts' tiers; the counts exist at 0 from the start, so the first event shows."),
+        table("XID codes since the agent started",
+              f"sum by (gpu, xid) (nvidia_gpu_xid_errors_total{{{GPU}}}) > 0", width=6,
+              description="Events per code, counted since the agent started (a code's series appears with its "
+                          "first event).",
+              overrides=[{"matcher": {"id": "byName", "options": "Value"},
+                          "properties": [{"id": "displayName", "value": "events"}]}]),
         timeseries("ECC errors (volatile)", Target(
-            f"increase(nvidia_gpu_ecc_errors_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{type}}"), width=8),
+            f"increase(nvidia_gpu_ecc_errors_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{type}}"), width=6),
         timeseries("Remapped rows", Target(f"nvidia_gpu_remapped_rows{{{GPU}}}", "GPU {{gpu}} {{type}}"),
                    Target(f"nvidia_gpu_remapped_rows_pending{{{GPU}}} + 2 * nvidia_gpu_remapped_rows_failure{{{GPU}}} > 0",
-                          "GPU {{gpu}} pending (1) / failed (2)"), width=8),
+                          "GPU {{gpu}} pending (1) / failed (2)"), width=6),
         row("PCIe and NVLink"),
         timeseries("PCIe traffic", Target(
             f"rate(nvidia_gpu_pcie_data_bytes_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{direction}}"),
@@ -477,10 +471,29 @@ def node() -> list[Panel]:
     ]
 
 
+MIG_KEY = "node, uuid, gpu_instance_id"  # a GPU instance: MIG activity (GPM) is per GPU instance
+MIG_HOLDER_KEY = f"{MIG_KEY}, namespace, pod, container"
+
+
+def mig_activity(selector: str) -> str:
+    """What the chosen workloads' MIG instances do, in devices' worth of work, for the holders
+    without a container utilisation (NVML has none on MIG): the instance's graphics-engine activity
+    (NVML GPM, Hopper and newer), split evenly between the containers holding the instance, as
+    namespace:nvidia_gpu_allocated_devices:sum splits a shared device."""
+    holders = f'max by ({MIG_HOLDER_KEY}) (nvidia_gpu_allocation_info{{{selector}, gpu_instance_id!=""}})'
+    return (f"sum(({holders} unless on ({MIG_HOLDER_KEY}) nvidia_gpu_container_utilization_ratio{{{CLUSTER}}})"
+            f" * on ({MIG_KEY}) group_left () max by ({MIG_KEY}) "
+            f'(nvidia_gpu_graphics_active_ratio{{{CLUSTER}, gpu_instance_id!=""}})'
+            f" / on ({MIG_KEY}) group_left () count by ({MIG_KEY}) "
+            f'(max by ({MIG_HOLDER_KEY}) (nvidia_gpu_allocation_info{{{CLUSTER}, gpu_instance_id!=""}})))')
+
+
 def workload() -> list[Panel]:
     # Workload-level figures read the recording rules (cheap over long ranges); per-pod ones the
-    # raw series, so that the pod variable applies to them.
-    used = f"sum({rule('namespace_workload:nvidia_gpu_container_utilization_ratio:sum', PER_WORKLOAD)})"
+    # raw series, so that the pod variable applies to them. Utilisation is the containers' own, and
+    # for MIG instances (which have none) the instance's activity.
+    used = (f"(sum({rule('namespace_workload:nvidia_gpu_container_utilization_ratio:sum', PER_WORKLOAD)}) or vector(0))"
+            f" + ({mig_activity(PER_WORKLOAD)} or vector(0))")
     allocated = f"sum({rule('namespace_workload:nvidia_gpu_allocated_devices:sum', PER_WORKLOAD)})"
     memory = f"sum({rule('namespace_workload:nvidia_gpu_container_memory_used_bytes:sum', PER_WORKLOAD)})"
     held = f"nvidia_gpu_allocation_info{{{WORKLOAD}}}"
@@ -490,8 +503,10 @@ def workload() -> list[Panel]:
         stat("Devices allocated", allocated, width=4,
              description="Of the chosen workloads; a device shared by n containers counts 1/n."),
         stat("Pods", f"count(count by (pod) ({held}))", width=4),
-        stat("Utilisation of held devices", f"{used} / {allocated}", **PERCENT, width=4,
-             thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")]),
+        stat("Utilisation of held devices", f"({used}) / {allocated}", **PERCENT, width=4,
+             thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")],
+             description="Containers' utilisation, and for MIG instances (no utilisation in NVML) the "
+                         "instance's activity, over the devices held."),
         stat("GPU memory used", memory, unit="bytes", width=4),
         stat("Power (even split)", f"sum({rule('namespace_workload:nvidia_gpu_power_watts:sum', PER_WORKLOAD)})",
              unit="watt", width=4, description="Board power split evenly between the holders of each board."),

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from alerts import generate
-from alerts.rules import Params, alerts, recording_rules
+from alerts.rules import XID_MATCHERS, XID_TIER_CODES, Params, alerts, recording_rules
 from exporter.alerting import definitions
 
 ROOT = generate.ROOT
@@ -54,16 +54,65 @@ def test_the_prometheus_rule_object_carries_the_same_groups_and_promtool_accepts
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _firing(alert_name: str) -> list[dict]:
+    tests = yaml.safe_load(generate.TESTS.read_text())["tests"]
+    return [a for t in tests for c in t["alert_rule_test"] if c["alertname"] == alert_name for a in c["exp_alerts"]]
+
+
 def test_every_alert_is_tested_silent_then_firing_with_its_labels_and_annotations():
     tests = yaml.safe_load(generate.TESTS.read_text())["tests"]
     for alert in alerts(Params()):
         checks = [c for t in tests for c in t["alert_rule_test"] if c["alertname"] == alert.name]
         assert any(c["exp_alerts"] == [] for c in checks), f"{alert.name}: never checked silent"
-        firing = [a for c in checks for a in c["exp_alerts"]]
+        firing = _firing(alert.name)
         assert firing, f"{alert.name}: never checked firing"
+        annotations = {"summary", "description", "runbook_url"}
+        annotations |= {definitions.HOLDERS_ANNOTATION} if alert.holders else set()
+        annotations |= {definitions.XIDS_ANNOTATION} if alert.xid_matcher else set()
         for expected in firing:
             assert expected["exp_labels"]["severity"] == alert.severity
-            assert set(expected["exp_annotations"]) == {"summary", "description", "runbook_url"}
+            assert set(expected["exp_annotations"]) == annotations, alert.name
+
+
+#: The labels a device alert may carry: the device, and the link or code it is about.
+DEVICE_LABELS = {"severity", "node", "gpu", "uuid", "link", "xid"}
+
+
+def test_device_alerts_are_labelled_by_the_device_and_name_their_holders_in_an_annotation():
+    device = [a for a in alerts(Params()) if "uuid" in {k for e in _firing(a.name) for k in e["exp_labels"]}]
+    container = {"GpuAllocatedIdle", "GpuBatchJobStuck", "GpuContainerMemoryNearFull"}  # about a container
+    assert {a.name for a in device} - container == {a.name for a in alerts(Params()) if a.holders}
+    shown = set()
+    for alert in device:
+        if alert.name in container:
+            continue
+        for expected in _firing(alert.name):
+            assert set(expected["exp_labels"]) <= DEVICE_LABELS, (alert.name, expected["exp_labels"])
+            shown.add(expected["exp_annotations"][definitions.HOLDERS_ANNOTATION])
+        assert "namespace" not in alert.expr, alert.name
+    # the expected annotation is definitions.holders_text of the input's pods: one, several, none
+    assert {"ml/train-0", "ml/eval-0, serving/embed-0", ""} <= shown
+    assert definitions.holders_text([("serving", "embed-0"), ("ml", "eval-0"), ("ml", "eval-0")]) \
+        == "ml/eval-0, serving/embed-0"
+
+
+def test_the_xid_alerts_are_one_per_tier_and_list_their_codes():
+    rules = {a.xid_matcher: a for a in alerts(Params()) if a.xid_matcher}
+    assert set(rules) == set(XID_MATCHERS.values()) and set(XID_MATCHERS) == set(definitions.XID_TIERS)
+    for tier, matcher in XID_MATCHERS.items():
+        alert = rules[matcher]
+        assert f'nvidia_gpu_xid_events_total{{tier="{tier}"}}' in alert.expr
+        assert "nvidia_gpu_xid_errors_total" not in alert.expr  # the per-code series only in the annotation
+        listed = {e["exp_annotations"][definitions.XIDS_ANNOTATION] for e in _firing(alert.name)}
+        if "|" in matcher or tier == "other":
+            assert any(", " in codes for codes in listed), f"{alert.name}: never two codes at once"
+        for codes in listed:
+            assert all(definitions.xid_tier(int(c)) == tier for c in codes.split(", ")), (alert.name, codes)
+
+
+def test_no_rule_names_the_holder_of_a_device_in_its_labels():
+    text = generate.RULES.read_text()
+    assert "single_pod" not in text and "group_left (namespace, pod)" not in text
 
 
 def test_the_rule_set_covers_the_issue():
@@ -87,6 +136,12 @@ def test_the_xid_tiers_do_not_overlap():
     codes = [c for tier in tiers for c in tier]
     assert len(codes) == len(set(codes))
     assert set(definitions.XID_REPLACE_IF_RECURRING) <= set(definitions.XID_RESET)
+    # the rules' tiers are the agent's tier label
+    for tier, tier_codes in XID_TIER_CODES.items():
+        assert all(definitions.xid_tier(code) == tier for code in tier_codes or ()), tier
+    assert definitions.xid_tier(999) == "other" and list(XID_TIER_CODES) == list(definitions.XID_TIERS)
+    # GpuXidRecurring counts every event only on series there at 0 before the first
+    assert set(definitions.XID_REPLACE_IF_RECURRING) <= set(definitions.XID_ZERO_CODES)
 
 
 def test_docs_list_every_rule_and_every_alert_has_a_runbook_section():
@@ -109,3 +164,39 @@ def test_docs_list_every_rule_and_every_alert_has_a_runbook_section():
 def test_annotation_templates_render_as_prometheus_does(template, labels, expected):
     # promtool checks the same renderer against Go's templates on every generated test.
     assert definitions.render(template, labels) == expected
+
+
+@pytest.mark.parametrize("values,minute,interval,seen", [
+    ("1x9 stale", 9, "1m", True), ("1x9 stale", 10, "1m", False), ("_x10 1x30", 9, "1m", False),
+    ("_x10 1x30", 10, "1m", True), ("1x2", 7, "1m", True), ("1x2", 8, "1m", False),  # 5 minutes of lookback
+    ("1x10 0 0 1x60", 5, "30s", True), ("_ 1", 0, "1m", False), ("0+1x3 stale", 2, "1m", True),
+])
+def test_the_expected_holders_follow_the_input_series_as_prometheus_sees_them(values, minute, interval, seen):
+    assert generate.present(values, minute, interval) is seen
+
+
+def _matches(matcher: str, name: str) -> bool:
+    """An Alertmanager matcher on alertname (``=``, ``!=``, ``=~``, ``!~``; regexes anchored)."""
+    match = re.fullmatch(r'alertname(=~|!~|!=|=)"(.*)"', matcher)
+    assert match, f"only alertname matchers are expected in the example: {matcher}"
+    op, value = match.groups()
+    found = re.fullmatch(value, name) is not None if "~" in op else value == name
+    return found if op in ("=", "=~") else not found
+
+
+def test_the_example_inhibitions_run_from_cause_to_symptom_without_a_cycle():
+    example = yaml.safe_load((ROOT / "alerts" / "alertmanager-example.yaml").read_text())
+    names = [a.name for a in alerts(Params())]
+    edges = {(source, target) for rule in example["inhibit_rules"]
+             for source in names if all(_matches(m, source) for m in rule["source_matchers"])
+             for target in names if all(_matches(m, target) for m in rule["target_matchers"])}
+    assert edges and all(source != target for source, target in edges)
+    # no alert silenced, directly or through others, by an alert it silences (neither would notify)
+    reach = {name: {t for s, t in edges if s == name} for name in names}
+    for _ in names:
+        for name in names:
+            reach[name] |= {far for near in reach[name] for far in reach[near]}
+    assert not [name for name in names if name in reach[name]]
+    # the XID that explains a lost GPU is what pages; GpuLost never hides it
+    for cause in (definitions.XID_REBOOT_REQUIRED.name, definitions.XID_RESET_REQUIRED.name):
+        assert (cause, definitions.GPU_LOST.name) in edges and (definitions.GPU_LOST.name, cause) not in edges

@@ -555,14 +555,20 @@ def test_the_example_configuration_is_valid_and_routes_by_severity():
 
 
 def test_the_example_inhibitions_in_a_real_alertmanager(alertmanager):
+    """The cause silences the symptom, never the reverse: XID 79 and GpuLost on one GPU notify the
+    XID alone; GpuLost silences what follows from it on its GPU, not what may explain it."""
     am = alertmanager(EXAMPLE.read_text())
     gpu0 = {"cluster": "c", "node": NODE, "gpu": "0", "uuid": GPU0}
+    gpu1 = {**gpu0, "gpu": "1", "uuid": GPU1}
+    holder = {"namespace": "ml", "pod": "train-0", "container": "main", "workload_kind": "Job", "workload": "train"}
     posted = [
-        {"alertname": "GpuLost", "severity": "critical", **gpu0},
-        {"alertname": "GpuThermalCapping", "severity": "warning", **gpu0},  # same GPU: inhibited
-        {"alertname": "GpuThermalCapping", "severity": "warning", **gpu0, "gpu": "1", "uuid": GPU1},  # another GPU
-        {"alertname": "GpuXidRebootRequired", "severity": "critical", **gpu0, "xid": "79"},  # inhibited by GpuLost too
-        {"alertname": "GpuXidApplicationError", "severity": "info", **gpu0, "gpu": "1", "uuid": GPU1, "xid": "13"},
+        {"alertname": "GpuXidRebootRequired", "severity": "critical", **gpu0},  # the cause: notifies
+        {"alertname": "GpuLost", "severity": "critical", **gpu0},  # explained by the XID: inhibited
+        {"alertname": "GpuBatchJobStuck", "severity": "warning", **gpu0, **holder},  # follows from the loss
+        {"alertname": "GpuThermalCapping", "severity": "warning", **gpu0},  # may explain it: not inhibited
+        {"alertname": "GpuLost", "severity": "critical", **gpu1},  # no XID on this GPU: notifies
+        {"alertname": "GpuXidApplicationError", "severity": "info", **gpu1},  # the node's XID 79 inhibits it
+        {"alertname": "GpuXidInformational", "severity": "info", **gpu1},  # unrelated to XID 79
     ]
     request = urllib.request.Request(am.url + "/api/v2/alerts", method="POST", data=json.dumps(
         [{"labels": labels} for labels in posted]).encode(), headers={"Content-Type": "application/json"})
@@ -571,9 +577,10 @@ def test_the_example_inhibitions_in_a_real_alertmanager(alertmanager):
     def states() -> dict[tuple[str, str], str]:
         return {(a["labels"]["alertname"], a["labels"]["gpu"]): a["status"]["state"] for a in am.alerts()}
 
-    expected = {("GpuLost", "0"): "active", ("GpuThermalCapping", "0"): "suppressed",
-                ("GpuThermalCapping", "1"): "active", ("GpuXidRebootRequired", "0"): "suppressed",
-                ("GpuXidApplicationError", "1"): "suppressed"}  # the node's reboot-tier XID inhibits it
+    expected = {("GpuXidRebootRequired", "0"): "active", ("GpuLost", "0"): "suppressed",
+                ("GpuBatchJobStuck", "0"): "suppressed", ("GpuThermalCapping", "0"): "active",
+                ("GpuLost", "1"): "active", ("GpuXidApplicationError", "1"): "suppressed",
+                ("GpuXidInformational", "1"): "active"}
     eventually(lambda: states() == expected, f"inhibitions {expected}")
 
 

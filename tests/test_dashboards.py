@@ -38,6 +38,9 @@ EMPTY_ON_PURPOSE = {
     ("workload.json", "Firing alerts on this workload or its GPUs", "A"):
         "no alert about the research namespace's pods or GPUs fires within a minute: its idle GPU and the "
         "PCIe replays alert only after their for: (hours, 10 minutes)",
+    ("node.json", "XID events", "A"):
+        "it shows only the intervals with an event (> 0), and the demo's XIDs are older than the last "
+        "$__rate_interval; test_the_first_xid_of_a_node_shows_in_the_xid_panels reads it over the whole data",
 }
 IMAGES = ROOT / "docs" / "images"
 
@@ -254,6 +257,43 @@ def test_the_demo_node_shows_its_faults(demo):
     assert q('nvidia_gpu_clock_event_active{reason="hw_thermal_slowdown"} == 1')
     assert q(f'ALERTS{{alertname="{definitions.ECC_UNCORRECTABLE.name}", alertstate="firing"}}')
     assert float(q("sum(node:nvidia_gpu_gpus_idle_allocated:count)")[0]["value"][1]) >= 1
+
+
+def _over_the_whole_data(file: str, title: str, node, span: float, **preferred: str) -> list[dict]:
+    """A panel's query with ``$__rate_interval`` widened to all the data Prometheus holds."""
+    dashboard = DASHBOARDS[file]
+    values = live.resolve_variables(dashboard, node.prometheus, preferred or None)
+    [target] = [t for t in _panel(file, title)["targets"]]
+    expr = live.substitute(target["expr"].replace("$__rate_interval", "$__range"), values, span + 60)
+    return node.prometheus.query(expr)
+
+
+def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
+    """The demo's XIDs: 13 twice on GPU 0, then 79 once on GPU 4. Read per code, a code's series
+    is born at 1 and increase() misses its first event: GPU 4's XID 79 would not show at all and
+    GPU 0 would show one event. The panels read the tier counts, at 0 from the start."""
+    node, span = demo
+    per_gpu: dict[str, float] = {}
+    for series in _over_the_whole_data("node.json", "XID events", node, span):
+        per_gpu[series["metric"]["gpu"]] = per_gpu.get(series["metric"]["gpu"], 0) + float(series["value"][1])
+    assert {gpu: round(events) for gpu, events in per_gpu.items()} == {"0": 2, "4": 1}
+    fleet = _over_the_whole_data("fleet.json", "XID events by tier", node, span)
+    assert round(sum(float(series["value"][1]) for series in fleet)) == 3
+
+
+def test_a_mig_only_workload_shows_its_instances_activity(demo):
+    """ml-eval's only workload holds a MIG instance: NVML gives it no utilisation, so the workload's
+    utilisation and efficiency come from the instance's activity (GPM), not a flat 0 %."""
+    node, span = demo
+    assert not node.prometheus.query('nvidia_gpu_container_utilization_ratio{namespace="ml-eval"}')
+    assert node.prometheus.query('nvidia_gpu_graphics_active_ratio{gpu_instance_id!=""} > 0')
+    dashboard = DASHBOARDS["workload.json"]
+    values = live.resolve_variables(dashboard, node.prometheus, {"namespace": "ml-eval"})
+    assert values["namespace"] == "ml-eval" and values["workload"] == "nightly-eval"
+    queries = {t.panel: t.expr for t in live.targets(dashboard, values, span)}
+    for title in ("Utilisation of held devices", "Efficiency (time range)"):
+        result = node.prometheus.query(queries[title])
+        assert len(result) == 1 and 0 < float(result[0]["value"][1]) <= 1, (title, result)
 
 
 def test_render_png_draws_every_dashboard_from_prometheus(demo, tmp_path):

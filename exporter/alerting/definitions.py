@@ -64,8 +64,6 @@ GPU_LOST_FOR_SECONDS = 60
 #: Where runbook_url points; the rules' ``Params.runbook_base`` defaults to it.
 RUNBOOK_BASE = "https://github.com/kube-gpu-exporter/kube-gpu-exporter/blob/main/docs/runbooks.md"
 
-#: Gone with the alert-seams change (holders are an annotation now); kept until alerts/rules.py stops using it.
-HOLDER_DESCRIPTION = ""
 GPU_DESCRIPTION = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on node {{ $labels.node }}"
 
 #: Annotation keys beside summary, description and runbook_url.
