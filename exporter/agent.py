@@ -123,10 +123,11 @@ class Agent:
         self.pod_resources = pod_resources
         self.pod_metadata = pod_metadata
         self.device_slices = device_slices
-        # procfs: the host's, unless a source stands in for it (--simulate, tests)
-        self._procfs = Procfs(config.procfs) if process_owners is None else None
-        self.process_owners = process_owners or self._procfs.owners  # type: ignore[union-attr]
-        self._unresolved_gpu_processes = 0
+        # procfs: the host's, unless a source stands in for it (--simulate, tests); none with
+        # --path.procfs="" (no GPU process is placed in a container)
+        self._procfs = Procfs(config.procfs) if process_owners is None and config.procfs else None
+        self.process_owners = process_owners or (self._procfs.owners if self._procfs else None)
+        self._unresolved_gpu_processes: int | None = 0 if self.process_owners else None
         self._pid_namespace_logged = False
         self._missing_pids_logged = False
         self.renderer = Renderer()
@@ -150,7 +151,9 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
 
     def _known_error_kinds(self) -> dict[str, tuple[str, ...]]:
-        known = {"nvml": NVML_ERROR_KINDS, "procfs": AGENT_ERROR_KINDS["procfs"], "agent": AGENT_ERROR_KINDS["agent"]}
+        known = {"nvml": NVML_ERROR_KINDS, "agent": AGENT_ERROR_KINDS["agent"]}
+        if self.process_owners is not None:
+            known["procfs"] = AGENT_ERROR_KINDS["procfs"]
         if self.pod_resources is not None:
             known["kubelet"] = AGENT_ERROR_KINDS["kubelet"] + tuple(self.pod_resources.ERROR_KINDS)
         if self.pod_metadata is not None:
@@ -169,7 +172,7 @@ class Agent:
             self._timed("kubelet", self._list_pod_resources) if self.pod_resources else _none(),
         )
         pods = self._pod_metadata()
-        owners = await self._timed("procfs", self._process_owners, snapshot)
+        owners = await self._timed("procfs", self._process_owners, snapshot) if self.process_owners else ProcessOwners()
         attribution = attribute(snapshot, resources, pods, owners, self.config.pod_labels,
                                 published=self._published_devices())
         if self.gpus.state.up:  # without NVML every id is "unknown": that is not the kubelet's fault
@@ -258,6 +261,7 @@ class Agent:
         pids = sorted({p.pid for g in snapshot.gpus for p in g.processes}
                       | {p.pid for g in snapshot.gpus for m in g.mig_devices for p in m.processes})
         self._log_pid_namespace_once()
+        assert self.process_owners is not None
         try:
             owners = await asyncio.to_thread(self.process_owners, pids)
         except Exception as exc:  # noqa: BLE001 - any failure costs the process split only

@@ -302,8 +302,8 @@ BUILD_INFO = _metric(
 COLLECTOR_SUCCESS = _metric(
     "kube_gpu_exporter_collector_success", "gauge",
     "1 when the collector's last run fully succeeded (nvml: NVML up and every GPU read in time; kubelet: "
-    "pod-resources List and GetAllocatableResources answered; kubernetes: the pod watch is connected; procfs: readable, and every GPU process found "
-    "in it).", "agent",
+    "pod-resources List and GetAllocatableResources answered; kubernetes: the pod watch is connected; procfs: "
+    "readable, and every GPU process found in it).", "agent",
     ("collector",),
 )
 COLLECTOR_DURATION = _metric(

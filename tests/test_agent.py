@@ -150,7 +150,8 @@ async def test_device_series_carry_no_pod_labels_and_the_holder_gets_the_devices
 
 async def test_counters_alerts_watch_exist_before_their_first_event():
     backend = OneGpu()
-    agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(), process_owners=lambda p: ProcessOwners())
+    agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(),
+                  process_owners=lambda p: ProcessOwners())
     body = await scrape(agent)
     assert value(body, "nvidia_gpu_xid_events_total", uuid=GPU) == 0
     assert not samples(body, "nvidia_gpu_xid_errors_total")

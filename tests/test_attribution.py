@@ -238,7 +238,8 @@ SHARED_PODS = {
 
 def shared(resource: str = "nvidia.com/gpu.shared", device: str = GPU1) -> PodResources:
     """nb-a and nb-b each hold a replica of ``device``."""
-    return PodResources((row("nb-a", "jupyter", resource, f"{device}::0"), row("nb-b", "jupyter", resource, f"{device}::1")))
+    return PodResources((row("nb-a", "jupyter", resource, f"{device}::0"),
+                         row("nb-b", "jupyter", resource, f"{device}::1")))
 
 
 def busy_and_idle(*processes: GpuProcess, read: bool = True, up: bool = True) -> GpuSnapshot:

@@ -333,3 +333,11 @@ async def test_the_agent_in_a_pid_namespace_of_its_own_says_so_once_at_start(tmp
     assert procfs_metrics(body) == (1, 0, 0, 0)  # nothing wrong yet: no process to place
     (line,) = [r.getMessage() for r in caplog.records if "pid namespace" in r.getMessage()]
     assert "hostPID: false" in line and "docs/deploy.md#shared-gpus-and-hostpid" in line
+
+
+async def test_an_empty_path_turns_the_procfs_collector_off(tmp_path):
+    """--path.procfs="" (no /host/proc mount wanted): nothing is read, nothing fails, and no
+    GPU process is placed, so a shared GPU has no per-container usage and no idle holder."""
+    body = await cycle(Agent(parse_config(["--path.procfs", ""], environ={}), SharedGpu(4242)))
+    assert procfs_metrics(body) == (None, None, None, None)
+    assert value(body, "kube_gpu_exporter_collector_success", collector="nvml") == 1

@@ -291,7 +291,8 @@ def test_scenario_claims_flow_through_attribution():
     backend = SimulatedBackend(load_scenario_text(SCENARIO))
     cluster = backend.cluster
     snapshot = GpuSnapshot(gpus=tuple(backend.read_gpu(i) for i in range(backend.device_count())), taken=0.0)
-    result = attribute(snapshot, cluster.pod_resources(), cluster.pod_meta(), NO_OWNERS, published=cluster.published_devices())
+    result = attribute(snapshot, cluster.pod_resources(), cluster.pod_meta(), NO_OWNERS,
+                       published=cluster.published_devices())
     gpu0, mig = snapshot.gpus[0].uuid, snapshot.gpus[1].mig_devices[0].uuid
     assert holders(result, gpu0) == [("a", "c", "shared", True), ("b", "c", "shared", True)]
     assert holders(result, mig) == [("m", "c", "mig", False)]

@@ -335,7 +335,8 @@ async def test_a_failed_allocatable_call_keeps_the_good_list(fake_kubelet, clien
     fake_kubelet.set_allocatable({"nvidia.com/gpu": [GPU_A, GPU_B]})
     good = await client.list_resources()
     fake_kubelet.set_pods([pod("ml", "q", {"c": {"nvidia.com/gpu": [GPU_B]}})])
-    fake_kubelet.set_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit", method="GetAllocatableResources")
+    fake_kubelet.set_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit",
+                           method="GetAllocatableResources")
     with pytest.raises(KubeletError) as ei:
         await client.list_resources()
     assert ei.value.kind == "allocatable"

@@ -432,7 +432,8 @@ class SimulatedGpu:
         for m in g.mig:
             ps = per_mig[m.uuid]
             m_used = sum(p.used_memory_bytes or 0 for p in ps)
-            gpm = profiling_share(profiling, m.profile, m.gpu_instance_id in busy_instances) if m.uuid in carriers else ()
+            busy_instance = m.gpu_instance_id in busy_instances
+            gpm = profiling_share(profiling, m.profile, busy_instance) if m.uuid in carriers else ()
             migs.append(MigDevice(
                 uuid=m.uuid, gpu_instance_id=m.gpu_instance_id, compute_instance_id=m.compute_instance_id,
                 profile=m.profile, processes=tuple(ps), processes_read=True,
