@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -771,3 +772,19 @@ def test_process_lists_are_sized_first(fake_nvml: FakeNode, started: NvmlBackend
     fake_nvml.update_gpu(1, processes=[])
     assert started.read_gpu(1).processes == ()
     assert fake_nvml.stat(1, "process_list_sizing") == 1  # nothing to size: SUCCESS at once
+
+
+def test_the_pid_namespace_probe_for_a_real_gpu_runs(fake_nvml: FakeNode, tmp_path: Path) -> None:
+    """bench/nvml_pids.py is what docs/deploy.md#shared-gpus-and-hostpid asks to run on a GPU
+    node; here, on the fake, it must at least run and report each list and sample by pid."""
+    import json
+
+    fake_nvml.update_gpu(1, processes=[(os.getpid(), GIB, 40)])
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "nvml_pids.py")], env=fake_nvml.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["driver"] == "550.54.15" and out["host_proc_self"] == str(out["pid"])
+    gpu = out["gpus"][1]
+    assert gpu["processes"] == [{"pid": os.getpid(), "in_own_proc": True, "in_host_proc": True, "used_bytes": GIB}]
+    assert [s["pid"] for s in gpu["utilization_samples"]] == [os.getpid()]
