@@ -132,6 +132,8 @@ def main() -> int:
     kubelet = FakeKubelet().start()
     api = FakeKubeApi().start()
     api.write_kubeconfig(work / "kubeconfig")
+    (work / "proc" / "1").mkdir(parents=True)  # init on the host: the agent checks procfs by it
+    (work / "proc" / "1" / "cgroup").write_text("0::/init.scope\n")
     churn = Churn(node, kubelet, api, work / "proc", args.pods, args.xid_codes)
     churn.step(0)
     agent = Agent(["--kubelet.pod-resources-socket", kubelet.socket_path, "--path.procfs", str(work / "proc"),

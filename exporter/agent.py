@@ -16,16 +16,16 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Callable, Generic, Mapping, Protocol, TypeVar
+from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
-from . import cgroups
 from .attribution import Attribution, attribute
 from .backend import GpuBackend
+from .cgroups import ProcessOwners, Procfs
 from .config import Config
 from .gpu_collector import ERROR_KINDS as NVML_ERROR_KINDS
 from .gpu_collector import GpuCollector, run_in_daemon_thread
 from .metrics import AgentStatus, CollectorStatus, Exposition, Renderer
-from .snapshot import ContainerRef, GpuSnapshot, PodMeta, PodResources, PublishedDevices
+from .snapshot import GpuSnapshot, PodMeta, PodResources, PublishedDevices
 from .status import StatusPage
 from .status import render as render_status_page
 
@@ -40,7 +40,9 @@ AGENT_ERROR_KINDS: Mapping[str, tuple[str, ...]] = {
     "kubelet": ("unknown_device_id",),
     "kubernetes": ("config",),
     "resourceslices": ("config",),
-    "procfs": ("read",),
+    # read: procfs (or a pid's cgroup file) cannot be read; unresolved_pid: a GPU process whose pid
+    # procfs does not show (docs/deploy.md#shared-gpus-and-hostpid)
+    "procfs": ("read", "unresolved_pid"),
     "agent": ("cycle",),
 }
 
@@ -112,7 +114,7 @@ class Agent:
         pod_resources: PodResourcesSource | None = None,
         pod_metadata: PodMetadataSource | None = None,
         device_slices: DeviceSliceSource | None = None,
-        process_owners: Callable[[list[int]], Mapping[int, ContainerRef]] | None = None,
+        process_owners: Callable[[Sequence[int]], ProcessOwners] | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -121,7 +123,13 @@ class Agent:
         self.pod_resources = pod_resources
         self.pod_metadata = pod_metadata
         self.device_slices = device_slices
-        self.process_owners = process_owners or (lambda pids: cgroups.containers_of(pids, config.procfs))
+        # procfs: the host's, unless a source stands in for it (--simulate, tests); none with
+        # --path.procfs="" (no GPU process is placed in a container)
+        self._procfs = Procfs(config.procfs) if process_owners is None and config.procfs else None
+        self.process_owners = process_owners or (self._procfs.owners if self._procfs else None)
+        self._unresolved_gpu_processes: int | None = 0 if self.process_owners else None
+        self._pid_namespace_logged = False
+        self._missing_pids_logged = False
         self.renderer = Renderer()
         self.exposition: Exposition | None = None
         self.status_page: StatusPage | None = None  # / and /api/v1/status, rendered with the exposition
@@ -143,7 +151,9 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
 
     def _known_error_kinds(self) -> dict[str, tuple[str, ...]]:
-        known = {"nvml": NVML_ERROR_KINDS, "procfs": AGENT_ERROR_KINDS["procfs"], "agent": AGENT_ERROR_KINDS["agent"]}
+        known = {"nvml": NVML_ERROR_KINDS, "agent": AGENT_ERROR_KINDS["agent"]}
+        if self.process_owners is not None:
+            known["procfs"] = AGENT_ERROR_KINDS["procfs"]
         if self.pod_resources is not None:
             known["kubelet"] = AGENT_ERROR_KINDS["kubelet"] + tuple(self.pod_resources.ERROR_KINDS)
         if self.pod_metadata is not None:
@@ -162,8 +172,8 @@ class Agent:
             self._timed("kubelet", self._list_pod_resources) if self.pod_resources else _none(),
         )
         pods = self._pod_metadata()
-        owners = await self._timed("procfs", self._process_owners, snapshot)
-        attribution = attribute(snapshot, resources, pods, owners or {}, self.config.pod_labels,
+        owners = await self._timed("procfs", self._process_owners, snapshot) if self.process_owners else ProcessOwners()
+        attribution = attribute(snapshot, resources, pods, owners, self.config.pod_labels,
                                 published=self._published_devices())
         if self.gpus.state.up:  # without NVML every id is "unknown": that is not the kubelet's fault
             self._count_unknown_ids(attribution)
@@ -180,6 +190,7 @@ class Agent:
             gpu_snapshot_age_seconds=max(0.0, now - snapshot.taken),
             gpu_snapshot_stale=snapshot.stale,
             kubelet_enabled=self.pod_resources is not None,
+            unresolved_gpu_processes=self._unresolved_gpu_processes,
             nvml_query_seconds=_nvml_query_seconds(snapshot),
             http_rejected=dict(self.http_rejected),
         )
@@ -229,6 +240,10 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - any failure costs attribution only
             kind = getattr(exc, "kind", type(exc).__name__.lower())
             self._error("kubelet", kind, f"pod-resources call failed ({kind}): {exc}")
+            if (listed := getattr(exc, "resources", None)) is not None:
+                # List answered, GetAllocatableResources did not: the allocations are good.
+                self._source_changed("kubelet", True, "kubelet pod-resources API answers again")
+                return self._resources.good(listed, now), False
             kept = self._resources.current(now)
             self._source_changed("kubelet", False, "kubelet pod-resources API lost; "
                                  f"keeping the last allocations for {self._resources.grace:g}s")
@@ -236,18 +251,57 @@ class Agent:
         self._source_changed("kubelet", True, "kubelet pod-resources API answers again")
         return self._resources.good(resources, now), True
 
-    async def _process_owners(self, snapshot: GpuSnapshot) -> tuple[Mapping[int, ContainerRef], bool]:
-        pids = sorted(
-            {p.pid for g in snapshot.gpus for p in g.processes}
-            | {p.pid for g in snapshot.gpus for m in g.mig_devices for p in m.processes}
-        )
-        if not pids:
-            return {}, True
+    async def _process_owners(self, snapshot: GpuSnapshot) -> tuple[ProcessOwners, bool]:
+        """Where each GPU process runs, from procfs; every cycle, processes or not, so that a
+        procfs that cannot be read fails the collector (and its alert) at once.
+
+        A process whose pid procfs does not show cannot be attributed: it is counted
+        (``unresolved_pid``, and ``kube_gpu_exporter_unresolved_gpu_processes`` over the processes
+        of this cycle's readings), and the first time said in one line that names the fix."""
+        entries = [p.pid for g in snapshot.gpus if g.up for p in g.processes] + [
+            p.pid for g in snapshot.gpus if g.up for m in g.mig_devices for p in m.processes]
+        pids = sorted({p.pid for g in snapshot.gpus for p in g.processes}
+                      | {p.pid for g in snapshot.gpus for m in g.mig_devices for p in m.processes})
+        self._log_pid_namespace_once()
+        assert self.process_owners is not None
         try:
-            return await asyncio.to_thread(self.process_owners, pids), True
-        except Exception as exc:  # noqa: BLE001
-            self._error("procfs", "read", f"reading process cgroups failed: {exc}")
-            return {}, False
+            owners = await asyncio.to_thread(self.process_owners, pids)
+        except Exception as exc:  # noqa: BLE001 - any failure costs the process split only
+            self._error("procfs", "read", f"procfs at {self.config.procfs} cannot be read ({exc}); GPU processes "
+                        "are not attributed to containers: check the /host/proc mount and --path.procfs")
+            self._unresolved_gpu_processes = len(entries)
+            return ProcessOwners(), False
+        for pid, why in sorted(owners.unreadable.items()):
+            self._error("procfs", "read", f"cannot read the cgroup of GPU process {pid}: {why}")
+        missing = [pid for pid in entries if pid in owners.missing]
+        if missing:
+            self.errors["procfs"]["unresolved_pid"] += len(missing)
+            self._log_unresolved_once(sorted(set(missing)))
+        self._unresolved_gpu_processes = sum(not owners.placed(pid) for pid in entries)
+        return owners, not self._unresolved_gpu_processes
+
+    def _log_pid_namespace_once(self) -> None:
+        """Say once, at info, that the agent runs in a pid namespace of its own: drivers that
+        translate GPU pids into it hide every other container's process from NVML's lists."""
+        if self._pid_namespace_logged or self._procfs is None or self._procfs.shares_pid_namespace is not False:
+            return
+        self._pid_namespace_logged = True
+        log.info("the agent runs in a pid namespace of its own (hostPID: false). A driver that translates GPU "
+                 "pids into it leaves other containers' processes out of NVML's lists, so idle holders of shared "
+                 "GPUs are reported at 0 only once NVML has listed a pid that %s places in a container (a driver "
+                 "that reports host pids); else see docs/deploy.md#shared-gpus-and-hostpid", self.config.procfs)
+
+    def _log_unresolved_once(self, pids: list[int]) -> None:
+        """Processes NVML lists that procfs does not have: in the host's pid namespace they just
+        exited (counted, not worth a line); otherwise the agent sees another pid namespace."""
+        if self._missing_pids_logged or (self._procfs is not None and self._procfs.shares_pid_namespace):
+            return
+        self._missing_pids_logged = True
+        shown = ", ".join(map(str, pids[:10])) + (", ..." if len(pids) > 10 else "")
+        log.warning("NVML lists GPU processes that %s does not show (pids %s): the agent looks to run in a pid "
+                    "namespace of its own, into which the driver translates pids. Their containers are unknown, and "
+                    "idle holders of shared GPUs are not reported. Fix: run the agent with hostPID: true "
+                    "(deploy/hostpid.patch.yaml, docs/deploy.md#shared-gpus-and-hostpid)", self.config.procfs, shown)
 
     def _pod_metadata(self) -> Mapping[str, PodMeta]:
         """Pods from the API server's watch (see ``_watched``); none when that is off or too old:

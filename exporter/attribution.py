@@ -1,8 +1,8 @@
 """Which container holds each device, and how much of it each container uses.
 
 Inputs, all read earlier in the cycle: the GPU snapshot, the kubelet's ``PodResources``, pod
-metadata from the API server (may be empty), and the container of each GPU process (from
-cgroups). Output: an ``Attribution`` the renderer reads. Pure functions, no I/O.
+metadata from the API server (may be empty), and what procfs says about each GPU process
+(``cgroups.ProcessOwners``). Output: an ``Attribution`` the renderer reads. Pure functions, no I/O.
 
 Device ids come in the forms the device plugins emit:
 
@@ -30,6 +30,7 @@ from typing import Iterable, Literal, Mapping
 
 from . import catalog
 from .catalog import MetricSpec
+from .cgroups import ProcessOwners
 from .snapshot import (
     ClaimDevice, ContainerRef, GpuProcess, GpuSnapshot, PodMeta, PodResources, PublishedDevices, Sample,
 )
@@ -175,13 +176,13 @@ def attribute(
     snapshot: GpuSnapshot,
     resources: PodResources | None,
     pods: Mapping[str, PodMeta],
-    owners: Mapping[int, ContainerRef],
+    owners: ProcessOwners,
     pod_labels: Iterable[str] = (),
     published: PublishedDevices | None = None,
 ) -> Attribution:
     """Join devices, allocations (device plugin ids and DRA claim devices, the latter named
     through ``published``), pod metadata and process owners."""
-    if resources is None and not owners:
+    if resources is None and not owners.containers:
         return Attribution()
     ids = _Ids.of(snapshot)
     pods_by_name = {(p.namespace, p.name): p for p in pods.values()}
@@ -265,7 +266,7 @@ def _usage(
     snapshot: GpuSnapshot,
     holders: Mapping[str, tuple[Holder, ...]],
     pods: Mapping[str, PodMeta],
-    owners: Mapping[int, ContainerRef],
+    owners: ProcessOwners,
 ) -> dict[str, tuple[ContainerUsage, ...]]:
     """Usage per (device, container), for every held device.
 
@@ -273,13 +274,18 @@ def _usage(
     container: its usage is the device's own reading, no process accounting needed. A shared
     device is split by process: each process is placed by its cgroup (pod uid and container id,
     named through the API server's pod metadata) and its memory and SM share summed per container.
+    A holder of a shared device without a process uses none of it (0) only when that is known:
+    the device was read this cycle, its process list too, the lists can be trusted to name every
+    process (``ProcessOwners.lists_complete``) and each process was placed. Otherwise such a
+    holder has no usage: unknown is not idle.
     """
     result: dict[str, tuple[ContainerUsage, ...]] = {}
     for gpu in snapshot.gpus:
-        devices = [(gpu.uuid, gpu.samples, gpu.processes, catalog.MEMORY_USED, catalog.UTILIZATION)] + [
-            (m.uuid, m.samples, m.processes, catalog.MIG_MEMORY_USED, None) for m in gpu.mig_devices
+        devices = [(gpu.uuid, gpu.samples, gpu.processes, gpu.processes_read, catalog.MEMORY_USED,
+                    catalog.UTILIZATION)] + [
+            (m.uuid, m.samples, m.processes, m.processes_read, catalog.MIG_MEMORY_USED, None) for m in gpu.mig_devices
         ]
-        for uuid, samples, processes, memory_metric, utilization_metric in devices:
+        for uuid, samples, processes, read, memory_metric, utilization_metric in devices:
             device_holders = holders.get(uuid, ())
             if not device_holders:
                 continue
@@ -288,7 +294,8 @@ def _usage(
                                        _reading(samples, memory_metric), _reading(samples, utilization_metric))
                 if usage.memory_used_bytes is not None or usage.utilization_ratio is not None:
                     result[uuid] = (usage,)
-            elif split := _split_by_container(processes, device_holders, pods, owners):
+            elif split := _split_by_container(processes, device_holders, pods, owners,
+                                              listed=gpu.up and read and owners.lists_complete):
                 result[uuid] = split
     return result
 
@@ -307,15 +314,24 @@ def _split_by_container(
     processes: Iterable[GpuProcess],
     device_holders: tuple[Holder, ...],
     pods: Mapping[str, PodMeta],
-    owners: Mapping[int, ContainerRef],
+    owners: ProcessOwners,
+    *,
+    listed: bool,
 ) -> tuple[ContainerUsage, ...]:
+    """The processes' usage summed per container; with ``listed`` (every process of the device
+    is known to be in ``processes``) and every process placed, each holder without a process
+    at 0."""
     sums: dict[tuple[str, str, str], list[float | None]] = {}
+    placed = True
     for process in processes:
-        ref = owners.get(process.pid)
+        ref = owners.containers.get(process.pid)
         if ref is None:
-            continue  # a host process, or one that exited
+            # A host process holds no device; a pid procfs does not show could be anyone's.
+            placed = placed and process.pid in owners.host
+            continue
         key = _container_key(ref, pods, device_holders)
         if key is None:
+            placed = False  # a container no one can name: it may be one of the holders
             continue
         memory, utilization = sums.setdefault(key, [None, None])
         if process.used_memory_bytes is not None:
@@ -323,6 +339,9 @@ def _split_by_container(
         if process.utilization_ratio is not None:
             utilization = (utilization or 0.0) + process.utilization_ratio
         sums[key] = [memory, utilization]
+    if listed and placed:
+        for h in device_holders:
+            sums.setdefault((h.namespace, h.pod, h.container), [0, 0.0])
     return tuple(
         ContainerUsage(ns, pod, container, None if mem is None else int(mem), util)
         for (ns, pod, container), (mem, util) in sorted(sums.items())

@@ -208,7 +208,7 @@ PROCESSES = _metric(
     "gpu",
 )
 
-# -- Profiling (NVML GPM, Hopper and newer), per GPU and per MIG instance ----------------------
+# -- Profiling (NVML GPM, Hopper and newer), per GPU and per MIG GPU instance -----------------
 GRAPHICS_ACTIVE = _metric(
     "nvidia_gpu_graphics_active_ratio", "gauge",
     "Fraction of the last cycle in which the graphics or compute engine was busy (0..1).", "device",
@@ -286,12 +286,14 @@ ALLOCATED_DEVICES = _metric(
 CONTAINER_MEMORY_USED = _metric(
     "nvidia_gpu_container_memory_used_bytes", "gauge",
     "Device memory a container uses on a GPU or MIG instance it holds: the device's own reading when it "
-    "holds the device alone, its processes' sum on a shared device.", "container",
+    "holds the device alone, its processes' sum on a shared device (0 for a holder without a process, when the "
+    "device's process list was read and each of its processes placed).", "container",
 )
 CONTAINER_UTILIZATION = _metric(
     "nvidia_gpu_container_utilization_ratio", "gauge",
     "Utilisation a container makes of a GPU it holds (0..1): the GPU's own reading when it holds the GPU "
-    "alone, its processes' SM share on a shared GPU.", "container",
+    "alone, its processes' SM share on a shared device (0 for a holder without a process, as for memory).",
+    "container",
 )
 
 # -- The agent itself ----------------------------------------------------------------------
@@ -302,7 +304,8 @@ BUILD_INFO = _metric(
 COLLECTOR_SUCCESS = _metric(
     "kube_gpu_exporter_collector_success", "gauge",
     "1 when the collector's last run fully succeeded (nvml: NVML up and every GPU read in time; kubelet: "
-    "pod-resources answered; kubernetes: the pod watch is connected; procfs: cgroups read).", "agent",
+    "pod-resources List and GetAllocatableResources answered; kubernetes: the pod watch is connected; procfs: "
+    "readable, and every GPU process found in it).", "agent",
     ("collector",),
 )
 COLLECTOR_DURATION = _metric(
@@ -342,6 +345,13 @@ UNRESOLVED_CLAIM_DEVICES = _metric(
     "the grace period, no slice of the pool, a device without a uuid attribute): their holders are not attributed. "
     "Present only while some are.", "agent", ("claim_namespace", "claim_name", "driver"),
 )
+UNRESOLVED_GPU_PROCESSES = _metric(
+    "kube_gpu_exporter_unresolved_gpu_processes", "gauge",
+    "GPU processes of the last cycle that procfs could not place in a container or on the host: their pid is not "
+    "in --path.procfs (the agent in a pid namespace of its own, see docs/deploy.md#shared-gpus-and-hostpid; or a "
+    "process that just exited) or procfs cannot be read. Their usage goes to no container, and the holders of "
+    "their shared device are not reported idle.", "agent",
+)
 NVML_QUERY_DURATION = _metric(
     "kube_gpu_exporter_nvml_query_duration_seconds", "gauge",
     "NVML time of the last read of every GPU, summed over GPUs, by query group (identity, static, modes, "
@@ -373,7 +383,7 @@ HTTP_REJECTED = _metric(
 _SCOPE_LABELS = {
     "gpu": "gpu, uuid",
     "mig": "gpu, uuid, gpu_instance_id, compute_instance_id",
-    "device": "gpu, uuid (+ gpu_instance_id, compute_instance_id on a MIG instance)",
+    "device": "gpu, uuid (+ gpu_instance_id on a MIG GPU instance)",
     "allocation": "gpu, uuid, gpu_instance_id, compute_instance_id (absent for a whole GPU), label_<name> "
     "for allowlisted pod labels",
     "container": "namespace, pod, container, gpu, uuid (+ gpu_instance_id, compute_instance_id on MIG)",

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 from .snapshot import ContainerRef
 
-__all__ = ["container_of", "containers_of", "parse_cgroup_file"]
+__all__ = ["NotInProcfs", "ProcessOwners", "Procfs", "container_of", "parse_cgroup_file", "shares_pid_namespace"]
 
 # A segment [<anything>-]pod<uid>[.slice] then a segment [runtime-]<container id>[.scope],
 # followed by / or the end. The uid is 32 hex digits, with '-' (cgroupfs) or '_' (systemd)
@@ -91,22 +92,117 @@ def parse_cgroup_file(text: str) -> ContainerRef | None:
     return None
 
 
+class NotInProcfs(LookupError):
+    """procfs does not show this pid: the process exited, or NVML named it in another pid
+    namespace (pid 0 included: a process NVML could not name in the agent's namespace)."""
+
+
 def container_of(pid: int, procfs: str = "/proc") -> ContainerRef | None:
-    """The container of process ``pid``; None for a host process, a process that has exited,
-    or a cgroup file that cannot be read. Never raises for those."""
+    """The container of process ``pid``, or None for a process outside any container (a host
+    process).
+
+    Raises ``NotInProcfs`` when procfs does not show the pid, and ``OSError`` when its cgroup
+    file is there but cannot be read (permissions, a broken mount): neither is "not a container".
+    """
+    if pid <= 0:
+        raise NotInProcfs(pid)
     try:
         with open(os.path.join(procfs, str(pid), "cgroup"), encoding="utf-8", errors="replace") as f:
             text = f.read()
-    except (OSError, ValueError):  # FileNotFoundError, ProcessLookupError, PermissionError...
-        return None
+    except (FileNotFoundError, ProcessLookupError):  # no such pid, or it exited while being read
+        raise NotInProcfs(pid) from None
     return parse_cgroup_file(text)
 
 
-def containers_of(pids: Iterable[int], procfs: str = "/proc") -> dict[int, ContainerRef]:
-    """pid -> ContainerRef for the pids that are in a container (the others are left out)."""
-    out: dict[int, ContainerRef] = {}
-    for pid in pids:
-        ref = container_of(pid, procfs)
-        if ref is not None:
-            out[pid] = ref
-    return out
+def shares_pid_namespace(procfs: str = "/proc") -> bool | None:
+    """Whether this process sees pids as ``procfs`` does.
+
+    A procfs names ``self`` in the pid namespace it was mounted for: True when that is this
+    process's own pid (``hostPID: true``, or the agent run on the host), False when it is
+    another (the agent in a pid namespace of its own reading the host's ``/proc`` at
+    ``/host/proc``), None when there is no ``self`` to read (not a procfs, or one of a pid
+    namespace this process is not in)."""
+    try:
+        return int(os.readlink(os.path.join(procfs, "self"))) == os.getpid()
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOwners:
+    """What procfs says about the pids of the GPU processes NVML listed in one cycle.
+
+    A pid is *placed* when procfs shows it: in a container, or on the host. The others are
+    ``missing`` from procfs or their cgroup file is ``unreadable``: nothing can tell whose they
+    are. ``lists_complete`` says whether NVML's process lists can be taken to name every process
+    on a GPU, so that a holder without a process runs nothing (see ``Procfs.lists_complete``).
+    """
+
+    containers: Mapping[int, ContainerRef] = field(default_factory=dict)
+    host: frozenset[int] = frozenset()
+    missing: frozenset[int] = frozenset()
+    unreadable: Mapping[int, str] = field(default_factory=dict)  # pid -> why
+    lists_complete: bool = False
+
+    def placed(self, pid: int) -> bool:
+        return pid in self.containers or pid in self.host
+
+
+class Procfs:
+    """The host's procfs as the agent reads it (``--path.procfs``).
+
+    ``owners()`` first reads ``<procfs>/1/cgroup``: a procfs that is not mounted (or not the
+    host's) fails there with ``OSError``, every cycle, rather than reading as "no process is in
+    a container". Then each pid is placed in its container, on the host, or not at all.
+
+    Drivers that translate the pids NVML reports into the caller's pid namespace leave out every
+    process that namespace does not see; an agent in a pid namespace of its own then gets empty
+    process lists that only look like idle GPUs. So the lists count as complete only when the
+    agent shares procfs's pid namespace, or once NVML has listed a pid that procfs places in a
+    container (a driver that reports host pids: the agent's own namespace holds no GPU process).
+    """
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+        self._shares_pid_namespace: bool | None = None
+        self._checked_namespace = False
+        self._host_pids_seen = False
+
+    @property
+    def shares_pid_namespace(self) -> bool | None:
+        """``shares_pid_namespace(root)``, read once."""
+        if not self._checked_namespace:
+            self._shares_pid_namespace = shares_pid_namespace(self.root)
+            self._checked_namespace = True
+        return self._shares_pid_namespace
+
+    @property
+    def lists_complete(self) -> bool:
+        return self.shares_pid_namespace is True or self._host_pids_seen
+
+    def check(self) -> None:
+        """Raise ``OSError`` unless ``<procfs>/1/cgroup`` can be read."""
+        with open(os.path.join(self.root, "1", "cgroup"), "rb") as f:
+            f.read()
+
+    def owners(self, pids: Iterable[int]) -> ProcessOwners:
+        self.check()
+        containers: dict[int, ContainerRef] = {}
+        host: set[int] = set()
+        missing: set[int] = set()
+        unreadable: dict[int, str] = {}
+        for pid in pids:
+            try:
+                ref = container_of(pid, self.root)
+            except NotInProcfs:
+                missing.add(pid)
+                continue
+            except OSError as exc:
+                unreadable[pid] = str(exc) or type(exc).__name__
+                continue
+            if ref is None:
+                host.add(pid)
+            else:
+                containers[pid] = ref
+        self._host_pids_seen = self._host_pids_seen or bool(containers)
+        return ProcessOwners(containers, frozenset(host), frozenset(missing), unreadable, self.lists_complete)

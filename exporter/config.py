@@ -171,7 +171,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="comma-separated DRA drivers whose ResourceClaims hold GPUs: their devices are read from the "
         "kubelet and named through their ResourceSlices; empty: none (default %(default)s)")
     add("--path.procfs", dest="procfs", default="/proc",
-        help="procfs mount, /host/proc in the DaemonSet (default %(default)s)")
+        help="the host's procfs, /host/proc in the DaemonSet: which container each GPU process runs in, to "
+        "split shared GPUs per container; empty: off (default %(default)s)")
     add("--attribution.grace-period", dest="attribution_grace_period", default=None,
         help="seconds the last known pod allocations and workloads are kept while the kubelet or "
         "the API server does not answer (default: 3 x the interval)")

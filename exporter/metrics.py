@@ -50,6 +50,7 @@ class AgentStatus:
     kubelet_enabled: bool = False  # allocatable/allocated device counts are only known then
     nvml_query_seconds: Mapping[str, float] = field(default_factory=dict)  # by query group, summed over GPUs
     http_rejected: Mapping[str, int] = field(default_factory=dict)  # by reason; empty when not serving HTTP
+    unresolved_gpu_processes: int | None = None  # GPU processes of the cycle procfs could not place; None: no procfs
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,8 @@ class _Families:
 def _add_samples(out: _Families, identity: dict[str, str], samples: Iterable[Sample]) -> None:
     for sample in samples:
         labels = dict(identity)
+        if sample.metric.scope == "device":  # profiling counts per GPU instance, not compute instance
+            labels.pop("compute_instance_id", None)
         labels.update(zip(sample.metric.labels, sample.labels))
         out.add(sample.metric, labels, sample.value)
 
@@ -183,6 +186,8 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
     out.add(catalog.GPU_SNAPSHOT_AGE, {}, status.gpu_snapshot_age_seconds)
     out.add(catalog.GPU_SNAPSHOT_STALE, {}, 1 if status.gpu_snapshot_stale else 0)
     out.add(catalog.NVML_UP, {}, 1 if status.nvml_up else 0)
+    if status.unresolved_gpu_processes is not None:
+        out.add(catalog.UNRESOLVED_GPU_PROCESSES, {}, status.unresolved_gpu_processes)
     for group, seconds in status.nvml_query_seconds.items():
         out.add(catalog.NVML_QUERY_DURATION, {"group": group}, seconds)
     for reason, count in sorted(status.http_rejected.items()):

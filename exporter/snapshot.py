@@ -41,8 +41,12 @@ class MigDevice:
     gpu_instance_id: int
     compute_instance_id: int
     profile: str  # e.g. "1g.10gb"
+    # Its readings; those of its GPU instance as a whole (profiling) only on the GPU instance's
+    # first compute instance, rendered without compute_instance_id.
     samples: tuple[Sample, ...] = ()
     processes: tuple[GpuProcess, ...] = ()
+    # The instance's process list was read this cycle: an empty ``processes`` means nothing runs.
+    processes_read: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,8 @@ class Gpu:
     samples: tuple[Sample, ...] = ()
     mig_devices: tuple[MigDevice, ...] = ()
     processes: tuple[GpuProcess, ...] = ()  # processes on the full GPU (not inside a MIG instance)
+    # The GPU's process list was read this cycle: an empty ``processes`` means nothing runs on it.
+    processes_read: bool = False
     error: str | None = None
     # Why it is down, as counted in kube_gpu_exporter_collector_errors_total{collector="nvml",kind}:
     # "gpu_is_lost" (NVML says so: GpuLost is pushed at once), "timeout" (a read hangs), "init" or

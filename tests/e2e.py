@@ -74,7 +74,10 @@ def kubelet_pods(pods: Iterable[FakePod]) -> list[dict]:
 
 
 def write_procfs(root: Path, pods: Iterable[FakePod]) -> Path:
-    """A /proc with one cgroup v2 file per GPU process (systemd driver, containerd)."""
+    """A /proc with init on the host and one cgroup v2 file per GPU process (systemd driver,
+    containerd). No ``self``: whose pid namespace it shows is not known."""
+    (root / "1").mkdir(parents=True, exist_ok=True)
+    (root / "1" / "cgroup").write_text("0::/init.scope\n")
     for p in pods:
         slice_uid = p.uid.replace("-", "_")
         for pid in p.pids:

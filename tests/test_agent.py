@@ -10,6 +10,7 @@ from e2e import samples, value
 
 from exporter import catalog
 from exporter.agent import Agent
+from exporter.cgroups import ProcessOwners
 from exporter.config import parse_config
 from exporter.snapshot import ContainerDevices, Gpu, GpuIdentity, PodMeta, PodResources, Sample
 
@@ -88,7 +89,7 @@ class Watch:
 
 def make_agent(grace: str, **sources) -> Agent:
     config = parse_config(["--collector.interval", "10", "--attribution.grace-period", grace], environ={})
-    return Agent(config, OneGpu(), process_owners=lambda pids: {}, **sources)
+    return Agent(config, OneGpu(), process_owners=lambda pids: ProcessOwners(), **sources)
 
 
 async def scrape(agent: Agent) -> str:
@@ -149,7 +150,8 @@ async def test_device_series_carry_no_pod_labels_and_the_holder_gets_the_devices
 
 async def test_counters_alerts_watch_exist_before_their_first_event():
     backend = OneGpu()
-    agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(), process_owners=lambda p: {})
+    agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(),
+                  process_owners=lambda p: ProcessOwners())
     body = await scrape(agent)
     assert xid_series(body) == ZERO_XID_SERIES
     for collector, kind in [("kubelet", "unknown_device_id"), ("kubelet", "unavailable"), ("nvml", "gpu_is_lost"),

@@ -114,7 +114,7 @@ def test_hostile_pod_names_labels_and_device_ids_keep_the_exposition_valid(pods)
              for i, (ns, name, _, _, team, workload) in enumerate(pods)}
     backend = SimulatedBackend(SCENARIO)
     agent = Agent(config, backend, pod_resources=HostileKubelet(containers), pod_metadata=HostileApi(metas),
-                  process_owners=lambda pids: {})
+                  process_owners=lambda pids: cgroups.ProcessOwners())
 
     async def cycle():
         try:
@@ -166,8 +166,9 @@ def test_unreadable_odd_and_vanishing_proc_entries_cost_nothing(tmp_path):
     (proc / "2" / "cgroup").mkdir()  # a directory where a file should be
     (proc / "3").mkdir()
     (proc / "3" / "cgroup").symlink_to(proc / "nowhere")
-    found = cgroups.containers_of([1, 2, 3, 4, -1, 2**40], str(proc))
-    assert found == {}
+    found = cgroups.Procfs(str(proc)).owners([1, 2, 3, 4, -1, 0, 2**40])
+    assert not found.containers and found.host == {1}  # garbage names no container
+    assert found.missing == {3, 4, -1, 0, 2**40} and set(found.unreadable) == {2}  # none of it raises
 
 
 # -- files: scenario, config, web config ------------------------------------------------------------

@@ -234,6 +234,50 @@ def test_gke_patch_applies_and_gives_the_driver_from_the_host(daemonset, tmp_pat
     assert "--patch-file deploy/gke-managed-drivers.patch.json" in guide
 
 
+def test_hostpid_patch_applies_with_kustomize_and_kubectl_patch_and_changes_only_hostpid(daemonset, tmp_path):
+    """deploy/hostpid.patch.yaml, the opt-in of docs/deploy.md#shared-gpus-and-hostpid: added to a
+    kustomization beside daemonset.yaml (as the guide says), and through `kubectl patch`, it
+    gives a valid DaemonSet that differs from the shipped one in hostPID alone."""
+    patch = ROOT / "deploy" / "hostpid.patch.yaml"
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(DAEMONSET_FILE, tmp_path / "daemonset.yaml")
+    shutil.copy(patch, tmp_path / "deploy" / patch.name)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["daemonset.yaml"], "patches": [{"path": f"deploy/{patch.name}"}]}))
+    built = subprocess.run([_tool("kubectl"), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    alone = tmp_path / "daemonset-alone.yaml"
+    alone.write_text(yaml.safe_dump(daemonset))
+    patched_by_kubectl = subprocess.run(
+        [_tool("kubectl"), "patch", "--local", "-f", str(alone), f"--patch-file={patch}", "-o", "json"],
+        capture_output=True, text=True, timeout=60, env=os.environ | {"KUBECONFIG": os.devnull})
+    assert patched_by_kubectl.returncode == 0, patched_by_kubectl.stderr
+    for patched in (_one(_load_all(built.stdout), "DaemonSet"), json.loads(patched_by_kubectl.stdout)):
+        kubernetes_validate.validate(patched, KUBERNETES_VERSIONS[-1], strict=True)
+        assert patched["spec"]["template"]["spec"].pop("hostPID") is True
+        expected = json.loads(json.dumps(daemonset))
+        del expected["spec"]["template"]["spec"]["hostPID"]
+        assert patched == expected
+
+
+def test_hostpid_is_off_and_every_document_says_why_the_same_way(pod):
+    """daemonset.yaml, docs/deploy.md and docs/security.md agree: hostPID false by default, the
+    patch as the opt-in, and the trade-off (uid 0 may signal root's processes) written down."""
+    assert pod["hostPID"] is False
+    anchor = "docs/deploy.md#shared-gpus-and-hostpid"
+    manifest = DAEMONSET_FILE.read_text()
+    assert anchor in manifest and "deploy/hostpid.patch.yaml" in manifest and "signal" in manifest
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    assert "\n## Shared GPUs and hostPID\n" in guide
+    assert "--patch-file deploy/hostpid.patch.yaml" in guide and "path: deploy/hostpid.patch.yaml" in guide
+    assert "every process whose uid is 0" in guide and "non-root uid" in guide
+    security = (ROOT / "docs" / "security.md").read_text()
+    assert "deploy.md#shared-gpus-and-hostpid" in security and "hostPID: false" in security
+    assert "signal every root process of the node" in security
+    assert anchor in (ROOT / "deploy" / "hostpid.patch.yaml").read_text()
+
+
 # -- Policy: every property the deployment promises ------------------------------------------
 
 

@@ -12,11 +12,14 @@ from typing import Callable
 import pytest
 
 from exporter.attribution import attribute
+from exporter.cgroups import ProcessOwners
 from exporter.kube import SliceWatcher, published_devices
 from exporter.kubelet import KubeletError, PodResourcesClient
 from exporter.snapshot import ClaimDevice, Gpu, GpuSnapshot, MigDevice, PodMeta, PodResources, PublishedDevices
 from fakekubeapi import make_resource_slice
 from fakekubelet import Container, Pod, claim, claim_device
+
+NO_OWNERS = ProcessOwners()
 
 NODE = "node-a"
 DRIVER = "gpu.nvidia.com"
@@ -100,7 +103,7 @@ def test_claim_devices_are_attributed_through_the_slices_like_device_plugin_ids(
                        dra("nb-a", "jupyter", "shared-gpu", "gpu-1"), dra("nb-b", "jupyter", "shared-gpu", "gpu-1")),
     )
     pods = {"u1": PodMeta("ml", "train", "u1", "Job", "train", phase="Running")}
-    result = attribute(SNAPSHOT, resources, pods, {}, published=SLICES)
+    result = attribute(SNAPSHOT, resources, pods, NO_OWNERS, published=SLICES)
     assert holders(result, GPU_0) == [("train", "trainer", "train-gpu", False)]
     assert holders(result, MIG_1G) == [("eval", "eval", "eval-mig", False)]
     # a claim shared by two pods: both hold the GPU, shared, as with time-slicing
@@ -123,7 +126,7 @@ def test_both_allocation_paths_on_one_node():
         allocatable={"nvidia.com/gpu": (GPU_0,)},
         claim_devices=(dra("dra", "c", "g", "gpu-1"), dra("dra-mig", "c", "m", MIG_1G_NAME)),
     )
-    result = attribute(SNAPSHOT, resources, {}, {}, published=SLICES)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=SLICES)
     assert {uuid: [h.pod for h in hs] for uuid, hs in result.holders.items()} == {
         GPU_0: ["dp"], MIG_3G: ["dp-mig"], GPU_1: ["dra"], MIG_1G: ["dra-mig"]}
     assert result.allocated == {"nvidia.com/gpu": 1, "nvidia.com/mig-3g.40gb": 1, DRIVER: 2}
@@ -135,7 +138,7 @@ def test_devices_that_match_nothing_are_unknown_never_a_wrong_gpu():
         dra("a", "c", "g", "gpu-7"),        # its slice names a GPU this node does not have
         dra("b", "c", "g", "gpu-8"),        # its pool is published but lists no such device
     ))
-    result = attribute(SNAPSHOT, resources, {}, {}, published=slices)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=slices)
     assert result.holders == {}
     assert result.unknown_ids == (f"{DRIVER}/{NODE}/gpu-7", f"{DRIVER}/{NODE}/gpu-8")
     assert result.unresolved == ()
@@ -147,7 +150,7 @@ def test_without_slices_a_gpu_is_named_by_its_minor_and_a_mig_instance_stays_unr
         dra("b", "c", "m", MIG_1G_NAME),
         dra("x", "c", "o", "gpu-0", pool="other", driver="example.com/gpu"),  # not NVIDIA's names
     ))
-    result = attribute(SNAPSHOT, resources, {}, {}, published=None)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=None)
     assert holders(result, GPU_2) == [("a", "c", "g", False)]
     assert [d.claim_name for d in result.unresolved] == ["m", "o"]
     assert result.unknown_ids == ()
@@ -156,14 +159,14 @@ def test_without_slices_a_gpu_is_named_by_its_minor_and_a_mig_instance_stays_unr
 def test_a_device_without_a_uuid_attribute_is_unresolved():
     slices = PublishedDevices({(DRIVER, NODE, "gpu-5-mig-14-0-2"): ""}, frozenset({(DRIVER, NODE)}))
     resources = PodResources(containers=(), claim_devices=(dra("a", "c", "g", "gpu-5-mig-14-0-2"),))
-    result = attribute(SNAPSHOT, resources, {}, {}, published=slices)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=slices)
     assert result.holders == {} and [d.device for d in result.unresolved] == ["gpu-5-mig-14-0-2"]
 
 
 def test_a_finished_pod_holds_no_claim_device():
     pods = {"u": PodMeta("ml", "done", "u", "Job", "j", phase="Succeeded")}
     resources = PodResources(containers=(), claim_devices=(dra("done", "c", "g", "gpu-0"),))
-    assert attribute(SNAPSHOT, resources, pods, {}, published=SLICES).holders == {}
+    assert attribute(SNAPSHOT, resources, pods, NO_OWNERS, published=SLICES).holders == {}
 
 
 def test_only_the_newest_generation_of_a_pool_counts():
@@ -288,7 +291,8 @@ def test_scenario_claims_flow_through_attribution():
     backend = SimulatedBackend(load_scenario_text(SCENARIO))
     cluster = backend.cluster
     snapshot = GpuSnapshot(gpus=tuple(backend.read_gpu(i) for i in range(backend.device_count())), taken=0.0)
-    result = attribute(snapshot, cluster.pod_resources(), cluster.pod_meta(), {}, published=cluster.published_devices())
+    result = attribute(snapshot, cluster.pod_resources(), cluster.pod_meta(), NO_OWNERS,
+                       published=cluster.published_devices())
     gpu0, mig = snapshot.gpus[0].uuid, snapshot.gpus[1].mig_devices[0].uuid
     assert holders(result, gpu0) == [("a", "c", "shared", True), ("b", "c", "shared", True)]
     assert holders(result, mig) == [("m", "c", "mig", False)]

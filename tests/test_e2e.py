@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e import GIB, GPU, MIG_1G, MIG_3G, NODE, OWNERS, PODS, AgentProcess, kubelet_pods, samples, value, write_procfs
+from e2e import (GIB, GPU, MIG_1G, MIG_3G, NODE, OWNERS, PODS, AgentProcess, FakePod, kubelet_pods, samples, value,
+                 write_procfs)
 from fakekubeapi import make_pod
 from fakekubelet import FakeKubelet
 
@@ -185,6 +186,38 @@ def test_labels_in_every_allocation_mode(cluster):
     assert {labels["gpu"] for labels, _ in samples(body, "nvidia_gpu_allocation_info", pod="big")} == {"0", "1"}
     assert value(body, "nvidia_gpu_container_utilization_ratio", gpu="1", pod="big") == pytest.approx(
         value(body, "nvidia_gpu_utilization_ratio", gpu="1"))
+
+
+def test_an_idle_holder_of_a_shared_gpu_reads_zero_until_a_gpu_process_cannot_be_placed(cluster):
+    """Issue 17, items 5 and 7, on the running agent. A third notebook holds a replica of the
+    time-sliced GPU 1 and runs nothing: usage 0, which the idle alerts need. Then NVML lists a
+    process procfs does not show (pid 0: the agent in a pid namespace of its own): it is counted,
+    the fix is named once, and the idle notebook is no longer reported idle (unknown is not idle)."""
+    idle = FakePod("research", "nb-c-9e8d-z3", "66666666-0000-4000-8000-000000000001", None, "jupyter",
+                   "c0ffee06" * 8, "nvidia.com/gpu.shared", (f"{GPU[1]}::2",))
+    cluster.api.add_pod(make_pod(idle.namespace, idle.name, uid=idle.uid, node=NODE,
+                                 containers={idle.container: idle.container_id}))
+    cluster.kubelet.set_pods(kubelet_pods(PODS + (idle,)))
+    agent = cluster()
+    body = agent.wait_for(
+        lambda b: settled(b) and value(b, "nvidia_gpu_container_utilization_ratio", pod=idle.name) == 0,
+        what="the idle holder at 0")
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod=idle.name) == 0
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod="nb-a-7d9f-x1") == 4 * GIB
+    assert value(body, "kube_gpu_exporter_collector_success", collector="procfs") == 1
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="procfs", kind="unresolved_pid") == 0
+    assert value(body, "kube_gpu_exporter_unresolved_gpu_processes") == 0
+
+    cluster.nvml.update_gpu(1, processes=[(5001, 4 * GIB, 30), (5002, 8 * GIB, 50), (0, GIB, 10)])
+    body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_unresolved_gpu_processes") == 1,
+                          what="the unresolved process counted")
+    assert not samples(body, "nvidia_gpu_container_utilization_ratio", pod=idle.name)
+    assert not samples(body, "nvidia_gpu_container_memory_used_bytes", pod=idle.name)
+    assert value(body, "nvidia_gpu_container_memory_used_bytes", pod="nb-a-7d9f-x1") == 4 * GIB  # still placed
+    assert value(body, "kube_gpu_exporter_collector_success", collector="procfs") == 0
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="procfs", kind="unresolved_pid") >= 1
+    agent.after_cycles(2)
+    assert agent.stderr().count("hostPID: true") == 1
 
 
 def test_losing_kubelet_or_api_server_costs_only_attribution_after_a_grace_period(cluster):

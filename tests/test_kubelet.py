@@ -290,7 +290,8 @@ async def test_slow_server_times_out_promptly(fake_kubelet):
 async def test_both_calls_share_one_deadline(fake_kubelet):
     # 2 s per call, 3 s for the cycle: List fits (1 s to spare), GetAllocatableResources does
     # not; with a deadline of its own it would succeed at 4 s. The call returns at the shared
-    # deadline (3 s), well before the server would answer (4 s).
+    # deadline (3 s), well before the server would answer (4 s), with the List it has.
+    fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
     fake_kubelet.delay = 2.0
     c = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=3.0)
     try:
@@ -298,8 +299,9 @@ async def test_both_calls_share_one_deadline(fake_kubelet):
         with pytest.raises(KubeletError) as ei:
             await c.list_resources()
         elapsed = time.monotonic() - t0
-        assert ei.value.kind == "timeout"
+        assert ei.value.kind == "allocatable" and "no answer within 3s" in str(ei.value)
         assert "GetAllocatableResources" in str(ei.value)
+        assert [r.pod for r in ei.value.resources.containers] == ["p"]
         assert 2.5 <= elapsed < 3.9
     finally:
         await c.close()
@@ -326,12 +328,32 @@ async def test_unavailable_status_from_server(fake_kubelet, client):
     assert ei.value.kind == "unavailable"
 
 
-async def test_allocatable_error_fails_the_cycle(fake_kubelet, client):
-    fake_kubelet.set_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit", method="GetAllocatableResources")
+async def test_a_failed_allocatable_call_keeps_the_good_list(fake_kubelet, client):
+    """GetAllocatableResources rejected (the kubelet's rate limit) after a good List: the List
+    stands, with the allocatable devices of the last good answer, under its own error kind."""
+    fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
+    fake_kubelet.set_allocatable({"nvidia.com/gpu": [GPU_A, GPU_B]})
+    good = await client.list_resources()
+    fake_kubelet.set_pods([pod("ml", "q", {"c": {"nvidia.com/gpu": [GPU_B]}})])
+    fake_kubelet.set_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit",
+                           method="GetAllocatableResources")
     with pytest.raises(KubeletError) as ei:
         await client.list_resources()
-    assert ei.value.kind == "rpc_error"
-    assert "GetAllocatableResources" in str(ei.value)
+    assert ei.value.kind == "allocatable"
+    assert "GetAllocatableResources" in str(ei.value) and "RESOURCE_EXHAUSTED" in str(ei.value)
+    assert [r.pod for r in ei.value.resources.containers] == ["q"]  # this cycle's List
+    assert ei.value.resources.allocatable == good.allocatable == {"nvidia.com/gpu": (GPU_A, GPU_B)}
+    assert "allocatable" in PodResourcesClient.ERROR_KINDS  # present at 0 from the start
+    fake_kubelet.clear_errors()
+    assert [r.pod for r in (await client.list_resources()).containers] == ["q"]
+
+
+async def test_a_failed_list_is_no_allocatable_error(fake_kubelet, client):
+    fake_kubelet.set_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit", method="List")
+    with pytest.raises(KubeletError) as ei:
+        await client.list_resources()
+    assert ei.value.kind == "rpc_error" and ei.value.resources is None
+    assert fake_kubelet.calls["GetAllocatableResources"] == 0
 
 
 async def test_undecodable_response_is_invalid_response(fake_kubelet, client):
@@ -351,7 +373,7 @@ async def test_gpu_on_nameless_container_is_invalid_response(fake_kubelet, clien
 
 
 def test_error_kinds_are_fixed():
-    assert KubeletError.KINDS == {"unavailable", "timeout", "rpc_error", "invalid_response"}
+    assert KubeletError.KINDS == {"unavailable", "timeout", "rpc_error", "invalid_response", "allocatable"}
     with pytest.raises(ValueError):
         KubeletError("oops", "x")
     e = KubeletError("timeout", "slow")
@@ -456,3 +478,31 @@ def test_fake_stop_start_same_path():
         fake.start()
         assert os.path.exists(path) and fake.running
     assert not os.path.exists(path)
+
+
+async def test_the_agent_counts_a_failed_allocatable_call_apart_and_keeps_the_allocations(fake_kubelet):
+    from e2e import samples, value
+    from test_agent import GPU, OneGpu
+
+    from exporter.agent import Agent
+    from exporter.cgroups import ProcessOwners
+    from exporter.config import parse_config
+
+    fake_kubelet.set_pods([pod("ml", "train-0", {"c": {"nvidia.com/gpu": [GPU]}})])
+    fake_kubelet.set_allocatable({"nvidia.com/gpu": [GPU]})
+    client = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=5.0)
+    agent = Agent(parse_config([], environ={}), OneGpu(), pod_resources=client,
+                  process_owners=lambda pids: ProcessOwners())
+    try:
+        body = (await agent.collect_once()).text.decode()
+        assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="allocatable") == 0
+        fake_kubelet.set_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected", method="GetAllocatableResources")
+        body = (await agent.collect_once()).text.decode()
+    finally:
+        await client.close()
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="allocatable") == 1
+    assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="rpc_error") == 0
+    assert value(body, "kube_gpu_exporter_collector_success", collector="kubelet") == 0
+    assert [labels["pod"] for labels, _ in samples(body, "nvidia_gpu_allocation_info")] == ["train-0"]
+    assert value(body, "nvidia_gpu_allocatable_devices", resource="nvidia.com/gpu") == 1  # the last good count
+    assert value(body, "nvidia_gpu_container_utilization_ratio", pod="train-0") == 0.5

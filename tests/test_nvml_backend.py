@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -402,6 +403,56 @@ def test_idle_processes_have_zero_utilization(fake_nvml: FakeNode, started: Nvml
     assert {p.pid: p.utilization_ratio for p in started.read_gpu(1).processes} == {100: None, 200: None}
 
 
+@pytest.mark.parametrize(("refusal", "read"), [
+    ({}, True),
+    ({"unsupported": ["mps_processes"]}, True),  # no MPS: the plain list is all there is
+    ({"fail": {"processes": 999}}, False),  # NVML_ERROR_UNKNOWN: nothing is known about what runs
+    ({"unsupported": ["processes"]}, False),
+    ({"fail": {"mps_processes": 999}}, False),  # MPS clients unknown
+], ids=["both", "no-mps", "plain-failed", "plain-refused", "mps-failed"])
+def test_a_process_list_is_read_only_when_nvml_answered_it(
+    fake_nvml: FakeNode, started: NvmlBackend, refusal: dict, read: bool
+) -> None:
+    fake_nvml.update_gpu(1, processes=[], **refusal)  # an empty list: nothing runs, if it was read
+    g = started.read_gpu(1)
+    assert g.processes == () and g.processes_read is read
+
+
+def test_a_mig_instance_list_is_read_if_its_own_or_the_parents_was(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    assert [m.processes_read for m in started.read_gpu(2).mig_devices] == [True, True]
+    fake_nvml.update_gpu(2, fail={"mig_processes": 4})  # own lists refused: the parent's names every instance's
+    assert [m.processes_read for m in started.read_gpu(2).mig_devices] == [True, True]
+    fake_nvml.update_gpu(2, fail={"mig_processes": 4, "processes": 4})
+    g = started.read_gpu(2)
+    assert [m.processes_read for m in g.mig_devices] == [False, False] and not g.processes_read
+
+
+def test_an_idle_holder_of_a_shared_gpu_reads_zero_through_nvml(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    """Issue 17, item 5, through the real pynvml: GPU 1 time-sliced between nb-a (pid 5001, with
+    memory but no SM sample in the window: NOT_FOUND) and nb-b (no process)."""
+    from exporter.attribution import attribute
+    from exporter.cgroups import ProcessOwners
+    from exporter.snapshot import ContainerDevices, ContainerRef, GpuSnapshot, PodMeta, PodResources
+
+    uuid = fake_nvml.gpus[1]["uuid"]
+    resources = PodResources(tuple(ContainerDevices("ml", pod, "c", "nvidia.com/gpu.shared", (f"{uuid}::{i}",))
+                                   for i, pod in enumerate(("nb-a", "nb-b"))))
+    pods = {"ua": PodMeta("ml", "nb-a", "ua", "Deployment", "nb", container_ids={"ca": "c"})}
+    owners = ProcessOwners({5001: ContainerRef("ua", "ca")}, lists_complete=True)
+
+    def usage() -> dict[str, tuple[float | None, float | None]]:
+        snapshot = GpuSnapshot((started.read_gpu(1),), taken=0.0)
+        return {u.pod: (u.memory_used_bytes, u.utilization_ratio)
+                for u in attribute(snapshot, resources, pods, owners).usage.get(uuid, ())}
+
+    fake_nvml.update_gpu(1, processes=[(5001, 4 * GIB, 0)])
+    assert usage() == {"nb-a": (4 * GIB, 0.0), "nb-b": (0, 0.0)}
+    fake_nvml.update_gpu(1, processes=[(5001, 4 * GIB, 60)])
+    assert usage() == {"nb-a": (4 * GIB, pytest.approx(0.6)), "nb-b": (0, 0.0)}
+    fake_nvml.update_gpu(1, fail={"processes": 999})  # the list not read: nb-b's usage is unknown, not 0
+    assert usage() == {}
+
+
 def test_process_utilization_reads_since_the_last_sample(
     fake_nvml: FakeNode, started: NvmlBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -721,3 +772,19 @@ def test_process_lists_are_sized_first(fake_nvml: FakeNode, started: NvmlBackend
     fake_nvml.update_gpu(1, processes=[])
     assert started.read_gpu(1).processes == ()
     assert fake_nvml.stat(1, "process_list_sizing") == 1  # nothing to size: SUCCESS at once
+
+
+def test_the_pid_namespace_probe_for_a_real_gpu_runs(fake_nvml: FakeNode, tmp_path: Path) -> None:
+    """bench/nvml_pids.py is what docs/deploy.md#shared-gpus-and-hostpid asks to run on a GPU
+    node; here, on the fake, it must at least run and report each list and sample by pid."""
+    import json
+
+    fake_nvml.update_gpu(1, processes=[(os.getpid(), GIB, 40)])
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "nvml_pids.py")], env=fake_nvml.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["driver"] == "550.54.15" and out["host_proc_self"] == str(out["pid"])
+    gpu = out["gpus"][1]
+    assert gpu["processes"] == [{"pid": os.getpid(), "in_own_proc": True, "in_host_proc": True, "used_bytes": GIB}]
+    assert [s["pid"] for s in gpu["utilization_samples"]] == [os.getpid()]

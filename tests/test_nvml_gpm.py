@@ -134,6 +134,41 @@ def test_mig_instances_carry_their_own_gpu_instance_metrics(fake_nvml: FakeNode,
     assert_no_leak(fake_nvml)
 
 
+def test_a_gpu_instance_with_two_compute_instances_reports_its_metrics_once(
+    fake_nvml: FakeNode, backend: NvmlBackend
+) -> None:
+    """GPM counts per GPU instance: two compute instances of GPU instance 1 must not each carry
+    its values (a sum over them would count it twice). The series is labelled by the GPU
+    instance, without compute_instance_id."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.attribution import Attribution
+    from exporter.metrics import AgentStatus, Renderer
+    from exporter.snapshot import GpuSnapshot
+
+    fake_nvml.gpus = [h100(0, mig_mode=1, processes=[], mig=[
+        {"uuid": "MIG-a1", "gi": 1, "ci": 1, "profile": "1c.4g.40gb", "mem_total": 40 * GIB, "gpm": {2: 80.0}},
+        {"uuid": "MIG-a0", "gi": 1, "ci": 0, "profile": "3c.4g.40gb", "mem_total": 40 * GIB, "gpm": {2: 80.0}},
+        {"uuid": "MIG-b", "gi": 5, "ci": 0, "profile": "1g.10gb", "mem_total": 10 * GIB, "gpm": {2: 10.0}},
+    ])]
+    fake_nvml.write()
+    backend.read_gpu(0)
+    g = backend.read_gpu(0)
+    by_uuid = {m.uuid: m for m in g.mig_devices}
+    assert value(by_uuid["MIG-a0"], catalog.SM_ACTIVE) == 0.8 and not profiling(by_uuid["MIG-a1"])
+    assert value(by_uuid["MIG-b"], catalog.SM_ACTIVE) == 0.1
+    assert fake_nvml.stat(0, "calls.gpm_sample") == 2 * 3  # the GPU and each GPU instance, once a read
+
+    text = Renderer(process_metrics=False).render(
+        GpuSnapshot((g,), taken=0.0), Attribution(), AgentStatus(simulated=False, nvml_up=True)).text.decode()
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == catalog.SM_ACTIVE.name]
+    per_instance = {s.labels.get("gpu_instance_id", ""): (s.value, s.labels) for s in family.samples}
+    assert {k: v for k, (v, _) in per_instance.items()} == {"": 0.96, "1": 0.8, "5": 0.1}
+    assert not any("compute_instance_id" in labels for _, labels in per_instance.values())
+    backend.stop()
+    assert_no_leak(fake_nvml)
+
+
 def test_a_gpu_lost_and_back_starts_over_without_leaking(fake_nvml: FakeNode, backend: NvmlBackend) -> None:
     backend.read_gpu(0)
     assert profiling(backend.read_gpu(0))

@@ -11,6 +11,7 @@ import pytest
 from exporter import catalog, vocabulary
 from exporter.backend import GpuReadError
 from exporter.simulate import SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text
+from exporter.snapshot import GpuSnapshot
 
 
 class FakeClock:
@@ -446,3 +447,61 @@ def test_what_a_model_does_not_report_is_logged_once_at_debug(caplog):
     lines = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
     assert len(lines) == len(backend.scenario.gpus)  # the built-in H100 SXM boards have no fan
     assert all("fan speed" in line for line in lines)
+
+
+def test_an_idle_holder_of_a_simulated_shared_gpu_reads_zero(clock):
+    """Issue 17, item 5, through the simulated node's sources: the second replica's holder runs
+    nothing, and the simulated procfs knows every pid (the agent shares the host's pid namespace)."""
+    from exporter.attribution import attribute
+    from exporter.simulate import process_owners
+
+    s = scenario("""
+        node: {name: n1}
+        gpus:
+          - {model: NVIDIA H100 80GB HBM3, sharing: {replicas: 2}, load: {pattern: constant, level: 0.5}}
+        pods:
+          - namespace: a
+            name: busy
+            containers:
+              - {name: c, resource: nvidia.com/gpu.shared, devices: [{gpu: 0, replica: 0}],
+                 processes: [{memory: 1GiB, utilization: 1.0}]}
+          - namespace: a
+            name: idle
+            containers:
+              - {name: c, resource: nvidia.com/gpu.shared, devices: [{gpu: 0, replica: 1}]}
+    """)
+    backend = SimulatedBackend(s, clock=clock)
+    gpu = backend.read_gpu(0)
+    assert gpu.processes_read
+    snapshot = GpuSnapshot((gpu,), taken=0.0)
+    pids = [p.pid for p in gpu.processes]
+    result = attribute(snapshot, backend.cluster.pod_resources(), backend.cluster.pod_meta(),
+                       process_owners(backend.cluster)(pids))
+    usage = {u.pod: (u.memory_used_bytes, u.utilization_ratio) for u in result.usage[gpu.uuid]}
+    assert usage["idle"] == (0, 0.0) and usage["busy"][1] > 0.4  # the constant load, with its noise
+
+
+def test_simulated_profiling_of_a_mig_gpu_instance_comes_once(clock):
+    """GPM counts per GPU instance: of two compute instances of one GPU instance, only the first
+    carries its metrics."""
+    s = scenario("""
+        node: {name: n1}
+        gpus:
+          - model: NVIDIA H100 80GB HBM3
+            load: {pattern: constant, level: 0.8}
+            mig:
+              - {profile: 4g.40gb, gpu_instance_id: 1, compute_instance_id: 0}
+              - {profile: 4g.40gb, gpu_instance_id: 1, compute_instance_id: 1}
+              - {profile: 3g.40gb, gpu_instance_id: 2, compute_instance_id: 0}
+        pods:
+          - namespace: a
+            name: p
+            containers:
+              - {name: c, resource: nvidia.com/mig-4g.40gb, devices: [{gpu: 0, mig: 1, compute_instance_id: 1}],
+                 processes: [{memory: 1GiB}]}
+    """)
+    g = SimulatedBackend(s, clock=clock).read_gpu(0)
+    sm = {(m.gpu_instance_id, m.compute_instance_id): value(m, catalog.SM_ACTIVE) for m in g.mig_devices}
+    # busy through its second compute instance; reported on the first, once; the idle instance at 0
+    assert sm == {(1, 0): value(g, catalog.SM_ACTIVE), (1, 1): None, (2, 0): 0.0}
+    assert all(m.processes_read for m in g.mig_devices)

@@ -56,17 +56,22 @@ class KubeletError(Exception):
     * ``unavailable``: socket absent, connection refused, kubelet restarting;
     * ``timeout``: no answer within the client's timeout (DEADLINE_EXCEEDED);
     * ``rpc_error``: any other gRPC status (e.g. RESOURCE_EXHAUSTED from the kubelet's rate limit);
-    * ``invalid_response``: an answer that cannot be decoded or lacks pod/container names.
+    * ``invalid_response``: an answer that cannot be decoded or lacks pod/container names;
+    * ``allocatable``: ``List`` answered but ``GetAllocatableResources`` failed (for any of the
+      reasons above; the message says which). ``resources`` then holds the good ``List`` with
+      the allocatable devices of the last good answer: the allocations stand, only the count of
+      allocatable devices may be old.
     """
 
-    KINDS = frozenset({"unavailable", "timeout", "rpc_error", "invalid_response"})
+    KINDS = frozenset({"unavailable", "timeout", "rpc_error", "invalid_response", "allocatable"})
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, resources: PodResources | None = None) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"unknown KubeletError kind {kind!r}")
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.resources = resources
 
     def __repr__(self) -> str:
         return f"KubeletError({self.kind!r}, {self.message!r})"
@@ -108,6 +113,7 @@ class PodResourcesClient:
         self._channel: Channel | None = None
         self._stub: dict[str, UnaryUnaryMethod] | None = None
         self._allocatable_unsupported_logged = False
+        self._allocatable: dict[str, tuple[str, ...]] = {}  # the last good GetAllocatableResources
 
     def wants(self, resource_name: str) -> bool:
         """True when devices of ``resource_name`` are GPU devices this client reports."""
@@ -146,7 +152,9 @@ class PodResourcesClient:
         ``GetAllocatableResources`` (UNIMPLEMENTED, or disabled by its feature gate) gives an
         empty ``allocatable``, logged once per client.
 
-        Raises ``KubeletError``; logs nothing per call (the caller logs and counts).
+        Raises ``KubeletError``; logs nothing per call (the caller logs and counts). A failed
+        ``GetAllocatableResources`` after a good ``List`` raises kind ``allocatable`` with the
+        ``List`` in ``resources``: one failed call does not cost the other's answer.
         """
         deadline = time.monotonic() + self.timeout_seconds
         reused = self._stub is not None
@@ -162,10 +170,13 @@ class PodResourcesClient:
             listed = await self._call("List", deadline)
         containers = self._containers(listed)
         claim_devices = self._claim_devices(listed)
-        allocatable: dict[str, tuple[str, ...]] = {}
         try:
             alloc = await self._call("GetAllocatableResources", deadline)
+        except KubeletError as exc:
+            kept = PodResources(containers=containers, allocatable=self._allocatable, claim_devices=claim_devices)
+            raise KubeletError("allocatable", exc.message, resources=kept) from None
         except _AllocatableUnsupported as exc:
+            self._allocatable = {}
             if not self._allocatable_unsupported_logged:
                 self._allocatable_unsupported_logged = True
                 log.info(
@@ -175,8 +186,8 @@ class PodResourcesClient:
                     exc,
                 )
         else:
-            allocatable = self._allocatable(alloc.devices)
-        return PodResources(containers=containers, allocatable=allocatable, claim_devices=claim_devices)
+            self._allocatable = self._allocatable_devices(alloc.devices)
+        return PodResources(containers=containers, allocatable=self._allocatable, claim_devices=claim_devices)
 
     async def _call(self, name: str, deadline: float):
         request_type, response_type = _TYPES[name]
@@ -271,7 +282,7 @@ class PodResourcesClient:
                 f"pod={pod.name!r}, container={container.name!r})",
             )
 
-    def _allocatable(self, devices: Iterable[api_pb2.ContainerDevices]) -> dict[str, tuple[str, ...]]:
+    def _allocatable_devices(self, devices: Iterable[api_pb2.ContainerDevices]) -> dict[str, tuple[str, ...]]:
         by_resource: dict[str, set[str]] = {}
         for dev in devices:
             if self.wants(dev.resource_name):

@@ -16,7 +16,7 @@ import pynvml
 
 from ..snapshot import GpuProcess
 from ..vocabulary import NOT_MIG, RATIO_PER_PERCENT
-from .policy import ReadPolicy
+from .policy import ABSENT, ReadPolicy
 from .units import scaled
 
 Instance = tuple[int, int]  # (gpuInstanceId, computeInstanceId); (NOT_MIG, NOT_MIG) on the full GPU
@@ -26,16 +26,25 @@ Instance = tuple[int, int]  # (gpuInstanceId, computeInstanceId); (NOT_MIG, NOT_
 _NO_UTIL_SAMPLES = frozenset({pynvml.NVML_SUCCESS, pynvml.NVML_ERROR_NOT_FOUND})
 
 
-def listed_processes(policy: ReadPolicy, index: int, what: str, handle: Any) -> list[tuple[Instance, GpuProcess]]:
+def listed_processes(
+    policy: ReadPolicy, index: int, what: str, handle: Any
+) -> tuple[list[tuple[Instance, GpuProcess]], bool]:
     """(instance, process) for the compute processes of a GPU or MIG handle: the plain list,
-    then the MPS list (NOT_SUPPORTED / FUNCTION_NOT_FOUND there means no MPS).
+    then the MPS list (NOT_SUPPORTED / FUNCTION_NOT_FOUND there means no MPS); and whether both
+    were read, so that an empty list means that nothing runs (a failed or refused plain list,
+    or a failed MPS list, says nothing about what runs).
 
     The ``_v3`` names on purpose: pynvml's unversioned wrappers turn FUNCTION_NOT_FOUND (an
     older driver) into ``NVMLLibraryMismatchError``, which is no ``NVMLError``. Both size the
     list first (NVML answers INSUFFICIENT_SIZE when there are processes)."""
-    plain = policy.optional(index, what, pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle) or []
-    mps = policy.optional(index, f"{what}_mps", pynvml.nvmlDeviceGetMPSComputeRunningProcesses_v3, handle) or []
-    return [(_instance_of(p), _process_of(p)) for p in [*plain, *mps]]
+    plain = policy.optional(index, what, pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle)
+    try:
+        mps = pynvml.nvmlDeviceGetMPSComputeRunningProcesses_v3(handle)
+    except pynvml.NVMLError as e:
+        policy.failed(index, f"{what}_mps", e)
+        mps = [] if e.value in ABSENT else None
+    listed = [(_instance_of(p), _process_of(p)) for p in [*(plain or ()), *(mps or ())]]
+    return listed, plain is not None and mps is not None
 
 
 def _instance_of(p: Any) -> Instance:

@@ -195,14 +195,14 @@ class GpuReader:
         self.samples.extend(self._slow_counters())
         # XID counters are not read here: the collector adds them (GpuBackend.xid_counts).
         with group("processes"):
-            migs, procs = self._devices_and_processes(identity.info.get("model", ""), mig_enabled)
+            migs, procs, procs_read = self._devices_and_processes(identity.info.get("model", ""), mig_enabled)
         self.add(catalog.PROCESSES, len(procs) + sum(len(m.processes) for m in migs))
         if self.cadence.profiling:
             with group("profiling"):
                 migs = self._profiling(migs)
         return Gpu(index=self.index, uuid=identity.uuid, up=True, minor_number=identity.minor_number,
                    info={**identity.info, **modes}, samples=tuple(self.samples), mig_devices=migs,
-                   processes=procs, nvml_seconds=dict(self.timer.seconds))
+                   processes=procs, processes_read=procs_read, nvml_seconds=dict(self.timer.seconds))
 
     # -- static facts and slow counters ------------------------------------------------------
     def _static_facts(self) -> tuple[Sample, ...]:
@@ -437,20 +437,23 @@ class GpuReader:
     # -- MIG and processes -----------------------------------------------------------------------
     def _devices_and_processes(
         self, name: str, mig_enabled: bool
-    ) -> tuple[tuple[MigDevice, ...], tuple[GpuProcess, ...]]:
-        """MIG devices (with their processes) and the processes on the full GPU. NVML has no
-        per-process utilisation in MIG mode, so none is asked for there."""
-        listed = processes.listed_processes(self.policy, self.index, "processes", self.h)
+    ) -> tuple[tuple[MigDevice, ...], tuple[GpuProcess, ...], bool]:
+        """MIG devices (with their processes), the processes on the full GPU and whether the
+        GPU's list was read. NVML has no per-process utilisation in MIG mode, so none is asked
+        for there."""
+        listed, read = processes.listed_processes(self.policy, self.index, "processes", self.h)
         if not mig_enabled:
             procs, self.state.util_since = processes.with_utilization(
                 self.policy, self.index, self.h, processes.merge_processes(p for _, p in listed),
                 self.state.util_since)
-            return (), procs
+            return (), procs, read
         by_instance = processes.split_by_instance(listed)
-        return self._mig_devices(name, by_instance), processes.on_full_gpu(listed)
+        return self._mig_devices(name, by_instance, read), processes.on_full_gpu(listed), read
 
     def _profiling(self, migs: tuple[MigDevice, ...]) -> tuple[MigDevice, ...]:
-        """GPM metrics of the GPU and of each GPU instance, where the GPU serves GPM."""
+        """GPM metrics of the GPU and of each GPU instance, where the GPU serves GPM. GPM counts
+        per GPU instance, not per compute instance: a GPU instance's metrics go on its first
+        compute instance alone (``gpu_instances_first``), so that no sum counts them twice."""
         if not self.state.gpm_checked:
             self.state.gpm_checked = True
             if gpm.supported(self.policy, self.index, self.h):
@@ -462,11 +465,12 @@ class GpuReader:
         instances = {m.gpu_instance_id for m in migs}
         sampler.retain(instances)
         by_instance = {gi: tuple(sampler.read(self.h, gi)) for gi in sorted(instances)}
-        return tuple(replace(m, samples=m.samples + by_instance[m.gpu_instance_id]) if by_instance[m.gpu_instance_id]
-                     else m for m in migs)
+        carriers = gpu_instances_first(migs)
+        return tuple(replace(m, samples=m.samples + by_instance[m.gpu_instance_id]) if m.uuid in carriers else m
+                     for m in migs)
 
     def _mig_devices(
-        self, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]]
+        self, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]], parent_read: bool
     ) -> tuple[MigDevice, ...]:
         count = self.opt("mig", pynvml.nvmlDeviceGetMaxMigDeviceCount, self.h)
         devices = []
@@ -477,14 +481,16 @@ class GpuReader:
                 if e.value not in _NO_MIG_DEVICE:
                     self.policy.failed(self.index, "mig", e)
                 continue
-            device = self._mig_device(mig, parent_name, by_instance)
+            device = self._mig_device(mig, parent_name, by_instance, parent_read)
             if device is not None:
                 devices.append(device)
         return tuple(devices)
 
     def _mig_device(
-        self, mig: Any, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]]
+        self, mig: Any, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]], parent_read: bool
     ) -> MigDevice | None:
+        """One MIG device. Its processes are its own list merged with the parent's entries for
+        it; either list, read, names them all (the parent's holds every instance's)."""
         uuid = self.opt("mig_uuid", pynvml.nvmlDeviceGetUUID, mig)
         gi = self.opt("mig_gpu_instance_id", pynvml.nvmlDeviceGetGpuInstanceId, mig)
         ci = self.opt("mig_compute_instance_id", pynvml.nvmlDeviceGetComputeInstanceId, mig)
@@ -497,12 +503,22 @@ class GpuReader:
             total, used, free, _reserved = mem
             samples += [Sample(catalog.MIG_MEMORY_TOTAL, float(total)), Sample(catalog.MIG_MEMORY_USED, float(used)),
                         Sample(catalog.MIG_MEMORY_FREE, float(free))]
-        own = (p for _, p in processes.listed_processes(self.policy, self.index, "mig_processes", mig))
-        procs = processes.merge_processes(own, by_instance.get((int(gi), int(ci)), ()))
+        own, own_read = processes.listed_processes(self.policy, self.index, "mig_processes", mig)
+        procs = processes.merge_processes((p for _, p in own), by_instance.get((int(gi), int(ci)), ()))
         samples.append(Sample(catalog.MIG_PROCESSES, float(len(procs))))
         return MigDevice(uuid=text(uuid), gpu_instance_id=int(gi), compute_instance_id=int(ci),
                          profile=mig_profile(text(name) if name is not None else "", parent_name),
-                         samples=tuple(samples), processes=procs)
+                         samples=tuple(samples), processes=procs, processes_read=own_read or parent_read)
+
+
+def gpu_instances_first(migs: tuple[MigDevice, ...]) -> set[str]:
+    """The uuid of the first compute instance (lowest id) of each GPU instance: the one that
+    carries the GPU instance's own readings (GPM), which the renderer labels without
+    ``compute_instance_id``."""
+    first: dict[int, str] = {}
+    for m in sorted(migs, key=lambda m: (m.gpu_instance_id, m.compute_instance_id)):
+        first.setdefault(m.gpu_instance_id, m.uuid)
+    return set(first.values())
 
 
 def _enabled(on: bool) -> str:

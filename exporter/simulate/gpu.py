@@ -38,7 +38,7 @@ _VIOLATION_CAUSES: dict[str, tuple[str, ...]] = {
 
 
 def profiling_share(samples: list[Sample], profile: str, busy: bool) -> tuple[Sample, ...]:
-    """A MIG instance's GPM metrics: the GPU's activity ratios (load is set per GPU) where the
+    """A MIG GPU instance's GPM metrics: the GPU's activity ratios (load is set per GPU) where the
     instance runs processes, else zero; its traffic scaled by its share of the GPU's slices
     ("3g.40gb": 3 of 7)."""
     if not busy:
@@ -424,18 +424,24 @@ class SimulatedGpu:
         profiling = self.profiling(t)
         s.extend(profiling)
 
+        # GPM counts per GPU instance: its first compute instance carries them (as NVML's reader does)
+        busy_instances = {m.gpu_instance_id for m in g.mig if per_mig[m.uuid]}
+        carriers = {min((m for m in g.mig if m.gpu_instance_id == gi), key=lambda m: m.compute_instance_id).uuid
+                    for gi in {m.gpu_instance_id for m in g.mig}}
         migs = []
         for m in g.mig:
             ps = per_mig[m.uuid]
             m_used = sum(p.used_memory_bytes or 0 for p in ps)
+            busy_instance = m.gpu_instance_id in busy_instances
+            gpm = profiling_share(profiling, m.profile, busy_instance) if m.uuid in carriers else ()
             migs.append(MigDevice(
                 uuid=m.uuid, gpu_instance_id=m.gpu_instance_id, compute_instance_id=m.compute_instance_id,
-                profile=m.profile, processes=tuple(ps),
+                profile=m.profile, processes=tuple(ps), processes_read=True,
                 samples=(Sample(C.MIG_MEMORY_TOTAL, float(m.memory)), Sample(C.MIG_MEMORY_USED, float(m_used)),
                          Sample(C.MIG_MEMORY_FREE, float(max(0, m.memory - m_used))),
-                         Sample(C.MIG_PROCESSES, float(len(ps))), *profiling_share(profiling, m.profile, bool(ps))),
+                         Sample(C.MIG_PROCESSES, float(len(ps))), *gpm),
             ))
 
         i = self.identity
         return Gpu(index=i.index, uuid=i.uuid, up=True, minor_number=i.minor_number, info=i.info, samples=tuple(s),
-                   mig_devices=tuple(migs), processes=tuple(full))
+                   mig_devices=tuple(migs), processes=tuple(full), processes_read=True)

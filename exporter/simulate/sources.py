@@ -15,8 +15,9 @@ node (pool = node name) with every GPU and MIG instance and its ``uuid``.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
+from ..cgroups import ProcessOwners
 from ..snapshot import ClaimDevice, ContainerDevices, ContainerRef, PodMeta, PodResources, PublishedDevices
 from ..vocabulary import GPU_RESOURCE, NVIDIA_DRA_DRIVER
 from .scenario import DeviceRef, Scenario
@@ -141,10 +142,13 @@ class SimulatedDeviceSlices(SimulatedPodMetadata):
         return self._cluster.published_devices()
 
 
-def process_owners(cluster: SimulatedCluster) -> Callable[[list[int]], dict[int, ContainerRef]]:
-    """pids -> containers, as ``/proc/<pid>/cgroup`` would name them on the simulated node."""
+def process_owners(cluster: SimulatedCluster) -> Callable[[Sequence[int]], ProcessOwners]:
+    """pids -> containers, as ``/proc/<pid>/cgroup`` would name them on the simulated node: the
+    procfs of an agent that shares the host's pid namespace, where a pid of no pod is a host
+    process."""
 
-    def owners(pids: list[int]) -> dict[int, ContainerRef]:
-        return {pid: ref for pid in pids if (ref := cluster.process_owner(pid)) is not None}
+    def owners(pids: Sequence[int]) -> ProcessOwners:
+        containers = {pid: ref for pid in pids if (ref := cluster.process_owner(pid)) is not None}
+        return ProcessOwners(containers, host=frozenset(pids) - set(containers), lists_complete=True)
 
     return owners
