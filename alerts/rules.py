@@ -1163,9 +1163,12 @@ def alerts(p: Params) -> list[Alert]:
             "name the device only) but their `holders` annotation goes empty, and the usage alerts and "
             "dashboards lose their pods and workloads.",
         runbook=Runbook(
-            "Calls to the kubelet's pod-resources socket fail.",
+            "Calls to the kubelet's pod-resources socket fail: `List` (allocations), or only "
+            "`GetAllocatableResources` (error kind `allocatable`: the allocations are kept, the allocatable "
+            "counts are the last good ones).",
             "Device alerts no longer say who holds the GPU (`holders` empty); usage alerts and dashboards "
-            "lose their pods and workloads.",
+            "lose their pods and workloads. With kind `allocatable` alone, only "
+            "`nvidia_gpu_allocatable_devices` is stale.",
             "`kube_gpu_exporter_collector_errors_total{collector=\"kubelet\"}` by kind; the socket mount "
             "(`/var/lib/kubelet/pod-resources`) in the agent; `systemctl status kubelet`.",
             "Fix the mount or the kubelet."),

@@ -61,6 +61,8 @@ WORKLOAD = f'{CLUSTER}, namespace="$namespace", workload=~"$workload", pod=~"$po
 CONTAINER = f'{CLUSTER}, namespace="$namespace", pod=~"$pod"'  # nvidia_gpu_container_*
 PER_WORKLOAD = f'{CLUSTER}, namespace="$namespace", workload=~"$workload"'  # namespace_workload: rules
 DEVICE_KEY = "uuid, gpu_instance_id, compute_instance_id"  # a GPU or MIG instance (docs/attribution.md)
+#: Profiling (GPM) series name a MIG GPU instance without compute_instance_id (docs/metrics.md).
+PROFILING_KEY = "uuid, gpu_instance_id"
 HOLDER_KEY = f"cluster, namespace, pod, container, {DEVICE_KEY}"
 
 
@@ -528,11 +530,11 @@ def workload() -> list[Panel]:
         timeseries("Used vs allocated GPUs", Target(allocated, "allocated"), Target(used, "used (utilisation)"),
                    description="The gap is allocated GPU time that did no work.", width=12, minimum=0),
         timeseries("Efficiency (profiling)",
-                   Target(f"avg({held} * on ({DEVICE_KEY}) group_left () nvidia_gpu_sm_active_ratio{{{CLUSTER}}})",
+                   Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_sm_active_ratio{{{CLUSTER}}})",
                           "SM active"),
-                   Target(f"avg({held} * on ({DEVICE_KEY}) group_left () nvidia_gpu_tensor_active_ratio{{{CLUSTER}}})",
+                   Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_tensor_active_ratio{{{CLUSTER}}})",
                           "tensor active"),
-                   Target(f"avg({held} * on ({DEVICE_KEY}) group_left () nvidia_gpu_dram_active_ratio{{{CLUSTER}}})",
+                   Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_dram_active_ratio{{{CLUSTER}}})",
                           "DRAM bandwidth"), **PERCENT, width=12,
                    description="NVML GPM profiling of the devices held (Hopper and newer)."),
         row("Alerts"),
