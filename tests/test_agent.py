@@ -198,7 +198,7 @@ async def test_a_failed_xid_read_keeps_the_last_counts():
             return super().xid_counts()
 
     backend = XidReadFailsOnce()
-    agent = Agent(parse_config([], environ={}), backend, process_owners=lambda p: {})
+    agent = Agent(parse_config([], environ={}), backend, process_owners=lambda p: ProcessOwners())
     backend.xids = {(GPU, 79): 2}
     before = xid_series(await scrape(agent))
     assert before[("events", "reboot")] == before[("errors", "79")] == 2
