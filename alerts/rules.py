@@ -1128,7 +1128,7 @@ def alerts(p: Params) -> list[Alert]:
             "collector=\"procfs\"}[1h]))`; `kube_gpu_exporter_unresolved_gpu_processes{node=\"<node>\"}`; "
             "the agent's log (one line says when it looks like a pid namespace of its own).",
             "`read`: mount the host's `/proc` read-only at `/host/proc` and pass `--path.procfs=/host/proc` "
-            "(deploy/daemonset.yaml does both). `unresolved_pid`: apply the opt-in `hostPID` patch, "
+            "(`daemonset.yaml` does both). `unresolved_pid`: apply the opt-in `hostPID` patch, "
             "weighing its security trade-off, as [deploy.md](deploy.md#shared-gpus-and-hostpid) describes; "
             "without it, per-container usage on shared GPUs stays unknown with this driver. Another "
             "collector: its error kinds and the agent's log."),
