@@ -1,1 +1,1 @@
-"""The alert and recording rules of kube-gpu-exporter: the source (rules.py) and its generator."""
+"""The alert and recording rules of kube-gpu-exporter: their sources, runbooks and generator (rules.py lists them)."""

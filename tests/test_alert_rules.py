@@ -9,8 +9,9 @@ import subprocess
 import pytest
 import yaml
 
-from alerts import generate
-from alerts.rules import XID_MATCHERS, XID_TIER_CODES, Params, alerts, recording_rules
+from alerts import cases, generate, runbooks
+from alerts.groups.xid import XID_MATCHERS, XID_TIER_CODES
+from alerts.rules import Params, alerts, recording_rules
 from exporter.alerting import definitions
 
 ROOT = generate.ROOT
@@ -67,7 +68,7 @@ def test_every_alert_is_tested_silent_then_firing_with_its_labels_and_annotation
         firing = _firing(alert.name)
         assert firing, f"{alert.name}: never checked firing"
         annotations = {"summary", "description", "runbook_url"}
-        annotations |= {definitions.HOLDERS_ANNOTATION} if alert.holders else set()
+        annotations |= {definitions.HOLDERS_ANNOTATION} if alert.device_alert else set()
         annotations |= {definitions.XIDS_ANNOTATION} if alert.xid_matcher else set()
         for expected in firing:
             assert expected["exp_labels"]["severity"] == alert.severity
@@ -81,7 +82,7 @@ DEVICE_LABELS = {"severity", "node", "gpu", "uuid", "link", "xid"}
 def test_device_alerts_are_labelled_by_the_device_and_name_their_holders_in_an_annotation():
     device = [a for a in alerts(Params()) if "uuid" in {k for e in _firing(a.name) for k in e["exp_labels"]}]
     container = {"GpuAllocatedIdle", "GpuBatchJobStuck", "GpuContainerMemoryNearFull"}  # about a container
-    assert {a.name for a in device} - container == {a.name for a in alerts(Params()) if a.holders}
+    assert {a.name for a in device} - container == {a.name for a in alerts(Params()) if a.device_alert}
     shown = set()
     for alert in device:
         if alert.name in container:
@@ -155,6 +156,78 @@ def test_docs_list_every_rule_and_every_alert_has_a_runbook_section():
         assert alert.annotations(Params())["runbook_url"].endswith(f"runbooks.md#{alert.name.lower()}")
 
 
+def test_every_alert_has_a_runbook_with_every_section_and_no_runbook_is_left_over():
+    names = [a.name for a in alerts(Params())]
+    books = runbooks.load(names, Params())
+    assert list(books) == names
+    for name, book in books.items():
+        for section in runbooks.SECTIONS:
+            assert getattr(book, section.lower()).strip(), f"{name}: {section} is empty"
+    shipped = {path.stem for path in runbooks.DIRECTORY.glob("*.md")} - {"README"}
+    assert shipped == set(names)
+    # a parameter named in the Markdown follows Params
+    assert "[24h]" in books["GpuXidRecurring"].diagnose
+    tuned = runbooks.load(names, Params(xid_recurring_window="48h"))
+    assert "[48h]" in tuned["GpuXidRecurring"].diagnose
+
+
+def _runbook_copy(tmp_path):
+    """The shipped runbooks, copied where a test may break them."""
+    for path in runbooks.DIRECTORY.glob("*.md"):
+        (tmp_path / path.name).write_text(path.read_text())
+    return tmp_path
+
+
+def test_a_missing_runbook_or_section_fails_the_generator_with_every_problem_named(tmp_path, monkeypatch, capsys):
+    books = _runbook_copy(tmp_path)
+    (books / "GpuLost.md").unlink()
+    other = books / "GpuXidOther.md"
+    other.write_text(other.read_text().replace("## Impact\n", ""))
+    (books / "GpuWasRenamed.md").write_text("# GpuWasRenamed\n")
+    monkeypatch.setattr(generate, "RUNBOOKS", books)
+    before = generate.RUNBOOKS_DOC.read_text()
+    for argv in (["--check"], []):
+        assert generate.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "the runbooks do not match the alerts" in err
+        assert "GpuLost.md: missing: alert GpuLost has no runbook" in err
+        assert "no `## Impact` section" in err and "GpuXidOther.md" in err
+        assert "GpuWasRenamed.md: no alert is named GpuWasRenamed" in err
+    assert generate.RUNBOOKS_DOC.read_text() == before, "nothing is written when a runbook is wrong"
+
+
+GOOD = "# GpuLost\n\n## Meaning\n\nm\n\n## Impact\n\ni\n\n## Diagnose\n\nd\n\n## Action\n\na\n"
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda t: t.replace("# GpuLost", "# GpuGone"), ":1: the title is `# GpuGone`, expected `# GpuLost`"),
+    (lambda t: t.replace("\nm\n", "\n\n"), "`## Meaning` is empty"),
+    (lambda t: t.replace("## Diagnose", "## Diagnosis"), "unknown section `## Diagnosis`"),
+    (lambda t: t.replace("## Action\n\na", "## Action\n\na\n\n## Impact\n\nx"), "`## Impact` a second time"),
+    (lambda t: t.replace("\nd\n", "\n- step one\n"), ":13: `- step one` starts a list"),
+    (lambda t: t.replace("\nd\n", "\n```sh\nnvidia-smi\n```\n"), ":13: ````sh` starts a list, heading"),
+    (lambda t: t.replace("\nd\n", "\nwithin ${lost_window}\n"), "`## Diagnose` names ${lost_window}, which is no field"),
+    (lambda t: t.replace("\nd\n", "\ncosts $5\n"), "`## Diagnose`: Invalid placeholder"),
+    (lambda t: t.replace("## Impact\n\ni\n\n", "").replace("## Action", "## Impact\n\ni\n\n## Action"),
+     "the sections are Meaning, Diagnose, Impact, Action"),
+])
+def test_a_malformed_runbook_is_refused_with_its_file_and_line(tmp_path, change, problem):
+    path = tmp_path / "GpuLost.md"
+    path.write_text(GOOD)
+    assert runbooks.load(["GpuLost"], Params(), tmp_path)["GpuLost"].meaning == "m"
+    path.write_text(change(GOOD))
+    with pytest.raises(runbooks.RunbookError) as failure:
+        runbooks.load(["GpuLost"], Params(), tmp_path)
+    assert f"{path}" in str(failure.value) and problem in str(failure.value)
+
+
+def test_a_runbook_section_is_one_bullet_its_paragraphs_kept(tmp_path):
+    text = GOOD.replace("\nd\n", "\nfirst line\nwrapped, `code`\n\nsecond paragraph costs $$5\n")
+    (tmp_path / "GpuLost.md").write_text(text)
+    diagnose = runbooks.load(["GpuLost"], Params(), tmp_path)["GpuLost"].diagnose
+    assert diagnose == "first line wrapped, `code`\n\n  second paragraph costs $5"
+
+
 @pytest.mark.parametrize("template,labels,expected", [
     ("GPU {{ $labels.gpu }}{{ if $labels.pod }} held by {{ $labels.pod }}{{ end }}.", {"gpu": "1"}, "GPU 1."),
     ("GPU {{ $labels.gpu }}{{ if $labels.pod }} held by {{ $labels.pod }}{{ end }}.", {"gpu": "1", "pod": "p"},
@@ -172,7 +245,7 @@ def test_annotation_templates_render_as_prometheus_does(template, labels, expect
     ("1x10 0 0 1x60", 5, "30s", True), ("_ 1", 0, "1m", False), ("0+1x3 stale", 2, "1m", True),
 ])
 def test_the_expected_holders_follow_the_input_series_as_prometheus_sees_them(values, minute, interval, seen):
-    assert generate.present(values, minute, interval) is seen
+    assert cases.present(values, minute, interval) is seen
 
 
 def _matches(matcher: str, name: str) -> bool:

@@ -57,6 +57,9 @@ XID_ZERO_CODES = XID_REPLACE_IF_RECURRING
 #: The window an XID or ECC event keeps its alert active: the rules' ``event_window`` and the
 #: default of ``--alertmanager.event-window``; the status page fades an XID mark after it too.
 EVENT_WINDOW_SECONDS = 600
+#: Degrees below a GPU's slowdown temperature (or its HBM maximum) from which it counts as running
+#: hot: the rules' ``temperature_margin`` and the status page's temperature warning.
+TEMPERATURE_MARGIN_CELSIUS = 5
 #: ``for:`` of the GpuLost rule; the agent pushes GpuLost for a GPU down this long (or at once
 #: when NVML says the GPU is lost).
 GPU_LOST_FOR_SECONDS = 60
