@@ -73,7 +73,7 @@ docs: venv
 	$(PY) -m exporter.catalog docs/metrics.md
 
 ## rules: regenerate the rule files, the PrometheusRule, their promtool tests and the alert docs
-## from alerts/rules.py
+## from the rule set (alerts/rules.py lists its modules) and the runbooks (alerts/runbooks/*.md)
 rules: venv
 	$(PY) -m alerts.generate
 

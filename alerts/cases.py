@@ -127,9 +127,9 @@ def one_faulty_agent(metric: str, labels: Mapping[str, str], faulty: str, active
 
 # -- What a case checks ------------------------------------------------------------------------
 
-_SERIES = re.compile(r"^(\w+)\{(.*)\}$")
+_SERIES = re.compile(r"^(\w+)\{(.*)\}$")  # metric{labels}
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-_EXPANDING = re.compile(r"^([^x]+?)(?:([+-][^x]+))?x(\d+)$")
+_EXPANDING = re.compile(r"^([^x]+?)(?:([+-][^x]+))?x(\d+)$")  # a+bxn: a, a+b, ... a+n*b
 LOOKBACK_MINUTES = 5  # Prometheus' lookback delta
 DEFAULT_NAME = "fires after its for:, not before; the healthy series stay silent"
 

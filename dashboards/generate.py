@@ -8,8 +8,8 @@ Three dashboards, linked to each other: Fleet (``kube-gpu-exporter-fleet``), Nod
 (``kube-gpu-exporter-node``), Namespace and workload (``kube-gpu-exporter-workload``). Panel ids are
 given in definition order, so they stay put across runs; every query uses the ``$datasource``
 variable and the dashboard's own variables. Thresholds and batch workload kinds are the alert
-rules' own (``alerts/rules.py`` ``Params``), XID tiers the agent's ``tier`` label (the alerts'), and
-the fleet and workload panels read the recording rules of ``alerts/rules.py``; per-pod panels
+rules' own (``alerts/params.py`` ``Params``), XID tiers the agent's ``tier`` label (the alerts'), and
+the fleet and workload panels read the recording rules of ``alerts/recording.py``; per-pod panels
 join the raw series as docs/attribution.md shows.
 
 Series are expected with a ``node`` label (added at scrape time by relabelling: see

@@ -9,7 +9,7 @@ Alertmanager holds one alert and sends one notification for both. On the fake NV
 hangs for a few cycles pages nobody, by push or rule, while a GPU NVML calls lost pages once.
 
 Both tests need the rules of the alert-seams change (device labels, holders annotation, XID
-tiers, GpuLost unless NVML is down) in ``alerts/rules.py``.
+tiers, GpuLost unless NVML is down) in ``alerts/groups/``.
 """
 
 from __future__ import annotations

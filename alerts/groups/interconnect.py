@@ -1,6 +1,6 @@
 """Interconnect alerts: NVLink errors and links down, PCIe replays and degraded links.
 
-They are evaluated in the ``gpu-hardware`` rule group (alerts/rules.py), as before the split."""
+They are evaluated in the ``gpu-hardware`` rule group (alerts/rules.py says why)."""
 
 from __future__ import annotations
 

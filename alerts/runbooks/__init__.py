@@ -38,6 +38,7 @@ class Runbook:
 
 
 def _shown(path: Path) -> str:
+    """``path`` as messages show it: relative to the repository when inside it."""
     try:
         return str(path.relative_to(DIRECTORY.parent.parent))
     except ValueError:
