@@ -24,12 +24,13 @@ class Alert:
     severity: str  # critical (pages), warning (a ticket), info (dashboards and the owner's channel)
     expr: str
     for_: str
-    summary: str  # static: Alertmanager groups by it
+    summary: str  # static (no template): the same words for every GPU it fires on
     description: str  # a template on the alert's labels
     threshold: str  # for the docs
     why: str  # why this expression, threshold and for:
     cases: tuple[Case, ...]
-    device_alert: bool = False  # labelled by the device only (node, gpu, uuid): the holders annotation names its pods
+    # Labelled by the device only (node, gpu, uuid): the holders annotation names the pods holding it.
+    device_alert: bool = False
     xid_matcher: str = ""  # an XID tier alert: the xids annotation lists its codes (a matcher on xid)
 
     def annotations(self, p: Params) -> dict[str, str]:

@@ -4,7 +4,7 @@ A ``Case`` gives input series in promtool's notation (``"0x4 1x40"``: 0 for five
 for forty-one; ``stale``; ``_`` for no sample) and the minute from which the alert's expression
 holds; ``promtool_tests`` turns it into checks that the alert is silent one minute before its
 ``for:`` runs out and firing at that minute with exactly the expected labels and annotations.
-Every case also carries healthy series (another GPU, another node) that must stay silent.
+Cases also carry healthy series (another GPU, another node) on which the alert must stay silent.
 
 The fixture world: node gpu-node-1, its agent scraped as target 10.0.0.1:9400 whose own
 ``namespace``/``pod`` labels every rule must drop; gpu-node-2's agent is 10.0.0.2:9400.

@@ -199,23 +199,24 @@ def test_a_missing_runbook_or_section_fails_the_generator_with_every_problem_nam
 GOOD = "# GpuLost\n\n## Meaning\n\nm\n\n## Impact\n\ni\n\n## Diagnose\n\nd\n\n## Action\n\na\n"
 
 
-@pytest.mark.parametrize("change,problem", [
-    (lambda t: t.replace("# GpuLost", "# GpuGone"), ":1: the title is `# GpuGone`, expected `# GpuLost`"),
-    (lambda t: t.replace("\nm\n", "\n\n"), "`## Meaning` is empty"),
-    (lambda t: t.replace("## Diagnose", "## Diagnosis"), "unknown section `## Diagnosis`"),
-    (lambda t: t.replace("## Action\n\na", "## Action\n\na\n\n## Impact\n\nx"), "`## Impact` a second time"),
-    (lambda t: t.replace("\nd\n", "\n- step one\n"), ":13: `- step one` starts a list"),
-    (lambda t: t.replace("\nd\n", "\n```sh\nnvidia-smi\n```\n"), ":13: ````sh` starts a list, heading"),
-    (lambda t: t.replace("\nd\n", "\nwithin ${lost_window}\n"), "`## Diagnose` names ${lost_window}, which is no field"),
-    (lambda t: t.replace("\nd\n", "\ncosts $5\n"), "`## Diagnose`: Invalid placeholder"),
-    (lambda t: t.replace("## Impact\n\ni\n\n", "").replace("## Action", "## Impact\n\ni\n\n## Action"),
+@pytest.mark.parametrize("old,new,problem", [
+    ("# GpuLost", "# GpuGone", ":1: the title is `# GpuGone`, expected `# GpuLost`"),
+    ("\nm\n", "\n\n", "`## Meaning` is empty"),
+    ("## Diagnose", "## Diagnosis", "unknown section `## Diagnosis`"),
+    ("## Action\n\na", "## Action\n\na\n\n## Impact\n\nx", "`## Impact` a second time"),
+    ("\nd\n", "\n- step one\n", ":13: `- step one` starts a list"),
+    ("\nd\n", "\n```sh\nnvidia-smi\n```\n", ":13: ````sh` starts a list, heading, quote, code block"),
+    ("\nd\n", "\nwithin ${lost_window}\n", "`## Diagnose` names ${lost_window}, which is no field of Params"),
+    ("\nd\n", "\ncosts $5\n", "`## Diagnose`: Invalid placeholder"),
+    ("## Impact\n\ni\n\n## Diagnose\n\nd", "## Diagnose\n\nd\n\n## Impact\n\ni",
      "the sections are Meaning, Diagnose, Impact, Action"),
 ])
-def test_a_malformed_runbook_is_refused_with_its_file_and_line(tmp_path, change, problem):
+def test_a_malformed_runbook_is_refused_with_its_file_and_line(tmp_path, old, new, problem):
     path = tmp_path / "GpuLost.md"
     path.write_text(GOOD)
     assert runbooks.load(["GpuLost"], Params(), tmp_path)["GpuLost"].meaning == "m"
-    path.write_text(change(GOOD))
+    assert old in GOOD
+    path.write_text(GOOD.replace(old, new))
     with pytest.raises(runbooks.RunbookError) as failure:
         runbooks.load(["GpuLost"], Params(), tmp_path)
     assert f"{path}" in str(failure.value) and problem in str(failure.value)

@@ -20,7 +20,7 @@ DIRECTORY = Path(__file__).resolve().parent
 SECTIONS = ("Meaning", "Impact", "Diagnose", "Action")
 #: Lines that start a Markdown block a section cannot hold: a section becomes one bullet of
 #: docs/runbooks.md, its lines joined, which would break a list, a code block, a quote or a table.
-_BLOCK = re.compile(r"^\s*(?:[-*+](?:\s|$)|\d+[.)](?:\s|$)|#|>|```|~~~|\||(?:-{3,}|={3,})\s*$)")
+_BLOCK = re.compile(r"^\s*(?:[-*+](?:\s|$)|\d+[.)](?:\s|$)|#{1,6}(?:\s|$)|>|```|~~~|\||(?:-{3,}|={3,})\s*$)")
 
 
 class RunbookError(ValueError):
