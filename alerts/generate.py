@@ -94,6 +94,7 @@ def test_file(p: Params = Params()) -> str:
 
 # -- docs ------------------------------------------------------------------------------------
 
+#: The marks around the generated parts of docs/alerts.md: the tables of names, the details.
 NAMES = ("<!-- names:begin -->", "<!-- names:end -->")
 DETAILS = ("<!-- details:begin -->", "<!-- details:end -->")
 

@@ -75,9 +75,9 @@ class Params:
     idle_batch_window: str = "30m"
     idle_batch_for: str = "30m"
     batch_kinds: str = "Job|CronJob"  # workload_kind regex of batch work; every other kind is interactive
-    memory_full_ratio: float = 0.95
+    memory_full_ratio: float = 0.95  # of the memory of the container's GPU or MIG instance
     memory_full_for: str = "15m"
-    busy_unallocated_ratio: float = 0.1
+    busy_unallocated_ratio: float = 0.1  # GpuBusyWithoutPod: utilisation above this with no pod holding the GPU
     busy_unallocated_for: str = "15m"
     agent_down_for: str = "5m"
     agent_absent_for: str = "15m"
