@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from alerts.rules import Alert, Case, Params, RECORDING_DOCS, _minutes, alerts, recording_rules
-from exporter.alerting.definitions import HOLDERS_ANNOTATION, XIDS_ANNOTATION, holders_text, render, xids_text
+from exporter.push.definitions import HOLDERS_ANNOTATION, XIDS_ANNOTATION, holders_text, render, xids_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "kube-gpu-exporter.rules.yaml"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from exporter.alerting import definitions as D
+from exporter.push import definitions as D
 
 # -- Parameters ----------------------------------------------------------------------------
 

@@ -44,9 +44,9 @@ from fakenvml import FakeNode, a100_mig, build_fake_nvml, h100, load_into_pynvml
 from nvml_cost import h200_delays  # noqa: E402
 
 from exporter.cli import build_agent  # noqa: E402
-from exporter.nvml import fields  # noqa: E402
+from exporter.sources.nvml import fields  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
-from exporter.snapshot import PodMeta  # noqa: E402
+from exporter.model.kube import PodMeta  # noqa: E402
 
 SLOW_READS = ("utilization", "memory_v2", "memory", "power_mw", "temperature", "clock")
 class StaticPods:

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from .attribution import Attribution, attribute
-from .backend import GpuBackend
-from .cgroups import ProcessOwners, Procfs
 from .config import Config
-from .gpu_collector import ERROR_KINDS as NVML_ERROR_KINDS
-from .gpu_collector import GpuCollector, run_in_daemon_thread
-from .metrics import AgentStatus, CollectorStatus, Exposition, Renderer
-from .snapshot import GpuSnapshot, PodMeta, PodResources, PublishedDevices
-from .status import StatusPage
-from .status import render as render_status_page
+from .model.gpu import GpuSnapshot
+from .model.kube import PodMeta, PodResources, ProcessOwners, PublishedDevices
+from .render.families import AgentStatus, CollectorStatus, Exposition, Renderer
+from .render.status import StatusPage
+from .render.status import render as render_status_page
+from .sources.backend import GpuBackend
+from .sources.gpus import ERROR_KINDS as NVML_ERROR_KINDS
+from .sources.gpus import GpuCollector, run_in_daemon_thread
+from .sources.procfs import Procfs
 
 log = logging.getLogger(__name__)
 

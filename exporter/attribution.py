@@ -30,11 +30,9 @@ from typing import Iterable, Literal, Mapping
 
 from . import catalog
 from .catalog import MetricSpec
-from .cgroups import ProcessOwners
-from .snapshot import (
-    ClaimDevice, ContainerRef, GpuProcess, GpuSnapshot, PodMeta, PodResources, PublishedDevices, Sample,
-)
-from .vocabulary import NVIDIA_DRA_DRIVER
+from .model.gpu import GpuProcess, GpuSnapshot, Sample
+from .model.kube import ClaimDevice, ContainerRef, PodMeta, PodResources, ProcessOwners, PublishedDevices
+from .model.vocabulary import NVIDIA_DRA_DRIVER
 
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
 _INDEX = re.compile(r"^\d+$")

@@ -14,10 +14,10 @@ from typing import Sequence
 
 from . import __version__
 from .agent import Agent
-from .alerting import notifier as alertmanager_notifier
+from .push import notifier as alertmanager_notifier
 from .config import Config, ConfigError, parse_config
-from .http import Guard, HttpLimits, start_server
-from .server import make_app
+from .serve.guard import Guard, HttpLimits, start_server
+from .serve.routes import make_app
 
 log = logging.getLogger("exporter")
 
@@ -63,7 +63,7 @@ def build_agent(config: Config) -> Agent:
     # DRA claims are read from the kubelet; the API server's ResourceSlices name their devices.
     watch_slices = config.kubelet_enabled and config.kubernetes_enabled and bool(config.dra_drivers)
     if config.simulate:
-        from . import simulate
+        from .sources import simulate
 
         backend = simulate.SimulatedBackend(simulate.load_scenario(config.scenario))
         log.warning("SIMULATED node: no real GPU is read (scenario %s)", config.scenario or "built-in")
@@ -80,11 +80,11 @@ def build_agent(config: Config) -> Agent:
             process_owners=simulate.process_owners(backend.cluster),
         )
 
-    from .nvml import NvmlBackend
+    from .sources.nvml import NvmlBackend
 
     pod_resources = None
     if config.kubelet_enabled:
-        from .kubelet import PodResourcesClient
+        from .sources.kubelet import PodResourcesClient
 
         pod_resources = PodResourcesClient(
             config.kubelet_socket,
@@ -95,12 +95,12 @@ def build_agent(config: Config) -> Agent:
         )
     pod_metadata = None
     if config.kubernetes_enabled:
-        from .kube import PodWatcher
+        from .sources.kube import PodWatcher
 
         pod_metadata = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
     device_slices = None
     if watch_slices:
-        from .kube import SliceWatcher
+        from .sources.kube import SliceWatcher
 
         device_slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
     backend = NvmlBackend(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling)

@@ -10,9 +10,10 @@ from e2e import samples, value
 
 from exporter import catalog
 from exporter.agent import Agent
-from exporter.cgroups import ProcessOwners
+from exporter.model.kube import ProcessOwners
 from exporter.config import parse_config
-from exporter.snapshot import ContainerDevices, Gpu, GpuIdentity, PodMeta, PodResources, Sample
+from exporter.model.gpu import Gpu, GpuIdentity, Sample
+from exporter.model.kube import ContainerDevices, PodMeta, PodResources
 
 GPU = "GPU-00000000-1111-2222-3333-444444444444"
 

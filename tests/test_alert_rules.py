@@ -11,7 +11,7 @@ import yaml
 
 from alerts import generate
 from alerts.rules import XID_MATCHERS, XID_TIER_CODES, Params, alerts, recording_rules
-from exporter.alerting import definitions
+from exporter.push import definitions
 
 ROOT = generate.ROOT
 

@@ -28,11 +28,11 @@ from aiohttp import web
 
 from e2e import AgentProcess, free_port, samples
 from exporter import catalog
-from exporter.alerting.events import EventTracker
-from exporter.alerting.notifier import AlertmanagerNotifier
+from exporter.push.events import EventTracker
+from exporter.push.notifier import AlertmanagerNotifier
 from exporter.attribution import Attribution, Holder
 from exporter.config import parse_config
-from exporter.snapshot import Gpu, GpuSnapshot, MigDevice, Sample
+from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 
 NODE = "gpu-node-1"
 GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"

@@ -20,12 +20,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import cgroups, webconfig
+from exporter.serve import webconfig
+from exporter.sources import procfs as cgroups
 from exporter.agent import Agent
 from exporter.config import ConfigError, get_parser, parse_config
-from exporter.http import Guard, HttpLimits, start_server
-from exporter.simulate import ScenarioError, SimulatedBackend, load_scenario, load_scenario_text
-from exporter.snapshot import ContainerDevices, PodMeta, PodResources
+from exporter.serve.guard import Guard, HttpLimits, start_server
+from exporter.sources.simulate import ScenarioError, SimulatedBackend, load_scenario, load_scenario_text
+from exporter.model.kube import ContainerDevices, PodMeta, PodResources
 
 BOUNDED = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -323,8 +324,8 @@ def kubelet():
 @BOUNDED
 @given(pods=st.lists(st.tuples(hostile_text, hostile_text, hostile_text, hostile_text), min_size=1, max_size=3))
 def test_any_names_and_device_ids_from_the_kubelet_come_through_exactly_or_are_refused(kubelet, pods):
-    from exporter.kubelet import PodResourcesClient
-    from exporter.kubelet.client import KubeletError
+    from exporter.sources.kubelet import PodResourcesClient
+    from exporter.sources.kubelet.client import KubeletError
 
     kubelet.set_pods([{"namespace": ns, "name": name, "containers": [
         {"name": container, "devices": [{"resource": "nvidia.com/gpu", "ids": [device]}]}]}

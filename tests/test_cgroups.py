@@ -1,4 +1,4 @@
-"""exporter.cgroups: container of a process from fixture /proc trees."""
+"""exporter.sources.procfs: container of a process from fixture /proc trees."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 from e2e import value
 
 from exporter.agent import Agent
-from exporter.cgroups import NotInProcfs, Procfs, ProcessOwners, container_of, parse_cgroup_file, shares_pid_namespace
+from exporter.model.kube import ProcessOwners
+from exporter.sources.procfs import NotInProcfs, Procfs, container_of, parse_cgroup_file, shares_pid_namespace
 from exporter.config import parse_config
-from exporter.snapshot import ContainerRef, Gpu, GpuIdentity, GpuProcess
+from exporter.model.gpu import Gpu, GpuIdentity, GpuProcess
+from exporter.model.kube import ContainerRef
 
 UID = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
 UID_ = UID.replace("-", "_")

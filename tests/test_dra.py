@@ -12,10 +12,11 @@ from typing import Callable
 import pytest
 
 from exporter.attribution import attribute
-from exporter.cgroups import ProcessOwners
-from exporter.kube import SliceWatcher, published_devices
-from exporter.kubelet import KubeletError, PodResourcesClient
-from exporter.snapshot import ClaimDevice, Gpu, GpuSnapshot, MigDevice, PodMeta, PodResources, PublishedDevices
+from exporter.model.kube import ProcessOwners
+from exporter.sources.kube import SliceWatcher, published_devices
+from exporter.sources.kubelet import KubeletError, PodResourcesClient
+from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice
+from exporter.model.kube import ClaimDevice, PodMeta, PodResources, PublishedDevices
 from fakekubeapi import make_resource_slice
 from fakekubelet import Container, Pod, claim, claim_device
 
@@ -118,7 +119,7 @@ def test_claim_devices_are_attributed_through_the_slices_like_device_plugin_ids(
 
 
 def test_both_allocation_paths_on_one_node():
-    from exporter.snapshot import ContainerDevices
+    from exporter.model.kube import ContainerDevices
 
     resources = PodResources(
         containers=(ContainerDevices("ml", "dp", "c", "nvidia.com/gpu", (GPU_0,)),
@@ -286,7 +287,7 @@ pods:
 
 
 def test_scenario_claims_flow_through_attribution():
-    from exporter.simulate import SimulatedBackend, load_scenario_text
+    from exporter.sources.simulate import SimulatedBackend, load_scenario_text
 
     backend = SimulatedBackend(load_scenario_text(SCENARIO))
     cluster = backend.cluster
@@ -306,7 +307,7 @@ def test_scenario_claims_flow_through_attribution():
     ("[{name: c, claim: g, devices: [0]}, {name: d, claim: g, devices: [1]}]", "holds other devices"),
 ])
 def test_scenario_claim_mistakes_are_problems(containers, problem):
-    from exporter.simulate import ScenarioError, load_scenario_text
+    from exporter.sources.simulate import ScenarioError, load_scenario_text
 
     text = ("node: {name: n}\ngpus: [{model: H100}, {model: H100}]\n"
             f"pods:\n  - {{namespace: ml, name: p, containers: {containers}}}\n")

@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
                                             InfoMetricFamily, Metric)
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from exporter import exposition
+from exporter.render import exposition
 from exporter.cli import build_agent
 from exporter.config import parse_config
 

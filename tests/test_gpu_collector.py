@@ -13,9 +13,9 @@ import threading
 import time
 
 from exporter import catalog
-from exporter.backend import BackendUnavailable, GpuReadError
-from exporter.gpu_collector import GpuCollector
-from exporter.snapshot import Gpu, GpuIdentity, MigDevice, Sample
+from exporter.sources.backend import BackendUnavailable, GpuReadError
+from exporter.sources.gpus import GpuCollector
+from exporter.model.gpu import Gpu, GpuIdentity, MigDevice, Sample
 
 
 class ScriptedBackend:
@@ -327,7 +327,7 @@ async def test_going_down_and_coming_back_is_logged_once_each(caplog):
     collector = collector_for(backend)
     await collector.collect()
     backend.broken.add(1)
-    with caplog.at_level("INFO", logger="exporter.gpu_collector"):
+    with caplog.at_level("INFO", logger="exporter.sources.gpus"):
         for _ in range(3):
             await collector.collect()
         backend.broken.clear()

@@ -14,9 +14,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from exporter.kubelet import KubeletError, PodResourcesClient
-from exporter.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
-from exporter.snapshot import ContainerDevices, PodResources
+from exporter.sources.kubelet import KubeletError, PodResourcesClient
+from exporter.sources.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
+from exporter.model.kube import ContainerDevices, PodResources
 from fakekubelet import Container, Device, FakeKubelet, Pod, pod
 
 GPU_A = "GPU-1f0e6b5c-1a2b-4c3d-8e9f-000000000001"
@@ -198,7 +198,7 @@ async def test_allocatable(fake_kubelet, client):
 async def test_allocatable_unsupported_is_not_an_error(fake_kubelet, client, caplog, code, details):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
     fake_kubelet.set_error(code, details, method="GetAllocatableResources")
-    with caplog.at_level(logging.DEBUG, logger="exporter.kubelet"):
+    with caplog.at_level(logging.DEBUG, logger="exporter.sources.kubelet"):
         for _ in range(3):
             res = await client.list_resources()
             assert res.allocatable == {}
@@ -485,7 +485,7 @@ async def test_the_agent_counts_a_failed_allocatable_call_apart_and_keeps_the_al
     from test_agent import GPU, OneGpu
 
     from exporter.agent import Agent
-    from exporter.cgroups import ProcessOwners
+    from exporter.model.kube import ProcessOwners
     from exporter.config import parse_config
 
     fake_kubelet.set_pods([pod("ml", "train-0", {"c": {"nvidia.com/gpu": [GPU]}})])

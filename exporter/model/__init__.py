@@ -1,0 +1,1 @@
+"""The data of a cycle: GPU readings and snapshot, Kubernetes types, vocabulary."""

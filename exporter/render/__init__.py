@@ -1,0 +1,1 @@
+"""Snapshot + attribution -> the exposition and the status page."""

@@ -1,0 +1,1 @@
+"""HTTP: the routes, the guard, the web config."""
