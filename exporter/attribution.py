@@ -29,8 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Literal, Mapping
 
 from . import catalog
-from .catalog import MetricSpec
-from .model.gpu import GpuProcess, GpuSnapshot, Sample
+from .model.gpu import GpuProcess, GpuSnapshot
 from .model.kube import ClaimDevice, ContainerRef, PodMeta, PodResources, ProcessOwners, PublishedDevices
 from .model.vocabulary import NVIDIA_DRA_DRIVER
 
@@ -279,17 +278,17 @@ def _usage(
     """
     result: dict[str, tuple[ContainerUsage, ...]] = {}
     for gpu in snapshot.gpus:
-        devices = [(gpu.uuid, gpu.samples, gpu.processes, gpu.processes_read, catalog.MEMORY_USED,
-                    catalog.UTILIZATION)] + [
-            (m.uuid, m.samples, m.processes, m.processes_read, catalog.MIG_MEMORY_USED, None) for m in gpu.mig_devices
+        devices = [(gpu.uuid, gpu.processes, gpu.processes_read, gpu.readings.get(catalog.MEMORY_USED),
+                    gpu.readings.get(catalog.UTILIZATION))] + [
+            (m.uuid, m.processes, m.processes_read, m.readings.get(catalog.MIG_MEMORY_USED), None)
+            for m in gpu.mig_devices
         ]
-        for uuid, samples, processes, read, memory_metric, utilization_metric in devices:
+        for uuid, processes, read, memory_used, utilization in devices:
             device_holders = holders.get(uuid, ())
             if not device_holders:
                 continue
             if (sole := _sole_holder(device_holders)) is not None:
-                usage = ContainerUsage(sole.namespace, sole.pod, sole.container,
-                                       _reading(samples, memory_metric), _reading(samples, utilization_metric))
+                usage = ContainerUsage(sole.namespace, sole.pod, sole.container, memory_used, utilization)
                 if usage.memory_used_bytes is not None or usage.utilization_ratio is not None:
                     result[uuid] = (usage,)
             elif split := _split_by_container(processes, device_holders, pods, owners,
@@ -302,10 +301,6 @@ def _sole_holder(device_holders: tuple[Holder, ...]) -> Holder | None:
     """The container holding a device alone: exactly one holder, and not through a replica (a
     time-sliced GPU with one replica taken may have a second holder next cycle)."""
     return device_holders[0] if len(device_holders) == 1 and not device_holders[0].shared else None
-
-
-def _reading(samples: Iterable[Sample], metric: MetricSpec | None) -> float | None:
-    return next((s.value for s in samples if s.metric is metric and not s.labels), None)
 
 
 def _split_by_container(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..model import vocabulary
-from ..push import definitions as alerting_definitions
+from ..model.health import EVENT_WINDOW_SECONDS
 from ..serve import webconfig
 from . import alertmanager as alerting_settings
 
@@ -83,7 +83,7 @@ class Config:
     alertmanager_bearer_token_file: str | None = None
     alertmanager_tls_ca_file: str | None = None
     alertmanager_timeout: float = 5.0
-    alertmanager_event_window: float = float(alerting_definitions.EVENT_WINDOW_SECONDS)
+    alertmanager_event_window: float = float(EVENT_WINDOW_SECONDS)
     warnings: tuple[str, ...] = ()  # for the caller to log; not configuration
 
     def as_log_dict(self) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def get_parser() -> argparse.ArgumentParser:
     add("--alertmanager.timeout", dest="alertmanager_timeout", default="5",
         help="seconds one post to Alertmanager may take (default %(default)s)")
     add("--alertmanager.event-window", dest="alertmanager_event_window",
-        default=str(alerting_definitions.EVENT_WINDOW_SECONDS),
+        default=str(EVENT_WINDOW_SECONDS),
         help="seconds a pushed XID or ECC alert stays active after its last event, and an XID's mark on the "
         "status page; keep it equal to the rules' event_window (default %(default)s)")
     return parser

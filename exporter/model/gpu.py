@@ -1,26 +1,62 @@
-"""The data model that flows through a collection cycle.
+"""The GPU side of a cycle: what was read from each GPU and MIG instance, and the snapshot of them.
 
-source (NVML or simulated) -> ``Gpu`` readings -> ``GpuSnapshot``; kubelet -> ``PodResources``;
-API server -> ``PodMeta``; procfs -> ``ContainerRef`` per pid. Attribution joins them, the
-renderer turns the result into bytes. Everything here is immutable: a snapshot handed to the
-renderer is never changed behind its back.
+A GPU source (NVML or simulated) produces ``Gpu`` readings, the GPU source of the agent
+(``sources/gpus.py``) gathers them into a ``GpuSnapshot``. Attribution, the renderers and the push
+path read them. Everything here is immutable: a snapshot handed to the renderer is never changed
+behind its back.
+
+Sources write a reading as a ``Sample`` of a catalog metric; readers ask a device's ``readings``
+for a value by metric and label names (``Readings``), never by scanning samples.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from ..catalog import MetricSpec
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One value of a metric of the catalog; ``labels`` are values for ``metric.labels``, in order."""
+    """One value of a metric of the catalog, as a source writes it; ``labels`` are values for
+    ``metric.labels``, in that order."""
 
     metric: MetricSpec
     value: float
     labels: tuple[str, ...] = ()
+
+
+class Readings:
+    """A device's samples indexed by metric and label values, built once per GPU or MIG device::
+
+        gpu.readings.get(catalog.MEMORY_USED)                      # a float, None when not read
+        gpu.readings.get(catalog.ECC_ERRORS, type="uncorrected")   # each of the metric's labels, by name
+        gpu.readings.by(catalog.CLOCK_EVENT, "reason")             # {"gpu_idle": 1.0, ...}
+
+    A label name the metric does not have, or one left out, raises ``ValueError``: a typo fails
+    loudly instead of reading as a value that was never read.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, samples: Iterable[Sample]) -> None:
+        values: dict[MetricSpec, dict[tuple[str, ...], float]] = {}
+        for s in samples:
+            values.setdefault(s.metric, {})[s.labels] = s.value
+        self._values = values
+
+    def get(self, metric: MetricSpec, **labels: str) -> float | None:
+        """The value of ``metric`` with these label values (every label of its own, by name)."""
+        if labels.keys() != set(metric.labels):
+            raise ValueError(f"{metric.name} is read with the labels {list(metric.labels)}, got {sorted(labels)}")
+        return self._values.get(metric, {}).get(tuple(labels[name] for name in metric.labels))
+
+    def by(self, metric: MetricSpec, label: str) -> dict[str, float]:
+        """The values of a metric with one label of its own, by that label's value (in the order read)."""
+        if metric.labels != (label,):
+            raise ValueError(f"{metric.name} has the labels {list(metric.labels)}, not just {label!r}")
+        return {key[0]: value for key, value in self._values.get(metric, {}).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +83,10 @@ class MigDevice:
     processes: tuple[GpuProcess, ...] = ()
     # The instance's process list was read this cycle: an empty ``processes`` means nothing runs.
     processes_read: bool = False
+    readings: Readings = field(init=False, repr=False, compare=False)  # ``samples`` by metric and labels
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "readings", Readings(self.samples))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +126,10 @@ class Gpu:
     error_kind: str | None = None
     # NVML seconds this reading took by query group (nvml/cost.py); empty for simulated GPUs
     nvml_seconds: Mapping[str, float] = field(default_factory=dict)
+    readings: Readings = field(init=False, repr=False, compare=False)  # ``samples`` by metric and labels
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "readings", Readings(self.samples))
 
     @property
     def identity(self) -> GpuIdentity:

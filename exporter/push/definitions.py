@@ -1,4 +1,4 @@
-"""What the pushed alerts are called and say, shared with the rule generator (``alerts/rules.py``).
+"""What the pushed alerts are called and say, shared with the rule generator (``alerts/``).
 
 **Labels identify the device, never its holder.** The generated rules for these alerts aggregate
 to exactly the label set the agent pushes (``alertname, severity, node, gpu, uuid`` plus the
@@ -27,39 +27,21 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-#: XID codes by the action they call for (NVIDIA's XID catalog, Ampere and newer).
-XID_APPLICATION = (13, 31, 43, 45, 68, 94)  # the application faulted; the GPU stays usable
-XID_RESET = (46, 48, 62, 64, 74, 95, 109, 110, 119, 120, 136, 140, 143, 155, 156, 158)  # reset the GPU
-XID_REBOOT = (79,)  # fell off the bus: power-cycle the node
-XID_INFORMATIONAL = (63, 92)  # row remap recorded, high single-bit ECC rate
-#: Reset-tier codes whose recurrence means the GPU should be replaced.
-XID_REPLACE_IF_RECURRING = (48, 64, 74, 95)
-XID_KNOWN = XID_APPLICATION + XID_RESET + XID_REBOOT + XID_INFORMATIONAL
+# The XID tiers and the shared thresholds are the model's (the renderer and the status page use
+# them too); they are named here as well, so that the rules see the whole contract in one module.
+from ..model.health import EVENT_WINDOW_SECONDS, GPU_LOST_FOR_SECONDS, TEMPERATURE_MARGIN_CELSIUS, THROTTLE_REASONS
+from ..model.xid import (
+    XID_APPLICATION, XID_INFORMATIONAL, XID_KNOWN, XID_REBOOT, XID_REPLACE_IF_RECURRING, XID_RESET, XID_TIERS,
+    XID_ZERO_CODES, xid_tier,
+)
 
-#: ``tier`` label of nvidia_gpu_xid_events_total, most severe first; "other" is every code the
-#: tiers above do not name (new drivers add codes).
-XID_TIERS: tuple[str, ...] = ("reboot", "reset", "application", "informational", "other")
-_TIER_OF: Mapping[int, str] = {
-    **dict.fromkeys(XID_APPLICATION, "application"), **dict.fromkeys(XID_RESET, "reset"),
-    **dict.fromkeys(XID_REBOOT, "reboot"), **dict.fromkeys(XID_INFORMATIONAL, "informational"),
-}
-
-
-def xid_tier(code: int) -> str:
-    """The tier of an XID code (one of ``XID_TIERS``)."""
-    return _TIER_OF.get(code, "other")
-
-
-#: Codes whose nvidia_gpu_xid_errors_total{xid} series exists at 0 from the start (GpuXidRecurring
-#: counts their second event); other codes' series appear with their first event.
-XID_ZERO_CODES = XID_REPLACE_IF_RECURRING
-
-#: The window an XID or ECC event keeps its alert active: the rules' ``event_window`` and the
-#: default of ``--alertmanager.event-window``; the status page fades an XID mark after it too.
-EVENT_WINDOW_SECONDS = 600
-#: ``for:`` of the GpuLost rule; the agent pushes GpuLost for a GPU down this long (or at once
-#: when NVML says the GPU is lost).
-GPU_LOST_FOR_SECONDS = 60
+__all__ = [
+    "EVENT_WINDOW_SECONDS", "GPU_LOST_FOR_SECONDS", "TEMPERATURE_MARGIN_CELSIUS", "THROTTLE_REASONS",
+    "XID_APPLICATION", "XID_INFORMATIONAL", "XID_KNOWN", "XID_REBOOT", "XID_REPLACE_IF_RECURRING", "XID_RESET",
+    "XID_TIERS", "XID_ZERO_CODES", "xid_tier",
+    "RUNBOOK_BASE", "GPU_DESCRIPTION", "HOLDERS_ANNOTATION", "XIDS_ANNOTATION", "holders_text", "xids_text",
+    "AlertText", "XID_RESET_REQUIRED", "XID_REBOOT_REQUIRED", "GPU_LOST", "ECC_UNCORRECTABLE", "PUSHED", "render",
+]
 
 #: Where runbook_url points; the rules' ``Params.runbook_base`` defaults to it.
 RUNBOOK_BASE = "https://github.com/kube-gpu-exporter/kube-gpu-exporter/blob/main/docs/runbooks.md"

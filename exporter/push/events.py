@@ -119,18 +119,13 @@ class EventTracker:
 
     def _ecc_event(self, gpu: Gpu, now: float) -> bool:
         """Whether an uncorrectable ECC error came within the event window."""
-        uncorrected = _uncorrected_ecc(gpu)
+        uncorrected = gpu.readings.get(catalog.ECC_ERRORS, type="uncorrected")
         if uncorrected is not None:
             before = self._ecc_seen.get(gpu.uuid)
             if before is not None and uncorrected > before:
                 self._ecc_last[gpu.uuid] = now
             self._ecc_seen[gpu.uuid] = uncorrected
         return now - self._ecc_last.get(gpu.uuid, float("-inf")) <= self.event_window
-
-
-def _uncorrected_ecc(gpu: Gpu) -> float | None:
-    return next((s.value for s in gpu.samples if s.metric is catalog.ECC_ERRORS and s.labels == ("uncorrected",)),
-                None)
 
 
 def _holders(snapshot: GpuSnapshot, attribution: Attribution) -> dict[str, str]:

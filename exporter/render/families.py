@@ -23,7 +23,7 @@ from .. import __version__, catalog
 from ..attribution import Attribution
 from ..catalog import MetricSpec
 from ..model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
-from ..push import definitions
+from ..model import xid
 from . import exposition
 
 GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer bytes here
@@ -136,10 +136,10 @@ def _add_xids(out: _Families, identity: dict[str, str], counts: list[tuple[int, 
     """The XID counters of one GPU. Both exist at 0 before the first event, so that increase()
     sees it: every tier, and the per-code series of the codes whose recurrence the alerts judge
     (a bounded set, not one series per code NVIDIA may ever add)."""
-    tiers = dict.fromkeys(definitions.XID_TIERS, 0)
-    by_code = dict.fromkeys(definitions.XID_ZERO_CODES, 0)
+    tiers = dict.fromkeys(xid.XID_TIERS, 0)
+    by_code = dict.fromkeys(xid.XID_ZERO_CODES, 0)
     for code, count in counts:
-        tiers[definitions.xid_tier(code)] += count
+        tiers[xid.xid_tier(code)] += count
         by_code[code] = count
     for tier, count in tiers.items():
         out.add(catalog.XID_EVENTS, identity | {"tier": tier}, count)

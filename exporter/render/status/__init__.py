@@ -6,7 +6,7 @@ holds it, and the agent's own state. Built once per collection cycle from the sa
 attribution and agent status the metric renderer gets, and served as bytes: a request does no
 work and never waits on NVML, the kubelet or the API server.
 
-XIDs are graded as the alerts grade them, by the tier of their code (``alerting.definitions``):
+XIDs are graded as the alerts grade them, by the tier of their code (``model/xid.py``):
 a reboot- or reset-tier XID is critical, an unknown code a warning, an application fault or an
 informational code only information; and each mark fades after the alerts' event window
 (``--alertmanager.event-window``) from the code's last event, as the alert resolves. The counts
@@ -29,9 +29,8 @@ from typing import Iterable, Mapping
 
 from ... import __version__, catalog
 from ...attribution import Attribution, ContainerUsage, Holder
-from ...catalog import MetricSpec
-from ...model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
-from ...push import definitions
+from ...model.gpu import Gpu, GpuSnapshot, MigDevice
+from ...model import health, xid
 from ..families import AgentStatus
 
 #: Version of the JSON document; bumped when a field changes meaning or goes away.
@@ -40,13 +39,6 @@ SCHEMA_VERSION = 1
 COLLECTORS: tuple[tuple[str, str], ...] = (
     ("nvml", "NVML"), ("kubelet", "kubelet pod-resources"), ("kubernetes", "API server"), ("procfs", "procfs"),
 )
-#: Clock-event reasons that mean the GPU is held below the clocks it wants (the others, such as
-#: gpu_idle or applications_clocks_setting, are normal operation and shown without a warning).
-THROTTLE_REASONS = frozenset({
-    "sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
-})
-#: A GPU this close to its slowdown temperature is shown as a warning.
-TEMPERATURE_MARGIN_CELSIUS = 5.0
 MIN_REFRESH_SECONDS = 5
 #: How an XID within the event window shows, by tier: the level the alerts give it, and what it means.
 XID_PROBLEMS: Mapping[str, tuple[str, str]] = {
@@ -166,10 +158,6 @@ class StatusPage:
 # -- Building the model ----------------------------------------------------------------------
 
 
-def _value(samples: Iterable[Sample], metric: MetricSpec, *labels: str) -> float | None:
-    return next((s.value for s in samples if s.metric is metric and s.labels == labels), None)
-
-
 def _holders(device: str, attribution: Attribution) -> list[HolderStatus]:
     usage: Mapping[tuple[str, str, str], ContainerUsage] = {
         (u.namespace, u.pod, u.container): u for u in attribution.usage.get(device, ())
@@ -187,7 +175,7 @@ def _holders(device: str, attribution: Attribution) -> list[HolderStatus]:
 def _mig(mig: MigDevice, attribution: Attribution) -> MigStatus:
     return MigStatus(
         mig.uuid, mig.profile, mig.gpu_instance_id, mig.compute_instance_id,
-        _value(mig.samples, catalog.MIG_MEMORY_USED), _value(mig.samples, catalog.MIG_MEMORY_TOTAL),
+        mig.readings.get(catalog.MIG_MEMORY_USED), mig.readings.get(catalog.MIG_MEMORY_TOTAL),
         _holders(mig.uuid, attribution),
     )
 
@@ -200,22 +188,22 @@ def _problems(gpu: Gpu, g: GpuStatus, now: float, event_window: float) -> list[P
         critical.append(f"not answering: {gpu.error or 'unknown error'}")
     if uncorrected := g.ecc_errors.get("uncorrected"):
         critical.append(f"{uncorrected} uncorrected ECC errors since the driver loaded")
-    if _value(gpu.samples, catalog.REMAPPED_ROWS_FAILURE):
+    if gpu.readings.get(catalog.REMAPPED_ROWS_FAILURE):
         critical.append("a memory row remap failed: the GPU needs service")
     recent: dict[str, list[str]] = {}  # tier -> codes with an event within the window
     for code, at in g.xid_last_event_timestamps.items():
         if now - at <= event_window:
-            recent.setdefault(definitions.xid_tier(int(code)), []).append(code)
-    for tier in definitions.XID_TIERS:
+            recent.setdefault(xid.xid_tier(int(code)), []).append(code)
+    for tier in xid.XID_TIERS:
         if codes := recent.get(tier):
             level, meaning = XID_PROBLEMS[tier]
             found[level].append(f"XID {', '.join(codes)} in the last {_duration(event_window)}: {meaning}")
-    if _value(gpu.samples, catalog.REMAPPED_ROWS_PENDING):
+    if gpu.readings.get(catalog.REMAPPED_ROWS_PENDING):
         warning.append("a memory row remap waits for a GPU reset")
-    if throttled := [r for r in g.clock_events_active if r in THROTTLE_REASONS]:
+    if throttled := [r for r in g.clock_events_active if r in health.THROTTLE_REASONS]:
         warning.append("clocks held down: " + ", ".join(throttled))
     if _near_slowdown(g):
-        warning.append(f"temperature {g.temperature_celsius:.0f} °C is within {TEMPERATURE_MARGIN_CELSIUS:.0f} °C "
+        warning.append(f"temperature {g.temperature_celsius:.0f} °C is within {health.TEMPERATURE_MARGIN_CELSIUS:.0f} °C "
                        f"of its slowdown threshold ({g.temperature_slowdown_celsius:.0f} °C)")
     return [Problem(level, text) for level in LEVELS for text in found[level]]
 
@@ -226,32 +214,32 @@ def _duration(seconds: float) -> str:
 
 def _near_slowdown(g: GpuStatus) -> bool:
     t, slowdown = g.temperature_celsius, g.temperature_slowdown_celsius
-    return t is not None and slowdown is not None and t >= slowdown - TEMPERATURE_MARGIN_CELSIUS
+    return t is not None and slowdown is not None and t >= slowdown - health.TEMPERATURE_MARGIN_CELSIUS
 
 
 def _gpu(gpu: Gpu, attribution: Attribution, snapshot: GpuSnapshot, now: float, event_window: float) -> GpuStatus:
-    samples = gpu.samples
+    readings = gpu.readings
     mine = sorted(code for uuid, code in snapshot.xids if gpu.uuid and uuid == gpu.uuid)
-    readings = GpuStatus(
+    status = GpuStatus(
         index=gpu.index, uuid=gpu.uuid, model=gpu.info.get("model", ""), up=gpu.up, error=gpu.error,
         health="ok", problems=[],
-        utilization_ratio=_value(samples, catalog.UTILIZATION),
-        memory_used_bytes=_value(samples, catalog.MEMORY_USED),
-        memory_total_bytes=_value(samples, catalog.MEMORY_TOTAL),
-        temperature_celsius=_value(samples, catalog.TEMPERATURE),
-        temperature_slowdown_celsius=_value(samples, catalog.TEMPERATURE_THRESHOLD, "slowdown"),
-        power_watts=_value(samples, catalog.POWER), power_limit_watts=_value(samples, catalog.POWER_LIMIT),
-        clock_events_active=sorted(s.labels[0] for s in samples if s.metric is catalog.CLOCK_EVENT and s.value),
+        utilization_ratio=readings.get(catalog.UTILIZATION),
+        memory_used_bytes=readings.get(catalog.MEMORY_USED),
+        memory_total_bytes=readings.get(catalog.MEMORY_TOTAL),
+        temperature_celsius=readings.get(catalog.TEMPERATURE),
+        temperature_slowdown_celsius=readings.get(catalog.TEMPERATURE_THRESHOLD, threshold="slowdown"),
+        power_watts=readings.get(catalog.POWER), power_limit_watts=readings.get(catalog.POWER_LIMIT),
+        clock_events_active=sorted(reason for reason, on in readings.by(catalog.CLOCK_EVENT, "reason").items() if on),
         xid_events={str(code): snapshot.xids[gpu.uuid, code] for code in mine},
         xid_last_event_timestamps={str(code): snapshot.xid_last_event[gpu.uuid, code] for code in mine
                                    if (gpu.uuid, code) in snapshot.xid_last_event},
-        ecc_errors={s.labels[0]: int(s.value) for s in samples if s.metric is catalog.ECC_ERRORS},
+        ecc_errors={kind: int(count) for kind, count in readings.by(catalog.ECC_ERRORS, "type").items()},
         holders=_holders(gpu.uuid, attribution) if gpu.uuid else [],
         mig_instances=[_mig(m, attribution) for m in gpu.mig_devices],
     )
-    problems = _problems(gpu, readings, now, event_window)
-    health = next((p.level for p in problems if p.level != "info"), "ok")
-    return replace(readings, health=health, problems=problems)
+    problems = _problems(gpu, status, now, event_window)
+    level = next((p.level for p in problems if p.level != "info"), "ok")
+    return replace(status, health=level, problems=problems)
 
 
 def _agent(status: AgentStatus) -> AgentState:
@@ -272,7 +260,7 @@ def _agent(status: AgentStatus) -> AgentState:
 
 def build(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus, *,
           node: str = "", interval_seconds: float = 10.0,
-          event_window: float = definitions.EVENT_WINDOW_SECONDS) -> NodeStatus:
+          event_window: float = health.EVENT_WINDOW_SECONDS) -> NodeStatus:
     return NodeStatus(
         schema_version=SCHEMA_VERSION,
         node=node or socket.gethostname(),
@@ -285,7 +273,7 @@ def build(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus, 
 
 def render(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus, *,
            node: str = "", interval_seconds: float = 10.0,
-           event_window: float = definitions.EVENT_WINDOW_SECONDS) -> StatusPage:
+           event_window: float = health.EVENT_WINDOW_SECONDS) -> StatusPage:
     """The status page and its JSON for one cycle (call it where the exposition is rendered)."""
     model = build(snapshot, attribution, status, node=node, interval_seconds=interval_seconds,
                   event_window=event_window)
