@@ -30,7 +30,7 @@ from typing import Iterable, Literal, Mapping
 
 from . import catalog
 from .model.gpu import GpuProcess, GpuSnapshot
-from .model.kube import ClaimDevice, ContainerRef, PodMeta, PodResources, ProcessOwners, PublishedDevices
+from .model.kube import ClaimDevice, ContainerRef, PodMeta, PodResources, ProcessOwners, SliceDevices
 from .model.vocabulary import NVIDIA_DRA_DRIVER
 
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
@@ -138,7 +138,7 @@ ClaimResolution = Literal["resolved", "unknown", "unresolved"]
 
 
 def resolve_claim_device(
-    device: ClaimDevice, ids: _Ids, published: PublishedDevices | None
+    device: ClaimDevice, ids: _Ids, slices: SliceDevices | None
 ) -> tuple[str | None, ClaimResolution]:
     """The uuid of the GPU or MIG instance a DRA claim device is, and how sure that is.
 
@@ -150,13 +150,13 @@ def resolve_claim_device(
     * ``unresolved``: nothing here can tell which device it is (no slice of its pool, a device
       without a ``uuid`` attribute, a MIG instance without the API server).
     """
-    if published is not None:
+    if slices is not None:
         key = (device.driver, device.pool, device.device)
-        uuid = published.uuids.get(key)
+        uuid = slices.uuids.get(key)
         if uuid:
             found = ids.by_key.get(("uuid", uuid))
             return (found, "resolved") if found else (None, "unknown")
-        if uuid is None and (device.driver, device.pool) in published.pools:
+        if uuid is None and (device.driver, device.pool) in slices.pools:
             return None, "unknown"
     if device.driver == NVIDIA_DRA_DRIVER and (minor := _NVIDIA_DRA_GPU.match(device.device)) is not None:
         found = ids.by_key.get(("minor", int(minor[1])))
@@ -175,10 +175,10 @@ def attribute(
     pods: Mapping[str, PodMeta],
     owners: ProcessOwners,
     pod_labels: Iterable[str] = (),
-    published: PublishedDevices | None = None,
+    slices: SliceDevices | None = None,
 ) -> Attribution:
     """Join devices, allocations (device plugin ids and DRA claim devices, the latter named
-    through ``published``), pod metadata and process owners."""
+    through ``slices``), pod metadata and process owners."""
     if resources is None and not owners.containers:
         return Attribution()
     ids = _Ids.of(snapshot)
@@ -226,7 +226,7 @@ def attribute(
         if h is None:
             continue
         allocated[dev.driver].add(f"{dev.pool}/{dev.device}")
-        uuid, resolution = resolve_claim_device(dev, ids, published)
+        uuid, resolution = resolve_claim_device(dev, ids, slices)
         if resolution == "unresolved":
             unresolved.append(dev)
         elif uuid is None:
@@ -242,18 +242,18 @@ def attribute(
     return Attribution(
         holders=final,
         usage=_usage(snapshot, final, pods, owners),
-        allocatable=_allocatable(resources, published, ids),
+        allocatable=_allocatable(resources, slices, ids),
         allocated={name: len(devices) for name, devices in allocated.items()},
         unknown_ids=tuple(unknown),
         unresolved=tuple(unresolved),
     )
 
 
-def _allocatable(resources: PodResources | None, published: PublishedDevices | None, ids: _Ids) -> dict[str, int]:
+def _allocatable(resources: PodResources | None, slices: SliceDevices | None, ids: _Ids) -> dict[str, int]:
     """Devices per resource name the kubelet can allocate, and per DRA driver the published
     devices that are on this node (the driver publishes a MIG-enabled GPU's instances, not the GPU)."""
     allocatable = {name: len(devices) for name, devices in (resources.allocatable if resources else {}).items()}
-    for (driver, _, _), uuid in (published.uuids.items() if published else ()):
+    for (driver, _, _), uuid in (slices.uuids.items() if slices else ()):
         if uuid and ("uuid", uuid) in ids.by_key:
             allocatable[driver] = allocatable.get(driver, 0) + 1
     return allocatable

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from exporter.sources.kube import ERROR_KINDS, PodWatcher, pod_meta_from_dict, strip_runtime_prefix
+from exporter.sources.kube import POD_WATCH_ERROR_KINDS, PodWatcher, pod_meta_from_dict, strip_runtime_prefix
 from fakekubeapi import FakeKubeApi, make_pod
 
 NODE = "gpu-node-1"
@@ -356,7 +356,7 @@ def test_wait_synced_times_out_while_the_api_server_fails(fake_kube_api: FakeKub
 
 
 def test_error_counts_start_at_zero() -> None:
-    assert PodWatcher(NODE).error_counts() == dict.fromkeys(ERROR_KINDS, 0)
+    assert PodWatcher(NODE).error_counts() == dict.fromkeys(POD_WATCH_ERROR_KINDS, 0)
 
 
 def test_bad_kubeconfig_raises_at_start(tmp_path) -> None:

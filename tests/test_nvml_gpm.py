@@ -143,7 +143,8 @@ def test_a_gpu_instance_with_two_compute_instances_reports_its_metrics_once(
     from prometheus_client.parser import text_string_to_metric_families
 
     from exporter.attribution import Attribution
-    from exporter.render.families import AgentStatus, Renderer
+    from exporter.model.cycle import AgentStatus
+    from exporter.render.families import Renderer
     from exporter.model.gpu import GpuSnapshot
 
     fake_nvml.gpus = [h100(0, mig_mode=1, processes=[], mig=[

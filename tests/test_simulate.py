@@ -406,7 +406,7 @@ def test_process_owner_maps_pids_to_pod_and_container(clock):
             # the container that owns the pid holds this GPU (or one of its MIG instances)
             cname = pod.container_ids[ref.container_id]
             holder = (pod.namespace, pod.name, cname)
-            resources, published = backend.cluster.pod_resources(), backend.cluster.published_devices()
+            resources, published = backend.cluster.pod_resources(), backend.cluster.slice_devices()
             held = [d for c in resources.containers if (c.namespace, c.pod, c.container) == holder
                     for d in c.device_ids]
             held += [published.uuids[d.driver, d.pool, d.device] for d in resources.claim_devices

@@ -27,7 +27,7 @@ from exporter.render import status
 from exporter.attribution import Attribution
 from exporter.cli import build_agent
 from exporter.config import parse_config
-from exporter.render.families import AgentStatus
+from exporter.model.cycle import AgentStatus
 from exporter.serve.routes import make_app
 from exporter.sources.simulate import load_scenario
 from exporter.model.gpu import Gpu, GpuSnapshot

@@ -1,7 +1,7 @@
 """The Kubernetes side of a cycle: what the kubelet allocated to which container, what the API
 server says about pods and DRA devices, and which container runs each GPU process (procfs).
 
-kubelet -> ``PodResources``; API server -> ``PodMeta`` by pod uid and ``PublishedDevices``;
+kubelet -> ``PodResources``; API server -> ``PodMeta`` by pod uid and ``SliceDevices``;
 procfs -> ``ProcessOwners``. Immutable, like the GPU side (``model/gpu.py``).
 """
 
@@ -49,7 +49,7 @@ class PodResources:
 
 
 @dataclass(frozen=True, slots=True)
-class PublishedDevices:
+class SliceDevices:
     """The DRA devices this node's drivers publish in ResourceSlices: ``(driver, pool, device)``
     -> the device's ``uuid`` attribute (``""`` when it has none, e.g. a MIG instance not created
     yet). ``pools`` are the ``(driver, pool)`` pairs seen, complete or not: a device missing from

@@ -14,10 +14,12 @@ active alert whose annotations changed (its holders, its XID codes) is sent agai
 the same labels and start: Alertmanager updates it, it does not see a new alert.
 Credentials and the CA are files, read at each post (rotated tokens work).
 
-Everything here runs on the event loop except ``collect``, which the renderer calls from its
-thread: it reads only ``_figures``, plain values the loop computes after every change of the
-queues or counts (replaced whole, never mutated), so that it never iterates a deque the loop is
-popping ("deque mutated during iteration" would fail the whole rendering).
+The notifier is a component of the agent: it is told of every cycle (``update``), starts and
+stops with the agent's loop, and its self-metrics (``self_metrics``) are rendered with the cycle's.
+Everything here runs on the event loop; ``self_metrics`` reads only ``_figures``, plain values the
+loop computes after every change of the queues or counts (replaced whole, never mutated), so that
+it is safe from any thread and never iterates a deque the loop is popping ("deque mutated during
+iteration" would fail the whole rendering).
 """
 
 from __future__ import annotations
@@ -33,13 +35,11 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 import aiohttp
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from .. import catalog
 from ..attribution import Attribution
 from ..config import Config
-from ..model.gpu import GpuSnapshot
+from ..model.gpu import GpuSnapshot, Sample
 from .events import ActiveAlert, EventTracker, LabelSet
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class AlertmanagerNotifier:
         self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context))
         for target in self.targets:
             target.task = asyncio.create_task(self._drain(target), name=f"alertmanager {target.url}")
+        log.info("pushing critical GPU alerts to %s", ", ".join(target.url for target in self.targets))
 
     async def stop(self) -> None:
         tasks = [t.task for t in self.targets if t.task is not None]
@@ -202,31 +203,12 @@ class AlertmanagerNotifier:
             return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
         return {}
 
-    # -- self-metrics (a collector of the agent's registry) ----------------------------------------
+    # -- self-metrics ------------------------------------------------------------------------------
 
-    def collect(self) -> Iterable[Metric]:
-        """Called from the render thread: reads the figures the loop computed, nothing else."""
+    def self_metrics(self) -> Iterable[Sample]:
+        """Sent, failed and dropped alerts (every result from the start) and the queue length, by
+        Alertmanager: from the figures the loop computed, nothing else."""
         figures = self._figures
-        spec = catalog.ALERTMANAGER_NOTIFICATIONS
-        sent = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for f in figures:
-            for result, count in zip(RESULTS, f.counts):
-                sent.add_metric([f.url, result], count)
-        spec = catalog.ALERTMANAGER_QUEUE_LENGTH
-        queued = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for f in figures:
-            queued.add_metric([f.url], f.queued)
-        return [sent, queued]
-
-
-async def attach(agent: Any, config: Config) -> AlertmanagerNotifier | None:
-    """With ``--alertmanager.url``: a started notifier, told about every cycle of ``agent`` and
-    reporting on its registry; else None."""
-    if not config.alertmanager_urls:
-        return None
-    notifier = AlertmanagerNotifier(config)
-    agent.renderer.registry.register(notifier)
-    agent.notifier = notifier
-    await notifier.start()
-    log.info("pushing critical GPU alerts to %s", ", ".join(config.alertmanager_urls))
-    return notifier
+        return [*(Sample(catalog.ALERTMANAGER_NOTIFICATIONS, count, (f.url, result))
+                  for f in figures for result, count in zip(RESULTS, f.counts)),
+                *(Sample(catalog.ALERTMANAGER_QUEUE_LENGTH, f.queued, (f.url,)) for f in figures)]

@@ -1,4 +1,5 @@
-"""Both exposition formats from one pass over a registry, byte for byte what client_python writes.
+"""The exposition: both formats written in one pass over a registry, byte for byte what
+client_python writes, and gzipped once per cycle (``Exposition``).
 
 client_python's ``generate_latest`` (text) and ``openmetrics.generate_latest`` check every metric
 and label name character by character (UTF-8 name support, 0.22 and later) and collect the
@@ -9,18 +10,20 @@ remembered, and the registry is collected once for both formats.
 
 Only what the agent emits takes the fast path: gauge, counter, info and unknown families whose
 names are legacy names, without timestamps, exemplars or native histograms. Anything else
-(a histogram, a UTF-8 name) makes :func:`render` hand the whole registry to client_python, so
+(a histogram, a UTF-8 name) makes :func:`write` hand the whole registry to client_python, so
 the output is always what client_python would write. ``tests/test_exposition.py`` holds the
 two to the same bytes.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
+from dataclasses import dataclass
 from typing import Iterable
 
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
@@ -35,11 +38,30 @@ _TEXT_SUFFIX = {"counter": "_total", "info": "_info"}
 _NEEDS_ESCAPE = re.compile(r'[\\\n"]')
 
 
+GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer bytes here
+TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
+OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """One rendering, in every form a scrape may ask for."""
+
+    text: bytes
+    text_gzip: bytes
+    openmetrics: bytes
+    openmetrics_gzip: bytes
+
+    @classmethod
+    def of(cls, text: bytes, om: bytes) -> "Exposition":
+        return cls(text, gzip.compress(text, GZIP_LEVEL, mtime=0), om, gzip.compress(om, GZIP_LEVEL, mtime=0))
+
+
 class _Fallback(Exception):
     """A family the fast path does not write exactly as client_python does."""
 
 
-def render(registry: Collector) -> tuple[bytes, bytes]:
+def write(registry: Collector) -> tuple[bytes, bytes]:
     """(text format 0.0.4, OpenMetrics 1.0.0) of ``registry``, as client_python writes them."""
     global _label_cache, _previous_label_cache
     families = list(registry.collect())
@@ -47,7 +69,7 @@ def render(registry: Collector) -> tuple[bytes, bytes]:
     # and keeps only those it used, so the cache holds at most two cycles' label sets.
     _previous_label_cache, _label_cache = _label_cache, {}
     try:
-        return _render(families)
+        return _write(families)
     except _Fallback:
         replay = _Replay(families)
         return generate_latest(replay), openmetrics.generate_latest(replay)
@@ -63,7 +85,7 @@ class _Replay:
         return self._families
 
 
-def _render(families: list[Metric]) -> tuple[bytes, bytes]:
+def _write(families: list[Metric]) -> tuple[bytes, bytes]:
     text: list[str] = []
     om: list[str] = []
     for metric in families:

@@ -1,22 +1,20 @@
-"""Snapshot + attribution -> exposition bytes, once per collection cycle.
+"""Snapshot + attribution + the agent's status -> the metric families and the exposition bytes,
+once per collection cycle.
 
 Metric families are built fresh every cycle (client_python's custom-collector pattern), so the
-series of a GPU or pod that is gone simply are not there next time. The result is rendered in
-both formats and gzipped here, so that serving a scrape is a dictionary lookup.
+series of a GPU or pod that is gone simply are not there next time; names, types and help come
+from ``catalog.py``, and families are written in its order. The result is rendered in both formats
+and gzipped (``exposition.py``), so that serving a scrape is a dictionary lookup.
 """
 
 from __future__ import annotations
 
-import gzip
 import platform
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Sample as PromSample
 
 from .. import __version__, catalog
@@ -24,53 +22,8 @@ from ..attribution import Attribution
 from ..catalog import MetricSpec
 from ..model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 from ..model import xid
-from . import exposition
-
-GZIP_LEVEL = 6  # the gzip default; level 9 costs ~2x the time for ~3% fewer bytes here
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorStatus:
-    success: bool
-    duration_seconds: float | None = None  # None: the collector runs in the background (a watch)
-    last_success_timestamp: float | None = None  # unix time; None: never succeeded
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStatus:
-    """The agent's view of itself for this cycle."""
-
-    simulated: bool
-    nvml_up: bool
-    collectors: Mapping[str, CollectorStatus] = field(default_factory=dict)
-    errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (collector, kind) -> count
-    cycle_timestamp: float = 0.0
-    cycle_duration_seconds: float = 0.0
-    gpu_snapshot_age_seconds: float = 0.0
-    gpu_snapshot_stale: bool = False
-    kubelet_enabled: bool = False  # allocatable/allocated device counts are only known then
-    nvml_query_seconds: Mapping[str, float] = field(default_factory=dict)  # by query group, summed over GPUs
-    http_rejected: Mapping[str, int] = field(default_factory=dict)  # by reason; empty when not serving HTTP
-    unresolved_gpu_processes: int | None = None  # GPU processes of the cycle procfs could not place; None: no procfs
-
-
-@dataclass(frozen=True, slots=True)
-class Exposition:
-    """One rendering, in every form a scrape may ask for."""
-
-    text: bytes
-    text_gzip: bytes
-    openmetrics: bytes
-    openmetrics_gzip: bytes
-
-    @classmethod
-    def of(cls, text: bytes, om: bytes) -> "Exposition":
-        return cls(text, gzip.compress(text, GZIP_LEVEL, mtime=0), om, gzip.compress(om, GZIP_LEVEL, mtime=0))
-
-
-TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
-OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
-
+from ..model.cycle import AgentStatus
+from .exposition import Exposition, write
 
 _CATALOG_ORDER = {spec: i for i, spec in enumerate(catalog.all_metrics())}
 
@@ -187,16 +140,12 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
     out.add(catalog.GPU_SNAPSHOT_AGE, {}, status.gpu_snapshot_age_seconds)
     out.add(catalog.GPU_SNAPSHOT_STALE, {}, 1 if status.gpu_snapshot_stale else 0)
     out.add(catalog.NVML_UP, {}, 1 if status.nvml_up else 0)
-    if status.unresolved_gpu_processes is not None:
-        out.add(catalog.UNRESOLVED_GPU_PROCESSES, {}, status.unresolved_gpu_processes)
     for group, seconds in status.nvml_query_seconds.items():
         out.add(catalog.NVML_QUERY_DURATION, {"group": group}, seconds)
-    for reason, count in sorted(status.http_rejected.items()):
-        out.add(catalog.HTTP_REJECTED, {"reason": reason}, count)
-    if status.kubelet_enabled:
-        for resource in sorted(set(attribution.allocatable) | set(attribution.allocated)):
-            out.add(catalog.ALLOCATABLE_DEVICES, {"resource": resource}, attribution.allocatable.get(resource, 0))
-            out.add(catalog.ALLOCATED_DEVICES, {"resource": resource}, attribution.allocated.get(resource, 0))
+    _add_samples(out, {}, status.self_metrics)
+    for resource in sorted(set(attribution.allocatable) | set(attribution.allocated)):
+        out.add(catalog.ALLOCATABLE_DEVICES, {"resource": resource}, attribution.allocatable.get(resource, 0))
+        out.add(catalog.ALLOCATED_DEVICES, {"resource": resource}, attribution.allocated.get(resource, 0))
     # a claim shared by several containers lists its devices once per container: count each once
     unresolved = Counter((ns, claim, driver) for ns, claim, driver, _, _ in {
         (d.claim_namespace, d.claim_name, d.driver, d.pool, d.device) for d in attribution.unresolved})
@@ -228,5 +177,5 @@ class Renderer:
 
     def render(self, snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus) -> Exposition:
         self._metrics = self.families(snapshot, attribution, status)
-        return Exposition.of(*exposition.render(self.registry))  # what generate_latest writes, faster
+        return Exposition.of(*write(self.registry))  # what generate_latest writes, faster
 

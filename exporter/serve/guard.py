@@ -25,12 +25,14 @@ import binascii
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from .. import catalog
+from ..model.gpu import Sample
 from .webconfig import BasicAuth, ReloadingTls, WebConfig, peer_allowed
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class Guard:
     """The request middleware and the state it shares with the site: connections busy with a
-    request, and rejections counted by reason (``rejected``)."""
+    request, and rejections counted by reason (``rejected``, the agent's
+    ``kube_gpu_exporter_http_rejected_total``: the guard is one of its components)."""
 
     def __init__(self, web_config: WebConfig, limits: HttpLimits) -> None:
         self.web_config = web_config
@@ -96,6 +99,10 @@ class Guard:
         self.auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
         self.busy: set[RequestHandler] = set()
         self.rejected: Counter[str] = Counter(dict.fromkeys(REJECTION_REASONS, 0))
+
+    def self_metrics(self) -> Iterable[Sample]:
+        """kube_gpu_exporter_http_rejected_total, every reason from the start (read on the loop)."""
+        return [Sample(catalog.HTTP_REJECTED, count, (reason,)) for reason, count in sorted(self.rejected.items())]
 
     def _reject(self, reason: str, request: web.Request, status: int, text: str,
                 headers: dict[str, str] | None = None) -> web.Response:

@@ -7,7 +7,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ..agent import Agent, Health
-from ..render.families import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from ..render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from ..render.status import STARTING_PAGE
 from .guard import Guard
 

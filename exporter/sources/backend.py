@@ -1,7 +1,7 @@
 """The contract between a GPU backend (NVML, simulated) and the collection loop.
 
 A backend is synchronous and blocking on purpose: the loop calls it from worker threads with
-deadlines (see ``gpu_collector.py``), one GPU per call, so that a GPU whose calls hang or fail
+deadlines (see ``gpus.py``), one GPU per call, so that a GPU whose calls hang or fail
 costs only its own series.
 """
 

@@ -1,4 +1,6 @@
-"""Runs a GPU backend from the event loop: worker threads, deadlines, one GPU failing alone.
+"""The GPUs as a source: a GPU backend run from the event loop with worker threads and deadlines,
+one GPU failing alone. (The backend is NVML, ``nvml/``, or the simulated node, ``simulate/``;
+their contract is ``backend.py``.)
 
 Each GPU is read in its own daemon thread with a deadline. A GPU whose read has not returned
 by then is reported down, with its previous readings for a bounded time (marked stale), and no
@@ -18,52 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping
 
-from .backend import GpuBackend
 from ..model.gpu import Gpu, GpuIdentity, GpuSnapshot
+from .backend import GpuBackend
+from .base import Outcome, Source, run_in_daemon_thread
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from ..config import Config
+
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 
 
-def run_in_daemon_thread(fn: Callable[..., T], *args: Any, name: str = "nvml") -> asyncio.Future[T]:
-    """Run ``fn`` in a fresh daemon thread; the returned future resolves on the running loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def target() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-            result, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # loop closed while we were blocked: nobody waits any more
-            pass
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
-
-
-#: Error kinds of the nvml collector, present at 0 from the start (more appear as they happen:
-#: the NVML_ERROR_* name of a failed read, in lower case).
-ERROR_KINDS = ("init", "timeout", "restart", "gpu_is_lost", "unknown")
+#: A GPU whose reads hang is served with its last readings (marked stale, with up=0) for this many
+#: intervals, then with its identity alone.
+STALE_CYCLES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +56,7 @@ class _Reading:
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class _ReadResult:
     """What one worker thread brings back: the identity it knew or read, and the reading or why not."""
 
     identity: GpuIdentity
@@ -87,8 +64,8 @@ class _Outcome:
     error: BaseException | None
 
 
-class GpuCollector:
-    """Reads every GPU of a backend once per ``collect()``, in parallel, each within ``timeout``.
+class GpuSource(Source[GpuSnapshot]):
+    """Reads every GPU of a backend once per ``snapshot()``, in parallel, each within ``timeout``.
 
     What it remembers per GPU index, and why:
 
@@ -96,32 +73,41 @@ class GpuCollector:
       a lost GPU still has its name, its XIDs and its holders;
     * the MIG layout of the last good read: a failing MIG GPU keeps its instances, so that their
       holders stay attributed exactly when operators need to know who was on it;
-    * the last good reading, served (with ``up=0``) while a read hangs, for at most
-      ``hold_seconds``: after that only the identity is left, so alerts on the readings resolve
-      instead of being held up by numbers that no longer describe the GPU.
+    * the last good reading, served stale (with ``up=0``) while a read hangs, for at most
+      ``stale_limit`` seconds: after that only the identity is left, so alerts on the readings
+      resolve instead of being kept up by numbers that no longer describe the GPU.
 
     A GPU that leaves the device count is forgotten.
+
+    As a source (``read``): ``ok`` when NVML answers and every GPU was read in time.
     """
+
+    name = "nvml"
+    title = "NVML"
+    provides = "gpus"
+    #: Present at 0 from the start; a failed read adds the NVML_ERROR_* name of its error, in lower
+    #: case, and the backend its own (``GpuBackend.error_counts``).
+    error_kinds = ("init", "timeout", "restart", "gpu_is_lost", "unknown")
 
     def __init__(
         self,
         backend: GpuBackend,
         *,
         timeout: float,
-        hold_seconds: float,
+        stale_limit: float,
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
     ):
         self.backend = backend
         self.timeout = timeout
-        self.hold_seconds = hold_seconds
+        self.stale_limit = stale_limit
         self._monotonic = monotonic
         self._clock = clock  # unix time, for xid_last_event
         self._started = False
         self._start_error: str | None = "not started yet"
         self._next_start = 0.0
         self._backoff = BACKOFF_INITIAL_SECONDS
-        self._in_flight: dict[int, asyncio.Future[_Outcome]] = {}
+        self._in_flight: dict[int, asyncio.Future[_ReadResult]] = {}
         self._count: asyncio.Future[int] | None = None  # a device_count call still running
         self._start: asyncio.Future[None] | None = None  # a start call still running
         self._known_count = 0
@@ -131,7 +117,31 @@ class GpuCollector:
         self._xids: dict[tuple[str, int], int] = {}  # the last XID counts read
         self._xid_last_event: dict[tuple[str, int], float] = {}  # unix time each count last grew
         self._xid_error: str | None = None  # the last failure to read them, for one log line per change
-        self.errors: Counter[str] = Counter(dict.fromkeys(ERROR_KINDS, 0))
+        self.errors: Counter[str] = Counter(dict.fromkeys(self.error_kinds, 0))
+
+    @classmethod
+    def configured(cls, backend: GpuBackend, config: Config) -> "GpuSource":
+        """With the deadline of ``--collector.timeout``, stale readings kept for ``STALE_CYCLES`` intervals."""
+        return cls(backend, timeout=config.collector_timeout, stale_limit=STALE_CYCLES * config.collector_interval)
+
+    @property
+    def simulated(self) -> bool:
+        return self.backend.simulated
+
+    # -- as a source -------------------------------------------------------------------------------
+
+    async def read(self, gpus: GpuSnapshot | None = None) -> Outcome[GpuSnapshot]:
+        snapshot = await self.snapshot()
+        return Outcome(snapshot, ok=self.state.up and not snapshot.stale and all(g.up for g in snapshot.gpus))
+
+    def error_counts(self) -> Mapping[str, int]:
+        counts = Counter(self.errors)
+        counts.update(self.backend.error_counts())
+        return counts
+
+    async def stop(self) -> None:
+        """Stop the backend, in a daemon thread: it may sit in a call that hangs (an event wait)."""
+        await run_in_daemon_thread(self.stop_backend, name="nvml-stop")
 
     @property
     def state(self) -> BackendState:
@@ -187,7 +197,7 @@ class GpuCollector:
         except Exception:  # noqa: BLE001 - stop after a failure is best effort
             log.debug("backend stop failed", exc_info=True)
 
-    async def collect(self) -> GpuSnapshot:
+    async def snapshot(self) -> GpuSnapshot:
         """One cycle: every GPU read in parallel, each within the deadline."""
         now = self._monotonic()
         if not await self._ensure_started():
@@ -200,7 +210,7 @@ class GpuCollector:
             # NVML as a whole hangs (a driver in trouble blocks every call): serve what we had,
             # held, and start nothing new until that call returns.
             self.errors["timeout"] += 1
-            return self._snapshot([self._held(i, now) for i in self._known()], now, stale=True)
+            return self._snapshot([self._stale(i, now) for i in self._known()], now, stale=True)
         count_future, self._count = self._count, None
         if (error := count_future.exception()) is not None:
             self._restart_later(f"device count failed: {str(error) or type(error).__name__}")
@@ -227,20 +237,20 @@ class GpuCollector:
             else:
                 stale = True
                 self.errors["timeout"] += 1
-                gpus.append(self._held(index, now))
+                gpus.append(self._stale(index, now))
         # Reads of GPUs that left the count are not reported; a finished one frees its slot.
         for index in [i for i, f in self._in_flight.items() if i >= self._known_count and f.done()]:
             del self._in_flight[index]
         return self._snapshot(gpus, now, stale=stale)
 
-    def _read(self, index: int, identity: GpuIdentity | None) -> _Outcome:
+    def _read(self, index: int, identity: GpuIdentity | None) -> _ReadResult:
         """Runs in a worker thread: identity first (once), then the reading."""
         if identity is None:
             identity = self.backend.identify(index)  # raises: nothing is known of this GPU
         try:
-            return _Outcome(identity, self.backend.read_gpu(index), None)
+            return _ReadResult(identity, self.backend.read_gpu(index), None)
         except Exception as exc:  # noqa: BLE001 - reported by _settle with the identity kept
-            return _Outcome(identity, None, exc)
+            return _ReadResult(identity, None, exc)
 
     def _set_count(self, count: int) -> None:
         for index in range(count, self._known_count):
@@ -254,7 +264,7 @@ class GpuCollector:
     def _known(self) -> range:
         return range(self._known_count)
 
-    def _settle(self, index: int, future: asyncio.Future[_Outcome], now: float) -> Gpu:
+    def _settle(self, index: int, future: asyncio.Future[_ReadResult], now: float) -> Gpu:
         error = future.exception()
         if error is None:
             outcome = future.result()
@@ -273,12 +283,12 @@ class GpuCollector:
         self._mark_down(index, message)
         return self._down(index, message, kind)
 
-    def _held(self, index: int, now: float) -> Gpu:
-        """A GPU whose read hangs: down, with its last readings for at most ``hold_seconds``."""
+    def _stale(self, index: int, now: float) -> Gpu:
+        """A GPU whose read hangs: down, with its last readings (stale) for at most ``stale_limit``."""
         reason = f"read did not return within {self.timeout:g}s"
         self._mark_down(index, reason)
         last = self._last.get(index)
-        if last is None or now - last.taken > self.hold_seconds:
+        if last is None or now - last.taken > self.stale_limit:
             return self._down(index, reason, "timeout")
         return replace(last.gpu, up=False, error=reason, error_kind="timeout")
 
@@ -330,7 +340,7 @@ class GpuCollector:
         if self._down_reason.pop(index, None) is not None:
             log.info("GPU %d (%s) is back", index, self._identity[index].uuid)
 
-    def stop(self) -> None:
+    def stop_backend(self) -> None:
         if self._started:
             self._started = False
             try:

@@ -1,4 +1,8 @@
-"""Which container a process belongs to, from ``/proc/<pid>/cgroup``.
+"""procfs as a source: which container each GPU process runs in, from ``/proc/<pid>/cgroup``.
+
+``ProcfsSource`` reads it once per cycle, after the GPUs (it places the processes of their
+snapshot); ``Procfs`` reads the host's procfs (``--path.procfs``), ``container_of`` and
+``parse_cgroup_file`` one process's file.
 
 The kubelet puts every container in a cgroup under ``kubepods``, below a per-pod cgroup named
 after the pod uid; the container runtime names the container's own cgroup after the container
@@ -33,14 +37,20 @@ segment: it is not attributed.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
+from .. import catalog
+from ..model.gpu import GpuSnapshot, Sample
 from ..model.kube import ContainerRef, ProcessOwners
+from .base import ErrorTally, Outcome, Source
 
-__all__ = ["NotInProcfs", "ProcessOwners", "Procfs", "container_of", "parse_cgroup_file", "shares_pid_namespace"]
+__all__ = ["NotInProcfs", "Procfs", "ProcfsSource", "container_of", "parse_cgroup_file", "shares_pid_namespace"]
+
+log = logging.getLogger(__name__)
 
 # A segment [<anything>-]pod<uid>[.slice] then a segment [runtime-]<container id>[.scope],
 # followed by / or the end. The uid is 32 hex digits, with '-' (cgroupfs) or '_' (systemd)
@@ -186,3 +196,91 @@ class Procfs:
                 containers[pid] = ref
         self._host_pids_seen = self._host_pids_seen or bool(containers)
         return ProcessOwners(containers, frozenset(host), frozenset(missing), unreadable, self.lists_complete)
+
+
+class ProcfsSource(Source[ProcessOwners]):
+    """Where each GPU process of the cycle runs, read every cycle (processes or not), so that a
+    procfs that cannot be read fails the collector, and its alert, at once.
+
+    ``owners`` places pids (``Procfs.owners`` on a node; the scenario's under ``--simulate``);
+    ``path`` is what it reads, for the messages; ``procfs``, when it is the host's, also tells
+    whether the agent shares its pid namespace. A process whose pid procfs does not show cannot be
+    attributed: it is counted (``unresolved_pid``, and ``kube_gpu_exporter_unresolved_gpu_processes``
+    over the processes of this cycle's readings), and the first time said in one line that names
+    the fix.
+    """
+
+    name = "procfs"
+    title = "procfs"
+    provides = "process_owners"
+    # read: procfs (or a pid's cgroup file) cannot be read; unresolved_pid: a GPU process whose pid
+    # procfs does not show (docs/deploy.md#shared-gpus-and-hostpid)
+    error_kinds = ("read", "unresolved_pid")
+    after_gpus = True
+
+    def __init__(self, owners: Callable[[Sequence[int]], ProcessOwners], path: str,
+                 procfs: Procfs | None = None) -> None:
+        self.owners, self.path, self.procfs = owners, path, procfs
+        self._errors = ErrorTally(self.error_kinds, log)
+        self._unresolved = 0  # GPU processes of the last cycle not placed
+        self._pid_namespace_logged = False
+        self._missing_pids_logged = False
+
+    @classmethod
+    def host(cls, root: str) -> "ProcfsSource":
+        """The host's procfs at ``root`` (``--path.procfs``)."""
+        procfs = Procfs(root)
+        return cls(procfs.owners, root, procfs)
+
+    async def read(self, gpus: GpuSnapshot | None) -> Outcome[ProcessOwners]:
+        assert gpus is not None
+        up = [g for g in gpus.gpus if g.up]
+        entries = [p.pid for g in up for p in g.processes] + [p.pid for g in up for m in g.mig_devices
+                                                              for p in m.processes]
+        pids = sorted({p.pid for g in gpus.gpus for p in g.processes}
+                      | {p.pid for g in gpus.gpus for m in g.mig_devices for p in m.processes})
+        self._log_pid_namespace_once()
+        try:
+            owners = await asyncio.to_thread(self.owners, pids)
+        except Exception as exc:  # noqa: BLE001 - any failure costs the process split only
+            self._errors.count("read", f"procfs at {self.path} cannot be read ({exc}); GPU processes are not "
+                               "attributed to containers: check the /host/proc mount and --path.procfs")
+            self._unresolved = len(entries)
+            return Outcome(ProcessOwners(), ok=False)
+        for pid, why in sorted(owners.unreadable.items()):
+            self._errors.count("read", f"cannot read the cgroup of GPU process {pid}: {why}")
+        missing = [pid for pid in entries if pid in owners.missing]
+        if missing:
+            self._errors.count("unresolved_pid", n=len(missing))
+            self._log_unresolved_once(sorted(set(missing)))
+        self._unresolved = sum(not owners.placed(pid) for pid in entries)
+        return Outcome(owners, ok=not self._unresolved)
+
+    def error_counts(self) -> Mapping[str, int]:
+        return self._errors.counts()
+
+    def self_metrics(self) -> Iterable[Sample]:
+        return (Sample(catalog.UNRESOLVED_GPU_PROCESSES, self._unresolved),)
+
+    def _log_pid_namespace_once(self) -> None:
+        """Say once, at info, that the agent runs in a pid namespace of its own: drivers that
+        translate GPU pids into it hide every other container's process from NVML's lists."""
+        if self._pid_namespace_logged or self.procfs is None or self.procfs.shares_pid_namespace is not False:
+            return
+        self._pid_namespace_logged = True
+        log.info("the agent runs in a pid namespace of its own (hostPID: false). A driver that translates GPU "
+                 "pids into it leaves other containers' processes out of NVML's lists, so idle holders of shared "
+                 "GPUs are reported at 0 only once NVML has listed a pid that %s places in a container (a driver "
+                 "that reports host pids); else see docs/deploy.md#shared-gpus-and-hostpid", self.path)
+
+    def _log_unresolved_once(self, pids: list[int]) -> None:
+        """Processes NVML lists that procfs does not have: in the host's pid namespace they just
+        exited (counted, not worth a line); otherwise the agent sees another pid namespace."""
+        if self._missing_pids_logged or (self.procfs is not None and self.procfs.shares_pid_namespace):
+            return
+        self._missing_pids_logged = True
+        shown = ", ".join(map(str, pids[:10])) + (", ..." if len(pids) > 10 else "")
+        log.warning("NVML lists GPU processes that %s does not show (pids %s): the agent looks to run in a pid "
+                    "namespace of its own, into which the driver translates pids. Their containers are unknown, and "
+                    "idle holders of shared GPUs are not reported. Fix: run the agent with hostPID: true "
+                    "(deploy/hostpid.patch.yaml, docs/deploy.md#shared-gpus-and-hostpid)", self.path, shown)

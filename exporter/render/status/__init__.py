@@ -29,16 +29,15 @@ from typing import Iterable, Mapping
 
 from ... import __version__, catalog
 from ...attribution import Attribution, ContainerUsage, Holder
-from ...model.gpu import Gpu, GpuSnapshot, MigDevice
 from ...model import health, xid
-from ..families import AgentStatus
+from ...model.cycle import AgentStatus
+from ...model.gpu import Gpu, GpuSnapshot, MigDevice
 
 #: Version of the JSON document; bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1
-#: Collectors in the order the page lists them, with the name a person knows them by.
-COLLECTORS: tuple[tuple[str, str], ...] = (
-    ("nvml", "NVML"), ("kubelet", "kubelet pod-resources"), ("kubernetes", "API server"), ("procfs", "procfs"),
-)
+#: The collectors schema version 1 promises in ``agent.collectors``: one the agent does not run is
+#: there with ``enabled: false``. The others it runs (resourceslices) are there too, in its order.
+SCHEMA_V1_COLLECTORS = ("nvml", "kubelet", "kubernetes", "procfs")
 MIN_REFRESH_SECONDS = 5
 #: How an XID within the event window shows, by tier: the level the alerts give it, and what it means.
 XID_PROBLEMS: Mapping[str, tuple[str, str]] = {
@@ -117,6 +116,7 @@ class GpuStatus:
 
 @dataclass(frozen=True, slots=True)
 class CollectorState:
+    title: str  # what a person calls it; not in the JSON
     enabled: bool
     success: bool | None  # None when disabled
     last_success_timestamp: float | None
@@ -243,13 +243,11 @@ def _gpu(gpu: Gpu, attribution: Attribution, snapshot: GpuSnapshot, now: float, 
 
 
 def _agent(status: AgentStatus) -> AgentState:
-    collectors = {}
-    for name, _ in COLLECTORS:
-        c = status.collectors.get(name)
-        collectors[name] = (
-            CollectorState(True, c.success, c.last_success_timestamp, c.duration_seconds) if c
-            else CollectorState(False, None, None, None)
-        )
+    """The agent's state; its collectors are the sources it runs, in its order."""
+    collectors = {name: CollectorState(c.title, True, c.success, c.last_success_timestamp, c.duration_seconds)
+                  for name, c in status.collectors.items()}
+    for name in SCHEMA_V1_COLLECTORS:
+        collectors.setdefault(name, CollectorState(name, False, None, None, None))
     return AgentState(
         version=__version__, simulated=status.simulated, nvml_up=status.nvml_up, collectors=collectors,
         last_cycle_timestamp=status.cycle_timestamp, cycle_duration_seconds=status.cycle_duration_seconds,
@@ -282,8 +280,9 @@ def render(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus,
 
 
 def _json_object(items: list[tuple[str, object]]) -> dict[str, object]:
-    """A dataclass as JSON; pod labels (name, value) pairs as an object."""
-    return {k: dict(v) if k == "pod_labels" else v for k, v in items}  # type: ignore[call-overload]
+    """A dataclass as JSON; pod labels (name, value) pairs as an object; a collector's title left
+    out (the page's words, not the document's)."""
+    return {k: dict(v) if k == "pod_labels" else v for k, v in items if k != "title"}  # type: ignore[call-overload]
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -448,8 +447,7 @@ def _ratio(part: float | None, whole: float | None) -> float | None:
 
 def _agent_html(a: AgentState) -> Html:
     rows = []
-    for name, title in COLLECTORS:
-        c = a.collectors[name]
+    for c in a.collectors.values():
         if not c.enabled:
             state, level, detail = "disabled", "", ""
         else:
@@ -458,7 +456,7 @@ def _agent_html(a: AgentState) -> Html:
             if c.duration_seconds is not None:
                 detail += f", took {c.duration_seconds * 1000:.1f} ms"
         rows.append(html('<tr><td>{title}</td><td><span class="badge {level}">{state}</span></td>'
-                         '<td class="mute">{detail}</td></tr>', title=title, level=level, state=state, detail=detail))
+                         '<td class="mute">{detail}</td></tr>', title=c.title, level=level, state=state, detail=detail))
     stale = " (stale: an NVML call did not return in time)" if a.gpu_snapshot_stale else ""
     return html(
         '<div class="scroll"><table class="agent">{rows}'

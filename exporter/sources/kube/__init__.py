@@ -18,8 +18,8 @@ imported only by :meth:`PodWatcher.start`.
 """
 
 from .pods import pod_meta_from_dict, strip_runtime_prefix
-from .slices import SliceWatcher, published_devices
-from .watch import ERROR_KINDS, PodWatcher
+from .slices import SliceWatcher, slice_devices
+from .watch import POD_WATCH_ERROR_KINDS, PodWatcher
 
-__all__ = ["PodWatcher", "SliceWatcher", "ERROR_KINDS", "pod_meta_from_dict", "published_devices",
+__all__ = ["PodWatcher", "SliceWatcher", "POD_WATCH_ERROR_KINDS", "pod_meta_from_dict", "slice_devices",
            "strip_runtime_prefix"]

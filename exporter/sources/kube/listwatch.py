@@ -3,7 +3,7 @@ and the ResourceSlice watch share.
 
 The objects are listed (``fieldSelector`` limits them to this node), then watched from the
 list's resourceVersion; a full list again every ``resync_seconds``. Failures never stop the
-thread: each one is counted by kind (:data:`ERROR_KINDS`), logged at warning the first time a
+thread: each one is counted by kind (:data:`WATCH_ERROR_KINDS`), logged at warning the first time a
 kind is seen (then at debug), and followed by a capped exponential backoff and a fresh list.
 Meanwhile the last known objects are kept and :attr:`ListWatcher.connected` is False. A 410 Gone
 (the usual end of a long watch) relists at once, without a backoff, unless it repeats within a
@@ -24,10 +24,10 @@ from typing import Any, Mapping
 
 from .api import InvalidResponse, KubeApi
 
-__all__ = ["ERROR_KINDS", "ListWatcher", "error_kind"]
+__all__ = ["WATCH_ERROR_KINDS", "ListWatcher", "error_kind"]
 
 #: Kinds of error every watcher counts (a subclass may add its own).
-ERROR_KINDS = ("unavailable", "forbidden", "gone", "invalid_response")
+WATCH_ERROR_KINDS = ("unavailable", "forbidden", "gone", "invalid_response")
 
 # How long stop() waits for the thread; only a plain request that hangs takes longer.
 _STOP_TIMEOUT = 2.0
@@ -36,7 +36,7 @@ _log = logging.getLogger(__name__)
 
 
 def error_kind(exc: BaseException) -> str:
-    """The kind (one of :data:`ERROR_KINDS`) of a failed list or watch."""
+    """The kind (one of :data:`WATCH_ERROR_KINDS`) of a failed list or watch."""
     import urllib3
     from kubernetes.client.exceptions import ApiException
 
@@ -59,7 +59,7 @@ class ListWatcher:
 
     #: A few words for log lines ("pod", "ResourceSlice").
     what = "object"
-    error_kinds: tuple[str, ...] = ERROR_KINDS
+    error_kinds: tuple[str, ...] = WATCH_ERROR_KINDS
 
     def __init__(
         self,

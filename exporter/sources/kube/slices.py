@@ -5,7 +5,7 @@ kubelet's pod-resources API names the devices of a claim only by ``(driver, pool
 ``uuid`` attribute (NVIDIA's ``gpu.nvidia.com`` sets it on GPUs and MIG instances) turns that
 name into the device NVML reports. :class:`SliceWatcher` lists this node's slices
 (``fieldSelector=spec.nodeName=<node>``, and ``spec.driver=<driver>`` when there is one driver),
-then watches them, in a daemon thread, and keeps a :class:`~exporter.snapshot.PublishedDevices`
+then watches them, in a daemon thread, and keeps a :class:`~exporter.model.kube.SliceDevices`
 the collection cycle reads.
 
 Its resilience is the pod watch's (the loop is :class:`~exporter.kube.listwatch.ListWatcher`):
@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Mapping
 
-from ...model.kube import PublishedDevices
+from ...model.kube import SliceDevices
 from .api import InvalidResponse
-from .listwatch import ERROR_KINDS, ListWatcher
+from .listwatch import ListWatcher
 
-__all__ = ["ERROR_KINDS", "SliceWatcher", "SLICES_PATH", "published_devices"]
+__all__ = ["SliceWatcher", "SLICES_PATH", "slice_devices"]
 
 SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 
@@ -63,7 +63,7 @@ def parse_slice(obj: Mapping[str, Any]) -> tuple[str, _Slice]:
     return name, (driver, pool_name, generation, devices)
 
 
-def published_devices(slices: Iterable[_Slice]) -> PublishedDevices:
+def slice_devices(slices: Iterable[_Slice]) -> SliceDevices:
     """The devices of the slices of each pool's newest generation."""
     slices = list(slices)
     newest: dict[tuple[str, str], int] = {}
@@ -73,14 +73,14 @@ def published_devices(slices: Iterable[_Slice]) -> PublishedDevices:
     for driver, pool, generation, devices in slices:
         if generation == newest[driver, pool]:
             uuids.update(((driver, pool, device), uuid) for device, uuid in devices.items())
-    return PublishedDevices(uuids, frozenset(newest))
+    return SliceDevices(uuids, frozenset(newest))
 
 
 class SliceWatcher(ListWatcher):
     """Keeps the DRA devices that ``drivers`` publish for ``node_name`` up to date.
 
     Same construction and lifecycle as :class:`~exporter.kube.PodWatcher` (``start``, ``stop``,
-    ``connected``, ``wait_synced``, ``error_counts``); :meth:`published` is what the cycle reads.
+    ``connected``, ``wait_synced``, ``error_counts``); :meth:`devices` is what the cycle reads.
     """
 
     what = "ResourceSlice"
@@ -94,13 +94,13 @@ class SliceWatcher(ListWatcher):
         if len(self.drivers) == 1:
             selector += f",spec.driver={next(iter(self.drivers))}"
         super().__init__(node_name, SLICES_PATH, selector, **kwargs)
-        self._published = PublishedDevices()
+        self._devices = SliceDevices()
         self._slices: dict[str, _Slice] = {}  # the thread's own
 
-    def published(self) -> PublishedDevices:
+    def devices(self) -> SliceDevices:
         """The devices as last known (immutable; cheap)."""
         with self._lock:
-            return self._published
+            return self._devices
 
     def _not_served(self) -> bool:
         """No ResourceSlice API: no slices, which is a fact, not a failure."""
@@ -138,6 +138,6 @@ class SliceWatcher(ListWatcher):
             self._slices[name] = parsed
 
     def _publish(self) -> None:
-        published = published_devices(self._slices.values())
+        devices = slice_devices(self._slices.values())
         with self._lock:
-            self._published = published
+            self._devices = devices

@@ -8,15 +8,14 @@ from typing import Any, Mapping
 
 from ...model.kube import PodMeta
 from .api import KubeApi
-from .listwatch import ERROR_KINDS as _WATCH_ERROR_KINDS
-from .listwatch import ListWatcher
+from .listwatch import WATCH_ERROR_KINDS, ListWatcher
 from .owners import OwnerResolver
 from .pods import pod_meta_from_dict
 
-__all__ = ["ERROR_KINDS", "PodWatcher"]
+__all__ = ["POD_WATCH_ERROR_KINDS", "PodWatcher"]
 
 #: Kinds of error counted by PodWatcher.error_counts(): the list/watch loop's, and owner lookups.
-ERROR_KINDS = (*_WATCH_ERROR_KINDS, "owner_lookup")
+POD_WATCH_ERROR_KINDS = (*WATCH_ERROR_KINDS, "owner_lookup")
 
 
 class PodWatcher(ListWatcher):
@@ -30,7 +29,7 @@ class PodWatcher(ListWatcher):
 
     what = "pod"
     thread_prefix = "pod-watcher"
-    error_kinds = ERROR_KINDS
+    error_kinds = POD_WATCH_ERROR_KINDS
 
     def __init__(
         self,

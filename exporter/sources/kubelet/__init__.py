@@ -1,5 +1,6 @@
-"""Kubelet pod-resources API: which devices are assigned to which container on this node."""
+"""The kubelet pod-resources API: which devices the kubelet gave to which container.
 
-from .client import KubeletError, PodResourcesClient
-
-__all__ = ["KubeletError", "PodResourcesClient"]
+``client.py`` speaks the API (gRPC on a unix socket); ``source.py`` is the source the agent reads
+each cycle, over that client or anything that answers like it (the simulated node, tests). The
+package imports nothing itself, so that the source can be used without the gRPC stack.
+"""

@@ -93,7 +93,7 @@ class PodResourcesClient:
     """
 
     #: Kinds of the errors this client raises, for kube_gpu_exporter_collector_errors_total.
-    ERROR_KINDS: tuple[str, ...] = tuple(sorted(KubeletError.KINDS))
+    error_kinds: tuple[str, ...] = tuple(sorted(KubeletError.KINDS))
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 from ...model.kube import (
-    ClaimDevice, ContainerDevices, ContainerRef, PodMeta, PodResources, ProcessOwners, PublishedDevices,
+    ClaimDevice, ContainerDevices, ContainerRef, PodMeta, PodResources, ProcessOwners, SliceDevices,
 )
 from ...model.vocabulary import GPU_RESOURCE, NVIDIA_DRA_DRIVER
 from .scenario import DeviceRef, Scenario
@@ -71,7 +71,7 @@ class SimulatedCluster:
         dra = [g for g in scenario.gpus if g.index in dra_gpus]
         published = [DeviceRef(g.index, device_id=g.uuid) for g in dra if not g.mig] + [
             DeviceRef(g.index, mig=m, device_id=m.uuid) for g in dra for m in g.mig]
-        self._published = PublishedDevices({(NVIDIA_DRA_DRIVER, pool, d.dra_name): d.device_id for d in published},
+        self._devices = SliceDevices({(NVIDIA_DRA_DRIVER, pool, d.dra_name): d.device_id for d in published},
                                            frozenset({(NVIDIA_DRA_DRIVER, pool)}))
         self._meta = meta
         self._owners = owners
@@ -80,9 +80,9 @@ class SimulatedCluster:
         """What the kubelet's pod-resources List + GetAllocatableResources would answer."""
         return self._resources
 
-    def published_devices(self) -> PublishedDevices:
+    def slice_devices(self) -> SliceDevices:
         """What the simulated DRA driver's ResourceSlice publishes."""
-        return self._published
+        return self._devices
 
     def pod_meta(self) -> dict[str, PodMeta]:
         """Pods on the node by uid, as the API server watch would describe them."""
@@ -96,7 +96,7 @@ class SimulatedCluster:
 class SimulatedPodResources:
     """What the kubelet's pod-resources API would answer for the scenario; it never fails."""
 
-    ERROR_KINDS: tuple[str, ...] = ()
+    error_kinds: tuple[str, ...] = ()
 
     def __init__(self, cluster: SimulatedCluster, dra_drivers: tuple[str, ...] = (NVIDIA_DRA_DRIVER,)) -> None:
         self._cluster = cluster
@@ -139,8 +139,8 @@ class SimulatedPodMetadata:
 class SimulatedDeviceSlices(SimulatedPodMetadata):
     """What the API server's ResourceSlice watch would say: the simulated driver's one slice."""
 
-    def published(self) -> PublishedDevices:
-        return self._cluster.published_devices()
+    def devices(self) -> SliceDevices:
+        return self._cluster.slice_devices()
 
 
 def process_owners(cluster: SimulatedCluster) -> Callable[[Sequence[int]], ProcessOwners]:

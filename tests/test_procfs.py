@@ -10,11 +10,11 @@ import pytest
 from e2e import value
 
 from exporter.agent import Agent
-from exporter.model.kube import ProcessOwners
-from exporter.sources.procfs import NotInProcfs, Procfs, container_of, parse_cgroup_file, shares_pid_namespace
+from exporter.cli import build_sources
 from exporter.config import parse_config
 from exporter.model.gpu import Gpu, GpuIdentity, GpuProcess
-from exporter.model.kube import ContainerRef
+from exporter.model.kube import ContainerRef, ProcessOwners
+from exporter.sources.procfs import NotInProcfs, Procfs, container_of, parse_cgroup_file, shares_pid_namespace
 
 UID = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
 UID_ = UID.replace("-", "_")
@@ -272,8 +272,9 @@ class SharedGpu:
                    processes_read=True)
 
 
-def agent_on(procfs: Path, *pids: int) -> Agent:
-    return Agent(parse_config(["--path.procfs", str(procfs)], environ={}), SharedGpu(*pids))
+def agent_on(procfs: Path | str, *pids: int) -> Agent:
+    config = parse_config(["--path.procfs", str(procfs)], environ={})
+    return Agent(config, *build_sources(config, SharedGpu(*pids)))
 
 
 async def cycle(agent: Agent) -> str:
@@ -291,7 +292,7 @@ def procfs_metrics(body: str) -> tuple[float | None, float | None, float | None,
 async def test_a_procfs_that_is_not_there_fails_the_collector_from_the_first_cycle(tmp_path, caplog):
     """Without GPU processes too: a missing /host/proc mount must not read as "all is well"."""
     agent = agent_on(tmp_path / "not-mounted")
-    with caplog.at_level(logging.WARNING, logger="exporter.agent"):
+    with caplog.at_level(logging.WARNING, logger="exporter"):
         first, second = await cycle(agent), await cycle(agent)
     assert procfs_metrics(first) == (0, 1, 0, 0)
     assert procfs_metrics(second) == (0, 2, 0, 0)
@@ -311,7 +312,7 @@ async def test_pids_procfs_does_not_show_are_counted_and_the_fix_named_once(tmp_
     procfs = host_procfs(tmp_path / "proc", self_pid=os.getpid() + 100_000)
     write_proc(procfs, 4242, f"0::/kubepods/pod{UID}/{CID}\n")
     agent = agent_on(procfs, 4242, 17, 0)
-    with caplog.at_level(logging.WARNING, logger="exporter.agent"):
+    with caplog.at_level(logging.WARNING, logger="exporter"):
         first, second = await cycle(agent), await cycle(agent)
     assert procfs_metrics(first) == (0, 0, 2, 2)
     assert procfs_metrics(second) == (0, 0, 4, 2)
@@ -321,7 +322,7 @@ async def test_pids_procfs_does_not_show_are_counted_and_the_fix_named_once(tmp_
 
 async def test_pids_that_exited_in_the_hosts_pid_namespace_are_counted_without_the_namespace_line(tmp_path, caplog):
     procfs = host_procfs(tmp_path / "proc", self_pid=os.getpid())
-    with caplog.at_level(logging.INFO, logger="exporter.agent"):
+    with caplog.at_level(logging.INFO, logger="exporter"):
         assert procfs_metrics(await cycle(agent_on(procfs, 4242))) == (0, 0, 1, 1)
     assert not [r for r in caplog.records if "pid namespace" in r.getMessage()]
 
@@ -329,7 +330,7 @@ async def test_pids_that_exited_in_the_hosts_pid_namespace_are_counted_without_t
 async def test_the_agent_in_a_pid_namespace_of_its_own_says_so_once_at_start(tmp_path, caplog):
     procfs = host_procfs(tmp_path / "proc", self_pid=os.getpid() + 100_000)
     agent = agent_on(procfs)
-    with caplog.at_level(logging.INFO, logger="exporter.agent"):
+    with caplog.at_level(logging.INFO, logger="exporter"):
         body = await cycle(agent)
         await cycle(agent)
     assert procfs_metrics(body) == (1, 0, 0, 0)  # nothing wrong yet: no process to place
@@ -340,6 +341,6 @@ async def test_the_agent_in_a_pid_namespace_of_its_own_says_so_once_at_start(tmp
 async def test_an_empty_path_turns_the_procfs_collector_off(tmp_path):
     """--path.procfs="" (no /host/proc mount wanted): nothing is read, nothing fails, and no
     GPU process is placed, so a shared GPU has no per-container usage and no idle holder."""
-    body = await cycle(Agent(parse_config(["--path.procfs", ""], environ={}), SharedGpu(4242)))
+    body = await cycle(agent_on("", 4242))
     assert procfs_metrics(body) == (None, None, None, None)
     assert value(body, "kube_gpu_exporter_collector_success", collector="nvml") == 1

@@ -14,7 +14,7 @@ import time
 
 from exporter import catalog
 from exporter.sources.backend import BackendUnavailable, GpuReadError
-from exporter.sources.gpus import GpuCollector
+from exporter.sources.gpus import GpuSource
 from exporter.model.gpu import Gpu, GpuIdentity, MigDevice, Sample
 
 
@@ -90,7 +90,7 @@ class ScriptedBackend:
 async def collect_until(collector, condition, attempts: int = 50):
     """Collect until ``condition(snapshot)``: a released thread needs a moment on a busy machine."""
     for _ in range(attempts):
-        snapshot = await collector.collect()
+        snapshot = await collector.snapshot()
         if condition(snapshot):
             return snapshot
         await asyncio.sleep(0.05)
@@ -101,33 +101,33 @@ def temps(snapshot):
     return {g.index: g.samples[0].value if g.samples else None for g in snapshot.gpus}
 
 
-def collector_for(backend, timeout: float = 1.0, hold_seconds: float = 60.0, clock=None) -> GpuCollector:
+def collector_for(backend, timeout: float = 1.0, stale_limit: float = 60.0, clock=None) -> GpuSource:
     if clock is None:
-        return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds)
-    return GpuCollector(backend, timeout=timeout, hold_seconds=hold_seconds, monotonic=lambda: clock[0],
+        return GpuSource(backend, timeout=timeout, stale_limit=stale_limit)
+    return GpuSource(backend, timeout=timeout, stale_limit=stale_limit, monotonic=lambda: clock[0],
                         clock=lambda: clock[0])
 
 
 async def test_a_broken_gpu_costs_only_its_own_series_and_is_counted_once():
     backend = ScriptedBackend()
     collector = collector_for(backend)
-    await collector.collect()
+    await collector.snapshot()
     backend.broken.add(1)
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert [g.up for g in snapshot.gpus] == [True, False, True]
     assert snapshot.gpus[1].uuid == "GPU-1" and snapshot.gpus[1].info == {"model": "H100"}
     assert "lost" in snapshot.gpus[1].error
     assert temps(snapshot)[0] == temps(snapshot)[2] == 40.0
     assert collector.errors["gpu_is_lost"] == 1 and sum(collector.errors.values()) == 1
     backend.broken.clear()
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert all(g.up for g in snapshot.gpus)
 
 
 async def test_a_gpu_lost_before_its_first_good_read_keeps_the_identity_read_first():
     backend = ScriptedBackend()
     backend.broken.add(1)
-    snapshot = await collector_for(backend).collect()
+    snapshot = await collector_for(backend).snapshot()
     gpu = snapshot.gpus[1]
     assert (gpu.up, gpu.uuid, gpu.minor_number, gpu.info) == (False, "GPU-1", 1, {"model": "H100"})
 
@@ -137,11 +137,11 @@ async def test_identity_is_read_once_and_a_gpu_never_identified_has_no_uuid():
     backend.unidentifiable.add(2)
     collector = collector_for(backend)
     for _ in range(3):
-        snapshot = await collector.collect()
+        snapshot = await collector.snapshot()
     assert backend.identified == {0: 1, 1: 1, 2: 3}  # retried only while it fails
     assert (snapshot.gpus[2].up, snapshot.gpus[2].uuid) == (False, "")
     backend.unidentifiable.clear()
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert (snapshot.gpus[2].up, snapshot.gpus[2].uuid) == (True, "GPU-2")
 
 
@@ -150,9 +150,9 @@ async def test_a_failing_mig_gpu_keeps_its_instances_without_readings():
     mig = MigDevice("MIG-a", 1, 0, "3g.40gb", samples=(Sample(catalog.MIG_MEMORY_USED, 5.0),))
     backend.migs[2] = (mig,)
     collector = collector_for(backend)
-    await collector.collect()
+    await collector.snapshot()
     backend.broken.add(2)
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     (kept,) = snapshot.gpus[2].mig_devices
     assert (kept.uuid, kept.gpu_instance_id, kept.profile, kept.samples) == ("MIG-a", 1, "3g.40gb", ())
 
@@ -160,13 +160,13 @@ async def test_a_failing_mig_gpu_keeps_its_instances_without_readings():
 async def test_a_hung_gpu_is_down_with_its_last_readings_for_a_bounded_time_and_gets_one_thread():
     clock = [1000.0]
     backend = ScriptedBackend()
-    collector = collector_for(backend, timeout=0.2, hold_seconds=25, clock=clock)
-    await collector.collect()
+    collector = collector_for(backend, timeout=0.2, stale_limit=25, clock=clock)
+    await collector.snapshot()
     backend.hung_gpu, backend.temperature = 2, 55.0
     try:
         for _ in range(3):
             clock[0] += 10
-            snapshot = await collector.collect()
+            snapshot = await collector.snapshot()
             held = clock[0] - 1000 <= 25  # the readings are held, then dropped
             assert snapshot.stale and snapshot.taken == (1000.0 if held else clock[0])
             assert [g.up for g in snapshot.gpus] == [True, True, False]
@@ -186,19 +186,19 @@ async def test_backend_that_cannot_start_is_retried_with_backoff_and_recovers():
     backend = ScriptedBackend()
     backend.fail_start = 2
     collector = collector_for(backend, clock=clock)
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.gpus == () and not collector.state.up
     assert "driver not loaded" in collector.state.error
-    await collector.collect()  # within the backoff: no new attempt
+    await collector.snapshot()  # within the backoff: no new attempt
     assert backend.starts == 1
     clock[0] += 1.5
-    await collector.collect()  # second failure, backoff doubles to 2 s
+    await collector.snapshot()  # second failure, backoff doubles to 2 s
     assert backend.starts == 2
     clock[0] += 1.5
-    await collector.collect()
+    await collector.snapshot()
     assert backend.starts == 2
     clock[0] += 1.0
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert backend.starts == 3 and collector.state.up and len(snapshot.gpus) == 3
     assert collector.errors["init"] == 2
 
@@ -206,11 +206,11 @@ async def test_backend_that_cannot_start_is_retried_with_backoff_and_recovers():
 async def test_device_count_failure_reports_known_gpus_down_and_restarts():
     backend = ScriptedBackend(count=2)
     collector = collector_for(backend)
-    await collector.collect()
+    await collector.snapshot()
     backend.count_fails = True
     backend.xids = {("GPU-1", 79): 2}
     started = time.monotonic()
-    snapshot = await collector.collect()  # backend.stop() blocks: it must not block the loop
+    snapshot = await collector.snapshot()  # backend.stop() blocks: it must not block the loop
     assert time.monotonic() - started < 1
     assert [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
     assert not collector.state.up and collector.errors["restart"] == 1
@@ -224,26 +224,26 @@ async def test_a_gpu_that_leaves_the_device_count_is_forgotten():
     backend = ScriptedBackend(count=3)
     backend.stop_hang.set()
     collector = collector_for(backend, clock=clock)
-    await collector.collect()
+    await collector.snapshot()
     backend.count = 2
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert [g.uuid for g in snapshot.gpus] == ["GPU-0", "GPU-1"]
     backend.count_fails = True  # NVML fails: the known GPUs are reported down, the gone one not
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
 
 
 async def test_a_hung_read_of_a_gpu_that_left_and_came_back_does_not_start_a_second_thread():
     backend = ScriptedBackend(count=3)
     collector = collector_for(backend, timeout=0.1)
-    await collector.collect()
+    await collector.snapshot()
     backend.hung_gpu = 2
     try:
-        await collector.collect()  # GPU 2's read hangs
+        await collector.snapshot()  # GPU 2's read hangs
         backend.count = 2
-        await collector.collect()  # GPU 2 leaves the count while its read still hangs
+        await collector.snapshot()  # GPU 2 leaves the count while its read still hangs
         backend.count = 3
-        snapshot = await collector.collect()  # ... and comes back
+        snapshot = await collector.snapshot()  # ... and comes back
         assert backend.reads[2] == 2
         assert snapshot.stale and not snapshot.gpus[2].up
     finally:
@@ -255,19 +255,19 @@ async def test_a_hung_read_of_a_gpu_that_left_and_came_back_does_not_start_a_sec
 
 async def test_a_node_without_gpus_still_collects():
     collector = collector_for(ScriptedBackend(count=0))
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.gpus == () and collector.state.up
 
 
 async def test_a_hung_device_count_serves_the_last_readings_stale_and_starts_no_second_call():
     backend = ScriptedBackend(count=2)
     collector = collector_for(backend, timeout=0.2)
-    await collector.collect()
+    await collector.snapshot()
     backend.count_hangs = True
     try:
         for _ in range(2):
             started = time.monotonic()
-            snapshot = await collector.collect()
+            snapshot = await collector.snapshot()
             assert time.monotonic() - started < 1
             assert snapshot.stale and [(g.uuid, g.up) for g in snapshot.gpus] == [("GPU-0", False), ("GPU-1", False)]
             assert temps(snapshot) == {0: 40.0, 1: 40.0}
@@ -283,7 +283,7 @@ async def test_xid_counts_come_with_the_snapshot_even_for_gpus_that_are_down():
     backend = ScriptedBackend(count=2)
     backend.broken.add(0)
     backend.xids = {("GPU-0", 79): 3}
-    snapshot = await collector_for(backend).collect()
+    snapshot = await collector_for(backend).snapshot()
     assert snapshot.xids == {("GPU-0", 79): 3} and not snapshot.gpus[0].up
 
 
@@ -294,7 +294,7 @@ async def test_a_hung_nvml_init_holds_one_thread_however_often_the_cycle_retries
     collector = collector_for(backend, timeout=0.05, clock=clock)
     try:
         for _ in range(5):
-            await collector.collect()
+            await collector.snapshot()
             clock[0] += 120  # far past any backoff
         assert backend.starts == 1
         assert "does not return" in collector.state.error
@@ -313,7 +313,7 @@ async def test_restarts_after_count_failures_back_off_exponentially():
     starts_at = []
     for _ in range(40):  # 40 s of cycles, one a second
         before = backend.starts
-        await collector.collect()
+        await collector.snapshot()
         if backend.starts != before:
             starts_at.append(clock[0] - 1000)
         clock[0] += 1
@@ -325,14 +325,14 @@ async def test_restarts_after_count_failures_back_off_exponentially():
 async def test_going_down_and_coming_back_is_logged_once_each(caplog):
     backend = ScriptedBackend()
     collector = collector_for(backend)
-    await collector.collect()
+    await collector.snapshot()
     backend.broken.add(1)
     with caplog.at_level("INFO", logger="exporter.sources.gpus"):
         for _ in range(3):
-            await collector.collect()
+            await collector.snapshot()
         backend.broken.clear()
         for _ in range(2):
-            await collector.collect()
+            await collector.snapshot()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("GPU 1 (GPU-1) is down" in m for m in messages) == 1
     assert sum("GPU 1 (GPU-1) is back" in m for m in messages) == 1
@@ -347,12 +347,12 @@ async def test_a_down_gpu_says_why_and_the_snapshot_whether_nvml_as_a_whole_answ
     NVML down or restarting (no GPU's fault: no GpuLost at all)."""
     backend = ScriptedBackend()
     collector = collector_for(backend, timeout=0.2)
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.nvml_up and kinds(snapshot) == [None, None, None]
     backend.broken.add(1)
     backend.hung_gpu = 2
     try:
-        snapshot = await collector.collect()
+        snapshot = await collector.snapshot()
         assert snapshot.nvml_up and kinds(snapshot) == [None, "gpu_is_lost", "timeout"]
     finally:
         backend.hang.set()
@@ -363,7 +363,7 @@ async def test_a_down_gpu_says_why_and_the_snapshot_whether_nvml_as_a_whole_answ
 
     backend.count_hangs = True  # NVML hangs as a whole: every GPU held down, NVML not up
     try:
-        snapshot = await collector.collect()
+        snapshot = await collector.snapshot()
         assert not snapshot.nvml_up and kinds(snapshot) == ["timeout"] * 3
     finally:
         backend.count_hang.set()
@@ -372,9 +372,9 @@ async def test_a_down_gpu_says_why_and_the_snapshot_whether_nvml_as_a_whole_answ
     backend.count_fails = True  # NVML fails as a whole: restarted; the GPUs down meanwhile
     backend.stop_hang.set()
     backend.fail_start = 1
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert not snapshot.nvml_up and kinds(snapshot) == ["restart"] * 3
-    snapshot = await collector.collect()  # not started again yet (backoff)
+    snapshot = await collector.snapshot()  # not started again yet (backoff)
     assert not snapshot.nvml_up and kinds(snapshot) == ["init"] * 3
 
 
@@ -383,15 +383,15 @@ async def test_each_xid_count_is_stamped_with_the_time_it_last_grew():
     backend = ScriptedBackend(count=2)
     collector = collector_for(backend, clock=clock)
     backend.xids = {("GPU-0", 48): 1}
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.xid_last_event == {("GPU-0", 48): 1000.0}  # seen since the agent started: an event now
     clock[0] += 10
     backend.xids = {("GPU-0", 48): 1, ("GPU-1", 13): 2}
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.xid_last_event == {("GPU-0", 48): 1000.0, ("GPU-1", 13): 1010.0}
     clock[0] += 10
     backend.xids = {("GPU-0", 48): 2, ("GPU-1", 13): 2}
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.xid_last_event == {("GPU-0", 48): 1020.0, ("GPU-1", 13): 1010.0}
 
 
@@ -400,13 +400,13 @@ async def test_a_failed_xid_read_keeps_the_last_counts_and_is_counted():
     backend = ScriptedBackend(count=1)
     collector = collector_for(backend, clock=clock)
     backend.xids = {("GPU-0", 79): 3}
-    await collector.collect()
+    await collector.snapshot()
     backend.xid_fails = 1
     clock[0] += 10
-    snapshot = await collector.collect()
+    snapshot = await collector.snapshot()
     assert snapshot.xids == {("GPU-0", 79): 3}  # not {}: that would read as a counter reset
     assert snapshot.xid_last_event == {("GPU-0", 79): 1000.0}
     assert collector.errors["unknown"] == 1
     clock[0] += 10
-    snapshot = await collector.collect()  # the same count again: no new event
+    snapshot = await collector.snapshot()  # the same count again: no new event
     assert snapshot.xids == {("GPU-0", 79): 3} and snapshot.xid_last_event == {("GPU-0", 79): 1000.0}
