@@ -24,7 +24,7 @@ from exporter.agent import Agent
 from exporter.cli import build_sources
 from exporter.config import ConfigError, get_parser, parse_config
 from exporter.model.kube import ContainerDevices, PodMeta, PodResources, ProcessOwners
-from exporter.serve import webconfig
+from exporter.config import webconfig
 from exporter.serve.guard import Guard, HttpLimits, start_server
 from exporter.sources import procfs
 from exporter.sources.simulate import ScenarioError, SimulatedBackend, load_scenario, load_scenario_text

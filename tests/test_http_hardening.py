@@ -16,7 +16,7 @@ from aiohttp import web
 from e2e import AgentProcess, value
 
 from exporter.serve.guard import Guard, HttpLimits, start_server
-from exporter.serve.webconfig import WebConfig
+from exporter.config.webconfig import WebConfig
 
 LIMITS = HttpLimits(max_connections=8, idle_timeout=1.0, write_timeout=1.0, tls_handshake_timeout=1.0)
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: node\r\nAccept: */*\r\n\r\n"

@@ -20,7 +20,7 @@ from exporter.model import vocabulary
 from exporter.sources.backend import BackendUnavailable
 from exporter.sources.nvml import GpuReadError, NvmlBackend
 from exporter.sources.nvml.processes import merge_processes
-from exporter.sources.nvml.reader import mig_profile
+from exporter.sources.nvml.mig import mig_profile
 from exporter.model.gpu import Gpu, GpuProcess
 from fakenvml import GIB, FakeNode, h100
 

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from e2e import AgentProcess
 
 from exporter import cli
-from exporter.serve import webconfig
+from exporter.config import webconfig
 from exporter.serve.guard import Guard, HttpLimits, start_server
 
 HASH_OF_SECRET = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -266,7 +266,7 @@ async def test_probes_without_a_certificate_when_one_is_verified_if_given(pki):
 
 
 async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki, caplog):
-    caplog.set_level(logging.INFO, logger="exporter.serve.webconfig")
+    caplog.set_level(logging.INFO, logger="exporter.serve.security")
     config = tls_config(pki)
     async with Served(config) as served:
         context = pki.client_context()

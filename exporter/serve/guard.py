@@ -33,7 +33,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from .. import catalog
 from ..model.gpu import Sample
-from .webconfig import BasicAuth, ReloadingTls, WebConfig, peer_allowed
+from ..config.webconfig import WebConfig
+from .security import BasicAuth, ReloadingTls, peer_allowed
 
 log = logging.getLogger(__name__)
 

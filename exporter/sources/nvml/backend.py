@@ -2,7 +2,7 @@
 
 This module holds the lifecycle (``nvmlInit`` .. ``nvmlShutdown``, the XID thread) and what is
 kept per GPU between reads (its handle and ``GpuState``). How one GPU is read is in
-``reader.py``, its processes in ``processes.py``, and what a failed read costs in ``policy.py``.
+``reader.py``, its processes in ``processes.py``, and what a failed read costs in ``calls.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pynvml
 
 from ..backend import BackendUnavailable, GpuReadError
 from ...model.gpu import Gpu, GpuIdentity
-from .policy import LOST, ReadPolicy, error_kind
+from .calls import LOST, NvmlCalls, error_kind
 from .reader import Cadence, GpuReader, GpuState, text
 from .xid import XidWatcher
 
@@ -43,8 +43,8 @@ class NvmlBackend:
     ) -> None:
         self._log = logger or logging.getLogger("exporter.sources.nvml")
         self._cadence = Cadence(slow_interval=slow_interval, profiling=profiling, monotonic=monotonic)
-        self._policy = ReadPolicy(self._log)
-        self._xid = XidWatcher(self._policy, timeout_ms=xid_event_timeout_ms)  # kept: counts survive restarts
+        self._calls = NvmlCalls(self._log)
+        self._xid = XidWatcher(self._calls, timeout_ms=xid_event_timeout_ms)  # kept: counts survive restarts
         self._lock = threading.Lock()  # guards _gpus
         self._life = threading.Lock()  # serialises start() and stop(): one nvmlInit, one XID thread
         self._started = False
@@ -102,7 +102,7 @@ class NvmlBackend:
         """Who is GPU ``index`` now: looked up afresh (another GPU may hold the index), logged
         afresh, and watched for XID events."""
         self._forget(index)
-        self._policy.forget(index)
+        self._calls.forget(index)
         return self._read(index, lambda reader: reader.identify(self._system))
 
     def read_gpu(self, index: int) -> Gpu:
@@ -111,7 +111,7 @@ class NvmlBackend:
     def error_counts(self) -> dict[str, int]:
         """Errors of optional reads (and of XID watching) since the backend was made, by kind
         (the NVML_ERROR_* name in lower case). Failed required reads are raised instead."""
-        return self._policy.counts()
+        return self._calls.counts()
 
     def xid_counts(self) -> dict[tuple[str, int], int]:
         """(GPU uuid, XID code) -> events seen since the first start; served apart from
@@ -122,7 +122,7 @@ class NvmlBackend:
         """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped. Every good read
         (re)submits the GPU for XID events: one whose registration failed is retried."""
         state = self._state(index)
-        reader = GpuReader(self._policy, index, state, self._cadence)
+        reader = GpuReader(self._calls, index, state, self._cadence)
         try:
             result = read(reader)
         except pynvml.NVMLError as e:  # GPU_IS_LOST on an optional read
@@ -142,7 +142,7 @@ class NvmlBackend:
         with self._lock:
             state = self._gpus.get(index)
         if state is None:
-            handle = self._policy.required(index, "handle", pynvml.nvmlDeviceGetHandleByIndex, index)
+            handle = self._calls.required(index, "handle", pynvml.nvmlDeviceGetHandleByIndex, index)
             with self._lock:
                 state = self._gpus.setdefault(index, GpuState(handle))
         return state

@@ -6,20 +6,28 @@ whole call is unavailable (an old driver), ``FieldSpec.fallback`` names the clas
 that serves the same metric.
 
 The batch is only as fast as its slowest field: on an H200 the energy counter alone takes
-4.1 ms of the batch's 4.7. Fields marked ``slow`` (and any that prove slow on a GPU, see
-``reader.py``) go in a second batch read once per ``--collector.slow-interval``.
+4.1 ms of the batch's 4.7. Fields marked ``slow`` go in a second batch read once per
+``--collector.slow-interval``, and so does any field that proves slow on a GPU: ``read_fast``
+times the fast batch on every read (NVML reports each field's latency; a driver that does not
+gets its fields timed one by one, once per GPU).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pynvml
 
 from ... import catalog
 from ...catalog import MetricSpec
 from ...model.vocabulary import BYTES_PER_KIB, DIRECTIONS, ECC_ERROR_TYPES, JOULES_PER_MILLIJOULE, NOT_MIG, RETIREMENT_CAUSES
+from .calls import ABSENT
+from .cost import FAST_BATCH_BUDGET_SECONDS, SLOW_FIELD_SECONDS
+
+if TYPE_CHECKING:
+    from .reader import GpuReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +124,74 @@ def field_value(value: Any) -> float:
     if t == getattr(pynvml, "NVML_VALUE_TYPE_UNSIGNED_SHORT", 6):
         return float(v.usVal)
     return float(v.ullVal)
+
+
+# -- reading the batches ----------------------------------------------------------------------
+
+
+def read_fast(reader: GpuReader, specs: Batch) -> None:
+    """The fast batch, timed: a field that proves slow on this GPU moves to the slow batch.
+
+    NVML reports each field's own cost (``latencyUsec``); a driver that leaves it 0 while the
+    batch runs over budget gets its fields timed one by one, once per GPU.
+    """
+    started = time.perf_counter()
+    values = read_batch(reader, specs)
+    elapsed = time.perf_counter() - started
+    if not values:
+        return
+    latencies = {s.field_id: v.latencyUsec / 1e6 for s, v in zip(specs, values)}
+    if elapsed > FAST_BATCH_BUDGET_SECONDS and not any(latencies.values()) and not reader.state.fields_probed:
+        reader.state.fields_probed = True
+        latencies = {s.field_id: _time_alone(reader, s) for s in specs}
+    slow = {field_id for field_id, seconds in latencies.items() if seconds >= SLOW_FIELD_SECONDS}
+    if slow:
+        _move_to_slow(reader, specs, slow, latencies)
+
+def _time_alone(reader: GpuReader, spec: FieldSpec) -> float:
+    """The field alone, the faster of two tries: a busy CPU must not make a field look slow."""
+    tries = []
+    for _ in range(2):
+        started = time.perf_counter()
+        try:
+            pynvml.nvmlDeviceGetFieldValues(reader.h, field_ids((spec,)))
+        except pynvml.NVMLError as e:
+            reader.calls.failed(reader.index, "field_values", e)
+        tries.append(time.perf_counter() - started)
+    return min(tries)
+
+def _move_to_slow(reader: GpuReader, specs: Batch, slow: set[int], seconds: dict[int, float]) -> None:
+    """Read ``slow`` on the slow cadence from now on; until the next slow read, serve this
+    read's values of them from the slow reading."""
+    reader.state.slow_fields |= slow
+    moved = [s for s in specs if s.field_id in slow]
+    reader.calls.log.info(
+        "GPU %d: %s slow (%s); read every slow interval from now on", reader.index,
+        ", ".join(f"field {s.field_id} ({s.key})" for s in moved),
+        ", ".join(f"{seconds[s.field_id] * 1000:.1f} ms" for s in moved))
+    keep = {(s.metric, s.labels) for s in moved}
+    fresh = tuple(x for x in reader.samples if (x.metric, x.labels) in keep)
+    reader.state.slow = tuple(x for x in reader.state.slow if (x.metric, x.labels) not in keep) + fresh
+    reader.samples = [x for x in reader.samples if (x.metric, x.labels) not in keep]
+
+def read_batch(reader: GpuReader, specs: Batch) -> list[Any]:
+    """One ``nvmlDeviceGetFieldValues`` for ``specs``; per-field errors omit one series. The
+    raw values (empty when the call failed)."""
+    try:
+        values = pynvml.nvmlDeviceGetFieldValues(reader.h, field_ids(specs))
+    except pynvml.NVMLError as e:
+        reader.calls.failed(reader.index, "field_values", e)
+        if e.value in ABSENT:
+            _fallbacks(reader, specs)
+        return []
+    for spec, value in zip(specs, values):
+        if value.nvmlReturn != pynvml.NVML_SUCCESS:
+            reader.calls.failed(reader.index, spec.key, pynvml.NVMLError(value.nvmlReturn))
+            continue
+        reader.add(spec.metric, field_value(value), spec.labels, spec.scale)
+    return list(values)
+
+def _fallbacks(reader: GpuReader, specs: Batch) -> None:
+    for spec in specs:
+        if spec.fallback is not None:
+            reader.add(spec.metric, reader.opt(spec.key, spec.fallback, reader.h), spec.labels, spec.scale)

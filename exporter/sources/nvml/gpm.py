@@ -27,7 +27,7 @@ from ... import catalog
 from ...catalog import MetricSpec
 from ...model.gpu import Sample
 from ...model.vocabulary import BYTES_PER_MIB, DIRECTIONS, PROFILING_PIPES, RATIO_PER_PERCENT
-from .policy import ReadPolicy
+from .calls import NvmlCalls
 from .units import scaled
 
 
@@ -75,13 +75,13 @@ class _Buffers:
     previous: Any | None = None  # last cycle's sample, None until there is one
 
 
-def supported(policy: ReadPolicy, index: int, handle: Any) -> bool:
+def supported(calls: NvmlCalls, index: int, handle: Any) -> bool:
     """Whether the GPU serves GPM; an old driver (no symbol) or an older GPU does not (logged once)."""
-    support = policy.optional(index, "gpm", pynvml.nvmlGpmQueryDeviceSupport, handle)
+    support = calls.optional(index, "gpm", pynvml.nvmlGpmQueryDeviceSupport, handle)
     if support is None:
         return False
     if not support.isSupportedDevice:
-        policy.absent(index, "gpm", "GPM needs Hopper or newer")
+        calls.absent(index, "gpm", "GPM needs Hopper or newer")
         return False
     return True
 
@@ -90,8 +90,8 @@ class GpmSampler:
     """The GPM buffers of one GPU and its GPU instances; used by the GPU's reader thread only,
     closed by whoever drops the GPU (the lock makes a close during a read wait for it)."""
 
-    def __init__(self, policy: ReadPolicy, index: int) -> None:
-        self._policy = policy
+    def __init__(self, calls: NvmlCalls, index: int) -> None:
+        self._calls = calls
         self._index = index
         self._buffers: dict[int | None, _Buffers] = {}
         self._lock = threading.Lock()
@@ -109,20 +109,20 @@ class GpmSampler:
                 return []
             buffers = self._buffers.get(gpu_instance)
             if buffers is None:
-                spare = self._policy.optional(self._index, "gpm_alloc", pynvml.nvmlGpmSampleAlloc)
+                spare = self._calls.optional(self._index, "gpm_alloc", pynvml.nvmlGpmSampleAlloc)
                 if spare is None:
                     return []
                 buffers = self._buffers[gpu_instance] = _Buffers(spare)
             if gpu_instance is WHOLE_GPU:
-                taken = self._policy.optional(self._index, "gpm_sample", pynvml.nvmlGpmSampleGet, handle, buffers.spare)
+                taken = self._calls.optional(self._index, "gpm_sample", pynvml.nvmlGpmSampleGet, handle, buffers.spare)
             else:
-                taken = self._policy.optional(self._index, "gpm_mig_sample", pynvml.nvmlGpmMigSampleGet, handle,
+                taken = self._calls.optional(self._index, "gpm_mig_sample", pynvml.nvmlGpmMigSampleGet, handle,
                                               gpu_instance, buffers.spare)
             if taken is None:
                 return []
             previous, buffers.previous = buffers.previous, buffers.spare
             if previous is None:  # first sample: nothing to compare with yet
-                buffers.spare = self._policy.optional(self._index, "gpm_alloc", pynvml.nvmlGpmSampleAlloc)
+                buffers.spare = self._calls.optional(self._index, "gpm_alloc", pynvml.nvmlGpmSampleAlloc)
                 if buffers.spare is None:
                     del self._buffers[gpu_instance]
                     self._free(buffers.previous)
@@ -133,12 +133,12 @@ class GpmSampler:
     def _metrics(self, older: Any, newer: Any) -> list[Sample]:
         request = self._request
         request.sample1, request.sample2 = older, newer
-        if self._policy.optional(self._index, "gpm_metrics", pynvml.nvmlGpmMetricsGet, request) is None:
+        if self._calls.optional(self._index, "gpm_metrics", pynvml.nvmlGpmMetricsGet, request) is None:
             return []
         samples = []
         for spec, result in zip(GPM_METRICS, request.metrics):
             if result.nvmlReturn != pynvml.NVML_SUCCESS:
-                self._policy.failed(self._index, spec.key, pynvml.NVMLError(result.nvmlReturn))
+                self._calls.failed(self._index, spec.key, pynvml.NVMLError(result.nvmlReturn))
                 continue
             value = scaled(max(0.0, float(result.value)), spec.scale)
             if spec.scale == RATIO_PER_PERCENT:
@@ -156,7 +156,7 @@ class GpmSampler:
         """Free every buffer. A read that hangs in NVML keeps its buffers (after ``timeout``)
         rather than the caller: a leak at shutdown beats a hung exit."""
         if not self._lock.acquire(timeout=timeout):
-            self._policy.log.debug("GPU %d: GPM buffers not freed, a read still runs", self._index)
+            self._calls.log.debug("GPU %d: GPM buffers not freed, a read still runs", self._index)
             return
         try:
             self._closed = True
@@ -175,4 +175,4 @@ class GpmSampler:
         try:
             pynvml.nvmlGpmSampleFree(sample)
         except pynvml.NVMLError as e:
-            self._policy.log.debug("GPU %d: nvmlGpmSampleFree: %s", self._index, e)
+            self._calls.log.debug("GPU %d: nvmlGpmSampleFree: %s", self._index, e)

@@ -16,7 +16,7 @@ import pynvml
 
 from ...model.gpu import GpuProcess
 from ...model.vocabulary import NOT_MIG, RATIO_PER_PERCENT
-from .policy import ABSENT, ReadPolicy
+from .calls import ABSENT, NvmlCalls
 from .units import scaled
 
 Instance = tuple[int, int]  # (gpuInstanceId, computeInstanceId); (NOT_MIG, NOT_MIG) on the full GPU
@@ -27,7 +27,7 @@ _NO_UTIL_SAMPLES = frozenset({pynvml.NVML_SUCCESS, pynvml.NVML_ERROR_NOT_FOUND})
 
 
 def listed_processes(
-    policy: ReadPolicy, index: int, what: str, handle: Any
+    calls: NvmlCalls, index: int, what: str, handle: Any
 ) -> tuple[list[tuple[Instance, GpuProcess]], bool]:
     """(instance, process) for the compute processes of a GPU or MIG handle: the plain list,
     then the MPS list (NOT_SUPPORTED / FUNCTION_NOT_FOUND there means no MPS); and whether both
@@ -37,11 +37,11 @@ def listed_processes(
     The ``_v3`` names on purpose: pynvml's unversioned wrappers turn FUNCTION_NOT_FOUND (an
     older driver) into ``NVMLLibraryMismatchError``, which is no ``NVMLError``. Both size the
     list first (NVML answers INSUFFICIENT_SIZE when there are processes)."""
-    plain = policy.optional(index, what, pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle)
+    plain = calls.optional(index, what, pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle)
     try:
         mps = pynvml.nvmlDeviceGetMPSComputeRunningProcesses_v3(handle)
     except pynvml.NVMLError as e:
-        policy.failed(index, f"{what}_mps", e)
+        calls.failed(index, f"{what}_mps", e)
         mps = [] if e.value in ABSENT else None
     listed = [(_instance_of(p), _process_of(p)) for p in [*(plain or ()), *(mps or ())]]
     return listed, plain is not None and mps is not None
@@ -87,7 +87,7 @@ def merge_processes(*lists: Iterable[GpuProcess]) -> tuple[GpuProcess, ...]:
 
 
 def with_utilization(
-    policy: ReadPolicy, index: int, handle: Any, procs: tuple[GpuProcess, ...], since: int
+    calls: NvmlCalls, index: int, handle: Any, procs: tuple[GpuProcess, ...], since: int
 ) -> tuple[tuple[GpuProcess, ...], int]:
     """``procs`` with their SM utilisation since the NVML timestamp ``since``, and the timestamp
     the next read starts from.
@@ -103,7 +103,7 @@ def with_utilization(
         if e.value in _NO_UTIL_SAMPLES:
             samples = []
         else:
-            policy.failed(index, "process_utilization", e)
+            calls.failed(index, "process_utilization", e)
             return procs, since
     latest: dict[int, Any] = {}
     for s in samples:

@@ -1,6 +1,6 @@
 """One read of one GPU: its identity, its readings, its MIG instances and processes.
 
-Every optional read goes through the backend's ``ReadPolicy`` (see ``policy.py``); what the
+Every optional read goes through the backend's ``NvmlCalls`` (see ``calls.py``); what the
 backend keeps about a GPU between reads lives in its ``GpuState`` until the handle is dropped.
 
 Three cadences, because real NVML queries differ in cost by a factor of 1000 (``cost.py``):
@@ -14,7 +14,6 @@ Three cadences, because real NVML queries differ in cost by a factor of 1000 (``
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
@@ -28,10 +27,10 @@ from ...model.gpu import Gpu, GpuIdentity, GpuProcess, MigDevice, Sample
 from ...model.vocabulary import (
     DISABLED, ENABLED, HERTZ_PER_MEGAHERTZ, RATIO_PER_PERCENT, SECONDS_PER_NANOSECOND, WATTS_PER_MILLIWATT,
 )
-from . import fields, gpm, processes
-from .cost import FAST_BATCH_BUDGET_SECONDS, SLOW_FIELD_SECONDS, QueryTimer
-from .policy import ABSENT, ReadPolicy
-from .units import scaled
+from . import fields, gpm, mig, processes
+from .cost import QueryTimer
+from .calls import ABSENT, NvmlCalls
+from .units import scaled, text
 
 # The NVML number behind each vocabulary name, where NVML asks for one.
 _CLOCK_TYPES = dict(zip(vocabulary.CLOCK_DOMAINS, (
@@ -52,9 +51,6 @@ _CORRECTABLE, _UNCORRECTABLE = vocabulary.REMAPPED_ROW_TYPES
 
 #: What a link that does not exist answers: links are numbered sparsely on some boards.
 _NO_LINK = ABSENT | {pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_FOUND}
-#: What a MIG slot without a device answers.
-_NO_MIG_DEVICE = frozenset({pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT})
-_MIG_NAME = re.compile(r"\bMIG\s+(\S+)\s*$")
 
 
 @dataclass
@@ -89,15 +85,11 @@ class Cadence:
     monotonic: Callable[[], float] = time.monotonic
 
 
-def text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 class GpuReader:
     """Reads one GPU once; collects samples as it goes."""
 
-    def __init__(self, policy: ReadPolicy, index: int, state: GpuState, cadence: Cadence = Cadence()) -> None:
-        self.policy = policy
+    def __init__(self, calls: NvmlCalls, index: int, state: GpuState, cadence: Cadence = Cadence()) -> None:
+        self.calls = calls
         self.index = index
         self.state = state
         self.cadence = cadence
@@ -106,12 +98,16 @@ class GpuReader:
         self.timer = QueryTimer()
 
     def opt(self, what: str, fn: Any, *args: Any) -> Any:
-        return self.policy.optional(self.index, what, fn, *args)
+        return self.calls.optional(self.index, what, fn, *args)
 
     def add(self, metric: MetricSpec, value: float | None, labels: tuple[str, ...] = (), factor: float = 1) -> None:
         """A sample of ``value`` (raw NVML number) times the vocabulary ``factor``; None: none."""
         if value is not None:
             self.samples.append(Sample(metric, scaled(float(value), factor), labels))
+
+    def memory(self, handle: Any, what: str = "memory") -> tuple[int, int, int, int | None] | None:
+        """(total, used, free, reserved) bytes of this GPU or of one of its MIG devices (``read_memory``)."""
+        return read_memory(self.calls, self.index, handle, what)
 
     def _collect(self, read: Callable[[], None]) -> tuple[Sample, ...]:
         """The samples ``read`` adds, apart from this read's others (to keep them in the state)."""
@@ -131,7 +127,7 @@ class GpuReader:
         return identity
 
     def _identify(self, system: Mapping[str, str]) -> GpuIdentity:
-        uuid = text(self.policy.required(self.index, "uuid", pynvml.nvmlDeviceGetUUID, self.h))
+        uuid = text(self.calls.required(self.index, "uuid", pynvml.nvmlDeviceGetUUID, self.h))
         minor = self.opt("minor_number", pynvml.nvmlDeviceGetMinorNumber, self.h)
         name = self.opt("name", pynvml.nvmlDeviceGetName, self.h)
         pci = self.opt("pci", pynvml.nvmlDeviceGetPciInfo, self.h)
@@ -192,7 +188,7 @@ class GpuReader:
         with group("nvlink"):
             self._nvlink()
         with group("fields"):
-            self._fast_fields(fields.split(fields.GPU_FIELDS, self.state.slow_fields)[0])
+            fields.read_fast(self, fields.split(fields.GPU_FIELDS, self.state.slow_fields)[0])
         self.samples.extend(self._slow_counters())
         # XID counters are not read here: the collector adds them (GpuBackend.xid_counts).
         with group("processes"):
@@ -211,10 +207,10 @@ class GpuReader:
         read with errors (other than NOT_SUPPORTED) is not kept: the next read tries again."""
         if self.state.static is not None:
             return self.state.static
-        errors = sum(self.policy.counts().values())
+        errors = sum(self.calls.counts().values())
         with self.timer.group("static"):
             static = self._collect(self._static)
-        if sum(self.policy.counts().values()) == errors:
+        if sum(self.calls.counts().values()) == errors:
             self.state.static = static
         return static
 
@@ -259,7 +255,7 @@ class GpuReader:
             v = self.opt(f"violation_{label}", pynvml.nvmlDeviceGetViolationStatus, self.h, policy)
             self.add(catalog.VIOLATION_TIME, None if v is None else v.violationTime, (label,), SECONDS_PER_NANOSECOND)
         if slow_fields:
-            self._field_batch(slow_fields)
+            fields.read_batch(self, slow_fields)
 
     # -- activity and memory -----------------------------------------------------------------
     def _utilization(self) -> None:
@@ -274,7 +270,7 @@ class GpuReader:
             self.add(metric, None if codec is None else codec[0], factor=RATIO_PER_PERCENT)
 
     def _memory(self) -> None:
-        mem = read_memory(self.policy, self.index, self.h)
+        mem = self.memory(self.h)
         if mem is None:
             return
         total, used, free, reserved = mem
@@ -317,7 +313,7 @@ class GpuReader:
         except pynvml.NVMLError_FunctionNotFound:
             reasons = self.opt("clock_events", pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, self.h)
         except pynvml.NVMLError as e:
-            self.policy.failed(self.index, "clock_events", e)
+            self.calls.failed(self.index, "clock_events", e)
             reasons = None
         if reasons is None:
             return
@@ -355,7 +351,7 @@ class GpuReader:
                 active = pynvml.nvmlDeviceGetNvLinkState(self.h, link)
             except pynvml.NVMLError as e:
                 if e.value not in _NO_LINK:
-                    self.policy.failed(self.index, "nvlink", e)
+                    self.calls.failed(self.index, "nvlink", e)
                     present.append(link)  # it exists; the error may pass
                 continue
             present.append(link)
@@ -366,74 +362,7 @@ class GpuReader:
         if known is None:
             self.state.nvlink_links = tuple(present)
             if not present:
-                self.policy.absent(self.index, "nvlink", "no link answered")
-
-    def _fast_fields(self, specs: tuple[fields.FieldSpec, ...]) -> None:
-        """The fast batch, timed: a field that proves slow on this GPU moves to the slow batch.
-
-        NVML reports each field's own cost (``latencyUsec``); a driver that leaves it 0 while the
-        batch runs over budget gets its fields timed one by one, once per GPU.
-        """
-        started = time.perf_counter()
-        values = self._field_batch(specs)
-        elapsed = time.perf_counter() - started
-        if not values:
-            return
-        latencies = {s.field_id: v.latencyUsec / 1e6 for s, v in zip(specs, values)}
-        if elapsed > FAST_BATCH_BUDGET_SECONDS and not any(latencies.values()) and not self.state.fields_probed:
-            self.state.fields_probed = True
-            latencies = {s.field_id: self._time_field(s) for s in specs}
-        slow = {field_id for field_id, seconds in latencies.items() if seconds >= SLOW_FIELD_SECONDS}
-        if slow:
-            self._move_to_slow(specs, slow, latencies)
-
-    def _time_field(self, spec: fields.FieldSpec) -> float:
-        """The field alone, the faster of two tries: a busy CPU must not make a field look slow."""
-        tries = []
-        for _ in range(2):
-            started = time.perf_counter()
-            try:
-                pynvml.nvmlDeviceGetFieldValues(self.h, fields.field_ids((spec,)))
-            except pynvml.NVMLError as e:
-                self.policy.failed(self.index, "field_values", e)
-            tries.append(time.perf_counter() - started)
-        return min(tries)
-
-    def _move_to_slow(self, specs: tuple[fields.FieldSpec, ...], slow: set[int], seconds: dict[int, float]) -> None:
-        """Read ``slow`` on the slow cadence from now on; until the next slow read, serve this
-        read's values of them from the slow reading."""
-        self.state.slow_fields |= slow
-        moved = [s for s in specs if s.field_id in slow]
-        self.policy.log.info(
-            "GPU %d: %s slow (%s); read every slow interval from now on", self.index,
-            ", ".join(f"field {s.field_id} ({s.key})" for s in moved),
-            ", ".join(f"{seconds[s.field_id] * 1000:.1f} ms" for s in moved))
-        keep = {(s.metric, s.labels) for s in moved}
-        fresh = tuple(x for x in self.samples if (x.metric, x.labels) in keep)
-        self.state.slow = tuple(x for x in self.state.slow if (x.metric, x.labels) not in keep) + fresh
-        self.samples = [x for x in self.samples if (x.metric, x.labels) not in keep]
-
-    def _field_batch(self, specs: tuple[fields.FieldSpec, ...]) -> list[Any]:
-        """One ``nvmlDeviceGetFieldValues`` for ``specs``; per-field errors omit one series. The
-        raw values (empty when the call failed)."""
-        try:
-            values = pynvml.nvmlDeviceGetFieldValues(self.h, fields.field_ids(specs))
-        except pynvml.NVMLError as e:
-            self.policy.failed(self.index, "field_values", e)
-            if e.value in ABSENT:
-                self._field_fallbacks(specs)
-            return []
-        for spec, value in zip(specs, values):
-            if value.nvmlReturn != pynvml.NVML_SUCCESS:
-                self.policy.failed(self.index, spec.key, pynvml.NVMLError(value.nvmlReturn))
-                continue
-            self.add(spec.metric, fields.field_value(value), spec.labels, spec.scale)
-        return list(values)
-
-    def _field_fallbacks(self, specs: tuple[fields.FieldSpec, ...]) -> None:
-        for spec in specs:
-            if spec.fallback is not None:
-                self.add(spec.metric, self.opt(spec.key, spec.fallback, self.h), spec.labels, spec.scale)
+                self.calls.absent(self.index, "nvlink", "no link answered")
 
     # -- MIG and processes -----------------------------------------------------------------------
     def _devices_and_processes(
@@ -442,14 +371,14 @@ class GpuReader:
         """MIG devices (with their processes), the processes on the full GPU and whether the
         GPU's list was read. NVML has no per-process utilisation in MIG mode, so none is asked
         for there."""
-        listed, read = processes.listed_processes(self.policy, self.index, "processes", self.h)
+        listed, read = processes.listed_processes(self.calls, self.index, "processes", self.h)
         if not mig_enabled:
             procs, self.state.util_since = processes.with_utilization(
-                self.policy, self.index, self.h, processes.merge_processes(p for _, p in listed),
+                self.calls, self.index, self.h, processes.merge_processes(p for _, p in listed),
                 self.state.util_since)
             return (), procs, read
         by_instance = processes.split_by_instance(listed)
-        return self._mig_devices(name, by_instance, read), processes.on_full_gpu(listed), read
+        return mig.read_mig_devices(self, name, by_instance, read), processes.on_full_gpu(listed), read
 
     def _profiling(self, migs: tuple[MigDevice, ...]) -> tuple[MigDevice, ...]:
         """GPM metrics of the GPU and of each GPU instance, where the GPU serves GPM. GPM counts
@@ -457,8 +386,8 @@ class GpuReader:
         compute instance alone (``gpu_instances_first``), so that no sum counts them twice."""
         if not self.state.gpm_checked:
             self.state.gpm_checked = True
-            if gpm.supported(self.policy, self.index, self.h):
-                self.state.gpm = gpm.GpmSampler(self.policy, self.index)
+            if gpm.supported(self.calls, self.index, self.h):
+                self.state.gpm = gpm.GpmSampler(self.calls, self.index)
         sampler = self.state.gpm
         if sampler is None:
             return migs
@@ -466,68 +395,16 @@ class GpuReader:
         instances = {m.gpu_instance_id for m in migs}
         sampler.retain(instances)
         by_instance = {gi: tuple(sampler.read(self.h, gi)) for gi in sorted(instances)}
-        carriers = gpu_instances_first(migs)
+        carriers = mig.gpu_instances_first(migs)
         return tuple(replace(m, samples=m.samples + by_instance[m.gpu_instance_id]) if m.uuid in carriers else m
                      for m in migs)
-
-    def _mig_devices(
-        self, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]], parent_read: bool
-    ) -> tuple[MigDevice, ...]:
-        count = self.opt("mig", pynvml.nvmlDeviceGetMaxMigDeviceCount, self.h)
-        devices = []
-        for i in range(count or 0):
-            try:
-                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(self.h, i)
-            except pynvml.NVMLError as e:
-                if e.value not in _NO_MIG_DEVICE:
-                    self.policy.failed(self.index, "mig", e)
-                continue
-            device = self._mig_device(mig, parent_name, by_instance, parent_read)
-            if device is not None:
-                devices.append(device)
-        return tuple(devices)
-
-    def _mig_device(
-        self, mig: Any, parent_name: str, by_instance: dict[processes.Instance, list[GpuProcess]], parent_read: bool
-    ) -> MigDevice | None:
-        """One MIG device. Its processes are its own list merged with the parent's entries for
-        it; either list, read, names them all (the parent's holds every instance's)."""
-        uuid = self.opt("mig_uuid", pynvml.nvmlDeviceGetUUID, mig)
-        gi = self.opt("mig_gpu_instance_id", pynvml.nvmlDeviceGetGpuInstanceId, mig)
-        ci = self.opt("mig_compute_instance_id", pynvml.nvmlDeviceGetComputeInstanceId, mig)
-        if uuid is None or gi is None or ci is None:
-            return None
-        name = self.opt("mig_name", pynvml.nvmlDeviceGetName, mig)
-        samples: list[Sample] = []
-        mem = read_memory(self.policy, self.index, mig, what="mig_memory")
-        if mem is not None:
-            total, used, free, _reserved = mem
-            samples += [Sample(catalog.MIG_MEMORY_TOTAL, float(total)), Sample(catalog.MIG_MEMORY_USED, float(used)),
-                        Sample(catalog.MIG_MEMORY_FREE, float(free))]
-        own, own_read = processes.listed_processes(self.policy, self.index, "mig_processes", mig)
-        procs = processes.merge_processes((p for _, p in own), by_instance.get((int(gi), int(ci)), ()))
-        samples.append(Sample(catalog.MIG_PROCESSES, float(len(procs))))
-        return MigDevice(uuid=text(uuid), gpu_instance_id=int(gi), compute_instance_id=int(ci),
-                         profile=mig_profile(text(name) if name is not None else "", parent_name),
-                         samples=tuple(samples), processes=procs, processes_read=own_read or parent_read)
-
-
-def gpu_instances_first(migs: tuple[MigDevice, ...]) -> set[str]:
-    """The uuid of the first compute instance (lowest id) of each GPU instance: the one that
-    carries the GPU instance's own readings (GPM), which the renderer labels without
-    ``compute_instance_id``."""
-    first: dict[int, str] = {}
-    for m in sorted(migs, key=lambda m: (m.gpu_instance_id, m.compute_instance_id)):
-        first.setdefault(m.gpu_instance_id, m.uuid)
-    return set(first.values())
-
 
 def _enabled(on: bool) -> str:
     return ENABLED if on else DISABLED
 
 
 def read_memory(
-    policy: ReadPolicy, index: int, handle: Any, what: str = "memory"
+    calls: NvmlCalls, index: int, handle: Any, what: str = "memory"
 ) -> tuple[int, int, int, int | None] | None:
     """(total, used, free, reserved) bytes via the v2 API (``used`` excludes reserved memory);
     the v1 API on drivers without v2, where reserved is unknown (None: omitted, not 0) and
@@ -537,24 +414,10 @@ def read_memory(
         return int(m.total), int(m.used), int(m.free), int(m.reserved)
     except pynvml.NVMLError as e:
         if e.value not in ABSENT and e.value != pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH:
-            policy.failed(index, what, e)
+            calls.failed(index, what, e)
             return None
-        policy.absent(index, f"{what}_v2", f"{e}; reserved memory unknown, counted in used")
-    m = policy.optional(index, what, pynvml.nvmlDeviceGetMemoryInfo, handle)
+        calls.absent(index, f"{what}_v2", f"{e}; reserved memory unknown, counted in used")
+    m = calls.optional(index, what, pynvml.nvmlDeviceGetMemoryInfo, handle)
     if m is None:
         return None
     return int(m.total), int(m.used), int(m.free), None
-
-
-def mig_profile(mig_name: str, parent_name: str = "") -> str:
-    """The MIG profile ("1g.10gb") from NVML's MIG device name ("NVIDIA H100 80GB HBM3 MIG 1g.10gb").
-
-    Real NVML and the test fake both serve the name, while GPU-instance profile queries need
-    more privileges and more calls.
-    """
-    match = _MIG_NAME.search(mig_name)
-    if match:
-        return match.group(1)
-    if parent_name and mig_name.startswith(parent_name):
-        return mig_name[len(parent_name):].strip()
-    return mig_name

@@ -1,6 +1,8 @@
-"""NVML's raw numbers in the catalog's base units."""
+"""NVML's raw values in the catalog's base units, and its strings as text."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 def scaled(raw: float, factor: float) -> float:
@@ -12,3 +14,8 @@ def scaled(raw: float, factor: float) -> float:
     if 0 < factor < 1:
         return raw / round(1 / factor)
     return raw * factor
+
+
+def text(value: Any) -> str:
+    """An NVML string (bytes from older pynvml) as text."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -26,7 +26,7 @@ from typing import Any
 import pynvml
 
 from ...model.vocabulary import NOT_MIG
-from .policy import ReadPolicy, error_kind
+from .calls import NvmlCalls, error_kind
 
 _ERROR_BACKOFF_S = 0.5
 
@@ -51,9 +51,9 @@ class _Run:
 class XidWatcher:
     """Counts XID events of the GPUs it is asked to watch, in a daemon thread."""
 
-    def __init__(self, policy: ReadPolicy, *, timeout_ms: int = 1000) -> None:
-        self._policy = policy
-        self._log = policy.log
+    def __init__(self, calls: NvmlCalls, *, timeout_ms: int = 1000) -> None:
+        self._calls = calls
+        self._log = calls.log
         self._timeout_ms = max(1, int(timeout_ms))
         self._lock = threading.Lock()  # guards _counts and the current run's maps
         self._life = threading.Lock()  # serialises start() and stop()
@@ -127,8 +127,8 @@ class XidWatcher:
                 self._log.info("NVML shut down; XID event thread ends")
                 return
             except pynvml.NVMLError as e:
-                self._policy.count(error_kind(e))
-                if self._policy.once(("xid_wait", error_kind(e))):
+                self._calls.count(error_kind(e))
+                if self._calls.once(("xid_wait", error_kind(e))):
                     self._log.warning("nvmlEventSetWait failed: %s", e)
                 run.stop.wait(_ERROR_BACKOFF_S)
                 continue
@@ -150,11 +150,11 @@ class XidWatcher:
         if err.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
             with self._lock:
                 run.refused.add(key)
-            if self._policy.once(("xid_unsupported", uuid)):
+            if self._calls.once(("xid_unsupported", uuid)):
                 self._log.warning("GPU %s: XID events not supported; its XIDs are not counted", uuid)
             return
-        self._policy.count(error_kind(err))  # retried when the GPU is next identified or read
-        if self._policy.once(("xid_register", uuid)):
+        self._calls.count(error_kind(err))  # retried when the GPU is next identified or read
+        if self._calls.once(("xid_register", uuid)):
             self._log.warning("GPU %s: XID events not watched yet: %s; retried at its next read", uuid, err)
 
     def _record(self, run: _Run, data: Any) -> None:
@@ -166,7 +166,7 @@ class XidWatcher:
             if uuid is not None:
                 self._counts[(uuid, code)] += 1
         if uuid is None:
-            if self._policy.once(("xid_unknown_device",)):
+            if self._calls.once(("xid_unknown_device",)):
                 self._log.warning("XID %d on an unregistered device; ignored", code)
             return
         gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)

@@ -1,4 +1,4 @@
-"""What a failed NVML read costs: the error policy of the NVML backend, in one place.
+"""How the NVML backend calls NVML, and what a failed call costs, in one place.
 
 * required reads (the handle by index, the UUID): an error raises ``GpuReadError``; the
   collector reports the GPU with ``up=0`` and counts the failure (the backend does not, so that
@@ -11,7 +11,8 @@
 * any other error on an optional read: the series is omitted, logged once per GPU at warning
   and counted in ``error_counts()``; the GPU stays up, since the rest of its readings are good.
 
-The reader of a GPU, the process lists and the XID thread all go through one ``ReadPolicy``.
+The reader of a GPU, the process lists, GPM and the XID thread all make their calls through one
+``NvmlCalls`` (``required`` or ``optional``), which also counts the errors and logs each once.
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ import pynvml
 from ..backend import GpuReadError
 
 #: nvmlReturn_t -> "gpu_is_lost", "unknown", ... (the NVML_ERROR_* name, lower case).
-ERROR_KINDS: dict[int, str] = {
+ERROR_KIND_OF: dict[int, str] = {
     value: name[len("NVML_ERROR_"):].lower()
     for name, value in vars(pynvml).items()
     if name.startswith("NVML_ERROR_") and isinstance(value, int)
 }
 #: Answers that mean "this GPU (or driver) has no such thing": not an error.
 ABSENT = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
-LOST = ERROR_KINDS[pynvml.NVML_ERROR_GPU_IS_LOST]
+LOST = ERROR_KIND_OF[pynvml.NVML_ERROR_GPU_IS_LOST]
 
 
 def error_kind(err: pynvml.NVMLError) -> str:
-    return ERROR_KINDS.get(getattr(err, "value", None), "unknown")
+    return ERROR_KIND_OF.get(getattr(err, "value", None), "unknown")
 
 
-class ReadPolicy:
-    """Applies the module's policy to NVML calls; keeps the error counts and what was logged.
+class NvmlCalls:
+    """NVML calls made by the rules above; keeps the error counts and what was logged.
     Thread-safe: GPUs are read in parallel and the XID thread reports here too."""
 
     def __init__(self, logger: logging.Logger) -> None:
