@@ -13,7 +13,7 @@ one of those), never with a pod: a holder change or a kubelet outage must not en
 start another (restarting its ``for:``, paging twice). Their ``holders`` annotation names the pods
 holding the device, filled at notification time by a template query on
 ``nvidia_gpu_allocation_info``; the agent's pushed alerts carry the same labels and the same
-annotation (exporter/alerting/definitions.py). Container alerts (idle, stuck, memory) are about a
+annotation (exporter/push/definitions.py). Container alerts (idle, stuck, memory) are about a
 container and keep ``namespace, pod, container``.
 """
 
@@ -494,12 +494,12 @@ def alerts(p: Params) -> list[Alert]:
         summary="A GPU reported an XID that the rules do not classify.",
         description=G + " reported an XID that is not in the rules' tiers (the codes are in the xids annotation).",
         why="New drivers add codes; an unknown code must be seen, and classified in "
-            "exporter/alerting/definitions.py (the agent counts it in the `other` tier until then).",
+            "exporter/model/xid.py (the agent counts it in the `other` tier until then).",
         runbook=Runbook(
             "An XID code outside the tiers of the rule set.",
             "Unknown: look it up.",
             "NVIDIA's XID catalog (docs.nvidia.com/deploy/xid-errors); `dmesg -T | grep -i xid` on the node.",
-            "Add the code to its tier in exporter/alerting/definitions.py, regenerate (`make rules`)."),
+            "Add the code to its tier in exporter/model/xid.py, regenerate (`make rules`)."),
         cases=_xid_cases("other", 998, 999, ("application", 13)))
 
     recurring = f'nvidia_gpu_xid_errors_total{{xid=~"{codes(D.XID_REPLACE_IF_RECURRING)}"}}'

@@ -75,7 +75,7 @@ class Config:
     collector_slow_interval: float = 30.0  # seconds between reads of slow NVML counters
     collector_profiling: bool = True  # GPM profiling metrics where the GPU supports them
     dra_drivers: tuple[str, ...] = vocabulary.DEFAULT_DRA_DRIVERS  # () = DRA claims not attributed
-    alertmanager_urls: tuple[str, ...] = ()  # the push path (exporter/alerting); () = off
+    alertmanager_urls: tuple[str, ...] = ()  # the push path (exporter/push); () = off
     alertmanager_labels: tuple[tuple[str, str], ...] = ()
     alertmanager_basic_auth_file: str | None = None
     alertmanager_bearer_token_file: str | None = None

@@ -124,7 +124,7 @@ class Gpu:
     # "gpu_is_lost" (NVML says so: GpuLost is pushed at once), "timeout" (a read hangs), "init" or
     # "restart" (NVML as a whole is down), ...; None while up.
     error_kind: str | None = None
-    # NVML seconds this reading took by query group (nvml/cost.py); empty for simulated GPUs
+    # NVML seconds this reading took by query group (sources/nvml/cost.py); empty for simulated GPUs
     nvml_seconds: Mapping[str, float] = field(default_factory=dict)
     readings: Readings = field(init=False, repr=False, compare=False)  # ``samples`` by metric and labels
 

@@ -4,7 +4,7 @@ Label values (clock domains, clock-event reasons, violation policies, ...), NVML
 conversions, sentinels and the Kubernetes defaults live here, so that the NVML backend, the
 simulated backend, the CLI and the docs cannot drift apart: a test checks that both backends
 emit exactly these label values. The NVML numbers behind the names (``pynvml`` constants) are
-mapped in ``exporter/nvml``; nothing here imports ``pynvml``.
+mapped in ``exporter/sources/nvml``; nothing here imports ``pynvml``.
 """
 
 from __future__ import annotations

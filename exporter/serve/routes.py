@@ -1,5 +1,5 @@
-"""HTTP endpoints. Handlers only pick bytes rendered by the collection cycle: a scrape never
-waits on NVML, the kubelet or the API server."""
+"""Where a scrape is answered: the HTTP endpoints. Handlers only pick bytes rendered by the
+collection cycle (``render/``): a scrape never waits on NVML, the kubelet or the API server."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ async def status_json(request: web.Request) -> web.Response:
 
 
 def make_app(agent: Agent, guard: Guard | None = None) -> web.Application:
-    """The routes; ``guard`` (exporter/http.py) adds methods, paths, auth and headers."""
+    """The routes; ``guard`` (``guard.py``) adds methods, paths, auth and headers."""
     app = web.Application(middlewares=[guard.middleware] if guard else [])
     app[AGENT] = agent
     app.router.add_get("/metrics", metrics)

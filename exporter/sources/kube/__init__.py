@@ -7,11 +7,12 @@ PodMeta`` map that the collection cycle reads. One module per concern:
   shared by both watchers;
 * ``watch``  -- :class:`PodWatcher`: the pods of this node and their owners;
 * ``owners`` -- ReplicaSet -> Deployment and Job -> CronJob, cached, with the last good answer;
-* ``pods``   -- a pod as JSON -> :class:`~exporter.snapshot.PodMeta`;
+* ``pods``   -- a pod as JSON -> :class:`~exporter.model.kube.PodMeta`;
 * ``slices`` -- :class:`SliceWatcher`: the DRA devices (ResourceSlices) this node's GPU drivers
   publish, to name the devices of ResourceClaims;
 * ``api``    -- the request path (configuration, authentication, GET), without the generated
-  API methods.
+  API methods;
+* ``source`` -- both watches as sources of the cycle (``sources/base.py``).
 
 Importing this package costs nothing when the feature is off: the ``kubernetes`` package is
 imported only by :meth:`PodWatcher.start`.

@@ -8,7 +8,7 @@ name into the device NVML reports. :class:`SliceWatcher` lists this node's slice
 then watches them, in a daemon thread, and keeps a :class:`~exporter.model.kube.SliceDevices`
 the collection cycle reads.
 
-Its resilience is the pod watch's (the loop is :class:`~exporter.kube.listwatch.ListWatcher`):
+Its resilience is the pod watch's (the loop is :class:`~exporter.sources.kube.listwatch.ListWatcher`):
 every failure is counted by kind, logged once, and followed by a backoff and a fresh list;
 meanwhile the last known slices are kept and :attr:`SliceWatcher.connected` is False; the agent
 applies the grace period.
@@ -79,7 +79,7 @@ def slice_devices(slices: Iterable[_Slice]) -> SliceDevices:
 class SliceWatcher(ListWatcher):
     """Keeps the DRA devices that ``drivers`` publish for ``node_name`` up to date.
 
-    Same construction and lifecycle as :class:`~exporter.kube.PodWatcher` (``start``, ``stop``,
+    Same construction and lifecycle as :class:`~exporter.sources.kube.PodWatcher` (``start``, ``stop``,
     ``connected``, ``wait_synced``, ``error_counts``); :meth:`devices` is what the cycle reads.
     """
 

@@ -1,5 +1,5 @@
-"""The pods of this node, listed and watched (the loop is :class:`~exporter.kube.listwatch.ListWatcher`),
-with the workload that owns each (:class:`~exporter.kube.owners.OwnerResolver`)."""
+"""The pods of this node, listed and watched (the loop is :class:`~exporter.sources.kube.listwatch.ListWatcher`),
+with the workload that owns each (:class:`~exporter.sources.kube.owners.OwnerResolver`)."""
 
 from __future__ import annotations
 
