@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 from .attribution import Attribution, attribute
@@ -113,6 +113,9 @@ class Agent:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"two sources share a name: {names}")
+        known = {f.name for f in fields(Observations)}
+        if unknown := [f"{s.name}: {s.provides!r}" for s in self.sources if s.provides not in known]:
+            raise ValueError(f"sources provide no field of Observations: {', '.join(unknown)}")
         self.components = tuple(components)
         self.errors = ErrorBook(self.sources)
         self.renderer = Renderer()

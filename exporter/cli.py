@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from . import __version__
 from .agent import Agent, Component
@@ -22,7 +22,10 @@ from .serve.routes import make_app
 from .sources.backend import GpuBackend
 from .sources.base import Source
 from .sources.gpus import GpuSource
-from .sources.kubelet.source import PodResourcesLister
+from .sources.grace import KeptWhileDown
+from .sources.kube.source import Watch, pod_source, slice_source
+from .sources.kubelet.source import KubeletSource, PodResourcesLister
+from .sources.procfs import ProcfsSource
 
 log = logging.getLogger("exporter")
 
@@ -64,19 +67,14 @@ def build_sources(
     backend: GpuBackend,
     *,
     kubelet: PodResourcesLister | None = None,
-    pods: Any = None,
-    slices: Any = None,
+    pods: Watch | None = None,
+    slices: Watch | None = None,
     process_owners: Callable[[Sequence[int]], ProcessOwners] | None = None,
 ) -> tuple[GpuSource, list[Source]]:
     """The agent's sources over these clients, as the config wants them: the GPUs through
     ``backend``; the kubelet, the pod watch and the ResourceSlice watch where given, each kept for
     ``--attribution.grace-period`` while it fails; procfs through ``process_owners``, or the host's
     at ``--path.procfs`` (none when that is empty). Adding a source is one line here."""
-    from .sources.grace import KeptWhileDown
-    from .sources.kube.source import pod_source, slice_source
-    from .sources.kubelet.source import KubeletSource
-    from .sources.procfs import ProcfsSource
-
     grace = config.attribution_grace_period
     sources: list[Source] = []
     if kubelet is not None:

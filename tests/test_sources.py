@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 
+import pytest
 from e2e import ROOT, AgentProcess, samples, value
 from test_agent import GPU, Kubelet, OneGpu, Watch, make_agent
 
@@ -158,3 +159,13 @@ def test_once_and_the_server_render_the_same_self_metrics(tmp_path):
         assert value(body, "kube_gpu_exporter_http_rejected_total", reason="path") == 0
         assert value(body, "kube_gpu_exporter_alertmanager_notifications_total",
                      alertmanager="http://127.0.0.1:9", result="dropped") == 0
+
+
+def test_a_source_that_provides_no_known_field_is_refused_at_once():
+    class Typo(Source[str]):
+        name, title, provides = "typo", "a typo", "pod_resource"
+
+    config = parse_config([], environ={})
+    gpus, _ = build_sources(config, OneGpu())
+    with pytest.raises(ValueError, match="typo: 'pod_resource'"):
+        Agent(config, gpus, [Typo()])
