@@ -59,7 +59,7 @@ bench: test-deps test-venv
 
 ## protos: regenerate the committed kubelet pod-resources stubs from their .proto
 protos: test-venv
-	PYTHON=$(PY) sh exporter/kubelet/podresources/generate.sh
+	PYTHON=$(PY) sh exporter/sources/kubelet/podresources/generate.sh
 
 ## golden: rewrite tests/fixtures/e2e-output.txt from the current code (review the diff!)
 golden: test-deps test-venv

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from alerts.params import Params
 from alerts.promql import HOLDERS_TEMPLATE, xids_template
-from exporter.alerting import definitions
+from exporter.push import definitions
 
 if TYPE_CHECKING:
     from alerts.cases import Case
@@ -45,5 +45,5 @@ class Alert:
 
 def pushed_text(text: definitions.AlertText) -> dict[str, str]:
     """The name, severity, summary and description of an alert the agent also pushes: the agent's
-    (exporter/alerting/definitions.py), so that Alertmanager sees one alert from two sources."""
+    (exporter/push/definitions.py), so that Alertmanager sees one alert from two sources."""
     return {"name": text.name, "severity": text.severity, "summary": text.summary, "description": text.description}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from alerts.params import Params, minutes
-from exporter.alerting.definitions import HOLDERS_ANNOTATION, XIDS_ANNOTATION, holders_text, render, xids_text
+from exporter.push.definitions import HOLDERS_ANNOTATION, XIDS_ANNOTATION, holders_text, render, xids_text
 
 if TYPE_CHECKING:
     from alerts.alert import Alert

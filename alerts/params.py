@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.alerting import definitions
+from exporter.push import definitions
 
 
 def duration(seconds: int) -> str:

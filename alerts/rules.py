@@ -19,7 +19,7 @@ one of those), never with a pod: a holder change or a kubelet outage must not en
 start another (restarting its ``for:``, paging twice). Their ``holders`` annotation names the pods
 holding the device, filled at notification time by a template query on
 ``nvidia_gpu_allocation_info``; the agent's pushed alerts carry the same labels and the same
-annotation (exporter/alerting/definitions.py). Container alerts (idle, stuck, memory) are about a
+annotation (exporter/push/definitions.py). Container alerts (idle, stuck, memory) are about a
 container and keep ``namespace, pod, container``.
 """
 

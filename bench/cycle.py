@@ -43,14 +43,16 @@ from e2e import FakePod, write_procfs  # noqa: E402
 from fakenvml import FakeNode, a100_mig, build_fake_nvml, h100, load_into_pynvml  # noqa: E402
 from nvml_cost import h200_delays  # noqa: E402
 
-from exporter.cli import build_agent  # noqa: E402
-from exporter.nvml import fields  # noqa: E402
+from exporter.agent import Agent  # noqa: E402
+from exporter.cli import build_agent, build_sources  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
-from exporter.snapshot import PodMeta  # noqa: E402
+from exporter.model.kube import PodMeta  # noqa: E402
+from exporter.sources.kubelet.client import PodResourcesClient  # noqa: E402
+from exporter.sources.nvml import NvmlBackend, fields  # noqa: E402
 
 SLOW_READS = ("utilization", "memory_v2", "memory", "power_mw", "temperature", "clock")
 class StaticPods:
-    """The API server's pods, fixed: the PodMetadataSource contract without a watch."""
+    """The API server's pods, fixed: what a pod watch answers (sources/kube/source.py), without one."""
 
     connected = True
 
@@ -84,7 +86,7 @@ def run_cycles(agent, cycles: int, profile: cProfile.Profile | None = None) -> d
     """Median per cycle: wall time, CPU time of the process, and that CPU split into NVML reads
     (pynvml and the fake library included), rendering, and the rest (attribution, kubelet
     client, cgroups, bookkeeping, the event loop)."""
-    nvml = ThreadCpu(agent.backend, "read_gpu")
+    nvml = ThreadCpu(agent.gpus.backend, "read_gpu")
     render = ThreadCpu(agent.renderer, "render")
 
     async def go() -> dict:
@@ -152,9 +154,10 @@ def mig_node(work: Path, node: FakeNode):  # noqa: ANN201
         if os.path.exists(socket_path):
             break
         time.sleep(0.05)
-    agent = build_agent(parse_config(["--collector.interval", "10", "--path.procfs", str(procfs),
-                                      "--kubelet.pod-resources-socket", socket_path]))
-    agent.pod_metadata = StaticPods(metas)
+    config = parse_config(["--collector.interval", "10", "--path.procfs", str(procfs),
+                           "--kubelet.pod-resources-socket", socket_path])
+    kubelet_client = PodResourcesClient(socket_path, timeout_seconds=config.kubelet_timeout)
+    agent = Agent(config, *build_sources(config, NvmlBackend(), kubelet=kubelet_client, pods=StaticPods(metas)))
     return agent, kubelet
 
 

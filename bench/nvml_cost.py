@@ -70,7 +70,7 @@ class Clock:
 
 
 def make_backend(clock: Clock, args: argparse.Namespace) -> Any:
-    from exporter.nvml import NvmlBackend
+    from exporter.sources.nvml import NvmlBackend
 
     try:
         return NvmlBackend(slow_interval=args.slow_interval, profiling=args.profiling, monotonic=clock)
@@ -144,7 +144,7 @@ def report(cycles: list[Cycle], gpus: int, args: argparse.Namespace) -> None:
 
 
 def with_fake(args: argparse.Namespace) -> None:
-    from exporter.nvml import fields
+    from exporter.sources.nvml import fields
     from fakenvml import FakeNode, build_fake_nvml, h100, load_into_pynvml
 
     workdir = Path(tempfile.mkdtemp(prefix="nvml-cost-"))
@@ -171,7 +171,7 @@ def main() -> None:
     if args.fake:
         with_fake(args)
         return
-    from exporter.backend import BackendUnavailable
+    from exporter.sources.backend import BackendUnavailable
 
     try:
         run(args)

@@ -22,7 +22,7 @@ if cpus:
     os.sched_getaffinity = lambda pid: set(range(cpus))  # type: ignore[assignment]
 
 if os.environ.get("KGE_BENCH_SA_TOKEN"):
-    from exporter.kube.api import _kubernetes
+    from exporter.sources.kube.api import _kubernetes
 
     incluster = _kubernetes("kubernetes.config.incluster_config")["kubernetes.config.incluster_config"]
     incluster.SERVICE_TOKEN_FILENAME = os.environ["KGE_BENCH_SA_TOKEN"]

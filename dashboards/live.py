@@ -64,7 +64,7 @@ DEMO_FAULTS = [
 def demo_scenario() -> dict[str, Any]:
     """The built-in scenario with its faults brought forward and a fifth GPU, unallocated, that
     falls off the bus (XID 79) after 14 seconds."""
-    scenario = yaml.safe_load((ROOT / "exporter" / "simulate" / "default.yaml").read_text())
+    scenario = yaml.safe_load((ROOT / "exporter" / "sources" / "simulate" / "default.yaml").read_text())
     scenario["gpus"].append(dict(scenario["gpus"][3]))
     scenario["faults"] = {"events": DEMO_FAULTS}
     return scenario

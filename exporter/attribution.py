@@ -29,12 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Literal, Mapping
 
 from . import catalog
-from .catalog import MetricSpec
-from .cgroups import ProcessOwners
-from .snapshot import (
-    ClaimDevice, ContainerRef, GpuProcess, GpuSnapshot, PodMeta, PodResources, PublishedDevices, Sample,
-)
-from .vocabulary import NVIDIA_DRA_DRIVER
+from .model.gpu import GpuProcess, GpuSnapshot
+from .model.kube import ClaimDevice, ContainerRef, PodMeta, PodResources, ProcessOwners, SliceDevices
+from .model.vocabulary import NVIDIA_DRA_DRIVER
 
 _LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
 _INDEX = re.compile(r"^\d+$")
@@ -141,7 +138,7 @@ ClaimResolution = Literal["resolved", "unknown", "unresolved"]
 
 
 def resolve_claim_device(
-    device: ClaimDevice, ids: _Ids, published: PublishedDevices | None
+    device: ClaimDevice, ids: _Ids, slices: SliceDevices | None
 ) -> tuple[str | None, ClaimResolution]:
     """The uuid of the GPU or MIG instance a DRA claim device is, and how sure that is.
 
@@ -153,13 +150,13 @@ def resolve_claim_device(
     * ``unresolved``: nothing here can tell which device it is (no slice of its pool, a device
       without a ``uuid`` attribute, a MIG instance without the API server).
     """
-    if published is not None:
+    if slices is not None:
         key = (device.driver, device.pool, device.device)
-        uuid = published.uuids.get(key)
+        uuid = slices.uuids.get(key)
         if uuid:
             found = ids.by_key.get(("uuid", uuid))
             return (found, "resolved") if found else (None, "unknown")
-        if uuid is None and (device.driver, device.pool) in published.pools:
+        if uuid is None and (device.driver, device.pool) in slices.pools:
             return None, "unknown"
     if device.driver == NVIDIA_DRA_DRIVER and (minor := _NVIDIA_DRA_GPU.match(device.device)) is not None:
         found = ids.by_key.get(("minor", int(minor[1])))
@@ -178,10 +175,10 @@ def attribute(
     pods: Mapping[str, PodMeta],
     owners: ProcessOwners,
     pod_labels: Iterable[str] = (),
-    published: PublishedDevices | None = None,
+    slices: SliceDevices | None = None,
 ) -> Attribution:
     """Join devices, allocations (device plugin ids and DRA claim devices, the latter named
-    through ``published``), pod metadata and process owners."""
+    through ``slices``), pod metadata and process owners."""
     if resources is None and not owners.containers:
         return Attribution()
     ids = _Ids.of(snapshot)
@@ -229,7 +226,7 @@ def attribute(
         if h is None:
             continue
         allocated[dev.driver].add(f"{dev.pool}/{dev.device}")
-        uuid, resolution = resolve_claim_device(dev, ids, published)
+        uuid, resolution = resolve_claim_device(dev, ids, slices)
         if resolution == "unresolved":
             unresolved.append(dev)
         elif uuid is None:
@@ -245,18 +242,18 @@ def attribute(
     return Attribution(
         holders=final,
         usage=_usage(snapshot, final, pods, owners),
-        allocatable=_allocatable(resources, published, ids),
+        allocatable=_allocatable(resources, slices, ids),
         allocated={name: len(devices) for name, devices in allocated.items()},
         unknown_ids=tuple(unknown),
         unresolved=tuple(unresolved),
     )
 
 
-def _allocatable(resources: PodResources | None, published: PublishedDevices | None, ids: _Ids) -> dict[str, int]:
+def _allocatable(resources: PodResources | None, slices: SliceDevices | None, ids: _Ids) -> dict[str, int]:
     """Devices per resource name the kubelet can allocate, and per DRA driver the published
     devices that are on this node (the driver publishes a MIG-enabled GPU's instances, not the GPU)."""
     allocatable = {name: len(devices) for name, devices in (resources.allocatable if resources else {}).items()}
-    for (driver, _, _), uuid in (published.uuids.items() if published else ()):
+    for (driver, _, _), uuid in (slices.uuids.items() if slices else ()):
         if uuid and ("uuid", uuid) in ids.by_key:
             allocatable[driver] = allocatable.get(driver, 0) + 1
     return allocatable
@@ -281,17 +278,17 @@ def _usage(
     """
     result: dict[str, tuple[ContainerUsage, ...]] = {}
     for gpu in snapshot.gpus:
-        devices = [(gpu.uuid, gpu.samples, gpu.processes, gpu.processes_read, catalog.MEMORY_USED,
-                    catalog.UTILIZATION)] + [
-            (m.uuid, m.samples, m.processes, m.processes_read, catalog.MIG_MEMORY_USED, None) for m in gpu.mig_devices
+        devices = [(gpu.uuid, gpu.processes, gpu.processes_read, gpu.readings.get(catalog.MEMORY_USED),
+                    gpu.readings.get(catalog.UTILIZATION))] + [
+            (m.uuid, m.processes, m.processes_read, m.readings.get(catalog.MIG_MEMORY_USED), None)
+            for m in gpu.mig_devices
         ]
-        for uuid, samples, processes, read, memory_metric, utilization_metric in devices:
+        for uuid, processes, read, memory_used, utilization in devices:
             device_holders = holders.get(uuid, ())
             if not device_holders:
                 continue
             if (sole := _sole_holder(device_holders)) is not None:
-                usage = ContainerUsage(sole.namespace, sole.pod, sole.container,
-                                       _reading(samples, memory_metric), _reading(samples, utilization_metric))
+                usage = ContainerUsage(sole.namespace, sole.pod, sole.container, memory_used, utilization)
                 if usage.memory_used_bytes is not None or usage.utilization_ratio is not None:
                     result[uuid] = (usage,)
             elif split := _split_by_container(processes, device_holders, pods, owners,
@@ -304,10 +301,6 @@ def _sole_holder(device_holders: tuple[Holder, ...]) -> Holder | None:
     """The container holding a device alone: exactly one holder, and not through a replica (a
     time-sliced GPU with one replica taken may have a second holder next cycle)."""
     return device_holders[0] if len(device_holders) == 1 and not device_holders[0].shared else None
-
-
-def _reading(samples: Iterable[Sample], metric: MetricSpec | None) -> float | None:
-    return next((s.value for s in samples if s.metric is metric and not s.labels), None)
 
 
 def _split_by_container(

@@ -1,4 +1,5 @@
-"""Entry point: parse and validate the config, build the sources, run the loop and the server."""
+"""Entry point: parse and validate the config, build the sources and components, run one cycle
+(``--once``) or the loop and the server."""
 
 from __future__ import annotations
 
@@ -10,14 +11,21 @@ import logging
 import os
 import signal
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import __version__
-from .agent import Agent
-from .alerting import notifier as alertmanager_notifier
+from .agent import Agent, Component
 from .config import Config, ConfigError, parse_config
-from .http import Guard, HttpLimits, start_server
-from .server import make_app
+from .model.kube import ProcessOwners
+from .serve.guard import Guard, HttpLimits, start_server
+from .serve.routes import make_app
+from .sources.backend import GpuBackend
+from .sources.base import Source
+from .sources.gpus import GpuSource
+from .sources.grace import KeptWhileDown
+from .sources.kube.source import Watch, pod_source, slice_source
+from .sources.kubelet.source import KubeletSource, PodResourcesLister
+from .sources.procfs import ProcfsSource
 
 log = logging.getLogger("exporter")
 
@@ -54,8 +62,38 @@ def setup_logging(config: Config) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if config.log_level == "debug" else logging.WARNING)
 
 
-def build_agent(config: Config) -> Agent:
-    """Pick the backend and the Kubernetes sources the config asks for.
+def build_sources(
+    config: Config,
+    backend: GpuBackend,
+    *,
+    kubelet: PodResourcesLister | None = None,
+    pods: Watch | None = None,
+    slices: Watch | None = None,
+    process_owners: Callable[[Sequence[int]], ProcessOwners] | None = None,
+) -> tuple[GpuSource, list[Source]]:
+    """The agent's sources over these clients, as the config wants them: the GPUs through
+    ``backend``; the kubelet, the pod watch and the ResourceSlice watch where given, each kept for
+    ``--attribution.grace-period`` while it fails; procfs through ``process_owners``, or the host's
+    at ``--path.procfs`` (none when that is empty). Adding a source is one line here."""
+    grace = config.attribution_grace_period
+    sources: list[Source] = []
+    if kubelet is not None:
+        sources.append(KeptWhileDown(KubeletSource(kubelet), grace, kept="allocations"))
+    if pods is not None:
+        sources.append(KeptWhileDown(pod_source(pods), grace, kept="workloads"))
+    if slices is not None:
+        sources.append(KeptWhileDown(slice_source(slices), grace, kept="DRA devices"))
+    if process_owners is not None:
+        sources.append(ProcfsSource(process_owners, config.procfs))
+    elif config.procfs:
+        sources.append(ProcfsSource.host(config.procfs))
+    return GpuSource.configured(backend, config), sources
+
+
+def build_agent(config: Config, *, guard: Guard | None = None) -> Agent:
+    """The agent the config asks for: its backend and Kubernetes clients, as sources, and its
+    components (``guard``, the HTTP guard, when given; the Alertmanager notifier with
+    ``--alertmanager.url``), the same for ``--once`` and the server.
 
     Under ``--simulate`` the scenario plays NVML, the kubelet, the API server and procfs; the
     kubelet and API server flags switch the simulated sources exactly as they switch the real ones.
@@ -63,49 +101,55 @@ def build_agent(config: Config) -> Agent:
     # DRA claims are read from the kubelet; the API server's ResourceSlices name their devices.
     watch_slices = config.kubelet_enabled and config.kubernetes_enabled and bool(config.dra_drivers)
     if config.simulate:
-        from . import simulate
+        from .sources import simulate
 
         backend = simulate.SimulatedBackend(simulate.load_scenario(config.scenario))
         log.warning("SIMULATED node: no real GPU is read (scenario %s)", config.scenario or "built-in")
         # The simulated node has a name of its own (the status page and pushed alerts show it),
         # unless --kubernetes.node-name says otherwise.
         config = dataclasses.replace(config, node_name=config.node_name or backend.scenario.node.name)
-        return Agent(
-            config,
-            backend,
-            pod_resources=(simulate.SimulatedPodResources(backend.cluster, config.dra_drivers)
-                           if config.kubelet_enabled else None),
-            pod_metadata=simulate.SimulatedPodMetadata(backend.cluster) if config.kubernetes_enabled else None,
-            device_slices=simulate.SimulatedDeviceSlices(backend.cluster) if watch_slices else None,
-            process_owners=simulate.process_owners(backend.cluster),
+        cluster = backend.cluster
+        sources = build_sources(
+            config, backend,
+            kubelet=simulate.SimulatedPodResources(cluster, config.dra_drivers) if config.kubelet_enabled else None,
+            pods=simulate.SimulatedPodMetadata(cluster) if config.kubernetes_enabled else None,
+            slices=simulate.SimulatedDeviceSlices(cluster) if watch_slices else None,
+            process_owners=simulate.process_owners(cluster),
         )
+        return Agent(config, *sources, components=_components(config, guard))
 
-    from .nvml import NvmlBackend
+    from .sources.nvml import NvmlBackend
 
-    pod_resources = None
+    kubelet = None
     if config.kubelet_enabled:
-        from .kubelet import PodResourcesClient
+        from .sources.kubelet.client import PodResourcesClient
 
-        pod_resources = PodResourcesClient(
+        kubelet = PodResourcesClient(
             config.kubelet_socket,
             timeout_seconds=config.kubelet_timeout,
             resource_names=config.resource_names,
             resource_prefixes=config.resource_prefixes,
             dra_drivers=config.dra_drivers,
         )
-    pod_metadata = None
+    pods = slices = None
     if config.kubernetes_enabled:
-        from .kube import PodWatcher
+        from .sources.kube import PodWatcher, SliceWatcher
 
-        pod_metadata = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
-    device_slices = None
-    if watch_slices:
-        from .kube import SliceWatcher
-
-        device_slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
+        pods = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
+        if watch_slices:
+            slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
     backend = NvmlBackend(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling)
-    return Agent(config, backend, pod_resources=pod_resources, pod_metadata=pod_metadata,
-                 device_slices=device_slices)
+    return Agent(config, *build_sources(config, backend, kubelet=kubelet, pods=pods, slices=slices),
+                 components=_components(config, guard))
+
+
+def _components(config: Config, guard: Guard | None) -> list[Component]:
+    components: list[Component] = [guard] if guard is not None else []
+    if config.alertmanager_urls:
+        from .push.notifier import AlertmanagerNotifier
+
+        components.append(AlertmanagerNotifier(config))
+    return components
 
 
 #: Worker threads of the event loop's default executor (``asyncio.to_thread``: process cgroups,
@@ -135,29 +179,24 @@ async def run_once(agent: Agent) -> int:
     return 0
 
 
-async def serve(agent: Agent, config: Config) -> int:
+async def serve(agent: Agent, guard: Guard, config: Config) -> int:
     bound_default_executor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections))
-    agent.http_rejected = guard.rejected  # read live: each cycle renders the counts so far
     host = config.listen_host or None  # "" = every interface
     try:
         runner, site = await start_server(make_app(agent, guard), host, config.listen_port, guard=guard)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
         return EXIT_USAGE
-    notifier = await alertmanager_notifier.attach(agent, config)
     await agent.start()
     log.info("serving on %s/metrics%s", site.name, " (basic auth)" if guard.auth else "")
     await stop.wait()
     log.info("shutting down")
     await agent.stop()
-    if notifier is not None:
-        await notifier.stop()
     await runner.cleanup()
     return 0
 
@@ -173,8 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config)
     for warning in config.warnings:
         log.warning("%s", warning)
+    # The guard exists with --once too: its (zero) counts are part of what a scrape shows.
+    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections))
     try:
-        agent = build_agent(config)
+        agent = build_agent(config, guard=guard)
     except Exception as exc:  # noqa: BLE001 - a scenario file with problems, most likely
         problems = getattr(exc, "problems", None)
         if problems is None:
@@ -185,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("kube-gpu-exporter %s starting with %s", __version__, json.dumps(config.as_log_dict()))
     if config.once:
         return asyncio.run(run_once(agent))
-    return asyncio.run(serve(agent, config))
+    return asyncio.run(serve(agent, guard, config))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,7 +82,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from exporter.kubelet.podresources.v1 import api_pb2
+from exporter.sources.kubelet.podresources.v1 import api_pb2
 
 METHODS = ("List", "GetAllocatableResources", "Get")
 _SERVICE = "v1.PodResourcesLister"

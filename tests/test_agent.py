@@ -10,9 +10,11 @@ from e2e import samples, value
 
 from exporter import catalog
 from exporter.agent import Agent
-from exporter.cgroups import ProcessOwners
+from exporter.cli import build_sources
+from exporter.model.kube import ProcessOwners
 from exporter.config import parse_config
-from exporter.snapshot import ContainerDevices, Gpu, GpuIdentity, PodMeta, PodResources, Sample
+from exporter.model.gpu import Gpu, GpuIdentity, Sample
+from exporter.model.kube import ContainerDevices, PodMeta, PodResources
 
 GPU = "GPU-00000000-1111-2222-3333-444444444444"
 
@@ -51,7 +53,7 @@ class Unavailable(Exception):
 
 
 class Kubelet:
-    ERROR_KINDS = ("unavailable", "timeout")
+    error_kinds = ("unavailable", "timeout")
 
     def __init__(self) -> None:
         self.down = False
@@ -87,9 +89,11 @@ class Watch:
         return {"unavailable": 0}
 
 
-def make_agent(grace: str, **sources) -> Agent:
+def make_agent(grace: str, backend=None, **sources) -> Agent:
+    """The agent over ``backend`` (one GPU) and these sources' clients (``cli.build_sources``)."""
     config = parse_config(["--collector.interval", "10", "--attribution.grace-period", grace], environ={})
-    return Agent(config, OneGpu(), process_owners=lambda pids: ProcessOwners(), **sources)
+    sources.setdefault("process_owners", lambda pids: ProcessOwners())
+    return Agent(config, *build_sources(config, backend or OneGpu(), **sources))
 
 
 async def scrape(agent: Agent) -> str:
@@ -98,7 +102,7 @@ async def scrape(agent: Agent) -> str:
 
 async def test_a_kubelet_blip_keeps_the_last_allocations_within_the_grace_period():
     kubelet = Kubelet()
-    agent = make_agent("60", pod_resources=kubelet)
+    agent = make_agent("60", kubelet=kubelet)
     before = samples(await scrape(agent), "nvidia_gpu_allocation_info")
     kubelet.down = True
     body = await scrape(agent)
@@ -113,7 +117,7 @@ async def test_a_kubelet_blip_keeps_the_last_allocations_within_the_grace_period
 
 async def test_after_the_grace_period_the_allocations_go():
     kubelet = Kubelet()
-    agent = make_agent("0", pod_resources=kubelet)
+    agent = make_agent("0", kubelet=kubelet)
     assert samples(await scrape(agent), "nvidia_gpu_allocation_info")
     kubelet.down = True
     body = await scrape(agent)
@@ -124,14 +128,14 @@ async def test_after_the_grace_period_the_allocations_go():
 
 async def test_workloads_survive_an_api_server_blip_for_the_grace_period_only():
     watch = Watch()
-    kept = make_agent("60", pod_resources=Kubelet(), pod_metadata=watch)
+    kept = make_agent("60", kubelet=Kubelet(), pods=watch)
     await scrape(kept)
     watch.connected, watch.known = False, {}
     (labels, _), = samples(await scrape(kept), "nvidia_gpu_allocation_info")
     assert (labels["workload_kind"], labels["workload"]) == ("CronJob", "train")
 
     watch = Watch()
-    dropped = make_agent("0", pod_resources=Kubelet(), pod_metadata=watch)
+    dropped = make_agent("0", kubelet=Kubelet(), pods=watch)
     await scrape(dropped)
     watch.connected = False
     (labels, _), = samples(await scrape(dropped), "nvidia_gpu_allocation_info")
@@ -139,7 +143,7 @@ async def test_workloads_survive_an_api_server_blip_for_the_grace_period_only():
 
 
 async def test_device_series_carry_no_pod_labels_and_the_holder_gets_the_devices_usage():
-    body = await scrape(make_agent("60", pod_resources=Kubelet(), pod_metadata=Watch()))
+    body = await scrape(make_agent("60", kubelet=Kubelet(), pods=Watch()))
     for labels, _ in samples(body, ""):
         if labels["__name__"].startswith("nvidia_gpu_") and "container" not in labels["__name__"] \
                 and "allocation" not in labels["__name__"]:
@@ -150,8 +154,7 @@ async def test_device_series_carry_no_pod_labels_and_the_holder_gets_the_devices
 
 async def test_counters_alerts_watch_exist_before_their_first_event():
     backend = OneGpu()
-    agent = Agent(parse_config([], environ={}), backend, pod_resources=Kubelet(),
-                  process_owners=lambda p: ProcessOwners())
+    agent = make_agent("30", backend, kubelet=Kubelet())
     body = await scrape(agent)
     assert xid_series(body) == ZERO_XID_SERIES
     for collector, kind in [("kubelet", "unknown_device_id"), ("kubelet", "unavailable"), ("nvml", "gpu_is_lost"),
@@ -198,7 +201,7 @@ async def test_a_failed_xid_read_keeps_the_last_counts():
             return super().xid_counts()
 
     backend = XidReadFailsOnce()
-    agent = Agent(parse_config([], environ={}), backend, process_owners=lambda p: ProcessOwners())
+    agent = make_agent("30", backend)
     backend.xids = {(GPU, 79): 2}
     before = xid_series(await scrape(agent))
     assert before[("events", "reboot")] == before[("errors", "79")] == 2
@@ -211,9 +214,9 @@ async def test_a_failed_xid_read_keeps_the_last_counts():
 
 async def test_losing_and_regaining_the_kubelet_is_logged_once_each(caplog):
     kubelet = Kubelet()
-    agent = make_agent("60", pod_resources=kubelet)
+    agent = make_agent("60", kubelet=kubelet)
     await scrape(agent)
-    with caplog.at_level(logging.INFO, logger="exporter.agent"):
+    with caplog.at_level(logging.INFO, logger="exporter"):
         kubelet.down = True
         for _ in range(3):
             await scrape(agent)
@@ -230,7 +233,8 @@ def test_simulated_sources_follow_the_kubelet_and_kubernetes_flags(flag):
     from exporter.cli import build_agent
 
     agent = build_agent(parse_config(["--simulate", flag], environ={}))
+    names = {source.name for source in agent.sources}
     if flag == "--no-kubelet.enabled":
-        assert agent.pod_resources is None and agent.pod_metadata is None
+        assert names == {"nvml", "procfs"}
     else:
-        assert agent.pod_resources is not None and agent.pod_metadata is not None
+        assert names == {"nvml", "kubelet", "kubernetes", "resourceslices", "procfs"}

@@ -12,7 +12,7 @@ import yaml
 from alerts import cases, generate, runbooks
 from alerts.groups.xid import XID_MATCHERS, XID_TIER_CODES
 from alerts.rules import Params, alerts, recording_rules
-from exporter.alerting import definitions
+from exporter.push import definitions
 
 ROOT = generate.ROOT
 

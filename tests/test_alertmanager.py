@@ -28,11 +28,11 @@ from aiohttp import web
 
 from e2e import AgentProcess, free_port, samples
 from exporter import catalog
-from exporter.alerting.events import EventTracker
-from exporter.alerting.notifier import AlertmanagerNotifier
+from exporter.push.events import EventTracker
+from exporter.push.notifier import AlertmanagerNotifier
 from exporter.attribution import Attribution, Holder
 from exporter.config import parse_config
-from exporter.snapshot import Gpu, GpuSnapshot, MigDevice, Sample
+from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 
 NODE = "gpu-node-1"
 GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
@@ -318,8 +318,11 @@ def notifier_config(url: str, *extra: str):
 
 
 def counts(notifier: AlertmanagerNotifier) -> dict[str, float]:
-    (sent, _) = notifier.collect()
-    return {s.labels["result"]: s.value for s in sent.samples if s.name.endswith("_total")}
+    return {s.labels[1]: s.value for s in notifier.self_metrics() if s.metric is catalog.ALERTMANAGER_NOTIFICATIONS}
+
+
+def queue_lengths(notifier: AlertmanagerNotifier) -> list[tuple[str, float]]:
+    return [(s.labels[0], s.value) for s in notifier.self_metrics() if s.metric is catalog.ALERTMANAGER_QUEUE_LENGTH]
 
 
 def xid_now() -> GpuSnapshot:
@@ -385,20 +388,19 @@ class Untouchable:
 
 
 async def test_the_self_metrics_are_figures_taken_on_the_loop_not_reads_of_the_queue():
-    """``collect`` runs in the render thread while the loop pops the queue: it must read only the
-    figures the loop computed (iterating the deque there can fail the whole rendering)."""
+    """``self_metrics`` may run beside the loop popping the queue: it must read only the figures
+    the loop computed (iterating the deque there can fail the whole rendering)."""
     notifier = AlertmanagerNotifier(notifier_config("http://127.0.0.1:9"), max_batches=2)
     (target,) = notifier.targets
     for n in range(4):  # three batches (start, resolve, start) into a queue of two: one dropped
         notifier.update(GpuSnapshot((gpu(0, GPU0, up=n % 2 == 0),), 0.0), Attribution())
     queue, target.queue = target.queue, Untouchable()
     try:
-        sent, queued = notifier.collect()
+        sent, queued = counts(notifier), queue_lengths(notifier)
     finally:
         target.queue = queue
-    assert {s.labels["result"]: s.value for s in sent.samples if s.name.endswith("_total")} == {
-        "sent": 0, "failed": 0, "dropped": 1}
-    assert [(s.labels["alertmanager"], s.value) for s in queued.samples] == [("http://127.0.0.1:9", 2)]
+    assert sent == {"sent": 0, "failed": 0, "dropped": 1}
+    assert queued == [("http://127.0.0.1:9", 2)]
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -499,8 +501,8 @@ async def test_a_hanging_alertmanager_fills_a_bounded_queue_then_drops_and_fails
             notifier.update(GpuSnapshot((gpu(0, GPU0, up=n % 2 == 0),), 0.0), Attribution())
         assert counts(notifier)["dropped"] >= 3  # at most two wait, one may be on the wire
         await asyncio.to_thread(eventually, lambda: counts(notifier)["failed"] >= 1, "a batch failed after retries")
-        (_, queued) = notifier.collect()
-        assert queued.samples[0].value <= 2
+        ((_, queued),) = queue_lengths(notifier)
+        assert queued <= 2
     finally:
         await notifier.stop()
         server.close()

@@ -8,18 +8,9 @@ import pytest
 
 from exporter import catalog
 from exporter.attribution import attribute, parse_device_id, sanitize_label_name
-from exporter.cgroups import ProcessOwners
-from exporter.snapshot import (
-    ContainerDevices,
-    ContainerRef,
-    Gpu,
-    GpuProcess,
-    GpuSnapshot,
-    MigDevice,
-    PodMeta,
-    PodResources,
-    Sample,
-)
+from exporter.model.kube import ProcessOwners
+from exporter.model.gpu import Gpu, GpuProcess, GpuSnapshot, MigDevice, Sample
+from exporter.model.kube import ContainerDevices, ContainerRef, PodMeta, PodResources
 
 GPU0 = "GPU-00000000-1111-2222-3333-444444444444"
 GPU1 = "GPU-11111111-1111-2222-3333-444444444444"

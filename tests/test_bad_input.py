@@ -20,12 +20,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import cgroups, webconfig
 from exporter.agent import Agent
+from exporter.cli import build_sources
 from exporter.config import ConfigError, get_parser, parse_config
-from exporter.http import Guard, HttpLimits, start_server
-from exporter.simulate import ScenarioError, SimulatedBackend, load_scenario, load_scenario_text
-from exporter.snapshot import ContainerDevices, PodMeta, PodResources
+from exporter.model.kube import ContainerDevices, PodMeta, PodResources, ProcessOwners
+from exporter.config import webconfig
+from exporter.serve.guard import Guard, HttpLimits, start_server
+from exporter.sources import procfs
+from exporter.sources.simulate import ScenarioError, SimulatedBackend, load_scenario, load_scenario_text
 
 BOUNDED = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -53,7 +55,7 @@ def promtool_check(text: str) -> None:
 
 
 class HostileKubelet:
-    ERROR_KINDS: tuple[str, ...] = ()
+    error_kinds: tuple[str, ...] = ()
 
     def __init__(self, containers: tuple[ContainerDevices, ...]) -> None:
         self.containers = containers
@@ -113,8 +115,8 @@ def test_hostile_pod_names_labels_and_device_ids_keep_the_exposition_valid(pods)
     metas = {f"{ns}/{name}": PodMeta(ns, name, f"uid-{i}", "Deployment", workload, labels={"team": team})
              for i, (ns, name, _, _, team, workload) in enumerate(pods)}
     backend = SimulatedBackend(SCENARIO)
-    agent = Agent(config, backend, pod_resources=HostileKubelet(containers), pod_metadata=HostileApi(metas),
-                  process_owners=lambda pids: cgroups.ProcessOwners())
+    agent = Agent(config, *build_sources(config, backend, kubelet=HostileKubelet(containers), pods=HostileApi(metas),
+                                         process_owners=lambda pids: ProcessOwners()))
 
     async def cycle():
         try:
@@ -154,7 +156,7 @@ cgroup_lines = st.one_of(
 @BOUNDED
 @given(text=st.lists(cgroup_lines, max_size=5).map("\n".join))
 def test_any_cgroup_file_parses_to_a_container_or_none(text):
-    ref = cgroups.parse_cgroup_file(text)
+    ref = procfs.parse_cgroup_file(text)
     assert ref is None or (isinstance(ref.pod_uid, str) and isinstance(ref.container_id, str))
 
 
@@ -166,7 +168,7 @@ def test_unreadable_odd_and_vanishing_proc_entries_cost_nothing(tmp_path):
     (proc / "2" / "cgroup").mkdir()  # a directory where a file should be
     (proc / "3").mkdir()
     (proc / "3" / "cgroup").symlink_to(proc / "nowhere")
-    found = cgroups.Procfs(str(proc)).owners([1, 2, 3, 4, -1, 0, 2**40])
+    found = procfs.Procfs(str(proc)).owners([1, 2, 3, 4, -1, 0, 2**40])
     assert not found.containers and found.host == {1}  # garbage names no container
     assert found.missing == {3, 4, -1, 0, 2**40} and set(found.unreadable) == {2}  # none of it raises
 
@@ -323,8 +325,8 @@ def kubelet():
 @BOUNDED
 @given(pods=st.lists(st.tuples(hostile_text, hostile_text, hostile_text, hostile_text), min_size=1, max_size=3))
 def test_any_names_and_device_ids_from_the_kubelet_come_through_exactly_or_are_refused(kubelet, pods):
-    from exporter.kubelet import PodResourcesClient
-    from exporter.kubelet.client import KubeletError
+    from exporter.sources.kubelet.client import PodResourcesClient
+    from exporter.sources.kubelet.client import KubeletError
 
     kubelet.set_pods([{"namespace": ns, "name": name, "containers": [
         {"name": container, "devices": [{"resource": "nvidia.com/gpu", "ids": [device]}]}]}

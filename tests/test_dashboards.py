@@ -20,7 +20,7 @@ import yaml
 from e2e import ROOT
 
 from exporter import catalog
-from exporter.alerting import definitions
+from exporter.push import definitions
 
 sys.path.insert(0, str(ROOT / "dashboards"))
 import generate  # noqa: E402

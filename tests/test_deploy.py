@@ -495,7 +495,7 @@ def test_image_build_stage_has_what_the_package_needs(tmp_path):
     (wheel,) = (tmp_path / "wheel").glob("kube_gpu_exporter-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert "exporter/simulate/default.yaml" in names and "exporter/cli.py" in names
+    assert "exporter/sources/simulate/default.yaml" in names and "exporter/cli.py" in names
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -12,10 +12,11 @@ from typing import Callable
 import pytest
 
 from exporter.attribution import attribute
-from exporter.cgroups import ProcessOwners
-from exporter.kube import SliceWatcher, published_devices
-from exporter.kubelet import KubeletError, PodResourcesClient
-from exporter.snapshot import ClaimDevice, Gpu, GpuSnapshot, MigDevice, PodMeta, PodResources, PublishedDevices
+from exporter.model.kube import ProcessOwners
+from exporter.sources.kube import SliceWatcher, slice_devices
+from exporter.sources.kubelet.client import KubeletError, PodResourcesClient
+from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice
+from exporter.model.kube import ClaimDevice, PodMeta, PodResources, SliceDevices
 from fakekubeapi import make_resource_slice
 from fakekubelet import Container, Pod, claim, claim_device
 
@@ -35,7 +36,7 @@ SNAPSHOT = GpuSnapshot(gpus=(
     Gpu(1, GPU_1, minor_number=1),
     Gpu(2, GPU_2, minor_number=5, mig_devices=(MigDevice(MIG_1G, 7, 0, "1g.10gb"), MigDevice(MIG_3G, 2, 0, "3g.40gb"))),
 ), taken=0.0)
-SLICES = PublishedDevices(
+SLICES = SliceDevices(
     {(DRIVER, NODE, "gpu-0"): GPU_0, (DRIVER, NODE, "gpu-1"): GPU_1,
      (DRIVER, NODE, MIG_1G_NAME): MIG_1G, (DRIVER, NODE, MIG_3G_NAME): MIG_3G},
     frozenset({(DRIVER, NODE)}),
@@ -103,7 +104,7 @@ def test_claim_devices_are_attributed_through_the_slices_like_device_plugin_ids(
                        dra("nb-a", "jupyter", "shared-gpu", "gpu-1"), dra("nb-b", "jupyter", "shared-gpu", "gpu-1")),
     )
     pods = {"u1": PodMeta("ml", "train", "u1", "Job", "train", phase="Running")}
-    result = attribute(SNAPSHOT, resources, pods, NO_OWNERS, published=SLICES)
+    result = attribute(SNAPSHOT, resources, pods, NO_OWNERS, slices=SLICES)
     assert holders(result, GPU_0) == [("train", "trainer", "train-gpu", False)]
     assert holders(result, MIG_1G) == [("eval", "eval", "eval-mig", False)]
     # a claim shared by two pods: both hold the GPU, shared, as with time-slicing
@@ -118,7 +119,7 @@ def test_claim_devices_are_attributed_through_the_slices_like_device_plugin_ids(
 
 
 def test_both_allocation_paths_on_one_node():
-    from exporter.snapshot import ContainerDevices
+    from exporter.model.kube import ContainerDevices
 
     resources = PodResources(
         containers=(ContainerDevices("ml", "dp", "c", "nvidia.com/gpu", (GPU_0,)),
@@ -126,19 +127,19 @@ def test_both_allocation_paths_on_one_node():
         allocatable={"nvidia.com/gpu": (GPU_0,)},
         claim_devices=(dra("dra", "c", "g", "gpu-1"), dra("dra-mig", "c", "m", MIG_1G_NAME)),
     )
-    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=SLICES)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, slices=SLICES)
     assert {uuid: [h.pod for h in hs] for uuid, hs in result.holders.items()} == {
         GPU_0: ["dp"], MIG_3G: ["dp-mig"], GPU_1: ["dra"], MIG_1G: ["dra-mig"]}
     assert result.allocated == {"nvidia.com/gpu": 1, "nvidia.com/mig-3g.40gb": 1, DRIVER: 2}
 
 
 def test_devices_that_match_nothing_are_unknown_never_a_wrong_gpu():
-    slices = PublishedDevices({**SLICES.uuids, (DRIVER, NODE, "gpu-7"): "GPU-not-on-this-node"}, SLICES.pools)
+    slices = SliceDevices({**SLICES.uuids, (DRIVER, NODE, "gpu-7"): "GPU-not-on-this-node"}, SLICES.pools)
     resources = PodResources(containers=(), claim_devices=(
         dra("a", "c", "g", "gpu-7"),        # its slice names a GPU this node does not have
         dra("b", "c", "g", "gpu-8"),        # its pool is published but lists no such device
     ))
-    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=slices)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, slices=slices)
     assert result.holders == {}
     assert result.unknown_ids == (f"{DRIVER}/{NODE}/gpu-7", f"{DRIVER}/{NODE}/gpu-8")
     assert result.unresolved == ()
@@ -150,30 +151,30 @@ def test_without_slices_a_gpu_is_named_by_its_minor_and_a_mig_instance_stays_unr
         dra("b", "c", "m", MIG_1G_NAME),
         dra("x", "c", "o", "gpu-0", pool="other", driver="example.com/gpu"),  # not NVIDIA's names
     ))
-    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=None)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, slices=None)
     assert holders(result, GPU_2) == [("a", "c", "g", False)]
     assert [d.claim_name for d in result.unresolved] == ["m", "o"]
     assert result.unknown_ids == ()
 
 
 def test_a_device_without_a_uuid_attribute_is_unresolved():
-    slices = PublishedDevices({(DRIVER, NODE, "gpu-5-mig-14-0-2"): ""}, frozenset({(DRIVER, NODE)}))
+    slices = SliceDevices({(DRIVER, NODE, "gpu-5-mig-14-0-2"): ""}, frozenset({(DRIVER, NODE)}))
     resources = PodResources(containers=(), claim_devices=(dra("a", "c", "g", "gpu-5-mig-14-0-2"),))
-    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, published=slices)
+    result = attribute(SNAPSHOT, resources, {}, NO_OWNERS, slices=slices)
     assert result.holders == {} and [d.device for d in result.unresolved] == ["gpu-5-mig-14-0-2"]
 
 
 def test_a_finished_pod_holds_no_claim_device():
     pods = {"u": PodMeta("ml", "done", "u", "Job", "j", phase="Succeeded")}
     resources = PodResources(containers=(), claim_devices=(dra("done", "c", "g", "gpu-0"),))
-    assert attribute(SNAPSHOT, resources, pods, NO_OWNERS, published=SLICES).holders == {}
+    assert attribute(SNAPSHOT, resources, pods, NO_OWNERS, slices=SLICES).holders == {}
 
 
 def test_only_the_newest_generation_of_a_pool_counts():
     old = (DRIVER, NODE, 1, {"gpu-0": GPU_1})
     new = (DRIVER, NODE, 2, {"gpu-0": GPU_0})
     other = (DRIVER, "other-pool", 1, {"gpu-0": GPU_2})
-    published = published_devices([old, new, other])
+    published = slice_devices([old, new, other])
     assert published.uuids == {(DRIVER, NODE, "gpu-0"): GPU_0, (DRIVER, "other-pool", "gpu-0"): GPU_2}
     assert published.pools == {(DRIVER, NODE), (DRIVER, "other-pool")}
 
@@ -212,17 +213,17 @@ def test_slices_of_this_node_and_driver_are_listed_then_watched(fake_kube_api, s
     watcher = slice_watcher()
     assert watcher.wait_synced(10)
     assert watcher.connected
-    assert watcher.published().uuids == {(DRIVER, NODE, "gpu-0"): GPU_0, (DRIVER, NODE, MIG_1G_NAME): MIG_1G}
+    assert watcher.devices().uuids == {(DRIVER, NODE, "gpu-0"): GPU_0, (DRIVER, NODE, MIG_1G_NAME): MIG_1G}
     list_request = next(path for _, path in fake_kube_api.requests if "resourceslices" in path)
     assert "spec.nodeName%3Dnode-a" in list_request and "spec.driver%3Dgpu.nvidia.com" in list_request
 
     # a slice that changes (the driver re-publishes after a MIG reconfiguration) ...
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_0, MIG_3G_NAME: MIG_3G}))
-    wait_until(lambda: (DRIVER, NODE, MIG_3G_NAME) in watcher.published().uuids, "the changed slice")
-    assert (DRIVER, NODE, MIG_1G_NAME) not in watcher.published().uuids
+    wait_until(lambda: (DRIVER, NODE, MIG_3G_NAME) in watcher.devices().uuids, "the changed slice")
+    assert (DRIVER, NODE, MIG_1G_NAME) not in watcher.devices().uuids
     # ... and one that goes
     fake_kube_api.delete_object("ResourceSlice", "", make_resource_slice(NODE, {})["metadata"]["name"])
-    wait_until(lambda: not watcher.published().uuids, "the deleted slice")
+    wait_until(lambda: not watcher.devices().uuids, "the deleted slice")
 
 
 def test_a_410_relists_and_an_outage_keeps_the_last_slices(fake_kube_api, slice_watcher):
@@ -234,13 +235,13 @@ def test_a_410_relists_and_an_outage_keeps_the_last_slices(fake_kube_api, slice_
 
     fake_kube_api.expire_watches()  # the history is compacted: the next watch gets 410 Gone
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_1}))
-    wait_until(lambda: watcher.published().uuids.get((DRIVER, NODE, "gpu-0")) == GPU_1, "the relist")
+    wait_until(lambda: watcher.devices().uuids.get((DRIVER, NODE, "gpu-0")) == GPU_1, "the relist")
     assert watcher.error_counts()["gone"] >= 1
     assert fake_kube_api.request_count("/apis/resource.k8s.io/v1/resourceslices?fieldSelector") > lists_before
 
     fake_kube_api.set_down(True)
     wait_until(lambda: not watcher.connected, "the outage")
-    assert watcher.published().uuids == {(DRIVER, NODE, "gpu-0"): GPU_1}  # kept: the agent applies the grace
+    assert watcher.devices().uuids == {(DRIVER, NODE, "gpu-0"): GPU_1}  # kept: the agent applies the grace
     assert watcher.error_counts()["unavailable"] >= 1
     fake_kube_api.set_down(False)
     wait_until(lambda: watcher.connected, "the recovery")
@@ -259,7 +260,7 @@ def test_an_api_server_without_resource_slices_publishes_nothing_without_errors(
     fake_kube_api.set_resource_error("resourceslices", 404)  # resource.k8s.io/v1 not served
     watcher = slice_watcher()
     assert watcher.wait_synced(10)
-    assert watcher.connected and watcher.published() == PublishedDevices()
+    assert watcher.connected and watcher.devices() == SliceDevices()
     assert sum(watcher.error_counts().values()) == 0
 
 
@@ -286,13 +287,13 @@ pods:
 
 
 def test_scenario_claims_flow_through_attribution():
-    from exporter.simulate import SimulatedBackend, load_scenario_text
+    from exporter.sources.simulate import SimulatedBackend, load_scenario_text
 
     backend = SimulatedBackend(load_scenario_text(SCENARIO))
     cluster = backend.cluster
     snapshot = GpuSnapshot(gpus=tuple(backend.read_gpu(i) for i in range(backend.device_count())), taken=0.0)
     result = attribute(snapshot, cluster.pod_resources(), cluster.pod_meta(), NO_OWNERS,
-                       published=cluster.published_devices())
+                       slices=cluster.slice_devices())
     gpu0, mig = snapshot.gpus[0].uuid, snapshot.gpus[1].mig_devices[0].uuid
     assert holders(result, gpu0) == [("a", "c", "shared", True), ("b", "c", "shared", True)]
     assert holders(result, mig) == [("m", "c", "mig", False)]
@@ -306,7 +307,7 @@ def test_scenario_claims_flow_through_attribution():
     ("[{name: c, claim: g, devices: [0]}, {name: d, claim: g, devices: [1]}]", "holds other devices"),
 ])
 def test_scenario_claim_mistakes_are_problems(containers, problem):
-    from exporter.simulate import ScenarioError, load_scenario_text
+    from exporter.sources.simulate import ScenarioError, load_scenario_text
 
     text = ("node: {name: n}\ngpus: [{model: H100}, {model: H100}]\n"
             f"pods:\n  - {{namespace: ml, name: p, containers: {containers}}}\n")

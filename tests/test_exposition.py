@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
                                             InfoMetricFamily, Metric)
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from exporter import exposition
+from exporter.render import exposition
 from exporter.cli import build_agent
 from exporter.config import parse_config
 
@@ -39,7 +39,7 @@ def test_the_simulated_node_renders_as_client_python_does():
     agent = build_agent(parse_config(["--simulate", "--kubernetes.enabled"]))
     asyncio.run(agent.collect_once())
     fixed = registry_of(*agent.renderer.registry.collect())  # process metrics change between collections
-    assert exposition.render(fixed) == stock(fixed)
+    assert exposition.write(fixed) == stock(fixed)
 
 
 def test_process_platform_and_gc_collectors():
@@ -49,7 +49,7 @@ def test_process_platform_and_gc_collectors():
     GCCollector(registry=registry)
     families = list(registry.collect())  # fixed values: two collections would differ
     fixed = registry_of(*families)
-    assert exposition.render(fixed) == stock(fixed)
+    assert exposition.write(fixed) == stock(fixed)
 
 
 def test_escaping_units_special_values():
@@ -66,7 +66,7 @@ def test_escaping_units_special_values():
     info = InfoMetricFamily("build", "build facts", value={"version": "1.0", "ünïcode": "ok"})
     plain = GaugeMetricFamily("plain", "no labels", value=0)
     registry = registry_of(gauge, counter, info, plain)
-    assert exposition.render(registry) == stock(registry)
+    assert exposition.write(registry) == stock(registry)
 
 
 @pytest.mark.parametrize("family", [
@@ -76,4 +76,4 @@ def test_escaping_units_special_values():
 ])
 def test_what_the_fast_path_does_not_cover_falls_back(family):
     registry = registry_of(GaugeMetricFamily("before", "before", value=1), family)
-    assert exposition.render(registry) == stock(registry)
+    assert exposition.write(registry) == stock(registry)

@@ -1,6 +1,6 @@
 """HTTP that no client can wedge, tried with raw sockets as a hostile client would.
 
-In-process tests run the real listener (``exporter.http.start_server``) with small limits so that
+In-process tests run the real listener (``exporter.serve.guard.start_server``) with small limits so that
 timeouts pass in a second or two; the end-to-end test runs the CLI with its defaults.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from e2e import AgentProcess, value
 
-from exporter.http import Guard, HttpLimits, start_server
-from exporter.webconfig import WebConfig
+from exporter.serve.guard import Guard, HttpLimits, start_server
+from exporter.config.webconfig import WebConfig
 
 LIMITS = HttpLimits(max_connections=8, idle_timeout=1.0, write_timeout=1.0, tls_handshake_timeout=1.0)
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: node\r\nAccept: */*\r\n\r\n"

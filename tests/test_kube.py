@@ -1,4 +1,4 @@
-"""exporter.kube.PodWatcher with the real kubernetes client against the fake API server."""
+"""exporter.sources.kube.PodWatcher with the real kubernetes client against the fake API server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from exporter.kube import ERROR_KINDS, PodWatcher, pod_meta_from_dict, strip_runtime_prefix
+from exporter.sources.kube import POD_WATCH_ERROR_KINDS, PodWatcher, pod_meta_from_dict, strip_runtime_prefix
 from fakekubeapi import FakeKubeApi, make_pod
 
 NODE = "gpu-node-1"
@@ -68,7 +68,7 @@ def by_name(w: PodWatcher) -> dict[str, tuple[str, str]]:
 
 
 def test_import_does_not_import_kubernetes() -> None:
-    code = "import sys, exporter.kube; assert 'kubernetes' not in sys.modules, 'imported'"
+    code = "import sys, exporter.sources.kube; assert 'kubernetes' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -327,12 +327,12 @@ def test_stop_ends_a_backoff(fake_kube_api: FakeKubeApi, make_watcher) -> None:
 
 def test_errors_logged_once_per_kind(fake_kube_api: FakeKubeApi, make_watcher, caplog) -> None:
     fake_kube_api.set_down(True)
-    with caplog.at_level("DEBUG", logger="exporter.kube"):
+    with caplog.at_level("DEBUG", logger="exporter.sources.kube"):
         w = make_watcher()
         wait_for(lambda: w.error_counts()["unavailable"] >= 4)
         w.stop()
     warnings = [r for r in caplog.records
-                if r.levelname == "WARNING" and r.name.startswith("exporter.kube")]
+                if r.levelname == "WARNING" and r.name.startswith("exporter.sources.kube")]
     assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
 
 
@@ -356,7 +356,7 @@ def test_wait_synced_times_out_while_the_api_server_fails(fake_kube_api: FakeKub
 
 
 def test_error_counts_start_at_zero() -> None:
-    assert PodWatcher(NODE).error_counts() == dict.fromkeys(ERROR_KINDS, 0)
+    assert PodWatcher(NODE).error_counts() == dict.fromkeys(POD_WATCH_ERROR_KINDS, 0)
 
 
 def test_bad_kubeconfig_raises_at_start(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""exporter.kube.api loads only the kubernetes modules it uses, and the package stays whole."""
+"""exporter.sources.kube.api loads only the kubernetes modules it uses, and the package stays whole."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_kubeconfig_loads_without_the_models(tmp_path):
         """))
     run(f"""
         import sys
-        from exporter.kube.api import KubeApi, Watch
+        from exporter.sources.kube.api import KubeApi, Watch
         api = KubeApi({str(kubeconfig)!r}, 1.0)
         Watch(return_type="object")
         heavy = [m for m in {HEAVY!r} if m in sys.modules]
@@ -49,7 +49,7 @@ def test_in_cluster_loads_without_the_models(tmp_path):
     run(f"""
         import os, sys
         os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"] = "127.0.0.1", "1"
-        from exporter.kube.api import KubeApi, _kubernetes
+        from exporter.sources.kube.api import KubeApi, _kubernetes
         incluster = _kubernetes("kubernetes.config.incluster_config")["kubernetes.config.incluster_config"]
         incluster.SERVICE_TOKEN_FILENAME = {str(tmp_path / "token")!r}
         incluster.SERVICE_CERT_FILENAME = {str(tmp_path / "ca.crt")!r}

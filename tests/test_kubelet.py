@@ -14,9 +14,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from exporter.kubelet import KubeletError, PodResourcesClient
-from exporter.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
-from exporter.snapshot import ContainerDevices, PodResources
+from exporter.sources.kubelet.client import KubeletError, PodResourcesClient
+from exporter.sources.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
+from exporter.model.kube import ContainerDevices, PodResources
 from fakekubelet import Container, Device, FakeKubelet, Pod, pod
 
 GPU_A = "GPU-1f0e6b5c-1a2b-4c3d-8e9f-000000000001"
@@ -198,7 +198,7 @@ async def test_allocatable(fake_kubelet, client):
 async def test_allocatable_unsupported_is_not_an_error(fake_kubelet, client, caplog, code, details):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
     fake_kubelet.set_error(code, details, method="GetAllocatableResources")
-    with caplog.at_level(logging.DEBUG, logger="exporter.kubelet"):
+    with caplog.at_level(logging.DEBUG, logger="exporter.sources.kubelet"):
         for _ in range(3):
             res = await client.list_resources()
             assert res.allocatable == {}
@@ -343,7 +343,7 @@ async def test_a_failed_allocatable_call_keeps_the_good_list(fake_kubelet, clien
     assert "GetAllocatableResources" in str(ei.value) and "RESOURCE_EXHAUSTED" in str(ei.value)
     assert [r.pod for r in ei.value.resources.containers] == ["q"]  # this cycle's List
     assert ei.value.resources.allocatable == good.allocatable == {"nvidia.com/gpu": (GPU_A, GPU_B)}
-    assert "allocatable" in PodResourcesClient.ERROR_KINDS  # present at 0 from the start
+    assert "allocatable" in PodResourcesClient.error_kinds  # present at 0 from the start
     fake_kubelet.clear_errors()
     assert [r.pod for r in (await client.list_resources()).containers] == ["q"]
 
@@ -485,14 +485,15 @@ async def test_the_agent_counts_a_failed_allocatable_call_apart_and_keeps_the_al
     from test_agent import GPU, OneGpu
 
     from exporter.agent import Agent
-    from exporter.cgroups import ProcessOwners
+    from exporter.cli import build_sources
     from exporter.config import parse_config
+    from exporter.model.kube import ProcessOwners
 
     fake_kubelet.set_pods([pod("ml", "train-0", {"c": {"nvidia.com/gpu": [GPU]}})])
     fake_kubelet.set_allocatable({"nvidia.com/gpu": [GPU]})
     client = PodResourcesClient(fake_kubelet.socket_path, timeout_seconds=5.0)
-    agent = Agent(parse_config([], environ={}), OneGpu(), pod_resources=client,
-                  process_owners=lambda pids: ProcessOwners())
+    config = parse_config([], environ={})
+    agent = Agent(config, *build_sources(config, OneGpu(), kubelet=client, process_owners=lambda pids: ProcessOwners()))
     try:
         body = (await agent.collect_once()).text.decode()
         assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="allocatable") == 0

@@ -15,12 +15,13 @@ from typing import Callable, Iterator
 import pynvml
 import pytest
 
-from exporter import catalog, vocabulary
-from exporter.backend import BackendUnavailable
-from exporter.nvml import GpuReadError, NvmlBackend
-from exporter.nvml.processes import merge_processes
-from exporter.nvml.reader import mig_profile
-from exporter.snapshot import Gpu, GpuProcess
+from exporter import catalog
+from exporter.model import vocabulary
+from exporter.sources.backend import BackendUnavailable
+from exporter.sources.nvml import GpuReadError, NvmlBackend
+from exporter.sources.nvml.processes import merge_processes
+from exporter.sources.nvml.mig import mig_profile
+from exporter.model.gpu import Gpu, GpuProcess
 from fakenvml import GIB, FakeNode, h100
 
 MIB = 1 << 20
@@ -431,8 +432,9 @@ def test_an_idle_holder_of_a_shared_gpu_reads_zero_through_nvml(fake_nvml: FakeN
     """Issue 17, item 5, through the real pynvml: GPU 1 time-sliced between nb-a (pid 5001, with
     memory but no SM sample in the window: NOT_FOUND) and nb-b (no process)."""
     from exporter.attribution import attribute
-    from exporter.cgroups import ProcessOwners
-    from exporter.snapshot import ContainerDevices, ContainerRef, GpuSnapshot, PodMeta, PodResources
+    from exporter.model.kube import ProcessOwners
+    from exporter.model.gpu import GpuSnapshot
+    from exporter.model.kube import ContainerDevices, ContainerRef, PodMeta, PodResources
 
     uuid = fake_nvml.gpus[1]["uuid"]
     resources = PodResources(tuple(ContainerDevices("ml", pod, "c", "nvidia.com/gpu.shared", (f"{uuid}::{i}",))
@@ -558,8 +560,8 @@ def test_custom_node_without_nvlink_or_mig(fake_nvml: FakeNode, started: NvmlBac
 
 _SUBPROCESS = textwrap.dedent("""
     import sys
-    from exporter.backend import BackendUnavailable
-    from exporter.nvml import NvmlBackend
+    from exporter.sources.backend import BackendUnavailable
+    from exporter.sources.nvml import NvmlBackend
     b = NvmlBackend(xid_event_timeout_ms=100)
     try:
         b.start()
@@ -691,7 +693,7 @@ def _count_nvlink_state_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_links_are_probed_once_per_handle(
     fake_nvml: FakeNode, started: NvmlBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.nvml")
+    caplog.set_level(logging.DEBUG, logger="exporter.sources.nvml")
     fake_nvml.update_gpu(1, nvlink_links=[])  # a PCIe board: no NVLink at all
     calls = _count_nvlink_state_calls(monkeypatch)
     started.read_gpu(1)
@@ -720,7 +722,7 @@ def test_links_are_probed_once_per_handle(
 def test_each_unsupported_read_is_logged_once_per_gpu_at_debug(
     fake_nvml: FakeNode, started: NvmlBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.nvml")
+    caplog.set_level(logging.DEBUG, logger="exporter.sources.nvml")
     fake_nvml.unsupported(0, "memory_v2")  # an old driver: v1 memory, reserved unknown
     for _ in range(3):
         for i in (0, 1):

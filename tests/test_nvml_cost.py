@@ -15,11 +15,12 @@ from typing import Iterator
 import pynvml
 import pytest
 
-from exporter import catalog, vocabulary
+from exporter import catalog
+from exporter.model import vocabulary
 from exporter.config import parse_config
-from exporter.nvml import GpuReadError, NvmlBackend
-from exporter.nvml.cost import GROUPS
-from exporter.snapshot import Gpu
+from exporter.sources.nvml import GpuReadError, NvmlBackend
+from exporter.sources.nvml.cost import GROUPS
+from exporter.model.gpu import Gpu
 from fakenvml import FakeNode
 from test_nvml_backend import value, wait_for
 
@@ -115,7 +116,7 @@ def test_slow_counters_are_read_once_per_slow_interval_and_served_in_between(
 def test_a_field_that_proves_slow_leaves_the_fast_batch_of_that_gpu_only(
     fake_nvml: FakeNode, started: NvmlBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.nvml")
+    caplog.set_level(logging.INFO, logger="exporter.sources.nvml")
     fake_nvml.update_gpu(0, delay={"field": {REPLAY: 0.003}})  # 3 ms, reported as its latencyUsec
     gpu0, gpu1 = read(started, 0, 4), read(started, 1, 4)
     # GPU 0: the first fast batch finds it slow, that read's slow batch has it; then only the slow cadence.

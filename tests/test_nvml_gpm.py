@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from exporter import catalog
-from exporter.nvml import GpuReadError, NvmlBackend
-from exporter.snapshot import Gpu, MigDevice
+from exporter.sources.nvml import GpuReadError, NvmlBackend
+from exporter.model.gpu import Gpu, MigDevice
 from fakenvml import GIB, FakeNode, h100
 from test_nvml_backend import names, value
 
@@ -71,7 +71,7 @@ def test_values_follow_the_gpu_over_time(fake_nvml: FakeNode, backend: NvmlBacke
 def test_a_gpu_without_gpm_has_no_series_and_says_so_once_at_debug(
     fake_nvml: FakeNode, backend: NvmlBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.nvml")
+    caplog.set_level(logging.DEBUG, logger="exporter.sources.nvml")
     for _ in range(3):
         g = backend.read_gpu(2)  # the A100: Ampere
         assert not profiling(g) and not any(profiling(m) for m in g.mig_devices)
@@ -143,8 +143,9 @@ def test_a_gpu_instance_with_two_compute_instances_reports_its_metrics_once(
     from prometheus_client.parser import text_string_to_metric_families
 
     from exporter.attribution import Attribution
-    from exporter.metrics import AgentStatus, Renderer
-    from exporter.snapshot import GpuSnapshot
+    from exporter.model.cycle import AgentStatus
+    from exporter.render.families import Renderer
+    from exporter.model.gpu import GpuSnapshot
 
     fake_nvml.gpus = [h100(0, mig_mode=1, processes=[], mig=[
         {"uuid": "MIG-a1", "gi": 1, "ci": 1, "profile": "1c.4g.40gb", "mem_total": 40 * GIB, "gpm": {2: 80.0}},

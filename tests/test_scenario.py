@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from exporter.simulate import ScenarioError, load_scenario, load_scenario_text, parse_scenario
+from exporter.sources.simulate import ScenarioError, load_scenario, load_scenario_text, parse_scenario
 
 SMALL = """
     node: {name: n1}

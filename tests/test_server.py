@@ -16,7 +16,7 @@ from e2e import free_port
 
 from exporter.cli import build_agent
 from exporter.config import parse_config
-from exporter.server import make_app
+from exporter.serve.routes import make_app
 
 
 @pytest.fixture

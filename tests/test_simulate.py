@@ -8,10 +8,11 @@ import textwrap
 
 import pytest
 
-from exporter import catalog, vocabulary
-from exporter.backend import GpuReadError
-from exporter.simulate import SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text
-from exporter.snapshot import GpuSnapshot
+from exporter import catalog
+from exporter.model import vocabulary
+from exporter.sources.backend import GpuReadError
+from exporter.sources.simulate import SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text
+from exporter.model.gpu import GpuSnapshot
 
 
 class FakeClock:
@@ -405,7 +406,7 @@ def test_process_owner_maps_pids_to_pod_and_container(clock):
             # the container that owns the pid holds this GPU (or one of its MIG instances)
             cname = pod.container_ids[ref.container_id]
             holder = (pod.namespace, pod.name, cname)
-            resources, published = backend.cluster.pod_resources(), backend.cluster.published_devices()
+            resources, published = backend.cluster.pod_resources(), backend.cluster.slice_devices()
             held = [d for c in resources.containers if (c.namespace, c.pod, c.container) == holder
                     for d in c.device_ids]
             held += [published.uuids[d.driver, d.pool, d.device] for d in resources.claim_devices
@@ -439,10 +440,10 @@ def test_the_documented_example_loads_and_runs(clock):
 
 
 def test_what_a_model_does_not_report_is_logged_once_at_debug(caplog):
-    from exporter.simulate import SimulatedBackend, load_scenario
+    from exporter.sources.simulate import SimulatedBackend, load_scenario
 
     backend = SimulatedBackend(load_scenario(None))
-    with caplog.at_level("DEBUG", logger="exporter.simulate"):
+    with caplog.at_level("DEBUG", logger="exporter.sources.simulate"):
         backend.start()
     lines = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
     assert len(lines) == len(backend.scenario.gpus)  # the built-in H100 SXM boards have no fan
@@ -453,7 +454,7 @@ def test_an_idle_holder_of_a_simulated_shared_gpu_reads_zero(clock):
     """Issue 17, item 5, through the simulated node's sources: the second replica's holder runs
     nothing, and the simulated procfs knows every pid (the agent shares the host's pid namespace)."""
     from exporter.attribution import attribute
-    from exporter.simulate import process_owners
+    from exporter.sources.simulate import process_owners
 
     s = scenario("""
         node: {name: n1}

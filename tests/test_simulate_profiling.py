@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import catalog, vocabulary
-from exporter.simulate import SimulatedBackend, load_scenario
+from exporter import catalog
+from exporter.model import vocabulary
+from exporter.sources.simulate import SimulatedBackend, load_scenario
 from test_simulate import FakeClock, scenario, value
 
 LOADS = """

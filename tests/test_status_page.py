@@ -23,14 +23,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from e2e import ROOT, AgentProcess
 
-from exporter import status
+from exporter.render import status
 from exporter.attribution import Attribution
 from exporter.cli import build_agent
 from exporter.config import parse_config
-from exporter.metrics import AgentStatus
-from exporter.server import make_app
-from exporter.simulate import load_scenario
-from exporter.snapshot import Gpu, GpuSnapshot
+from exporter.model.cycle import AgentStatus
+from exporter.serve.routes import make_app
+from exporter.sources.simulate import load_scenario
+from exporter.model.gpu import Gpu, GpuSnapshot
 
 IMAGES = ROOT / "docs" / "images"
 BUILT_IN = load_scenario(None)

@@ -2,7 +2,7 @@
 certificate reload without dropping the listener), basic auth with bcrypt, response headers.
 
 Certificates are made in the test (``cryptography``); the server is the real listener
-(``exporter.http.start_server``) on loopback, the clients are Python's ``ssl`` and urllib.
+(``exporter.serve.guard.start_server``) on loopback, the clients are Python's ``ssl`` and urllib.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from e2e import AgentProcess
 
-from exporter import cli, webconfig
-from exporter.http import Guard, HttpLimits, start_server
+from exporter import cli
+from exporter.config import webconfig
+from exporter.serve.guard import Guard, HttpLimits, start_server
 
 HASH_OF_SECRET = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
@@ -265,7 +266,7 @@ async def test_probes_without_a_certificate_when_one_is_verified_if_given(pki):
 
 
 async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki, caplog):
-    caplog.set_level(logging.INFO, logger="exporter.webconfig")
+    caplog.set_level(logging.INFO, logger="exporter.serve.security")
     config = tls_config(pki)
     async with Served(config) as served:
         context = pki.client_context()

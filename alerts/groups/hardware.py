@@ -7,8 +7,8 @@ from alerts.cases import (EXCLUSIVE, EXCLUSIVE_UNTIL_20, NODE, ONE_POD_TWO_MIG, 
                           nvml_up, one_faulty_gpu, series)
 from alerts.params import Params
 from alerts.promql import BY_GPU, last_value
-from exporter.alerting import definitions
-from exporter.alerting.definitions import GPU_DESCRIPTION
+from exporter.push import definitions
+from exporter.push.definitions import GPU_DESCRIPTION
 
 
 def alerts(p: Params) -> list[Alert]:

@@ -8,7 +8,7 @@ from alerts.alert import Alert
 from alerts.cases import Case, expect_gpu, gpu, one_faulty_gpu, series
 from alerts.params import Params
 from alerts.promql import BY_GPU, last_value
-from exporter.alerting.definitions import GPU_DESCRIPTION
+from exporter.push.definitions import GPU_DESCRIPTION
 
 
 def alerts(p: Params) -> list[Alert]:

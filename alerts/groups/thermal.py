@@ -6,7 +6,7 @@ from alerts.alert import Alert
 from alerts.cases import Case, expect_gpu, gpu, one_faulty_gpu, series
 from alerts.params import Params
 from alerts.promql import BY_GPU, last_value
-from exporter.alerting.definitions import GPU_DESCRIPTION
+from exporter.push.definitions import GPU_DESCRIPTION
 
 
 def clock_event(reason: str, p: Params) -> str:

@@ -9,7 +9,7 @@ from alerts.alert import Alert
 from alerts.cases import NODE, Case, agent, allocation, container, expect_gpu, gpu, series
 from alerts.params import Params, duration, minutes
 from alerts.promql import BY_GPU, last_value
-from exporter.alerting.definitions import GPU_DESCRIPTION
+from exporter.push.definitions import GPU_DESCRIPTION
 
 
 #: The labels of one container on one GPU (the idle rules judge each holder on its own).

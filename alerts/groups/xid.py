@@ -13,8 +13,8 @@ from alerts.alert import Alert, pushed_text
 from alerts.cases import EXCLUSIVE, TWO_MIG_HOLDERS, Case, expect_gpu, gpu, series
 from alerts.params import Params
 from alerts.promql import one_of
-from exporter.alerting import definitions
-from exporter.alerting.definitions import GPU_DESCRIPTION
+from exporter.push import definitions
+from exporter.push.definitions import GPU_DESCRIPTION
 
 #: The codes of each tier of definitions.XID_TIERS; "other" is every code the others do not name.
 XID_TIER_CODES: Mapping[str, tuple[int, ...] | None] = {
@@ -126,7 +126,7 @@ def alerts(p: Params) -> list[Alert]:
             description=GPU_DESCRIPTION + " reported an XID that is not in the rules' tiers (the codes are in the "
                                           "xids annotation).",
             why="New drivers add codes; an unknown code must be seen, and classified in "
-                "exporter/alerting/definitions.py (the agent counts it in the `other` tier until then).",
+                "exporter/model/xid.py (the agent counts it in the `other` tier until then).",
             cases=tier_cases("other", 998, 999, ("application", 13))),
     ]
 

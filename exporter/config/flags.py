@@ -1,0 +1,175 @@
+"""The command line's flags and the environment variables that set them.
+
+Every flag can also be set from the environment: ``--collector.interval`` reads
+``KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL``; a flag on the command line wins. A
+``KUBE_GPU_EXPORTER_*`` variable that no flag reads is not an error but a warning, with the
+closest known name when there is one. ``parse_config`` (``config/__init__.py``) validates what
+they say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from typing import Sequence
+
+from .. import __version__
+from ..model import vocabulary
+from ..model.health import EVENT_WINDOW_SECONDS
+from .alertmanager import Repeatable
+
+ENV_PREFIX = "KUBE_GPU_EXPORTER_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def env_name(flag: str) -> str:
+    """``--collector.interval`` -> ``KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL``."""
+    return ENV_PREFIX + re.sub(r"[.-]", "_", flag.lstrip("-")).upper()
+
+
+def env_bool(value: str) -> bool | None:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    return None
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kube-gpu-exporter",
+        description="Prometheus exporter for the GPUs of a Kubernetes node, attributed to pods. "
+        f"Every flag can also be set from the environment ({ENV_PREFIX}<FLAG>, e.g. "
+        f"{env_name('--collector.interval')}).",
+    )
+    add = parser.add_argument
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    add("--web.listen-address", dest="listen_address", default=":9400",
+        help="host:port to serve /metrics on (default %(default)s)")
+    add("--web.config.file", dest="web_config_file", default=None,
+        help="exporter-toolkit web config: TLS, basic auth, response headers (docs/security.md)")
+    add("--web.max-connections", dest="web_max_connections", default="256",
+        help="open HTTP connections at most; at the cap the oldest idle one is closed (default %(default)s)")
+    add("--collector.interval", dest="collector_interval", default="10",
+        help="seconds between collection cycles (default %(default)s)")
+    add("--collector.timeout", dest="collector_timeout", default=None,
+        help="seconds an NVML read of one GPU may take before the cycle goes on without it "
+        "(default: half the interval; at most the interval)")
+    add("--collector.slow-interval", dest="collector_slow_interval", default="30",
+        help="seconds between reads of the slow NVML counters (energy, violation times, fields that "
+        "prove slow on a GPU); served from their last reading in between (default %(default)s)")
+    add("--collector.profiling", dest="collector_profiling", action=argparse.BooleanOptionalAction,
+        default=None, help="read GPM profiling metrics (SM, tensor, DRAM activity) where the GPU "
+        "supports them, Hopper and newer (default true)")
+    add("--simulate", dest="simulate", nargs="?", const="", default=None, metavar="SCENARIO.yaml",
+        help="read a simulated node instead of NVML; without a file, the built-in 4-GPU node")
+    add("--once", dest="once", action="store_true", default=None,
+        help="collect once, print the exposition and exit")
+    add("--log.level", dest="log_level", default="info", help=f"one of {', '.join(LOG_LEVELS)}")
+    add("--log.format", dest="log_format", default="text", help=f"one of {', '.join(LOG_FORMATS)}")
+    add("--kubelet.enabled", dest="kubelet_enabled", action=argparse.BooleanOptionalAction, default=None,
+        help="attribute devices to pods through the kubelet pod-resources API (default true)")
+    add("--kubelet.pod-resources-socket", dest="kubelet_socket",
+        default=vocabulary.DEFAULT_POD_RESOURCES_SOCKET, help="(default %(default)s)")
+    add("--kubelet.timeout", dest="kubelet_timeout", default="2",
+        help="seconds one pod-resources call may take (default %(default)s)")
+    add("--kubelet.resource-names", dest="resource_names", default=",".join(vocabulary.DEFAULT_RESOURCE_NAMES),
+        help="comma-separated extended resource names that hold GPUs (default %(default)s)")
+    add("--kubelet.resource-prefixes", dest="resource_prefixes", default=",".join(vocabulary.DEFAULT_RESOURCE_PREFIXES),
+        help="comma-separated resource name prefixes that hold MIG devices (default %(default)s)")
+    add("--kubernetes.enabled", dest="kubernetes_enabled", action=argparse.BooleanOptionalAction,
+        default=None, help="add owning workloads and pod labels from the API server (default false)")
+    add("--kubernetes.node-name", dest="node_name", default=None,
+        help="this node's name, to watch only its pods (default: $NODE_NAME)")
+    add("--kubernetes.kubeconfig", dest="kubeconfig", default=None,
+        help="kubeconfig file for development; default in-cluster config")
+    add("--kubernetes.pod-labels", dest="pod_labels", default="",
+        help="comma-separated pod labels copied onto nvidia_gpu_allocation_info as label_<name>")
+    add("--kubernetes.dra-drivers", dest="dra_drivers", default=",".join(vocabulary.DEFAULT_DRA_DRIVERS),
+        help="comma-separated DRA drivers whose ResourceClaims hold GPUs: their devices are read from the "
+        "kubelet and named through their ResourceSlices; empty: none (default %(default)s)")
+    add("--path.procfs", dest="procfs", default="/proc",
+        help="the host's procfs, /host/proc in the DaemonSet: which container each GPU process runs in, to "
+        "split shared GPUs per container; empty: off (default %(default)s)")
+    add("--attribution.grace-period", dest="attribution_grace_period", default=None,
+        help="seconds the last known pod allocations and workloads are kept while the kubelet or "
+        "the API server does not answer (default: 3 x the interval)")
+    add("--alertmanager.url", dest="alertmanager_urls", action=Repeatable, default=None,
+        help="Alertmanager to push critical GPU alerts to (XID, GPU lost, uncorrectable ECC), e.g. "
+        "http://alertmanager:9093; repeatable (the variable: comma-separated)")
+    add("--alertmanager.label", dest="alertmanager_labels", action=Repeatable, default=None,
+        help="name=value label added to pushed alerts, as Prometheus' external labels (e.g. cluster=prod); "
+        "repeatable (the variable: comma-separated)")
+    add("--alertmanager.basic-auth-file", dest="alertmanager_basic_auth_file", default=None,
+        help="file holding username:password for Alertmanager")
+    add("--alertmanager.bearer-token-file", dest="alertmanager_bearer_token_file", default=None,
+        help="file holding a bearer token for Alertmanager (read at each post)")
+    add("--alertmanager.tls-ca-file", dest="alertmanager_tls_ca_file", default=None,
+        help="CA certificate file to verify an https:// Alertmanager")
+    add("--alertmanager.timeout", dest="alertmanager_timeout", default="5",
+        help="seconds one post to Alertmanager may take (default %(default)s)")
+    add("--alertmanager.event-window", dest="alertmanager_event_window",
+        default=str(EVENT_WINDOW_SECONDS),
+        help="seconds a pushed XID or ECC alert stays active after its last event, and an XID's mark on the "
+        "status page; keep it equal to the rules' event_window (default %(default)s)")
+    return parser
+
+
+def long_flag(action: argparse.Action) -> str:
+    return next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
+
+
+def flag_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
+
+
+def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> dict[str, str]:
+    """Make each flag's default come from its environment variable, when set.
+
+    Returns the variable that set each destination, so that a problem can name it.
+    """
+    from_env: dict[str, str] = {}
+    for action in flag_actions(parser):
+        variable = env_name(long_flag(action))
+        value = environ.get(variable)
+        if value is None or value.strip() == "":
+            continue  # unset and empty are the same: a blank templated value must not switch anything
+        from_env[action.dest] = variable
+        if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+            parser.set_defaults(**{action.dest: env_bool(value) if env_bool(value) is not None else value})
+        else:
+            parser.set_defaults(**{action.dest: value})
+    return from_env
+
+
+def given_on_command_line(argv: Sequence[str] | None) -> set[str]:
+    """The destinations the command line itself set (a flag there wins over its variable)."""
+    parser = get_parser()
+    for action in flag_actions(parser):
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    """A warning for each ``KUBE_GPU_EXPORTER_*`` variable no flag reads, with the likely one meant.
+
+    Names are compared without the shared prefix, which would make every pair look alike; a name
+    that is the tail of a known one (``NODE_NAME``, ``INTERVAL``) is taken to mean it.
+    """
+    known = {
+        name[len(ENV_PREFIX):]: name for name in (env_name(long_flag(a)) for a in flag_actions(get_parser()))
+    }
+    warnings = []
+    for variable in sorted(v for v in environ if v.startswith(ENV_PREFIX)):
+        name = variable[len(ENV_PREFIX):]
+        if name in known:
+            continue
+        meant = [full for short, full in known.items() if short.endswith("_" + name)] or [
+            known[short] for short in difflib.get_close_matches(name, list(known), n=1)
+        ]
+        hint = f"; did you mean {' or '.join(meant)}?" if meant else ""
+        warnings.append(f"{variable}: unknown environment variable, ignored{hint}")
+    return warnings

@@ -1,0 +1,75 @@
+"""Where a scrape is answered: the HTTP endpoints. Handlers only pick bytes rendered by the
+collection cycle (``render/``): a scrape never waits on NVML, the kubelet or the API server."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from ..agent import Agent, Health
+from ..render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from ..render.status import STARTING_PAGE
+from .guard import Guard
+
+AGENT = web.AppKey("agent", Agent)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The bytes rendered by the last cycle, in the format and encoding the scraper asked for
+    (content negotiation by client_python's own helpers)."""
+    exposition = request.app[AGENT].exposition
+    if exposition is None:
+        return web.Response(status=503, text="no collection has finished yet\n")
+    _, negotiated = choose_encoder(request.headers.get("Accept", ""))
+    openmetrics = negotiated.startswith("application/openmetrics-text")
+    use_gzip = gzip_accepted(request.headers.get("Accept-Encoding", ""))
+    if openmetrics:
+        body = exposition.openmetrics_gzip if use_gzip else exposition.openmetrics
+        content_type = OPENMETRICS_CONTENT_TYPE
+    else:
+        body = exposition.text_gzip if use_gzip else exposition.text
+        content_type = TEXT_CONTENT_TYPE
+    headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+    if use_gzip:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+def _health_response(health: Health) -> web.Response:
+    return web.Response(status=200 if health.ok else 503, text=health.reason + "\n")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _health_response(request.app[AGENT].liveness())
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return _health_response(request.app[AGENT].readiness())
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The node's status page, rendered by the last cycle (a short page with the links before it)."""
+    page = request.app[AGENT].status_page
+    if page is None:
+        return web.Response(status=503, text=STARTING_PAGE, content_type="text/html")
+    return web.Response(body=page.html, content_type="text/html", charset="utf-8")
+
+
+async def status_json(request: web.Request) -> web.Response:
+    """The status page as JSON, for scripts (schema: docs/dashboards.md#the-status-page)."""
+    page = request.app[AGENT].status_page
+    if page is None:
+        return web.json_response({"error": "no collection has finished yet"}, status=503)
+    return web.Response(body=page.json, content_type="application/json")
+
+
+def make_app(agent: Agent, guard: Guard | None = None) -> web.Application:
+    """The routes; ``guard`` (``guard.py``) adds methods, paths, auth and headers."""
+    app = web.Application(middlewares=[guard.middleware] if guard else [])
+    app[AGENT] = agent
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", status_page)
+    app.router.add_get("/api/v1/status", status_json)
+    return app

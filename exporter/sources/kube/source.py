@@ -1,0 +1,70 @@
+"""The API server's watches as sources of the cycle: what a watch knows, while it is connected.
+
+A watch (``PodWatcher``, ``SliceWatcher``, or the simulated node's stand-ins) lists and watches in
+the background; a read costs nothing and returns its current view while it is connected, nothing
+while it is not (the agent keeps the last view for ``--attribution.grace-period``, see
+``sources/grace.py``). Errors are the watch's own counts, by kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
+
+from ...model.gpu import GpuSnapshot
+from ...model.kube import PodMeta, SliceDevices
+from ..base import Outcome, Source, run_in_daemon_thread
+
+T = TypeVar("T")
+
+
+class Watch(Protocol):
+    connected: bool
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait_synced(self, timeout: float) -> bool: ...
+    def error_counts(self) -> Mapping[str, int]: ...
+
+
+class WatchSource(Source[T], Generic[T]):
+    """A watch of the API server, read through ``view`` (the watcher's current objects)."""
+
+    background = True
+
+    def __init__(self, watch: Watch, view: Callable[[], T], *, name: str, title: str, provides: str) -> None:
+        self.watch = watch
+        self._view = view
+        self.name, self.title, self.provides = name, title, provides
+        # config: the watch cannot start (no in-cluster service account, a bad kubeconfig)
+        self.error_kinds = ("config", *getattr(watch, "error_kinds", ()))
+
+    async def start(self) -> None:
+        self.watch.start()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        return await asyncio.to_thread(self.watch.wait_synced, timeout)
+
+    async def read(self, gpus: GpuSnapshot | None) -> Outcome[T]:
+        if self.watch.connected:
+            return Outcome(self._view(), ok=True)
+        return Outcome(None, ok=False)
+
+    async def stop(self) -> None:
+        # Joins a thread that may sit in a blocking read: in a daemon thread, which the agent
+        # waits for only so long.
+        await run_in_daemon_thread(self.watch.stop, name=f"{self.name}-stop")
+
+    def error_counts(self) -> Mapping[str, int]:
+        return self.watch.error_counts()
+
+
+def pod_source(watch: Any) -> WatchSource[Mapping[str, PodMeta]]:
+    """The pods of this node and their workloads (``PodWatcher``: ``pods()``)."""
+    return WatchSource(watch, watch.pods, name="kubernetes", title="API server pod watch", provides="pods")
+
+
+def slice_source(watch: Any) -> WatchSource[SliceDevices]:
+    """The DRA devices this node's drivers publish (``SliceWatcher``: ``devices()``)."""
+    return WatchSource(watch, watch.devices, name="resourceslices", title="API server ResourceSlice watch",
+                       provides="slices")
