@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,11 +12,14 @@ import time
 from pathlib import Path
 
 import grpc
-import grpc.aio
 import pytest
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from exporter.sources.kubelet.client import KubeletError, PodResourcesClient
-from exporter.sources.kubelet.podresources.v1 import api_pb2, api_pb2_grpc
+from exporter.sources.kubelet.podresources.v1 import api_pb2
+from exporter.sources.kubelet.podresources.v1.api_grpc import PodResourcesListerStub
 from exporter.model.kube import ContainerDevices, PodResources
 from fakekubelet import Container, Device, FakeKubelet, Pod, pod
 
@@ -254,7 +258,7 @@ async def test_server_restart_mid_run(fake_kubelet, client):
 async def test_server_restart_between_cycles_costs_no_cycle(fake_kubelet, client):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
     await client.list_resources()
-    # Put the channel through failures first, so grpc's reconnect backoff is engaged.
+    # Failures first (each drops the channel), then a good cycle on a fresh one.
     fake_kubelet.stop()
     for _ in range(2):
         with pytest.raises(KubeletError):
@@ -405,20 +409,48 @@ def test_method_paths_and_field_numbers():
 
 async def test_fake_serves_get(fake_kubelet):
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
-    async with grpc.aio.insecure_channel(f"unix://{fake_kubelet.socket_path}") as ch:
-        stub = api_pb2_grpc.PodResourcesListerStub(ch)
+    channel = Channel(path=fake_kubelet.socket_path)
+    try:
+        stub = PodResourcesListerStub(channel)
         got = await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="p", pod_namespace="ml"), timeout=10)
         assert got.pod_resources.containers[0].devices[0].device_ids == [GPU_A]
-        with pytest.raises(grpc.aio.AioRpcError) as ei:
+        with pytest.raises(GRPCError) as ei:
             await stub.Get(api_pb2.GetPodResourcesRequest(pod_name="nope", pod_namespace="ml"), timeout=10)
-        assert ei.value.code() == grpc.StatusCode.UNKNOWN
+        assert ei.value.status == Status.UNKNOWN
+    finally:
+        channel.close()
 
 
 def test_fake_usable_from_sync_code(fake_kubelet):
+    # The fake serves from its own thread and loop: a test without a running loop starts one.
+    async def list_pods() -> api_pb2.ListPodResourcesResponse:
+        channel = Channel(path=fake_kubelet.socket_path)
+        try:
+            return await PodResourcesListerStub(channel).List(api_pb2.ListPodResourcesRequest(), timeout=10)
+        finally:
+            channel.close()
+
     fake_kubelet.set_pods([pod("ml", "p", {"c": {"nvidia.com/gpu": [GPU_A]}})])
-    with grpc.insecure_channel(f"unix://{fake_kubelet.socket_path}") as ch:
-        resp = api_pb2_grpc.PodResourcesListerStub(ch).List(api_pb2.ListPodResourcesRequest(), timeout=10)
-    assert resp.pod_resources[0].name == "p"
+    assert asyncio.run(list_pods()).pod_resources[0].name == "p"
+
+
+def test_the_client_imports_no_grpcio():
+    """grpcio is no runtime dependency (the image lacks it): the client, its generated stubs and
+    the CLI that builds it import without it."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class NoGrpcio(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'grpc' or name.startswith(('grpc.', 'grpc_')):\n"
+        "            raise ModuleNotFoundError(f'no grpcio in this test: {name}', name=name)\n"
+        "sys.meta_path.insert(0, NoGrpcio())\n"
+        "import exporter.sources.kubelet.client, exporter.cli\n"
+        "from exporter.sources.kubelet.podresources.v1 import api_grpc\n"
+        "print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith(('grpc.', 'grpc_'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 async def test_standalone_fake_in_a_subprocess(kubelet_socket_path):

@@ -23,29 +23,24 @@ import time
 from typing import Iterable
 
 from google.protobuf.message import DecodeError
-from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.client import Channel
 from grpclib.const import Status
-from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from ...model import vocabulary
 from ...model.kube import ClaimDevice, ContainerDevices, PodResources
 from .podresources.v1 import api_pb2
+from .podresources.v1.api_grpc import PodResourcesListerStub
 
 log = logging.getLogger(__name__)
 
 
-# The kubelet answers List with up to 16 MiB (its own send limit). grpclib reads a message of any
-# size; the limit is kept as a guard against a runaway answer.
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-# Transport: grpclib, gRPC in pure Python on the agent's own event loop, not grpcio. grpcio's C
-# core starts a thread pool sized by the host's core count (sysconf(_SC_NPROCESSORS_CONF), not
-# the container's CPU limit: 4 threads on 2 cores, 16 on 16 or more, and no knob to bound it:
-# grpc/grpc#40991) and costs ~8 MB more to import; two unary calls per cycle on a unix socket
-# need none of it (docs/performance.md). grpclib opens a new connection on the next call after
-# the old one broke, without grpcio's reconnect backoff, which is what a kubelet restart needs.
+# Transport: grpclib, gRPC in pure Python on the agent's own event loop, through the stub that
+# `make protos` generates (podresources/v1/api_grpc.py). Not grpcio: its C core starts a thread
+# pool sized by the host's core count, not the container's CPU limit, with no knob to bound it
+# (grpc/grpc#40991), and costs more memory; two unary calls per cycle on a unix socket need none
+# of it (docs/performance.md).
 
 
 class KubeletError(Exception):
@@ -111,7 +106,7 @@ class PodResourcesClient:
         self.resource_prefixes = tuple(resource_prefixes)
         self.dra_drivers = frozenset(dra_drivers)
         self._channel: Channel | None = None
-        self._stub: dict[str, UnaryUnaryMethod] | None = None
+        self._stub: PodResourcesListerStub | None = None
         self._allocatable_unsupported_logged = False
         self._allocatable: dict[str, tuple[str, ...]] = {}  # the last good GetAllocatableResources
 
@@ -121,15 +116,10 @@ class PodResourcesClient:
             resource_name.startswith(p) for p in self.resource_prefixes
         )
 
-    def _get_stub(self) -> dict[str, UnaryUnaryMethod]:
-        # Responses come back as bytes (_RawCodec) and are decoded in _call, so that a bad answer
-        # becomes KubeletError("invalid_response").
+    def _get_stub(self) -> PodResourcesListerStub:
         if self._stub is None:
-            self._channel = Channel(path=self.socket_path, codec=_RawCodec(), status_details_codec=None)
-            self._stub = {
-                name: UnaryUnaryMethod(self._channel, f"/{_SERVICE.full_name}/{name}", bytes, bytes)
-                for name in ("List", "GetAllocatableResources")
-            }
+            self._channel = Channel(path=self.socket_path)
+            self._stub = PodResourcesListerStub(self._channel)
         return self._stub
 
     async def _drop_channel(self) -> None:
@@ -163,10 +153,11 @@ class PodResourcesClient:
         except KubeletError as exc:
             if exc.kind != "unavailable" or not reused:
                 raise
-            # A channel that has seen the kubelet restart can sit in grpc's reconnect backoff
-            # although the new socket already accepts; one retry on a fresh channel (the old
-            # one was dropped) avoids a failed cycle. A refused connection never reaches the
-            # kubelet's rate limiter, so this costs it nothing.
+            # The kubelet restarted since the last cycle and the event loop has not yet seen
+            # the old connection close: the call failed on it although the new socket already
+            # accepts. One retry on a fresh channel (the old one was dropped) avoids a failed
+            # cycle. A refused connection never reaches the kubelet's rate limiter, so this
+            # costs it nothing.
             listed = await self._call("List", deadline)
         containers = self._containers(listed)
         claim_devices = self._claim_devices(listed)
@@ -190,18 +181,13 @@ class PodResourcesClient:
         return PodResources(containers=containers, allocatable=self._allocatable, claim_devices=claim_devices)
 
     async def _call(self, name: str, deadline: float):
-        request_type, response_type = _TYPES[name]
-        method = self._get_stub()[name]
+        method = getattr(self._get_stub(), name)
+        where = f"kubelet pod-resources {name} at {self.socket_path}"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise KubeletError(
-                "timeout",
-                f"kubelet pod-resources {name} at {self.socket_path}: no time left of the "
-                f"{self.timeout_seconds:g}s timeout",
-            )
-        where = f"kubelet pod-resources {name} at {self.socket_path}"
+            raise KubeletError("timeout", f"{where}: no time left of the {self.timeout_seconds:g}s timeout")
         try:
-            raw = await method(request_type().SerializeToString(), timeout=remaining)
+            return await method(method.request_type(), timeout=remaining)
         except GRPCError as exc:
             code, details = exc.status, exc.message or ""
             if name == "GetAllocatableResources" and (
@@ -221,16 +207,8 @@ class PodResourcesClient:
             # No socket, connection refused or reset, the kubelet gone mid-call.
             await self._drop_channel()
             raise KubeletError("unavailable", f"{where}: unavailable: {exc or type(exc).__name__}") from None
-        if len(raw) > _MAX_MESSAGE_BYTES:
-            raise KubeletError("invalid_response", f"{where}: {len(raw)} bytes, over {_MAX_MESSAGE_BYTES}")
-        try:
-            return response_type.FromString(raw)
-        except (DecodeError, TypeError) as exc:
-            raise KubeletError(
-                "invalid_response",
-                f"kubelet pod-resources {name} at {self.socket_path}: undecodable response "
-                f"({len(raw) if isinstance(raw, bytes) else type(raw).__name__} bytes): {exc}",
-            ) from None
+        except DecodeError as exc:  # from the stub's codec, decoding the answer
+            raise KubeletError("invalid_response", f"{where}: undecodable response: {exc}") from None
 
     def _containers(self, resp: api_pb2.ListPodResourcesResponse) -> tuple[ContainerDevices, ...]:
         rows: dict[tuple[str, str, str, str], set[str]] = {}
@@ -298,28 +276,6 @@ class PodResourcesClient:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
-
-
-_SERVICE = api_pb2.DESCRIPTOR.services_by_name["PodResourcesLister"]  # v1.PodResourcesLister
-_TYPES = {
-    "List": (api_pb2.ListPodResourcesRequest, api_pb2.ListPodResourcesResponse),
-    "GetAllocatableResources": (
-        api_pb2.AllocatableResourcesRequest,
-        api_pb2.AllocatableResourcesResponse,
-    ),
-}
-
-
-class _RawCodec(CodecBase):
-    """Messages pass as bytes: serialised before the call, decoded after it (see ``_call``)."""
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: bytes, message_type: type) -> bytes:
-        return message
-
-    def decode(self, data: bytes, message_type: type) -> bytes:
-        return data
 
 
 class _AllocatableUnsupported(Exception):
