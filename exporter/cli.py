@@ -8,7 +8,6 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 from typing import Callable, Sequence
@@ -202,8 +201,6 @@ async def serve(agent: Agent, guard: Guard, config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # grpc core logs reconnects (a kubelet restart) straight to stderr at INFO; we count those.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         config = parse_config(argv)
     except ConfigError as exc:
