@@ -57,7 +57,8 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/.created
 bench: test-deps test-venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-## protos: regenerate the committed kubelet pod-resources stubs from their .proto
+## protos: regenerate the committed kubelet pod-resources stubs from their .proto: the messages
+## (api_pb2.py, .pyi) and the grpclib client and server classes (api_grpc.py)
 protos: test-venv
 	PYTHON=$(PY) sh exporter/sources/kubelet/podresources/generate.sh
 
