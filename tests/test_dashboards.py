@@ -26,6 +26,8 @@ from exporter.alerting import definitions
 sys.path.insert(0, str(ROOT / "dashboards"))
 import generate  # noqa: E402
 import live  # noqa: E402
+import validation  # noqa: E402
+from grafana_foundation_sdk.models import dashboard as dm  # noqa: E402
 from alerts.rules import Params, alerts, recording_rules  # noqa: E402
 
 DASHBOARDS = live.dashboards()
@@ -65,13 +67,42 @@ def test_generated_files_are_up_to_date():
     assert generate.main(["--check"]) == 0, "run: python dashboards/generate.py"
 
 
-def test_three_dashboards_with_stable_uids_and_grafana_10_schema():
+def test_three_dashboards_with_stable_uids_and_the_sdk_schema():
     assert {name: d["uid"] for name, d in DASHBOARDS.items()} == UIDS
     for dashboard in DASHBOARDS.values():
         assert dashboard["schemaVersion"] == generate.SCHEMA_VERSION and "id" not in dashboard
         assert generate.TAG in dashboard["tags"]
         assert len(dashboard["links"]) == 1 and dashboard["links"][0]["keepTime"]
         assert dashboard["links"][0]["type"] == "dashboards" and dashboard["links"][0]["tags"] == [generate.TAG]
+
+
+def test_every_dashboard_holds_to_the_sdk_types():
+    """Built through the SDK's typed builders, each model holds to the SDK's annotations, and each
+    committed JSON decodes through the SDK's models (queries and panel options by their plugin's
+    types) back to itself."""
+    for spec in generate.SPECS:
+        assert validation.type_problems(generate.model(spec), dm.Dashboard, "dashboard") == [], spec.file
+        assert validation.roundtrip_problems(DASHBOARDS[spec.file]) == [], spec.file
+
+
+def test_the_validation_rejects_what_the_sdk_types_do_not_accept():
+    spec = generate.SPECS[1]
+    model = generate.model(spec)
+    model.graph_tooltip = 7  # not a DashboardCursorSync
+    model.panels[1].grid_pos.w = "4"
+    model.templating.list_val[0].hide = "no"
+    with pytest.raises(validation.InvalidDashboard) as error:
+        validation.validate(model, generate.SCHEMA_VERSION)
+    assert error.value.problems == ["dashboard.graph_tooltip: 7 is not DashboardCursorSync",
+                                    "dashboard.panels[1].grid_pos.w: '4' is not int",
+                                    "dashboard.templating.list_val[0].hide: 'no' is not VariableHide"]
+    dashboard = generate.build(spec)
+    stat = next(i for i, p in enumerate(dashboard["panels"]) if p["type"] == "stat")
+    dashboard["panels"][stat]["options"]["colourMode"] = "value"  # a key no type of the stat panel has
+    dashboard["panels"][stat]["fieldConfig"]["defaults"]["units"] = "bytes"
+    assert validation.roundtrip_problems(dashboard) == [
+        f".panels[{stat}].options.colourMode: 'value' becomes '<absent>'",
+        f".panels[{stat}].fieldConfig.defaults.units: 'bytes' becomes '<absent>'"]
 
 
 def test_panel_ids_are_unique_and_panels_do_not_overlap():
