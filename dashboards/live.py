@@ -4,7 +4,7 @@
 through a backfill, instead of scraping the agent for as long:
 
 1. The agent's own scrapes over the day (dashboards/history.py: the demo node, its faults and
-   its reboot; the history ends now).
+   the agent's restart; the history ends now).
 2. ``promtool tsdb create-blocks-from openmetrics`` turns them into TSDB blocks (one file per
    2-hour block: promtool reads its whole input once per block).
 3. Recording rules do not evaluate over history by themselves: ``promtool tsdb create-blocks-from

@@ -314,7 +314,7 @@ def test_the_day_and_hour_windows_read_the_history(demo):
     assert float(q("count_over_time(kube_gpu_exporter_build_info[1d])")[0]["value"][1]) >= live.DAY / live.STEP_SECONDS
     rules = q("count_over_time(namespace:nvidia_gpu_allocated_devices:sum[1d])")
     assert len(rules) == 5 and min(float(r["value"][1]) for r in rules) >= 0.95 * live.DAY / live.STEP_SECONDS
-    # GPU 0's first XID is 20 hours old (before the reboot), its second 40 minutes; GPU 4's 20 minutes.
+    # GPU 0's first XID is 20 hours old, its second 40 minutes; GPU 4's 20 minutes.
     day, hour = (_query("node.json", "XID events (time range)", demo, r) for r in (live.DAY, live.HOUR))
     assert round(float(day[0]["value"][1])) == 3 and round(float(hour[0]["value"][1])) == 2
     problems = _query("fleet.json", "GPUs with problems", demo, live.DAY)
@@ -329,10 +329,10 @@ def test_the_day_and_hour_windows_read_the_history(demo):
 
 
 def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
-    """The demo's XIDs: 13 on GPU 0 before the reboot and again 40 minutes before the end, then 79
-    once on GPU 4. Read per code, a code's series is born at 1 and increase() misses its first
-    event: GPU 4's XID 79 would not show at all, and GPU 0 would show none (its code-13 series is
-    born at 1 in each boot). The panels read the tier counts, at 0 from each boot on."""
+    """The demo's XIDs: 13 on GPU 0 20 hours and again 40 minutes before the end, then 79 once on
+    GPU 4. Read per code, a code's series is born at 1 and increase() misses its first event: GPU
+    4's XID 79 would not show at all, and GPU 0 would show one. The panels read the tier counts, at
+    0 from the start."""
     per_gpu = _by("gpu", _query("node.json", "XID events", demo, demo.span, whole=True))
     assert {gpu: round(events) for gpu, events in per_gpu.items()} == {"0": 2, "4": 1}
     fleet = _query("fleet.json", "XID events by tier", demo, demo.span, whole=True)
