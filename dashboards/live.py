@@ -112,7 +112,9 @@ def rule_levels(groups: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 class DemoNode:
-    """A real Prometheus holding a day of the demo node's history; a context manager."""
+    """A real Prometheus holding a day of the demo node's history; a context manager. The history
+    ends at ``end``, once it is recorded: queries at the current time see its last samples for
+    Prometheus' lookback, five minutes, and so does the evaluation of the alerts."""
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="gpu-dashboards-") if workdir is None else None

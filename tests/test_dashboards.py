@@ -290,11 +290,11 @@ def test_the_demo_node_shows_its_faults(demo):
     assert float(q("sum(node:nvidia_gpu_gpus_idle_allocated:count)")[0]["value"][1]) >= 1
 
 
-def _query(file: str, title: str, node, range_seconds: float, *, whole: bool = False, **preferred: str) -> list[dict]:
+def _query(file: str, title: str, node, range_seconds: float, *, whole: bool = False) -> list[dict]:
     """A panel's (only) query over a time range of ``range_seconds``; with ``whole``, its
     ``$__rate_interval`` widened to that range too."""
     dashboard = DASHBOARDS[file]
-    values = live.resolve_variables(dashboard, node.prometheus, preferred or None)
+    values = live.resolve_variables(dashboard, node.prometheus)
     [target] = [t for t in _panel(file, title)["targets"]]
     expr = target["expr"].replace("$__rate_interval", "$__range") if whole else target["expr"]
     return node.prometheus.query(live.substitute(expr, values, range_seconds))
