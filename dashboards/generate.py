@@ -1,16 +1,21 @@
-"""Generate the Grafana dashboards of kube-gpu-exporter (Grafana 10 and 11, schemaVersion 39).
+"""Generate the Grafana dashboards of kube-gpu-exporter with Grafana's own types (grafana-foundation-sdk).
 
     python dashboards/generate.py                 # rewrite dashboards/*.json and the ConfigMap
     python dashboards/generate.py --check         # exit 1 when the committed files are stale
     python dashboards/generate.py --multi-cluster # show the cluster variable (Prometheus with a `cluster` label)
 
 Three dashboards, linked to each other: Fleet (``kube-gpu-exporter-fleet``), Node and GPU
-(``kube-gpu-exporter-node``), Namespace and workload (``kube-gpu-exporter-workload``). Panel ids are
-given in definition order, so they stay put across runs; every query uses the ``$datasource``
-variable and the dashboard's own variables. Thresholds and batch workload kinds are the alert
-rules' own (``alerts/params.py`` ``Params``), XID tiers the agent's ``tier`` label (the alerts'), and
-the fleet and workload panels read the recording rules of ``alerts/recording.py``; per-pod panels
-join the raw series as docs/attribution.md shows.
+(``kube-gpu-exporter-node``), Namespace and workload (``kube-gpu-exporter-workload``). They are
+built with the typed builders of Grafana Labs' ``grafana-foundation-sdk`` (its Grafana 11.6
+types: schema version ``SCHEMA_VERSION``; our kinds of panel are dashboards/panels.py), and every
+dashboard is validated against those types before it is written (dashboards/validation.py).
+What is ours: the queries, the thresholds (the alert rules' own, ``alerts/params.py``
+``Params``), the layout, panel ids given in definition order (so they stay put across runs), the
+variables and the links between the dashboards. Every query uses the
+``$datasource`` variable and the dashboard's own variables; batch workload kinds are the alert
+rules' own, XID tiers the agent's ``tier`` label (the alerts'), and the fleet and workload panels
+read the recording rules of ``alerts/recording.py``; per-pod panels join the raw series as
+docs/attribution.md shows.
 
 Series are expected with a ``node`` label (added at scrape time by relabelling: see
 deploy/prometheus-scrape-config.yaml) and, optionally, a ``cluster`` label.
@@ -20,23 +25,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import timeseries as timeseries_panel
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from alerts.rules import Params, recording_rules  # noqa: E402 - the rule set's thresholds and rules
+from panels import (  # noqa: E402 - dashboards/panels.py
+    ACTIVE, DASHED, DATASOURCE, PERCENT, bargauge, column_link, dashboard_link, layout, override, red_from, row, stat,
+    state_timeline, states, table, target, timeseries,
+)
+from validation import validate  # noqa: E402 - dashboards/validation.py
 
 TAG = "kube-gpu-exporter"
-SCHEMA_VERSION = 39  # Grafana 10.4 / 11.x
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: The dashboard schema of Grafana 11.6, the one the SDK's types (pinned in pyproject.toml)
+#: describe; Grafana 12 migrates it on load.
+SCHEMA_VERSION = 41
 CONFIGMAP = HERE / "configmap.yaml"
 
 #: The alert rules' parameters: every threshold a panel draws comes from here.
@@ -86,143 +101,6 @@ def rule(name: str, selector: str) -> str:
     return f"{name}{{{selector}}}"
 
 
-# -- Panels ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    expr: str
-    legend: str = ""
-    instant: bool = False
-    table: bool = False
-
-    def json(self, ref: str) -> dict[str, Any]:
-        return {
-            "datasource": DATASOURCE, "refId": ref, "expr": self.expr, "legendFormat": self.legend or "__auto",
-            "range": not self.instant, "instant": self.instant, "format": "table" if self.table else "time_series",
-            "editorMode": "code",
-        }
-
-
-@dataclass
-class Panel:
-    kind: str  # stat, timeseries, table, bargauge, state-timeline, row
-    title: str
-    targets: list[Target] = field(default_factory=list)
-    description: str = ""
-    unit: str = ""
-    width: int = 6
-    height: int = 8
-    thresholds: list[tuple[float | None, str]] | None = None  # [(from, colour)], the first from None
-    minimum: float | None = None
-    maximum: float | None = None
-    stack: bool = False
-    links: list[dict[str, Any]] = field(default_factory=list)
-    mappings: list[dict[str, Any]] = field(default_factory=list)
-    overrides: list[dict[str, Any]] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-    hidden_columns: tuple[str, ...] = ("Time",)
-    columns: tuple[str, ...] = ()  # a table's columns in this order first
-
-    def json(self, panel_id: int, x: int, y: int) -> dict[str, Any]:
-        grid = {"h": self.height, "w": self.width, "x": x, "y": y}
-        if self.kind == "row":
-            return {"type": "row", "id": panel_id, "title": self.title, "collapsed": False, "gridPos": grid,
-                    "panels": []}
-        defaults: dict[str, Any] = {"unit": self.unit or "short", "mappings": self.mappings}
-        defaults["thresholds"] = {"mode": "absolute", "steps": [
-            {"color": colour, "value": start} for start, colour in (self.thresholds or [(None, "green")])]}
-        if self.thresholds:
-            defaults["color"] = {"mode": "thresholds"}
-        if self.minimum is not None:
-            defaults["min"] = self.minimum
-        if self.maximum is not None:
-            defaults["max"] = self.maximum
-        if self.links:
-            defaults["links"] = self.links
-        if self.kind == "timeseries":
-            defaults["custom"] = {
-                "drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if self.stack else 5, "showPoints": "never",
-                "stacking": {"mode": "normal" if self.stack else "none", "group": "A"},
-                "thresholdsStyle": {"mode": "dashed" if self.thresholds else "off"},
-            }
-        options = {
-            "timeseries": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                           "tooltip": {"mode": "multi", "sort": "desc"}},
-            "stat": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                     "colorMode": "value", "graphMode": "area", "textMode": "auto"},
-            "bargauge": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                         "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True},
-            "table": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
-            "state-timeline": {"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
-                               "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False}},
-        }[self.kind] | self.options
-        panel: dict[str, Any] = {
-            "type": self.kind, "id": panel_id, "title": self.title, "description": self.description,
-            "datasource": DATASOURCE, "gridPos": grid, "options": options,
-            "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
-            "targets": [t.json(chr(ord("A") + i)) for i, t in enumerate(self.targets)],
-        }
-        if self.kind == "table":
-            panel["transformations"] = [
-                {"id": "merge", "options": {}},
-                {"id": "organize", "options": {"excludeByName": {c: True for c in self.hidden_columns},
-                                               "indexByName": {c: i for i, c in enumerate(self.columns)}}},
-            ]
-        return panel
-
-
-def row(title: str) -> Panel:
-    return Panel("row", title, width=24, height=1)
-
-
-def stat(title: str, expr: str, unit: str = "short", **kw: Any) -> Panel:
-    return Panel("stat", title, [Target(expr, instant=False)], unit=unit, width=kw.pop("width", 4),
-                 height=kw.pop("height", 4), **kw)
-
-
-def timeseries(title: str, *targets: Target, unit: str = "short", **kw: Any) -> Panel:
-    return Panel("timeseries", title, list(targets), unit=unit, width=kw.pop("width", 12), **kw)
-
-
-_BY = re.compile(r"^\w+ by \(([^)]*)\)")
-
-
-def table(title: str, expr: str, unit: str = "short", hide: Iterable[str] = (), **kw: Any) -> Panel:
-    """An instant table; its columns in the order of the query's outer ``by (...)``, if any."""
-    by = _BY.match(expr)
-    kw.setdefault("columns", tuple(c.strip() for c in by.group(1).split(",")) if by else ())
-    return Panel("table", title, [Target(expr, instant=True, table=True)], unit=unit, width=kw.pop("width", 12),
-                 hidden_columns=("Time", "__name__", "job", "instance", *hide), **kw)
-
-
-def bargauge(title: str, expr: str, legend: str, unit: str = "short", **kw: Any) -> Panel:
-    return Panel("bargauge", title, [Target(expr, legend, instant=True)], unit=unit, width=kw.pop("width", 8),
-                 **kw)
-
-
-def red_from(value: float, amber: float | None = None) -> list[tuple[float | None, str]]:
-    steps: list[tuple[float | None, str]] = [(None, "green")]
-    if amber is not None:
-        steps.append((amber, "orange"))
-    return steps + [(value, "red")]
-
-
-PERCENT = {"unit": "percentunit", "minimum": 0, "maximum": 1}
-STATES = [{"type": "value", "options": {"0": {"text": "no", "color": "transparent"},
-                                        "1": {"text": "active", "color": "red"}}}]
-
-
-def dashboard_link(uid: str, title: str, **variables: str) -> dict[str, Any]:
-    query = "".join(f"&var-{k}={v}" for k, v in variables.items())
-    return {"title": title, "url": f"/d/{uid}?${{__url_time_range}}&var-datasource=${{datasource}}{query}"}
-
-
-def column_link(column: str, link: dict[str, Any]) -> dict[str, Any]:
-    """A table override: the cells of ``column`` link to ``link``."""
-    return {"matcher": {"id": "byName", "options": column}, "properties": [{"id": "links", "value": [link]}]}
-
-
 # -- Dashboards -----------------------------------------------------------------------------------
 
 FLEET_UID, NODE_UID, WORKLOAD_UID = "kube-gpu-exporter-fleet", "kube-gpu-exporter-node", "kube-gpu-exporter-workload"
@@ -239,7 +117,7 @@ def alerts(extra: str = "") -> str:
     return f'ALERTS{{alertstate="firing", cluster=~"$cluster", alertname=~"{ALERT_NAMES}"{extra}}}'
 
 
-def fleet() -> list[Panel]:
+def fleet() -> list[Builder[Any]]:
     per_node = f'{CLUSTER}, node=~"$node"'  # node-level recording rules
     per_ns = f'{CLUSTER}, namespace=~"$namespace"'  # namespace-level recording rules
     allocation = f'{FLEET}, namespace=~"$namespace"'
@@ -265,14 +143,14 @@ def fleet() -> list[Panel]:
              f"sum(nvidia_gpu_allocatable_devices{{{FLEET}}}) - sum(nvidia_gpu_allocated_devices{{{FLEET}}})",
              description="Devices the kubelets could still allocate (replicas and MIG instances count one each)."),
         row("Namespaces"),
-        timeseries("Allocated devices by namespace", Target(
+        timeseries("Allocated devices by namespace", target(
             f"sum by (namespace) ({rule('namespace:nvidia_gpu_allocated_devices:sum', per_ns)})", "{{namespace}}"),
             stack=True, description="Devices held; a device shared by n containers counts 1/n for each.", width=8),
-        timeseries("Utilisation by namespace", Target(
+        timeseries("Utilisation by namespace", target(
             f"sum by (namespace) ({rule('namespace:nvidia_gpu_container_utilization_ratio:sum', per_ns)})",
             "{{namespace}}"), stack=True, width=8,
             description="Sum of the utilisation of the devices each namespace holds: GPUs' worth of work."),
-        timeseries("GPU memory by namespace", Target(
+        timeseries("GPU memory by namespace", target(
             f"sum by (namespace) ({rule('namespace:nvidia_gpu_container_memory_used_bytes:sum', per_ns)})",
             "{{namespace}}"), unit="bytes", stack=True, width=8),
         table("Most idle allocated pods",
@@ -281,9 +159,8 @@ def fleet() -> list[Panel]:
               description="Pods holding a whole or time-sliced GPU, by the GPU's peak utilisation over the last "
                           "hour (lowest first). Click a pod for its workload dashboard.", **PERCENT,
               overrides=[column_link("pod", TO_WORKLOAD),
-                         {"matcher": {"id": "byName", "options": "Value"},
-                          "properties": [{"id": "displayName", "value": "peak utilisation (1h)"},
-                                         {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}],
+                         override("byName", "Value", displayName="peak utilisation (1h)",
+                                  custom__cellOptions=cm.TableColoredBackgroundCellOptions())],
               thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")], height=9,
               columns=("namespace", "pod", "workload_kind", "workload", "node")),
         bargauge("GPU-hours by namespace (time range)",
@@ -296,27 +173,27 @@ def fleet() -> list[Panel]:
                  f"{rule('namespace:nvidia_gpu_power_watts:sum', per_ns)}))[$__range:]) * $__range_s)",
                  "{{namespace}}", unit="joule", width=6, height=9,
                  description="Board power split evenly between the holders of each board, over the time range."),
-        timeseries("Allocated devices: batch vs interactive", Target(
+        timeseries("Allocated devices: batch vs interactive", target(
             f"sum by (class) ({workload_class(rule('namespace_workload:nvidia_gpu_allocated_devices:sum', per_ns))})",
             "{{class}}"), stack=True, width=12,
             description=f"batch: {P.batch_kinds}; interactive: {INTERACTIVE_KINDS}; other: the rest (DaemonSet, "
                         "unknown without --kubernetes.enabled)."),
-        timeseries("Utilisation: batch vs interactive", Target(
+        timeseries("Utilisation: batch vs interactive", target(
             f"sum by (class) ({workload_class(rule('namespace_workload:nvidia_gpu_container_utilization_ratio:sum', per_ns))})",
             "{{class}}"), stack=True, description="Sum of the utilisation of the devices each class holds.",
             width=12),
         row("Hardware health"),
         stat("Lost GPUs", f"count(nvidia_gpu_up{{{FLEET}}} == 0) or vector(0)", thresholds=red_from(1), height=8,
              description="GPUs whose NVML reads fail or hang (nvidia_gpu_up 0); GpuLost pages."),
-        timeseries("XID events by tier", Target(
+        timeseries("XID events by tier", target(
             f"sum by (tier) (increase(nvidia_gpu_xid_events_total{{{FLEET}}}[$__rate_interval]))", "{{tier}}"),
             description="The alerts' tiers: reboot (fell off the bus), reset (the GPU needs a reset), application "
             "(the job's fault), informational, other (codes the tiers do not name); see docs/alerts.md. The "
             "tier counts exist at 0 from the start, so the first event of a node shows.", width=7, stack=True),
-        timeseries("ECC errors", Target(
+        timeseries("ECC errors", target(
             f"sum by (type) (increase(nvidia_gpu_ecc_errors_total{{{FLEET}}}[$__rate_interval]))", "{{type}}"),
             description="Volatile ECC errors; uncorrected ones page.", width=7),
-        timeseries("GPUs throttled", Target(
+        timeseries("GPUs throttled", target(
             f'count by (reason) (nvidia_gpu_clock_event_active{{{FLEET}, reason=~"{THROTTLE_REASONS}"}} == 1)',
             "{{reason}}"), description="GPUs whose clocks a power or thermal reason holds down.", width=6,
             stack=True),
@@ -342,16 +219,16 @@ def fleet() -> list[Panel]:
     ]
 
 
-def violation(reason: str, ratio: float, alert: str) -> Panel:
+def violation(reason: str, ratio: float, alert: str) -> timeseries_panel.Panel:
     """Time held below target clocks by one policy, over the alert's window, against its threshold."""
-    return timeseries(f"{reason.capitalize()} violation time ({P.capping_window})", Target(
+    return timeseries(f"{reason.capitalize()} violation time ({P.capping_window})", target(
         f'rate(nvidia_gpu_violation_seconds_total{{{GPU}, reason="{reason}"}}[{P.capping_window}])', "GPU {{gpu}}"),
         **PERCENT, thresholds=red_from(ratio), width=6,
         description=f"Fraction of the last {P.capping_window} the {reason} policy held clocks down; {alert} "
                     f"fires above {ratio:.0%} (docs/alerts.md).")
 
 
-def node() -> list[Panel]:
+def node() -> list[Builder[Any]]:
     by_gpu = "GPU {{gpu}}"
     return [
         row("Node"),
@@ -364,76 +241,73 @@ def node() -> list[Panel]:
         stat("XID events (time range)", f"sum(increase(nvidia_gpu_xid_events_total{{{GPU}}}[$__range]))",
              thresholds=red_from(1), width=4),
         row("Utilisation and memory"),
-        timeseries("Utilisation", Target(f"nvidia_gpu_utilization_ratio{{{GPU}}}", by_gpu), **PERCENT, width=8),
-        timeseries("Memory used", Target(f"nvidia_gpu_memory_used_bytes{{{GPU}}}", by_gpu),
-                   Target(f"max(nvidia_gpu_memory_total_bytes{{{GPU}}})", "total"), unit="bytes", width=8),
-        timeseries("Memory used / total", Target(
+        timeseries("Utilisation", target(f"nvidia_gpu_utilization_ratio{{{GPU}}}", by_gpu), **PERCENT, width=8),
+        timeseries("Memory used", target(f"nvidia_gpu_memory_used_bytes{{{GPU}}}", by_gpu),
+                   target(f"max(nvidia_gpu_memory_total_bytes{{{GPU}}})", "total"), unit="bytes", width=8),
+        timeseries("Memory used / total", target(
             f"nvidia_gpu_memory_used_bytes{{{GPU}}} / nvidia_gpu_memory_total_bytes{{{GPU}}}", by_gpu), **PERCENT,
             thresholds=red_from(P.memory_full_ratio), width=8),
         row("Temperature and power"),
-        timeseries("Temperature", Target(f"nvidia_gpu_temperature_celsius{{{GPU}}}", by_gpu),
-                   Target(f'nvidia_gpu_temperature_threshold_celsius{{{GPU}, threshold="slowdown"}}',
+        timeseries("Temperature", target(f"nvidia_gpu_temperature_celsius{{{GPU}}}", by_gpu),
+                   target(f'nvidia_gpu_temperature_threshold_celsius{{{GPU}, threshold="slowdown"}}',
                           "GPU {{gpu}} slowdown"), unit="celsius", width=8,
-                   overrides=[{"matcher": {"id": "byRegexp", "options": ".*slowdown"}, "properties": [
-                       {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-                       {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}],
+                   overrides=[override("byRegexp", ".*slowdown", custom__lineStyle=DASHED,
+                                       color=dm.FieldColor(mode=dm.FieldColorModeId.FIXED, fixed_color="red"))],
                    description="Each GPU against its own slowdown temperature (dashed)."),
-        timeseries("Margin to slowdown temperature", Target(
+        timeseries("Margin to slowdown temperature", target(
             f'nvidia_gpu_temperature_threshold_celsius{{{GPU}, threshold="slowdown"}} - ignoring (threshold) '
             f"nvidia_gpu_temperature_celsius{{{GPU}}}", by_gpu), unit="celsius",
             thresholds=[(None, "red"), (MARGIN, "green")], width=8,
             description=f"Alerting below {MARGIN} °C."),
-        timeseries("Power / limit", Target(
+        timeseries("Power / limit", target(
             f"nvidia_gpu_power_watts{{{GPU}}} / nvidia_gpu_power_limit_watts{{{GPU}}}", by_gpu), **PERCENT, width=8),
-        timeseries("Power", Target(f"nvidia_gpu_power_watts{{{GPU}}}", by_gpu),
-                   Target(f"nvidia_gpu_power_limit_watts{{{GPU}}}", "GPU {{gpu}} limit"), unit="watt", width=8,
-                   overrides=[{"matcher": {"id": "byRegexp", "options": ".*limit"}, "properties": [
-                       {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}]),
-        timeseries("Energy", Target(f"increase(nvidia_gpu_energy_joules_total{{{GPU}}}[$__rate_interval])", by_gpu),
+        timeseries("Power", target(f"nvidia_gpu_power_watts{{{GPU}}}", by_gpu),
+                   target(f"nvidia_gpu_power_limit_watts{{{GPU}}}", "GPU {{gpu}} limit"), unit="watt", width=8,
+                   overrides=[override("byRegexp", ".*limit", custom__lineStyle=DASHED)]),
+        timeseries("Energy", target(f"increase(nvidia_gpu_energy_joules_total{{{GPU}}}[$__rate_interval])", by_gpu),
                    unit="joule", width=8, description="Energy used per interval."),
-        timeseries("SM clock", Target(f'nvidia_gpu_clock_hertz{{{GPU}, clock="sm"}}', by_gpu),
-                   Target(f'max(nvidia_gpu_clock_max_hertz{{{GPU}, clock="sm"}})', "max"), unit="hertz", width=8),
+        timeseries("SM clock", target(f'nvidia_gpu_clock_hertz{{{GPU}, clock="sm"}}', by_gpu),
+                   target(f'max(nvidia_gpu_clock_max_hertz{{{GPU}, clock="sm"}})', "max"), unit="hertz", width=8),
         row("Throttling"),
-        Panel("state-timeline", "Clock-event reasons", [Target(
+        state_timeline("Clock-event reasons", target(
             f'nvidia_gpu_clock_event_active{{{GPU}, reason=~"{THROTTLE_REASONS}"}} and on (uuid, reason) '
             f'(max_over_time(nvidia_gpu_clock_event_active{{{GPU}, reason=~"{THROTTLE_REASONS}"}}[$__range]) > 0)',
-            "GPU {{gpu}} {{reason}}")], mappings=STATES, width=12, height=8,
+            "GPU {{gpu}} {{reason}}"), mappings=[ACTIVE], width=12, height=8,
             description="Reasons that held clocks down at some point in the time range."),
         violation("thermal", P.thermal_capping_ratio, "GpuThermalCapping"),
         violation("power", P.power_capping_ratio, "GpuPowerCapping"),
         row("Errors"),
-        timeseries("XID events", Target(
+        timeseries("XID events", target(
             f"increase(nvidia_gpu_xid_events_total{{{GPU}}}[$__rate_interval]) > 0", "GPU {{gpu}} {{tier}}"), width=6,
             description="By the alerts' tiers; the counts exist at 0 from the start, so the first event shows."),
         table("XID codes since the agent started",
               f"sum by (gpu, xid) (nvidia_gpu_xid_errors_total{{{GPU}}}) > 0", width=6,
               description="Events per code, counted since the agent started (a code's series appears with its "
                           "first event).",
-              overrides=[{"matcher": {"id": "byName", "options": "Value"},
-                          "properties": [{"id": "displayName", "value": "events"}]}]),
-        timeseries("ECC errors (volatile)", Target(
+              overrides=[override("byName", "Value", displayName="events")]),
+        timeseries("ECC errors (volatile)", target(
             f"increase(nvidia_gpu_ecc_errors_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{type}}"), width=6),
-        timeseries("Remapped rows", Target(f"nvidia_gpu_remapped_rows{{{GPU}}}", "GPU {{gpu}} {{type}}"),
-                   Target(f"nvidia_gpu_remapped_rows_pending{{{GPU}}} + 2 * nvidia_gpu_remapped_rows_failure{{{GPU}}} > 0",
+        timeseries("Remapped rows", target(f"nvidia_gpu_remapped_rows{{{GPU}}}", "GPU {{gpu}} {{type}}"),
+                   target(f"nvidia_gpu_remapped_rows_pending{{{GPU}}} + 2 * nvidia_gpu_remapped_rows_failure{{{GPU}}} > 0",
                           "GPU {{gpu}} pending (1) / failed (2)"), width=6),
         row("PCIe and NVLink"),
-        timeseries("PCIe traffic", Target(
+        timeseries("PCIe traffic", target(
             f"rate(nvidia_gpu_pcie_data_bytes_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{direction}}"),
             unit="Bps", width=6),
-        timeseries("PCIe replays", Target(
+        timeseries("PCIe replays", target(
             f"increase(nvidia_gpu_pcie_replays_total{{{GPU}}}[$__rate_interval])", by_gpu), width=6),
-        timeseries("NVLink traffic", Target(
+        timeseries("NVLink traffic", target(
             f"rate(nvidia_gpu_nvlink_data_bytes_total{{{GPU}}}[$__rate_interval])", "GPU {{gpu}} {{direction}}"),
             unit="Bps", width=6),
-        timeseries("NVLink errors", Target(
+        timeseries("NVLink errors", target(
             f"sum by (gpu, type) (increase(nvidia_gpu_nvlink_errors_total{{{GPU}}}[$__rate_interval]))",
             "GPU {{gpu}} {{type}}"), width=6),
         row("Efficiency (profiling)"),
-        timeseries("SM active", Target(f"nvidia_gpu_sm_active_ratio{{{GPU}}}", by_gpu), **PERCENT, width=8,
+        timeseries("SM active", target(f"nvidia_gpu_sm_active_ratio{{{GPU}}}", by_gpu), **PERCENT, width=8,
                    description="Fraction of SMs busy (NVML GPM, Hopper and newer)."),
-        timeseries("Tensor cores active", Target(f"nvidia_gpu_tensor_active_ratio{{{GPU}}}", by_gpu), **PERCENT,
+        timeseries("Tensor cores active", target(f"nvidia_gpu_tensor_active_ratio{{{GPU}}}", by_gpu), **PERCENT,
                    width=8),
-        timeseries("DRAM bandwidth used", Target(f"nvidia_gpu_dram_active_ratio{{{GPU}}}", by_gpu), **PERCENT,
+        timeseries("DRAM bandwidth used", target(f"nvidia_gpu_dram_active_ratio{{{GPU}}}", by_gpu), **PERCENT,
                    width=8),
         row("MIG instances and holders"),
         table("MIG instances",
@@ -449,25 +323,24 @@ def node() -> list[Panel]:
               f"max by (gpu, gpu_instance_id, namespace, pod, container, workload_kind, workload, shared) "
               f"(nvidia_gpu_allocation_info{{{GPU}}})", hide=("Value",), width=12,
               overrides=[column_link("pod", TO_WORKLOAD)]),
-        timeseries("Processes", Target(f"nvidia_gpu_processes{{{GPU}}}", by_gpu), width=12),
-        timeseries("Container memory", Target(
+        timeseries("Processes", target(f"nvidia_gpu_processes{{{GPU}}}", by_gpu), width=12),
+        timeseries("Container memory", target(
             f"nvidia_gpu_container_memory_used_bytes{{{GPU}}}", "GPU {{gpu}} {{namespace}}/{{pod}}/{{container}}"),
             unit="bytes", width=12),
         row("Agent"),
-        Panel("state-timeline", "Collector success", [Target(
-            f"kube_gpu_exporter_collector_success{{{NODE}}}", "{{collector}}")], width=8, height=6,
-            mappings=[{"type": "value", "options": {"0": {"text": "failing", "color": "red"},
-                                                      "1": {"text": "ok", "color": "green"}}}]),
-        timeseries("GPU readings age", Target(f"kube_gpu_exporter_gpu_snapshot_age_seconds{{{NODE}}}", "age"),
+        state_timeline("Collector success", target(
+            f"kube_gpu_exporter_collector_success{{{NODE}}}", "{{collector}}"), width=8, height=6,
+            mappings=[states(**{"0": ("failing", "red"), "1": ("ok", "green")})]),
+        timeseries("GPU readings age", target(f"kube_gpu_exporter_gpu_snapshot_age_seconds{{{NODE}}}", "age"),
                    unit="s", width=8, height=6),
         timeseries("Cycle and scrape duration",
-                   Target(f"kube_gpu_exporter_cycle_duration_seconds{{{NODE}}}", "cycle"),
-                   Target(f"scrape_duration_seconds{{{NODE}}} and on (instance, job) kube_gpu_exporter_build_info{{{NODE}}}",
+                   target(f"kube_gpu_exporter_cycle_duration_seconds{{{NODE}}}", "cycle"),
+                   target(f"scrape_duration_seconds{{{NODE}}} and on (instance, job) kube_gpu_exporter_build_info{{{NODE}}}",
                           "scrape"), unit="s", width=8, height=6),
-        timeseries("Collector errors", Target(
+        timeseries("Collector errors", target(
             f"sum by (collector, kind) (increase(kube_gpu_exporter_collector_errors_total{{{NODE}}}[$__rate_interval])) > 0",
             "{{collector}} {{kind}}"), width=12, height=6),
-        timeseries("Agent memory", Target(f"process_resident_memory_bytes{{{NODE}}} and on (instance, job) "
+        timeseries("Agent memory", target(f"process_resident_memory_bytes{{{NODE}}} and on (instance, job) "
                                           f"kube_gpu_exporter_build_info{{{NODE}}}", "RSS"), unit="bytes", width=12,
                    height=6),
     ]
@@ -490,7 +363,7 @@ def mig_activity(selector: str) -> str:
             f'(max by ({MIG_HOLDER_KEY}) (nvidia_gpu_allocation_info{{{CLUSTER}, gpu_instance_id!=""}})))')
 
 
-def workload() -> list[Panel]:
+def workload() -> list[Builder[Any]]:
     # Workload-level figures read the recording rules (cheap over long ranges); per-pod ones the
     # raw series, so that the pod variable applies to them. Utilisation is the containers' own, and
     # for MIG instances (which have none) the instance's activity.
@@ -520,21 +393,21 @@ def workload() -> list[Panel]:
                               f"workload) ({held})", hide=("Value",), width=24, height=6,
               overrides=[column_link("node", TO_NODE)]),
         row("Usage over time"),
-        timeseries("Utilisation per container", Target(
+        timeseries("Utilisation per container", target(
             with_workload("nvidia_gpu_container_utilization_ratio", CONTAINER, WORKLOAD),
             "{{pod}}/{{container}} GPU {{gpu}}"), **PERCENT,
             description="On a shared GPU each container's own share (its processes' SM time)."),
-        timeseries("GPU memory per container", Target(
+        timeseries("GPU memory per container", target(
             with_workload("nvidia_gpu_container_memory_used_bytes", CONTAINER, WORKLOAD),
             "{{pod}}/{{container}} GPU {{gpu}}"), unit="bytes"),
-        timeseries("Used vs allocated GPUs", Target(allocated, "allocated"), Target(used, "used (utilisation)"),
+        timeseries("Used vs allocated GPUs", target(allocated, "allocated"), target(used, "used (utilisation)"),
                    description="The gap is allocated GPU time that did no work.", width=12, minimum=0),
         timeseries("Efficiency (profiling)",
-                   Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_sm_active_ratio{{{CLUSTER}}})",
+                   target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_sm_active_ratio{{{CLUSTER}}})",
                           "SM active"),
-                   Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_tensor_active_ratio{{{CLUSTER}}})",
+                   target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_tensor_active_ratio{{{CLUSTER}}})",
                           "tensor active"),
-                   Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_dram_active_ratio{{{CLUSTER}}})",
+                   target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_dram_active_ratio{{{CLUSTER}}})",
                           "DRAM bandwidth"), **PERCENT, width=12,
                    description="NVML GPM profiling of the devices held (Hopper and newer)."),
         row("Alerts"),
@@ -547,16 +420,15 @@ def workload() -> list[Panel]:
 # -- Variables and assembly --------------------------------------------------------------------
 
 
-def query_variable(name: str, label: str, query: str, *, multi: bool, hide: int = 0) -> dict[str, Any]:
-    return {
-        "type": "query", "name": name, "label": label, "datasource": DATASOURCE, "hide": hide,
-        "query": {"query": query, "refId": f"{name}-variable"}, "definition": query,
-        "refresh": 2, "sort": 1, "multi": multi, "includeAll": multi or name == "cluster",
-        "allValue": ".*" if multi or name == "cluster" else None, "current": {}, "options": [], "regex": "",
-    }
+def query_variable(name: str, label: str, query: str, *, multi: bool, hide: dm.VariableHide) -> db.QueryVariable:
+    everything = multi or name == "cluster"  # the cluster's All matches series without the label
+    variable = (db.QueryVariable(name).label(label).datasource(DATASOURCE).hide(hide)
+                .query({"query": query, "refId": f"{name}-variable"}).refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(dm.VariableSort.ALPHABETICAL_ASC).multi(multi).include_all(everything).regex(""))
+    return variable.all_value(".*") if everything else variable
 
 
-def variables(names: Iterable[str], multi: set[str], multi_cluster: bool) -> list[dict[str, Any]]:
+def variables(names: Iterable[str], multi: set[str], multi_cluster: bool) -> list[Builder[dm.VariableModel]]:
     source = {
         "cluster": ("Cluster", "label_values(nvidia_gpu_info, cluster)"),
         "node": ("Node", 'label_values(nvidia_gpu_info{cluster=~"$cluster"}, node)'),
@@ -567,14 +439,14 @@ def variables(names: Iterable[str], multi: set[str], multi_cluster: bool) -> lis
         "pod": ("Pod", 'label_values(nvidia_gpu_allocation_info{cluster=~"$cluster", namespace="$namespace", '
                        'workload=~"$workload"}, pod)'),
     }
-    out: list[dict[str, Any]] = [{
-        "type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
-        "current": {}, "hide": 0, "options": [], "refresh": 1, "regex": "",
-    }]
+    out: list[Builder[dm.VariableModel]] = [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus").hide(dm.VariableHide.DONT_HIDE)
+        .regex("")]
     for name in names:
         label, query = source[name]
-        hide = 0 if name != "cluster" or multi_cluster else 2
-        out.append(query_variable(name, label, query, multi=name in multi, hide=hide))
+        hidden = name == "cluster" and not multi_cluster
+        out.append(query_variable(name, label, query, multi=name in multi,
+                                  hide=dm.VariableHide.HIDE_VARIABLE if hidden else dm.VariableHide.DONT_HIDE))
     return out
 
 
@@ -583,7 +455,7 @@ class Spec:
     uid: str
     title: str
     file: str
-    panels: Any  # () -> list[Panel]
+    panels: Callable[[], list[Builder[Any]]]
     variables: tuple[str, ...]
     multi: frozenset[str]
     description: str
@@ -600,46 +472,39 @@ SPECS = (
 )
 
 
-def layout(panels: list[Panel]) -> list[dict[str, Any]]:
-    """Place panels left to right, wrapping at 24 columns; a row starts on its own line."""
-    out, x, y, line_height = [], 0, 0, 0
-    for panel_id, panel in enumerate(panels, start=1):
-        if panel.kind == "row" or x + panel.width > 24:
-            x, y, line_height = 0, y + line_height, 0
-        out.append(panel.json(panel_id, x, y))
-        x += panel.width
-        line_height = max(line_height, panel.height)
-        if panel.kind == "row":
-            x, y, line_height = 0, y + 1, 0
-    return out
+def model(spec: Spec, multi_cluster: bool = False) -> dm.Dashboard:
+    """The dashboard, as the SDK's model."""
+    dashboard = (
+        db.Dashboard(spec.title).uid(spec.uid).description(spec.description).tags([TAG, "gpu"]).editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR).time("now-6h", "now").refresh("1m").timezone("")
+        .fiscal_year_start_month(0).live_now(False).week_start("").version(1)
+        .link(db.DashboardLink("GPU dashboards").type(dm.DashboardLinkType.DASHBOARDS).tags([TAG]).as_dropdown(False)
+              .include_vars(False).keep_time(True).icon("external link").target_blank(False).tooltip(""))
+        .variables(variables(spec.variables, set(spec.multi), multi_cluster)))
+    for panel in layout(spec.panels()):
+        if isinstance(panel, db.Row):
+            dashboard.with_row(panel)
+        else:
+            dashboard.with_panel(panel)
+    return dashboard.build()
 
 
 def build(spec: Spec, multi_cluster: bool = False) -> dict[str, Any]:
-    return {
-        "uid": spec.uid, "title": spec.title, "description": spec.description, "tags": [TAG, "gpu"],
-        "editable": True, "graphTooltip": 1, "schemaVersion": SCHEMA_VERSION, "version": 1,
-        "time": {"from": "now-6h", "to": "now"}, "refresh": "1m", "timezone": "",
-        "timepicker": {}, "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
-        "annotations": {"list": []},
-        "links": [{"type": "dashboards", "tags": [TAG], "asDropdown": False, "includeVars": False,
-                   "keepTime": True, "title": "GPU dashboards", "icon": "external link", "targetBlank": False,
-                   "tooltip": "", "url": ""}],
-        "templating": {"list": variables(spec.variables, set(spec.multi), multi_cluster)},
-        "panels": layout(spec.panels()),
-    }
+    """The dashboard's JSON, once the SDK's types accept it (``validation.validate``)."""
+    return validate(model(spec, multi_cluster), SCHEMA_VERSION)
 
 
 def render_all(multi_cluster: bool = False) -> dict[str, str]:
     """File name -> content, for every generated file."""
-    files = {s.file: json.dumps(build(s, multi_cluster), indent=2, ensure_ascii=False) + "\n" for s in SPECS}
+    dashboards = {spec.file: build(spec, multi_cluster) for spec in SPECS}
+    files = {name: json.dumps(d, indent=2, ensure_ascii=False) + "\n" for name, d in dashboards.items()}
     configmap = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "kube-gpu-exporter-dashboards",
                      "labels": {"grafana_dashboard": "1", "app.kubernetes.io/name": "kube-gpu-exporter"},
                      "annotations": {"grafana_folder": "GPU"}},
         # Compact: kubectl apply keeps a copy in an annotation, which may not exceed 256 KiB.
-        "data": {f"kube-gpu-exporter-{s.file}": json.dumps(build(s, multi_cluster), separators=(",", ":"))
-                 for s in SPECS},
+        "data": {f"kube-gpu-exporter-{name}": json.dumps(d, separators=(",", ":")) for name, d in dashboards.items()},
     }
     header = ("# Generated by dashboards/generate.py: the three dashboards for Grafana's dashboard sidecar\n"
               "# (label grafana_dashboard: \"1\"). Apply it in the namespace the sidecar watches (docs/dashboards.md).\n")

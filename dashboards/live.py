@@ -1,11 +1,24 @@
-"""The dashboards against a live Prometheus: the demo node, variables, and every panel's queries.
+"""The dashboards against a real Prometheus: a day of the demo node's history, variables, queries.
 
-``DemoNode`` runs the agent on a simulated node (the built-in scenario's GPUs and pods, with its
-faults brought forward to the first seconds and one more GPU that is lost) and a real Prometheus
-(Debian's ``prometheus``) that scrapes it every second, adds the ``node`` label as the deployment's
-relabelling does, and evaluates the rule set of ``alerts/`` (recording rules and alerts). ``Queries`` resolves a dashboard's
-variables the way Grafana does (its ``label_values`` queries, through the Prometheus API) and
-substitutes them, with Grafana's time macros, into every target.
+``DemoNode`` gives a real Prometheus (Debian's ``prometheus``) a day of the demo node's history
+through a backfill, instead of scraping the agent for as long:
+
+1. The agent's own scrapes over the day (dashboards/history.py: the demo node, its faults and
+   the agent's restart; the history ends now).
+2. ``promtool tsdb create-blocks-from openmetrics`` turns them into TSDB blocks (one file per
+   2-hour block: promtool reads its whole input once per block).
+3. Recording rules do not evaluate over history by themselves: ``promtool tsdb create-blocks-from
+   rules`` evaluates the recording rules of ``alerts/`` over the day, against a Prometheus serving
+   the blocks, at ``STEP_SECONDS``; one pass per level (a rule reading another rule's series waits
+   for the pass that wrote them), each pass's blocks added to the data directory.
+4. Prometheus serves the data directory with the whole rule set of ``alerts/`` loaded: it
+   evaluates the recording rules and the alerts from now on (``ALERTS``: an alert with a ``for:``
+   is pending, as after any restart of Prometheus; one without fires at once).
+
+The 1 h windows of the panels and rules, the rules' 1 d windows and a dashboard time range of a
+day (``$__range`` = 1d) read that history. ``resolve_variables`` resolves a dashboard's variables
+the way Grafana does (its ``label_values`` queries, through the Prometheus API) and ``substitute``
+puts them, with Grafana's time macros, into a target.
 
 Used by ``dashboards/render_png.py`` (the pictures of docs/dashboards.md) and by
 ``tests/test_dashboards.py``.
@@ -13,6 +26,7 @@ Used by ``dashboards/render_png.py`` (the pictures of docs/dashboards.md) and by
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -27,7 +41,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -37,37 +51,11 @@ sys.path.insert(0, str(ROOT))
 
 from alerts.generate import rule_groups  # noqa: E402
 from alerts.rules import Params  # noqa: E402
+from history import DAY, HISTORY_SECONDS, HOUR, NODE_NAME, STEP_SECONDS, record_history  # noqa: E402,F401
 
-NODE_NAME = "gpu-node-h100-01"
-SCRAPE_SECONDS = 1
 #: Variable values to pick when they exist (the first value otherwise): a namespace with a
 #: time-sliced GPU and an idle one shows the most.
 PREFERRED = {"namespace": "research"}
-
-#: Faults of the demo node, all within its first seconds (docs/scenarios.md has the kinds).
-DEMO_FAULTS = [
-    {"kind": "thermal", "at": 0, "gpu": 0, "duration": 3600, "temperature_rise": 18},
-    {"kind": "power_cap", "at": 0, "gpu": 1, "duration": 3600, "limit_watts": 450},
-    {"kind": "nvlink_errors", "at": 1, "gpu": 0, "link": 3, "type": "crc_flit", "count": 6, "duration": 20},
-    {"kind": "ecc", "at": 0, "gpu": 2, "duration": 30, "corrected": 15},
-    {"kind": "pcie_replay", "at": 0, "gpu": 3, "duration": 30, "count": 8},
-    {"kind": "row_remap", "at": 5, "gpu": 2, "uncorrectable": 1, "pending": True},
-    {"kind": "ecc", "at": 6, "gpu": 2, "uncorrected": 1},
-    # XIDs once Prometheus scrapes (increase() sees the per-GPU total from 0, not a new code's first event).
-    {"kind": "xid", "at": 10, "gpu": 0, "code": 13},
-    {"kind": "xid", "at": 12, "gpu": 0, "code": 13},
-    {"kind": "xid", "at": 13, "gpu": 4, "code": 79},
-    {"kind": "gpu_lost", "at": 14, "gpu": 4, "duration": 3600},
-]
-
-
-def demo_scenario() -> dict[str, Any]:
-    """The built-in scenario with its faults brought forward and a fifth GPU, unallocated, that
-    falls off the bus (XID 79) after 14 seconds."""
-    scenario = yaml.safe_load((ROOT / "exporter" / "sources" / "simulate" / "default.yaml").read_text())
-    scenario["gpus"].append(dict(scenario["gpus"][3]))
-    scenario["faults"] = {"events": DEMO_FAULTS}
-    return scenario
 
 
 def free_port() -> int:
@@ -110,15 +98,32 @@ class QueryError(Exception):
     pass
 
 
+def rule_levels(groups: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The recording rules by level: level 0 reads the agent's series only, level n + 1 reads a
+    rule of level n (promtool backfills a level from the blocks of the levels before it)."""
+    level: dict[str, int] = {}
+    levels: list[list[dict[str, Any]]] = []
+    for rule in (r for g in groups for r in g["rules"] if "record" in r):
+        reads = [n for n in level if re.search(rf"(?<![\w:]){re.escape(n)}(?![\w:])", rule["expr"])]
+        level[rule["record"]] = n = 1 + max((level[r] for r in reads), default=-1)
+        levels += [[] for _ in range(n + 1 - len(levels))]
+        levels[n].append({"record": rule["record"], "expr": rule["expr"]})
+    return levels
+
+
 class DemoNode:
-    """The agent on the demo node, scraped by a real Prometheus; a context manager."""
+    """A real Prometheus holding a day of the demo node's history; a context manager. The history
+    ends at ``end``, once it is recorded: queries at the current time see its last samples for
+    Prometheus' lookback, five minutes, and so does the evaluation of the alerts."""
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="gpu-dashboards-") if workdir is None else None
         self.dir = Path(self._tmp.name) if self._tmp else workdir
+        self.data = self.dir / "data"
         self._processes: list[tuple[subprocess.Popen, Any]] = []
-        self.started = 0.0
         self.prometheus = Prometheus("")
+        self.end = 0.0  # unix time of the last cycle
+        self.span = float(HISTORY_SECONDS)
 
     def __enter__(self) -> "DemoNode":
         try:
@@ -131,68 +136,86 @@ class DemoNode:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = open(self.dir / f"{name}.log", "w+")  # a file, not a pipe nobody reads
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        self._processes.append((process, log))
-        return process
-
     def log(self, name: str) -> str:
-        return (self.dir / f"{name}.log").read_text()[-3000:]
+        path = self.dir / f"{name}.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def _run(self, name: str, commands: list[list[str]]) -> None:
+        """Run ``commands``, as many at a time as there are CPUs (up to 4)."""
+        def run(numbered: tuple[int, list[str]]) -> None:
+            n, command = numbered
+            with open(self.dir / f"{name}-{n}.log", "w") as log:
+                if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
+                    raise RuntimeError(f"{' '.join(command[:4])} failed:\n{self.log(f'{name}-{n}')}")
+
+        with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(run, enumerate(commands)))
 
     def start(self) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise RuntimeError("prometheus is missing: `make test` installs the Debian package prometheus")
-        scenario = self.dir / "scenario.yaml"
-        scenario.write_text(yaml.safe_dump(demo_scenario(), sort_keys=False))
-        agent_port, prometheus_port = free_port(), free_port()
-        self._spawn("agent", [sys.executable, "-m", "exporter", "--simulate", str(scenario), "--kubernetes.enabled",
-                              "--kubernetes.node-name", NODE_NAME, "--collector.interval", str(SCRAPE_SECONDS),
-                              "--web.listen-address", f"127.0.0.1:{agent_port}"])
-        self.started = time.time()
-        (self.dir / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(Params())}, sort_keys=False))
-        (self.dir / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
-            "rule_files": [str(self.dir / "rules.yaml")],
-            "scrape_configs": [{
-                "job_name": Params().job, "honor_labels": True,
-                # The node label, as deploy/prometheus-scrape-config.yaml relabels it.
-                "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"], "labels": {"node": NODE_NAME}}],
-            }],
-        }))
-        self._spawn("prometheus", [
-            binary, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn",
-        ])
-        self.prometheus = Prometheus(f"http://127.0.0.1:{prometheus_port}")
+        promtool = shutil.which("promtool")
+        if promtool is None or shutil.which("prometheus") is None:
+            raise RuntimeError("prometheus or promtool is missing: `make test` installs the Debian package prometheus")
+        backfill = record_history(self.dir)
+        self.end = time.time()  # the last cycle is now
+        start = self.end - HISTORY_SECONDS
+        self._run("promtool-openmetrics", [
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(path), str(self.data)]
+            for path in backfill.write(self.dir, start)])
+        groups = rule_groups(Params())
+        for level, rules in enumerate(rule_levels(groups)):
+            rule_file = self.dir / f"rules-{level}.yaml"
+            rule_file.write_text(yaml.safe_dump({"groups": [{"name": f"level-{level}", "rules": rules}]}))
+            prometheus = self._start_prometheus(f"prometheus-{level}", [])  # the data so far, no rules
+            try:
+                self._run(f"promtool-rules-{level}", [[
+                    promtool, "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={prometheus.url}",
+                    f"--start={int(start)}", f"--end={int(self.end)}", f"--eval-interval={STEP_SECONDS}s",
+                    f"--output-dir={self.dir / 'rules'}", str(rule_file)]])
+            finally:
+                self._stop_processes()
+            for block in (self.dir / "rules").iterdir():
+                block.rename(self.data / block.name)
+        # The whole rule set from now on, each group every second: the first evaluations come at
+        # once (subqueries keep the global evaluation interval, 1m, as their resolution).
+        rules_file = self.dir / "rules.yaml"
+        rules_file.write_text(yaml.safe_dump({"groups": [dict(g, interval="1s") for g in groups]}, sort_keys=False))
+        self.prometheus = self._start_prometheus("prometheus", [rules_file])
+        self._wait_for_rules(len(groups))
 
-    def wait(self, seconds_of_data: float, timeout: float = 90.0) -> float:
-        """Wait until Prometheus holds ``seconds_of_data`` of the agent's series, every GPU seen
-        and the recording rules evaluated; returns the time range of the data (seconds)."""
+    def _start_prometheus(self, name: str, rule_files: list[Path]) -> Prometheus:
+        """Prometheus on the data directory (no scrape: the data is there), once it is ready."""
+        port = free_port()
+        config = self.dir / f"{name}.yml"
+        config.write_text(yaml.safe_dump({"global": {"evaluation_interval": "1m"},
+                                          "rule_files": [str(f) for f in rule_files]}))
+        log = open(self.dir / f"{name}.log", "w+")  # a file, not a pipe nobody reads
+        process = subprocess.Popen([
+            shutil.which("prometheus") or "prometheus", f"--config.file={config}",
+            f"--storage.tsdb.path={self.data}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        ], stdout=log, stderr=subprocess.STDOUT)
+        self._processes.append((process, log))
+        prometheus = Prometheus(f"http://127.0.0.1:{port}")
+        self._until(lambda: urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=5).status == 200,
+                    f"{name} ready", name)
+        return prometheus
+
+    def _until(self, ready: Callable[[], bool], what: str, log: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        want = 1 + len(demo_scenario()["gpus"])
         while True:
             for process, _ in self._processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args[0]} exited: {self.log('agent')}\n{self.log('prometheus')}")
+                    raise RuntimeError(f"{process.args[0]} exited:\n{self.log(log)}")
             try:
-                gpus = self.prometheus.query("count(nvidia_gpu_info)")
-                rules = self.prometheus.query("count(node:nvidia_gpu_gpus:count)")
-                span = self.prometheus.query(
-                    f"max(count_over_time(kube_gpu_exporter_build_info[1h])) * {SCRAPE_SECONDS}")
-                if gpus and rules and span and int(float(gpus[0]["value"][1])) + 1 >= want \
-                        and float(span[0]["value"][1]) >= seconds_of_data:
-                    return time.time() - self.started
+                if ready():
+                    return
             except (OSError, QueryError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {seconds_of_data}s of data in time\n{self.log('agent')}\n"
-                                   f"{self.log('prometheus')}")
-            time.sleep(0.5)
+                raise TimeoutError(f"not {what} in {timeout:.0f}s\n{self.log(log)}")
+            time.sleep(0.1)
 
-    def stop(self) -> None:
+    def _stop_processes(self) -> None:
         for process, log in reversed(self._processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -203,6 +226,23 @@ class DemoNode:
                     process.wait()
             log.close()
         self._processes.clear()
+
+    def _wait_for_rules(self, count: int) -> None:
+        """Until each of the ``count`` rule groups has been evaluated three times: Prometheus
+        restores the alerts' ``for:`` state after the second evaluation and writes ``ALERTS``
+        from the next one on."""
+        seen: dict[str, set[str]] = {}
+
+        def evaluated() -> bool:
+            for group in self.prometheus.get("/api/v1/rules")["groups"]:
+                if not group["lastEvaluation"].startswith("0001"):
+                    seen.setdefault(group["name"], set()).add(group["lastEvaluation"])
+            return len(seen) == count and all(len(times) >= 3 for times in seen.values())
+
+        self._until(evaluated, "every rule group evaluated", "prometheus")
+
+    def stop(self) -> None:
+        self._stop_processes()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -257,11 +297,15 @@ def resolve_variables(dashboard: dict[str, Any], prometheus: Prometheus,
     return values
 
 
-def substitute(expr: str, values: dict[str, str], range_seconds: float = 60.0) -> str:
-    """Grafana's macros and the dashboard's variables substituted into a query."""
+def substitute(expr: str, values: dict[str, str], range_seconds: float = DAY, step: float = 0.0) -> str:
+    """Grafana's macros and the dashboard's variables substituted into a query: the time range is
+    ``range_seconds`` long, a range query steps by ``step`` (0: an instant query), and the data
+    source's scrape interval is ``STEP_SECONDS`` (``$__rate_interval`` is Grafana's: the larger
+    of four scrape intervals and the step plus one)."""
+    interval = max(step, STEP_SECONDS)
     macros = {
         "__range": f"{int(range_seconds)}s", "__range_s": str(int(range_seconds)),
-        "__rate_interval": f"{4 * SCRAPE_SECONDS}s", "__interval": f"{SCRAPE_SECONDS}s",
+        "__rate_interval": f"{int(max(4 * STEP_SECONDS, step + STEP_SECONDS))}s", "__interval": f"{int(interval)}s",
     }
     every = macros | values
 
@@ -274,7 +318,8 @@ def substitute(expr: str, values: dict[str, str], range_seconds: float = 60.0) -
     return _VARIABLE.sub(one, expr)
 
 
-def targets(dashboard: dict[str, Any], values: dict[str, str], range_seconds: float = 60.0) -> list[Target]:
+def targets(dashboard: dict[str, Any], values: dict[str, str], range_seconds: float = DAY) -> list[Target]:
+    """Every target of the dashboard, as an instant query over a time range of ``range_seconds``."""
     out = []
     for panel in panels(dashboard):
         for target in panel.get("targets", ()):

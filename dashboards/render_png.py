@@ -7,8 +7,8 @@ A reviewer sees what every panel shows without a Grafana: each panel sits at its
 with its title, unit, thresholds, legend names and value mappings; time series, stats, bar
 gauges, tables and state timelines are drawn with matplotlib from the same queries (variables
 and Grafana's time macros substituted as in ``live.py``). It is a preview, not Grafana: fonts,
-colours and the exact look differ. ``--demo`` runs the agent on the simulated demo node with a
-real Prometheus (``live.DemoNode``) and waits for ``--seconds`` of data first.
+colours and the exact look differ. ``--demo`` draws the whole history of the simulated demo node
+from a real Prometheus (``live.DemoNode``: a day of the agent's output, backfilled).
 """
 
 from __future__ import annotations
@@ -325,10 +325,10 @@ def render(dashboard: dict[str, Any], prometheus: live.Prometheus, out: Path, ra
             continue
         data = []
         for target in panel["targets"]:
-            expr = live.substitute(target["expr"], values, range_seconds)
             if target.get("instant"):
-                data.append((target, prometheus.query(expr, end)))
+                data.append((target, prometheus.query(live.substitute(target["expr"], values, range_seconds), end)))
             else:
+                expr = live.substitute(target["expr"], values, range_seconds, step)
                 data.append((target, prometheus.query_range(expr, start, end, step)))
         DRAW[panel["type"]](ax, panel, data)
         drawn[panel["title"]] = sum(len(results) for _, results in data)
@@ -358,14 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--prometheus", help="URL of a Prometheus that scrapes kube-gpu-exporter")
     source.add_argument("--demo", action="store_true", help="run the simulated demo node and a Prometheus")
     parser.add_argument("--out", type=Path, default=live.ROOT / "docs" / "images", help="directory for the PNGs")
-    parser.add_argument("--seconds", type=float, default=45, help="time range to draw (with --demo: data to wait for)")
+    parser.add_argument("--seconds", type=float, default=6 * 3600,
+                        help="time range to draw, ending now (with --demo: its whole history)")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a variable's value")
     args = parser.parse_args(argv)
     overrides = dict(v.split("=", 1) for v in args.var)
     if args.demo:
         with live.DemoNode() as node:
-            span = node.wait(args.seconds)
-            written = render_all(node.prometheus, args.out, span, overrides)
+            written = render_all(node.prometheus, args.out, node.span, overrides)
     else:
         written = render_all(live.Prometheus(args.prometheus), args.out, args.seconds, overrides)
     for path in written.values():

@@ -89,20 +89,25 @@ def build_sources(
     return GpuSource.configured(backend, config), sources
 
 
-def build_agent(config: Config, *, guard: Guard | None = None) -> Agent:
+def build_agent(config: Config, *, guard: Guard | None = None,
+                simulated_clock: Callable[[], float] | None = None) -> Agent:
     """The agent the config asks for: its backend and Kubernetes clients, as sources, and its
     components (``guard``, the HTTP guard, when given; the Alertmanager notifier with
     ``--alertmanager.url``), the same for ``--once`` and the server.
 
     Under ``--simulate`` the scenario plays NVML, the kubelet, the API server and procfs; the
     kubelet and API server flags switch the simulated sources exactly as they switch the real ones.
+    ``simulated_clock`` replaces the simulated node's monotonic clock (a recorded history plays
+    a day in seconds: dashboards/history.py).
     """
     # DRA claims are read from the kubelet; the API server's ResourceSlices name their devices.
     watch_slices = config.kubelet_enabled and config.kubernetes_enabled and bool(config.dra_drivers)
     if config.simulate:
         from .sources import simulate
 
-        backend = simulate.SimulatedBackend(simulate.load_scenario(config.scenario))
+        scenario = simulate.load_scenario(config.scenario)
+        backend = (simulate.SimulatedBackend(scenario) if simulated_clock is None
+                   else simulate.SimulatedBackend(scenario, clock=simulated_clock))
         log.warning("SIMULATED node: no real GPU is read (scenario %s)", config.scenario or "built-in")
         # The simulated node has a name of its own (the status page and pushed alerts show it),
         # unless --kubernetes.node-name says otherwise.

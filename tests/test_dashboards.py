@@ -1,5 +1,6 @@
 """The Grafana dashboards: lint of the generated JSON, then every panel's queries against a real
-Prometheus that scrapes the agent on a simulated node with pods and faults, then the pictures.
+Prometheus holding a day of the agent's history on a simulated node with pods and faults (a
+backfill: dashboards/live.py), then the pictures.
 
 ``UPDATE_IMAGES=1`` also writes the rendered dashboards into docs/images/ (``make dashboards-png``).
 """
@@ -25,6 +26,8 @@ from exporter.push import definitions
 sys.path.insert(0, str(ROOT / "dashboards"))
 import generate  # noqa: E402
 import live  # noqa: E402
+import validation  # noqa: E402
+from grafana_foundation_sdk.models import dashboard as dm  # noqa: E402
 from alerts.rules import Params, alerts, recording_rules  # noqa: E402
 
 DASHBOARDS = live.dashboards()
@@ -36,8 +39,8 @@ OTHER_SERIES = {"ALERTS", "scrape_duration_seconds", "process_resident_memory_by
 #: Panels that are empty on the demo node on purpose, and why.
 EMPTY_ON_PURPOSE = {
     ("workload.json", "Firing alerts on this workload or its GPUs", "A"):
-        "no alert about the research namespace's pods or GPUs fires within a minute: its idle GPU and the "
-        "PCIe replays alert only after their for: (hours, 10 minutes)",
+        "the alerts about the research namespace's GPUs (its idle GPU, the power cap on the shared one, the PCIe "
+        "replays) have a for:, and Prometheus, started on the backfill, evaluates them from now on: pending",
     ("node.json", "XID events", "A"):
         "it shows only the intervals with an event (> 0), and the demo's XIDs are older than the last "
         "$__rate_interval; test_the_first_xid_of_a_node_shows_in_the_xid_panels reads it over the whole data",
@@ -64,13 +67,42 @@ def test_generated_files_are_up_to_date():
     assert generate.main(["--check"]) == 0, "run: python dashboards/generate.py"
 
 
-def test_three_dashboards_with_stable_uids_and_grafana_10_schema():
+def test_three_dashboards_with_stable_uids_and_the_sdk_schema():
     assert {name: d["uid"] for name, d in DASHBOARDS.items()} == UIDS
     for dashboard in DASHBOARDS.values():
         assert dashboard["schemaVersion"] == generate.SCHEMA_VERSION and "id" not in dashboard
         assert generate.TAG in dashboard["tags"]
         assert len(dashboard["links"]) == 1 and dashboard["links"][0]["keepTime"]
         assert dashboard["links"][0]["type"] == "dashboards" and dashboard["links"][0]["tags"] == [generate.TAG]
+
+
+def test_every_dashboard_holds_to_the_sdk_types():
+    """Built through the SDK's typed builders, each model holds to the SDK's annotations, and each
+    committed JSON decodes through the SDK's models (queries and panel options by their plugin's
+    types) back to itself."""
+    for spec in generate.SPECS:
+        assert validation.type_problems(generate.model(spec), dm.Dashboard, "dashboard") == [], spec.file
+        assert validation.roundtrip_problems(DASHBOARDS[spec.file]) == [], spec.file
+
+
+def test_the_validation_rejects_what_the_sdk_types_do_not_accept():
+    spec = generate.SPECS[1]
+    model = generate.model(spec)
+    model.graph_tooltip = 7  # not a DashboardCursorSync
+    model.panels[1].grid_pos.w = "4"
+    model.templating.list_val[0].hide = "no"
+    with pytest.raises(validation.InvalidDashboard) as error:
+        validation.validate(model, generate.SCHEMA_VERSION)
+    assert error.value.problems == ["dashboard.graph_tooltip: 7 is not DashboardCursorSync",
+                                    "dashboard.panels[1].grid_pos.w: '4' is not int",
+                                    "dashboard.templating.list_val[0].hide: 'no' is not VariableHide"]
+    dashboard = generate.build(spec)
+    stat = next(i for i, p in enumerate(dashboard["panels"]) if p["type"] == "stat")
+    dashboard["panels"][stat]["options"]["colourMode"] = "value"  # a key no type of the stat panel has
+    dashboard["panels"][stat]["fieldConfig"]["defaults"]["units"] = "bytes"
+    assert validation.roundtrip_problems(dashboard) == [
+        f".panels[{stat}].options.colourMode: 'value' becomes '<absent>'",
+        f".panels[{stat}].fieldConfig.defaults.units: 'bytes' becomes '<absent>'"]
 
 
 def test_panel_ids_are_unique_and_panels_do_not_overlap():
@@ -226,21 +258,21 @@ def test_configmap_carries_the_three_dashboards_for_the_sidecar():
 @pytest.fixture(scope="module")
 def demo():
     with live.DemoNode() as node:
-        span = node.wait(seconds_of_data=20)
-        yield node, span
+        yield node
 
 
 def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
-    node, span = demo
+    """Every target of every panel, over a time range of a day ($__range), at the end of the
+    history: the day-long and hour-long windows read the backfill."""
     empty, checked = [], 0
     for name, dashboard in DASHBOARDS.items():
-        values = live.resolve_variables(dashboard, node.prometheus)
+        values = live.resolve_variables(dashboard, demo.prometheus)
         assert values.get("node", live.NODE_NAME) == live.NODE_NAME  # relabelled at scrape time
         if name == "workload.json":  # a namespace with a time-sliced GPU and an idle one
             assert values["namespace"] == "research" and values["workload"] == "dev-sandbox|notebook"
-        for target in live.targets(dashboard, values, span):
+        for target in live.targets(dashboard, values, live.DAY):
             try:
-                result = node.prometheus.query(target.expr)
+                result = demo.prometheus.query(target.expr)
             except live.QueryError as error:
                 pytest.fail(f"{name} / {target.panel} ({target.ref}) does not evaluate: {error}\n{target.expr}")
             checked += 1
@@ -251,56 +283,82 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
 
 
 def test_the_demo_node_shows_its_faults(demo):
-    node, _ = demo
-    q = node.prometheus.query
+    q = demo.prometheus.query
     assert float(q('sum(nvidia_gpu_up{node="%s"})' % live.NODE_NAME)[0]["value"][1]) == 4  # GPU 4 is lost
     assert q('nvidia_gpu_clock_event_active{reason="hw_thermal_slowdown"} == 1')
     assert q(f'ALERTS{{alertname="{definitions.ECC_UNCORRECTABLE.name}", alertstate="firing"}}')
     assert float(q("sum(node:nvidia_gpu_gpus_idle_allocated:count)")[0]["value"][1]) >= 1
 
 
-def _over_the_whole_data(file: str, title: str, node, span: float, **preferred: str) -> list[dict]:
-    """A panel's query with ``$__rate_interval`` widened to all the data Prometheus holds."""
+def _query(file: str, title: str, node, range_seconds: float, *, whole: bool = False) -> list[dict]:
+    """A panel's (only) query over a time range of ``range_seconds``; with ``whole``, its
+    ``$__rate_interval`` widened to that range too."""
     dashboard = DASHBOARDS[file]
-    values = live.resolve_variables(dashboard, node.prometheus, preferred or None)
+    values = live.resolve_variables(dashboard, node.prometheus)
     [target] = [t for t in _panel(file, title)["targets"]]
-    expr = live.substitute(target["expr"].replace("$__rate_interval", "$__range"), values, span + 60)
-    return node.prometheus.query(expr)
+    expr = target["expr"].replace("$__rate_interval", "$__range") if whole else target["expr"]
+    return node.prometheus.query(live.substitute(expr, values, range_seconds))
+
+
+def _by(label: str, results: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for series in results:
+        out[series["metric"][label]] = out.get(series["metric"][label], 0) + float(series["value"][1])
+    return out
+
+
+def test_the_day_and_hour_windows_read_the_history(demo):
+    """The backfill covers the day, the agent's series and the recording rules alike; the panels'
+    1 h windows see the last hour of it and a time range of a day sees all of it."""
+    q = demo.prometheus.query
+    assert float(q("count_over_time(kube_gpu_exporter_build_info[1d])")[0]["value"][1]) >= live.DAY / live.STEP_SECONDS
+    rules = q("count_over_time(namespace:nvidia_gpu_allocated_devices:sum[1d])")
+    assert len(rules) == 5 and min(float(r["value"][1]) for r in rules) >= 0.95 * live.DAY / live.STEP_SECONDS
+    # GPU 0's first XID is 20 hours old, its second 40 minutes; GPU 4's 20 minutes.
+    day, hour = (_query("node.json", "XID events (time range)", demo, r) for r in (live.DAY, live.HOUR))
+    assert round(float(day[0]["value"][1])) == 3 and round(float(hour[0]["value"][1])) == 2
+    problems = _query("fleet.json", "GPUs with problems", demo, live.DAY)
+    assert {(p["metric"]["gpu"], round(float(p["value"][1]))) for p in problems} == {
+        ("0", 1),  # one XID in the last hour, not two
+        ("2", 1),  # an uncorrected ECC error
+        ("4", 0),  # lost (nvidia_gpu_up 0)
+    }
+    # ml-training's job holds one whole GPU all day: 24 GPU-hours over a day.
+    hours = _by("namespace", _query("fleet.json", "GPU-hours by namespace (time range)", demo, live.DAY))
+    assert 23.5 < hours["ml-training"] < 24.5, hours
 
 
 def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
-    """The demo's XIDs: 13 twice on GPU 0, then 79 once on GPU 4. Read per code, a code's series
-    is born at 1 and increase() misses its first event: GPU 4's XID 79 would not show at all and
-    GPU 0 would show one event. The panels read the tier counts, at 0 from the start."""
-    node, span = demo
-    per_gpu: dict[str, float] = {}
-    for series in _over_the_whole_data("node.json", "XID events", node, span):
-        per_gpu[series["metric"]["gpu"]] = per_gpu.get(series["metric"]["gpu"], 0) + float(series["value"][1])
+    """The demo's XIDs: 13 on GPU 0 20 hours and again 40 minutes before the end, then 79 once on
+    GPU 4. Read per code, a code's series is born at 1 and increase() misses its first event: GPU
+    4's XID 79 would not show at all, and GPU 0 would show one. The panels read the tier counts, at
+    0 from the start."""
+    per_gpu = _by("gpu", _query("node.json", "XID events", demo, demo.span, whole=True))
     assert {gpu: round(events) for gpu, events in per_gpu.items()} == {"0": 2, "4": 1}
-    fleet = _over_the_whole_data("fleet.json", "XID events by tier", node, span)
+    fleet = _query("fleet.json", "XID events by tier", demo, demo.span, whole=True)
     assert round(sum(float(series["value"][1]) for series in fleet)) == 3
+    per_code = demo.prometheus.query(f"sum(increase(nvidia_gpu_xid_errors_total[{int(demo.span)}s]))")
+    assert round(float(per_code[0]["value"][1])) < 3  # the trap the tier counts avoid
 
 
 def test_a_mig_only_workload_shows_its_instances_activity(demo):
     """ml-eval's only workload holds a MIG instance: NVML gives it no utilisation, so the workload's
     utilisation and efficiency come from the instance's activity (GPM), not a flat 0 %."""
-    node, span = demo
-    assert not node.prometheus.query('nvidia_gpu_container_utilization_ratio{namespace="ml-eval"}')
-    assert node.prometheus.query('nvidia_gpu_graphics_active_ratio{gpu_instance_id!=""} > 0')
+    assert not demo.prometheus.query('nvidia_gpu_container_utilization_ratio{namespace="ml-eval"}')
+    assert demo.prometheus.query('nvidia_gpu_graphics_active_ratio{gpu_instance_id!=""} > 0')
     dashboard = DASHBOARDS["workload.json"]
-    values = live.resolve_variables(dashboard, node.prometheus, {"namespace": "ml-eval"})
+    values = live.resolve_variables(dashboard, demo.prometheus, {"namespace": "ml-eval"})
     assert values["namespace"] == "ml-eval" and values["workload"] == "nightly-eval"
-    queries = {t.panel: t.expr for t in live.targets(dashboard, values, span)}
+    queries = {t.panel: t.expr for t in live.targets(dashboard, values, live.DAY)}
     for title in ("Utilisation of held devices", "Efficiency (time range)"):
-        result = node.prometheus.query(queries[title])
+        result = demo.prometheus.query(queries[title])
         assert len(result) == 1 and 0 < float(result[0]["value"][1]) <= 1, (title, result)
 
 
 def test_render_png_draws_every_dashboard_from_prometheus(demo, tmp_path):
-    node, span = demo
     result = subprocess.run(
-        [sys.executable, str(ROOT / "dashboards" / "render_png.py"), "--prometheus", node.prometheus.url,
-         "--out", str(tmp_path), "--seconds", str(int(span))],
+        [sys.executable, str(ROOT / "dashboards" / "render_png.py"), "--prometheus", demo.prometheus.url,
+         "--out", str(tmp_path), "--seconds", str(int(demo.span))],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
