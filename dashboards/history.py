@@ -195,7 +195,7 @@ def record_run(start: int, end: int, workdir: Path) -> Backfill:
                 # The simulated node plays the time up to t here, as a real node's time passes by
                 # itself: not in the agent's reads, which are timed and have a timeout (the first
                 # read of the second run would play 17 hours). Readings are a function of the
-                # time alone (exporter/simulate/backend.py): the same either way.
+                # time alone (exporter/sources/simulate/backend.py): the same either way.
                 for index in range(node.device_count()):
                     with contextlib.suppress(SimulatedGpuLost):
                         node.read_gpu(index)
