@@ -17,7 +17,8 @@ of the tests (answering at once unless told to be slow):
   ``h200_delays``) on all eight GPUs: what a real 8-GPU cycle would take.
 
 Per cycle: wall time, and CPU time of the whole process (all threads): with a fake that answers
-at once, CPU time is the Python work. ``--profile`` prints the cProfile top of the 8-GPU case.
+at once, CPU time is the Python work; of it, the NVML reads, the exposition (render) and the status
+page (its model, HTML and JSON). ``--profile`` prints the cProfile top of the 8-GPU case.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from e2e import FakePod, write_procfs  # noqa: E402
 from fakenvml import FakeNode, a100_mig, build_fake_nvml, h100, load_into_pynvml  # noqa: E402
 from nvml_cost import h200_delays  # noqa: E402
 
+from exporter import agent as agent_module  # noqa: E402
 from exporter.agent import Agent  # noqa: E402
 from exporter.cli import build_agent, build_sources  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
@@ -72,6 +74,7 @@ class ThreadCpu:
     def __init__(self, owner, name: str) -> None:  # noqa: ANN001
         self.total = 0.0
         original = getattr(owner, name)
+        self.restore = lambda: setattr(owner, name, original)
 
         def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             started = time.thread_time()
@@ -84,18 +87,20 @@ class ThreadCpu:
 
 def run_cycles(agent, cycles: int, profile: cProfile.Profile | None = None) -> dict:  # noqa: ANN001
     """Median per cycle: wall time, CPU time of the process, and that CPU split into NVML reads
-    (pynvml and the fake library included), rendering, and the rest (attribution, kubelet
-    client, cgroups, bookkeeping, the event loop)."""
+    (pynvml and the fake library included), rendering the exposition, the status page, and the
+    rest (attribution, kubelet client, cgroups, bookkeeping, the event loop)."""
     nvml = ThreadCpu(agent.gpus.backend, "read_gpu")
     render = ThreadCpu(agent.renderer, "render")
+    page = ThreadCpu(agent_module, "render_status_page")
 
     async def go() -> dict:
         await agent.start_sources()
         for _ in range(3):  # warm-up: NVML init, identities, the channel
             await agent.collect_once()
-        walls, cpus, nvmls, renders = [], [], [], []
+        walls, cpus, nvmls, renders, pages = [], [], [], [], []
         for _ in range(cycles):
-            cpu, wall, nvml0, render0 = time.process_time(), time.perf_counter(), nvml.total, render.total
+            cpu, wall, nvml0, render0, page0 = (time.process_time(), time.perf_counter(), nvml.total, render.total,
+                                                page.total)
             if profile:
                 profile.enable()
             await agent.collect_once()
@@ -105,12 +110,15 @@ def run_cycles(agent, cycles: int, profile: cProfile.Profile | None = None) -> d
             cpus.append(time.process_time() - cpu)
             nvmls.append(nvml.total - nvml0)
             renders.append(render.total - render0)
+            pages.append(page.total - page0)
         series = sum(1 for line in agent.exposition.text.decode().splitlines() if line and line[0] != "#")
         await agent.stop()
-        others = [c - n - r for c, n, r in zip(cpus, nvmls, renders)]
+        page.restore()
+        others = [c - n - r - p for c, n, r, p in zip(cpus, nvmls, renders, pages)]
         return {"wall_ms": statistics.median(walls) * 1e3, "cpu_ms": statistics.median(cpus) * 1e3,
                 "nvml_cpu_ms": statistics.median(nvmls) * 1e3, "render_cpu_ms": statistics.median(renders) * 1e3,
-                "other_cpu_ms": statistics.median(others) * 1e3, "series": series}
+                "page_cpu_ms": statistics.median(pages) * 1e3, "other_cpu_ms": statistics.median(others) * 1e3,
+                "series": series}
     return asyncio.run(go())
 
 

@@ -159,9 +159,10 @@ class Agent:
                 log.exception("computing the alerts to push failed")
         exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
         self.exposition = exposition
-        self.status_page = await asyncio.to_thread(
-            render_status_page, snapshot, attribution, status, node=self.config.node_name,
-            interval_seconds=self.config.collector_interval, event_window=self.config.alertmanager_event_window)
+        if not self.config.once:  # --once prints the exposition: no page (and Jinja2 is never loaded)
+            self.status_page = await asyncio.to_thread(
+                render_status_page, snapshot, attribution, status, node=self.config.node_name,
+                interval_seconds=self.config.collector_interval, event_window=self.config.alertmanager_event_window)
         self._ready_once = self._ready_once or self.gpus.state.up
         if log.isEnabledFor(logging.DEBUG):
             log.debug(

@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -427,6 +429,23 @@ async def test_values_from_pods_are_escaped(tmp_path):
     holder = document["gpus"][0]["holders"][0]
     assert (holder["namespace"], holder["pod"], holder["workload"], holder["container"], holder["pod_labels"]) == (
         EVIL_NAMESPACE, EVIL_POD, EVIL_WORKLOAD, EVIL_CONTAINER, {"label_app": EVIL_LABEL})
+
+
+def test_jinja2_is_loaded_by_the_first_page_and_never_under_once():
+    """The page's templates need Jinja2 when a page is rendered: serving. ``--once`` prints the
+    exposition and renders no page, so it never imports Jinja2 (nor pays its memory)."""
+    code = textwrap.dedent("""
+        import contextlib, io, sys
+        from exporter.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["--simulate", "--once"]) == 0
+        assert "nvidia_gpu_info{" in out.getvalue()
+        assert "jinja2" not in sys.modules, "--once loaded jinja2"
+        from exporter.render import status
+        assert status.starting_page().startswith("<!doctype html>") and "jinja2" in sys.modules
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # -- In a real browser ----------------------------------------------------------------------------

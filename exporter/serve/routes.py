@@ -8,7 +8,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ..agent import Agent, Health
 from ..render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
-from ..render.status import STARTING_PAGE
+from ..render.status import starting_page
 from .guard import Guard
 
 AGENT = web.AppKey("agent", Agent)
@@ -51,7 +51,7 @@ async def status_page(request: web.Request) -> web.Response:
     """The node's status page, rendered by the last cycle (a short page with the links before it)."""
     page = request.app[AGENT].status_page
     if page is None:
-        return web.Response(status=503, text=STARTING_PAGE, content_type="text/html")
+        return web.Response(status=503, text=starting_page(), content_type="text/html")
     return web.Response(body=page.html, content_type="text/html", charset="utf-8")
 
 

@@ -6,7 +6,8 @@ holds it, and the agent's own state. Built once per collection cycle from the sa
 attribution and agent status the metric renderer gets, and served as bytes: a request does no
 work and never waits on NVML, the kubelet or the API server.
 
-``model.py`` builds what the page says (the JSON document); ``html.py`` writes it as HTML.
+``model.py`` builds what the page says (the JSON document); ``html.py`` writes it as HTML
+(Jinja2, the templates in ``templates/``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from ...attribution import Attribution
 from ...model import health
 from ...model.cycle import AgentStatus
 from ...model.gpu import GpuSnapshot
-from .html import STARTING_PAGE, to_html
+from .html import starting_page, to_html
 from .model import NodeStatus, build
 
-__all__ = ["STARTING_PAGE", "NodeStatus", "StatusPage", "build", "render", "to_html"]
+__all__ = ["NodeStatus", "StatusPage", "build", "render", "starting_page", "to_html"]
 
 
 @dataclass(frozen=True, slots=True)

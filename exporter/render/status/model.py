@@ -90,6 +90,11 @@ class GpuStatus:
     mig_instances: list[MigStatus]
 
     @property
+    def allocated(self) -> bool:
+        """Held by a pod: the whole GPU, or one of its MIG instances."""
+        return bool(self.holders or any(m.holders for m in self.mig_instances))
+
+    @property
     def near_slowdown(self) -> bool:
         """Within ``TEMPERATURE_MARGIN_CELSIUS`` of its slowdown temperature (a warning)."""
         t, slowdown = self.temperature_celsius, self.temperature_slowdown_celsius
