@@ -74,7 +74,7 @@ def test_bad_boolean_in_environment_is_a_problem():
     ("args", "message"),
     [
         (["--collector.interval", "soon"], "--collector.interval: 'soon' is not a number"),
-        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--no-such-flag"], "unknown flag --no-such-flag (--help lists the flags)"),
     ],
 )
 def test_cli_exits_2_with_a_message_naming_the_problem(args, message):
@@ -83,6 +83,33 @@ def test_cli_exits_2_with_a_message_naming_the_problem(args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--colector.interval", "2"], "unknown flag --colector.interval, did you mean --collector.interval?"),
+        (["--colector.interval=2"], "unknown flag --colector.interval, did you mean --collector.interval?"),
+        (["--node-name", "n1"], "unknown flag --node-name, did you mean --kubernetes.node-name?"),
+        (["--no-kubelet.enable"], "unknown flag --no-kubelet.enable, did you mean --no-kubelet.enabled?"),
+        # No abbreviations: a flag is its full name, as its variable is.
+        (["--collector.int", "2"], "unknown flag --collector.int, did you mean --collector.interval?"),
+        (["--simulate", "x.yaml", "y.yaml"], "unexpected argument 'y.yaml' (--help lists the flags)"),
+        (["--collector.interval"], "argument --collector.interval: expected one argument (--help lists the flags)"),
+    ],
+)
+def test_a_mistyped_flag_is_one_line_naming_the_closest_flag_without_the_usage(args, line, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(args, environ={})
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"kube-gpu-exporter: {line}\n"
+
+
+def test_help_still_shows_the_usage(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--help"], environ={})
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: kube-gpu-exporter")
 
 
 def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
