@@ -230,7 +230,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         problems.append(f"{source('--kubelet.resource-names')}/{source('--kubelet.resource-prefixes')}: "
                         "both empty, no device would match")
 
-    alertmanager_fields, alertmanager_problems = alertmanager.validate(ns, source, node_name)
+    alertmanager_fields, alertmanager_problems = alertmanager.validate(ns, source, node_name, simulate)
     problems += alertmanager_problems
     alertmanager_timeout = number("--alertmanager.timeout", ns.alertmanager_timeout)
     alertmanager_event_window = number("--alertmanager.event-window", ns.alertmanager_event_window)

@@ -147,6 +147,8 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     n = c.mapping(top.get("node"), "node", _NODE_KEYS, ("name",)) if "node" in top else None
     if n is not None:
         node = NodeSpec(**{key: c.get(n, key, "node", "str", getattr(node, key)) for key in _NODE_KEYS})
+        if not node.name.strip():  # the simulated node's name stands in for --kubernetes.node-name
+            c.add("node.name", "must not be empty")
 
     gpus = [_parse_gpu(c, raw, i, node.name, seed) for i, raw in enumerate(c.seq(top, "gpus", "", required=True))]
     uuids: dict[str, int] = {}
