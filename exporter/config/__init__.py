@@ -235,7 +235,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     alertmanager_timeout = number("--alertmanager.timeout", ns.alertmanager_timeout)
     alertmanager_event_window = number("--alertmanager.event-window", ns.alertmanager_event_window)
 
-    warnings = tuple(unknown_variables(environ))
+    warnings = tuple(f"{source('--web.config.file')}: {w}" for w in web_config.warnings) + tuple(
+        unknown_variables(environ))
     if problems:
         raise ConfigError(problems, warnings)
     return Config(

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ...config import yamlfile
 from ...model.vocabulary import COMPUTE_MODES, GPU_RESOURCE, NVIDIA_DRA_DRIVER, NVLINK_ERROR_TYPES, SHARED_GPU_RESOURCE
 from .checker import Checker, YamlLoader, typename
 from .scenario import (
@@ -78,9 +79,7 @@ def load_scenario_text(text: str, source: str = "<scenario>") -> Scenario:
     try:
         data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader that keeps number text
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ScenarioError([f"{where}invalid YAML: {getattr(e, 'problem', None) or e}"], source) from None
+        raise ScenarioError([yamlfile.problem(e)], source) from None
     return parse_scenario(data, source)
 
 
