@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -125,18 +126,34 @@ def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
         assert fragment in result.stderr
 
 
-def test_json_logs_are_one_object_per_line_and_include_the_resolved_config():
+def test_json_logs_are_one_object_per_line_and_include_the_resolved_config_as_fields():
     import json
+
+    from exporter.sources.simulate import load_scenario
 
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--simulate", "--once", "--log.format", "json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "NODE_NAME"},
     )
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines()]
-    start = next(e for e in entries if "starting with" in e["message"])
-    assert start["level"] == "info" and '"simulate": true' in start["message"]
+    start = next(e for e in entries if e["message"].endswith(" starting"))
+    assert start["level"] == "info" and start["config"]["simulate"] is True
+    assert start["config"]["collector_timeout"] == 5.0 and start["config"]["dra_drivers"] == ["gpu.nvidia.com"]
+    # The effective value: the simulated node's name, as the status page shows it, not "".
+    assert start["config"]["node_name"] == load_scenario(None).node.name != ""
     assert any(e["level"] == "warning" and "SIMULATED" in e["message"] for e in entries)
+
+
+def test_text_logs_follow_the_message_with_its_fields_as_json():
+    import logging
+
+    from exporter.cli import TextFormatter, fields
+
+    record = logging.LogRecord("exporter", logging.INFO, __file__, 1, "starting", (), None)
+    record.__dict__.update(fields(config={"node_name": "n1", "pod_labels": ["team"]}))
+    assert TextFormatter().format(record).endswith(
+        ' INFO exporter: starting config={"node_name": "n1", "pod_labels": ["team"]}')
 
 
 def test_empty_environment_variables_count_as_unset():
