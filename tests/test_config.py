@@ -273,7 +273,8 @@ def test_a_timeout_longer_than_the_interval_is_refused_and_equal_is_fine():
     with pytest.raises(ConfigError) as caught:
         parse_config(["--collector.interval", "5", "--collector.timeout", "6"], environ={})
     assert caught.value.problems == [
-        "--collector.timeout: '6' is longer than --collector.interval ('5'); one read may take at most one interval"
+        "--collector.timeout: '6' is longer than --collector.interval ('5'); a cycle's NVML work may take at most "
+        "one interval"
     ]
     assert parse_config(["--collector.interval", "5", "--collector.timeout", "5"], environ={}).collector_timeout == 5
     with pytest.raises(ConfigError, match="KUBE_GPU_EXPORTER_COLLECTOR_TIMEOUT: '20' is longer than"):

@@ -174,8 +174,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         if timeout > interval:
             problems.append(
                 f"{source('--collector.timeout')}: {ns.collector_timeout!r} is longer than "
-                f"{source('--collector.interval')} ({ns.collector_interval!r}); one read may take "
-                "at most one interval"
+                f"{source('--collector.interval')} ({ns.collector_interval!r}); a cycle's NVML "
+                "work may take at most one interval"
             )
     slow_interval = number("--collector.slow-interval", ns.collector_slow_interval)
     kubelet_timeout = number("--kubelet.timeout", ns.kubelet_timeout)

@@ -91,8 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
     add("--collector.interval", dest="collector_interval", default="10",
         help="seconds between collection cycles (default %(default)s)")
     add("--collector.timeout", dest="collector_timeout", default=None,
-        help="seconds an NVML read of one GPU may take before the cycle goes on without it "
-        "(default: half the interval; at most the interval)")
+        help="seconds a cycle's NVML work (start, device count, every GPU's read in parallel) may take "
+        "before the cycle goes on without what has not returned (default: half the interval; at most the interval)")
     add("--collector.slow-interval", dest="collector_slow_interval", default="30",
         help="seconds between reads of the slow NVML counters (energy, violation times, fields that "
         "prove slow on a GPU); served from their last reading in between (default %(default)s)")
