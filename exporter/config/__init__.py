@@ -36,8 +36,8 @@ _LABEL_KEY = re.compile(r"^([a-zA-Z0-9.-]+/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0
 class ConfigError(Exception):
     """The configuration has problems; ``problems`` lists every one.
 
-    ``warnings`` (unknown variables) come along in the message: a misspelt variable is often why a
-    value is missing.
+    ``warnings`` (unknown variables, web config keys ignored) come along in the message: a misspelt
+    variable is often why a value is missing.
     """
 
     def __init__(self, problems: list[str], warnings: Sequence[str] = ()):
