@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .agent import Agent, Component
@@ -34,6 +34,12 @@ EXIT_NVML = 1
 ONCE_SYNC_TIMEOUT_SECONDS = 5.0
 
 
+def fields(**values: Any) -> dict[str, Any]:
+    """``extra`` for a log call whose values are data: ``log.info("starting", extra=fields(config={...}))``.
+    In JSON each becomes a key of the line's object; in text each follows the message as key=JSON."""
+    return {"fields": values}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -42,17 +48,25 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in getattr(record, "fields", {}).items():
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return "".join([line] + [f" {key}={json.dumps(value)}" for key, value in getattr(record, "fields", {}).items()])
+
+
 def setup_logging(config: Config) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if config.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())
@@ -225,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         listing = "\n".join(f"  - {p}" for p in problems)
         print(f"kube-gpu-exporter: invalid scenario {config.scenario}:\n{listing}", file=sys.stderr)
         return EXIT_USAGE
-    log.info("kube-gpu-exporter %s starting with %s", __version__, json.dumps(config.as_log_dict()))
+    # The agent's config: what build_agent resolved (the simulated node's name) is what runs.
+    log.info("kube-gpu-exporter %s starting", __version__, extra=fields(config=agent.config.as_log_dict()))
     if config.once:
         return asyncio.run(run_once(agent))
     return asyncio.run(serve(agent, guard, config))

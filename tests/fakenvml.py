@@ -11,6 +11,7 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
 ``init_error=1``                nvmlInit fails with NVML_ERROR_DRIVER_NOT_LOADED (until cleared)
 ``init_error_code=N``           ... fails with nvmlReturn_t N instead
 ``init_seconds=S``              nvmlInit takes S s (as without persistence mode)
+``count_seconds=S``             nvmlDeviceGetCount takes S s
 ``driver_version``              e.g. ``550.54.15``
 ``cuda_version``                int as NVML gives it: ``12040`` = 12.4
 ``gpu_count``                   default: highest ``gpu.<i>`` + 1

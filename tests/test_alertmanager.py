@@ -31,7 +31,8 @@ from exporter import catalog
 from exporter.push.events import EventTracker
 from exporter.push.notifier import AlertmanagerNotifier
 from exporter.attribution import Attribution, Holder
-from exporter.config import parse_config
+from exporter.cli import build_agent
+from exporter.config import ConfigError, parse_config
 from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 
 NODE = "gpu-node-1"
@@ -537,6 +538,41 @@ def test_the_agent_collects_and_serves_while_alertmanager_hangs(tmp_path):
         listener.close()
 
 
+@pytest.mark.parametrize("url", ["http://user:secret@alertmanager:9093", "https://user@alertmanager:9093/am",
+                                 "http://:secret@alertmanager:9093"])
+def test_credentials_in_the_url_are_refused_without_showing_them(url, capsys):
+    """The URL is the alertmanager label of an unauthenticated /metrics, and is logged: a password
+    in it belongs in --alertmanager.basic-auth-file."""
+    from exporter.cli import main
+
+    assert main(["--simulate", "--alertmanager.url", url]) == 2
+    err = capsys.readouterr().err
+    assert "holds credentials, which would show in /metrics and the logs: put username:password in " \
+           "--alertmanager.basic-auth-file" in err
+    assert "<credentials>@alertmanager:9093" in err and "secret" not in err and "user" not in err.replace("username", "")
+    with pytest.raises(ConfigError, match="KUBE_GPU_EXPORTER_ALERTMANAGER_URL: .* holds credentials"):
+        parse_config([], environ={"NODE_NAME": NODE, "KUBE_GPU_EXPORTER_ALERTMANAGER_URL": url})
+
+
+def test_a_simulated_node_pushes_under_its_scenario_name_without_a_node_name(alertmanager, tmp_path):
+    am = alertmanager()
+    scenario = tmp_path / "xid.yaml"
+    scenario.write_text("node: {name: sim-node-3}\ngpus: [{model: NVIDIA H100 80GB HBM3}]\n"
+                        "faults: {events: [{kind: xid, at: 0, gpu: 0, code: 79}]}\n")
+    assert parse_config(["--simulate", str(scenario), "--alertmanager.url", am.url], environ={}).node_name == ""
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME" and not k.startswith("KUBE_GPU_EXPORTER_")}
+    agent = AgentProcess(["--simulate", str(scenario), "--alertmanager.url", am.url], env=env, interval=0.2)
+    try:
+        alerts = eventually(lambda: am.alerts(alertname="GpuXidRebootRequired"), "the pushed alert in Alertmanager")
+        assert {a["labels"]["node"] for a in alerts} == {"sim-node-3"}
+    finally:
+        agent.stop()
+    # --kubernetes.node-name still wins over the scenario's name, as for the status page.
+    config = parse_config(["--simulate", str(scenario), "--alertmanager.url", am.url,
+                           "--kubernetes.node-name", NODE], environ={})
+    assert build_agent(config).config.node_name == NODE
+
+
 # -- the example configuration ---------------------------------------------------------------------
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "alerts" / "alertmanager-example.yaml"
@@ -608,7 +644,8 @@ def test_every_bad_alertmanager_flag_is_named_and_the_agent_exits_2(tmp_path, ca
     token, credentials = tmp_path / "token", tmp_path / "credentials"
     token.write_text("t")
     credentials.write_text("no colon")
-    code = main(["--simulate", "--alertmanager.url", "alertmanager:9093", "--alertmanager.label", "node=x",
+    # Not simulated: the node has no name until --kubernetes.node-name gives it one.
+    code = main(["--alertmanager.url", "alertmanager:9093", "--alertmanager.label", "node=x",
                  "--alertmanager.label", "cluster", "--alertmanager.basic-auth-file", str(credentials),
                  "--alertmanager.bearer-token-file", str(token), "--alertmanager.tls-ca-file", "/nonexistent/ca.pem",
                  "--alertmanager.timeout", "0", "--alertmanager.event-window", "soon"])

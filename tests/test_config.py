@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -74,7 +75,7 @@ def test_bad_boolean_in_environment_is_a_problem():
     ("args", "message"),
     [
         (["--collector.interval", "soon"], "--collector.interval: 'soon' is not a number"),
-        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--no-such-flag"], "unknown flag --no-such-flag (--help lists the flags)"),
     ],
 )
 def test_cli_exits_2_with_a_message_naming_the_problem(args, message):
@@ -83,6 +84,33 @@ def test_cli_exits_2_with_a_message_naming_the_problem(args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--colector.interval", "2"], "unknown flag --colector.interval, did you mean --collector.interval?"),
+        (["--colector.interval=2"], "unknown flag --colector.interval, did you mean --collector.interval?"),
+        (["--node-name", "n1"], "unknown flag --node-name, did you mean --kubernetes.node-name?"),
+        (["--no-kubelet.enable"], "unknown flag --no-kubelet.enable, did you mean --no-kubelet.enabled?"),
+        # No abbreviations: a flag is its full name, as its variable is.
+        (["--collector.int", "2"], "unknown flag --collector.int, did you mean --collector.interval?"),
+        (["--simulate", "x.yaml", "y.yaml"], "unexpected argument 'y.yaml' (--help lists the flags)"),
+        (["--collector.interval"], "argument --collector.interval: expected one argument (--help lists the flags)"),
+    ],
+)
+def test_a_mistyped_flag_is_one_line_naming_the_closest_flag_without_the_usage(args, line, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(args, environ={})
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"kube-gpu-exporter: {line}\n"
+
+
+def test_help_still_shows_the_usage(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--help"], environ={})
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: kube-gpu-exporter")
 
 
 def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
@@ -98,18 +126,34 @@ def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
         assert fragment in result.stderr
 
 
-def test_json_logs_are_one_object_per_line_and_include_the_resolved_config():
+def test_json_logs_are_one_object_per_line_and_include_the_resolved_config_as_fields():
     import json
+
+    from exporter.sources.simulate import load_scenario
 
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--simulate", "--once", "--log.format", "json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "NODE_NAME"},
     )
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines()]
-    start = next(e for e in entries if "starting with" in e["message"])
-    assert start["level"] == "info" and '"simulate": true' in start["message"]
+    start = next(e for e in entries if e["message"].endswith(" starting"))
+    assert start["level"] == "info" and start["config"]["simulate"] is True
+    assert start["config"]["collector_timeout"] == 5.0 and start["config"]["dra_drivers"] == ["gpu.nvidia.com"]
+    # The effective value: the simulated node's name, as the status page shows it, not "".
+    assert start["config"]["node_name"] == load_scenario(None).node.name != ""
     assert any(e["level"] == "warning" and "SIMULATED" in e["message"] for e in entries)
+
+
+def test_text_logs_follow_the_message_with_its_fields_as_json():
+    import logging
+
+    from exporter.cli import TextFormatter, fields
+
+    record = logging.LogRecord("exporter", logging.INFO, __file__, 1, "starting", (), None)
+    record.__dict__.update(fields(config={"node_name": "n1", "pod_labels": ["team"]}))
+    assert TextFormatter().format(record).endswith(
+        ' INFO exporter: starting config={"node_name": "n1", "pod_labels": ["team"]}')
 
 
 def test_empty_environment_variables_count_as_unset():
@@ -229,7 +273,8 @@ def test_a_timeout_longer_than_the_interval_is_refused_and_equal_is_fine():
     with pytest.raises(ConfigError) as caught:
         parse_config(["--collector.interval", "5", "--collector.timeout", "6"], environ={})
     assert caught.value.problems == [
-        "--collector.timeout: '6' is longer than --collector.interval ('5'); one read may take at most one interval"
+        "--collector.timeout: '6' is longer than --collector.interval ('5'); a cycle's NVML work may take at most "
+        "one interval"
     ]
     assert parse_config(["--collector.interval", "5", "--collector.timeout", "5"], environ={}).collector_timeout == 5
     with pytest.raises(ConfigError, match="KUBE_GPU_EXPORTER_COLLECTOR_TIMEOUT: '20' is longer than"):

@@ -12,6 +12,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from exporter import catalog
 from exporter.sources.backend import BackendUnavailable, GpuReadError
 from exporter.sources.gpus import GpuSource
@@ -410,3 +412,37 @@ async def test_a_failed_xid_read_keeps_the_last_counts_and_is_counted():
     clock[0] += 10
     snapshot = await collector.snapshot()  # the same count again: no new event
     assert snapshot.xids == {("GPU-0", 79): 3} and snapshot.xid_last_event == {("GPU-0", 79): 1000.0}
+
+
+# -- one deadline for the cycle, through the real pynvml on the fake NVML library ------------------
+
+PHASE_SECONDS = 0.6  # each phase alone fits the 1 s timeout; any two together do not
+
+
+@pytest.mark.parametrize("slow", [("init", "count"), ("count", "read"), ("init", "read")], ids="+".join)
+async def test_the_timeout_bounds_the_whole_cycle_not_each_nvml_phase(fake_nvml, slow):
+    """nvmlInit, the device count and a GPU's read take 0.6 s each where told to: with a 1 s
+    --collector.timeout, two of them do not fit one cycle. The cycle goes on without what has not
+    returned by its deadline, however the time was spent (each phase used to get the whole timeout)."""
+    from exporter.sources.nvml import NvmlBackend
+
+    fake_nvml.set(init_seconds=PHASE_SECONDS if "init" in slow else None,
+                  count_seconds=PHASE_SECONDS if "count" in slow else None)
+    for index in range(len(fake_nvml.gpus)):
+        fake_nvml.update_gpu(index, delay={"temperature": PHASE_SECONDS} if "read" in slow else None)
+    collector = GpuSource(NvmlBackend(xid_event_timeout_ms=100), timeout=1.0, stale_limit=60.0)
+    try:
+        first = await collector.snapshot()
+        assert not any(g.up for g in first.gpus), first
+        if "read" in slow:  # every GPU's read cut short, each counted
+            assert collector.errors["timeout"] == 3
+            assert {g.error for g in first.gpus} == {"read did not return within the cycle's 1s"}
+        else:  # the count cut short: no GPU known yet
+            assert collector.errors["timeout"] == 1 and first.gpus == () and first.stale
+        # Calls cut short keep their threads and finish; without the delays the GPUs read again.
+        fake_nvml.set(init_seconds=None, count_seconds=None)
+        for index in range(len(fake_nvml.gpus)):
+            fake_nvml.update_gpu(index, delay=None)
+        await collect_until(collector, lambda s: len(s.gpus) == 3 and all(g.up for g in s.gpus))
+    finally:
+        await collector.stop()

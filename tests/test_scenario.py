@@ -122,6 +122,13 @@ def test_numbers_from_data_not_read_from_yaml_are_refused_too():
                                   '("12.1") so that it is kept as written']
 
 
+def test_the_node_has_a_name():
+    """It names the node on the status page and in pushed alerts unless --kubernetes.node-name does."""
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario({"node": {"name": " "}, "gpus": [{"model": "NVIDIA H200"}]})
+    assert err.value.problems == ["node.name: must not be empty"]
+
+
 def test_unreadable_and_invalid_yaml_are_scenario_errors(tmp_path):
     missing = tmp_path / "missing.yaml"
     with pytest.raises(ScenarioError) as err:

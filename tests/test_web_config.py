@@ -12,6 +12,8 @@ import base64
 import datetime
 import logging
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -193,7 +195,10 @@ def test_an_empty_file_is_plain_http_without_auth(tmp_path):
     ("basic_auth_users: [prometheus]", "basic_auth_users: must be a mapping"),
     ("http_server_config: {headers: {Set-Cookie: a}}", "headers.Set-Cookie: unknown key"),
     ("tls_config: {}", "tls_config: unknown key"),
-    ("basic_auth_users: {a: [", "not valid YAML"),
+    ("basic_auth_users: {a: [", "web.yml: line 1, column 24: invalid YAML: expected the node content, but found "
+                                "'<stream end>' (while parsing a flow node)"),
+    ("tls_server_config: {cert_file: server.crt, key_file: server.key, prefer_server_cipher_suites: 1}",
+     "tls_server_config.prefer_server_cipher_suites: must be true or false"),
 ])
 def test_each_problem_is_named(pki, text, problem):
     with pytest.raises(webconfig.WebConfigError) as error:
@@ -211,6 +216,43 @@ def test_every_problem_is_listed_and_the_cli_exits_2(pki, capsys):
         assert problem in err
     assert cli.main(["--web.config.file", str(pki.dir / "missing.yml"), "--simulate"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_malformed_yaml_is_one_line_naming_file_line_and_column_as_for_a_scenario(tmp_path, capsys):
+    path = write_config(tmp_path, "tls_server_config:\n  cert_file: [server.crt\n  key_file: server.key\n")
+    problem = ("line 3, column 11: invalid YAML: expected ',' or ']', but got ':' "
+               "(while parsing a flow sequence at line 2, column 14)")
+    assert cli.main(["--web.config.file", str(path), "--simulate"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "kube-gpu-exporter: invalid configuration:",
+        f"  - --web.config.file: {path}: {problem}",
+    ]
+    # One function for both files: the scenario loader says the same of the same text.
+    from exporter.sources.simulate import ScenarioError, load_scenario
+
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(str(path))
+    assert error.value.problems == [problem]
+
+
+def test_keys_accepted_but_ignored_warn_once_at_start(pki):
+    path = write_config(pki.dir, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                                 "  prefer_server_cipher_suites: false\nhttp_server_config: {http2: true}\n")
+    config = cli.parse_config(["--web.config.file", str(path), "--simulate"], environ={})
+    assert config.warnings == (
+        f"--web.config.file: {path}: tls_server_config.prefer_server_cipher_suites: false is ignored: the server's "
+        "cipher order is always preferred",
+        f"--web.config.file: {path}: http_server_config.http2: ignored: the agent serves HTTP/1.1 only",
+    )
+    result = subprocess.run([sys.executable, "-m", "exporter", "--web.config.file", str(path), "--simulate", "--once"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "WARNING" in line and "web.yml" in line]
+    assert [line.split(": ", 1)[1] for line in warned] == list(config.warnings)
+    # What the agent does anyway is no warning.
+    quiet = write_config(pki.dir, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                                  "  prefer_server_cipher_suites: true\nhttp_server_config: {http2: false}\n")
+    assert cli.parse_config(["--web.config.file", str(quiet), "--simulate"], environ={}).warnings == ()
 
 
 # -- TLS ------------------------------------------------------------------------------------------

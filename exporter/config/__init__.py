@@ -36,8 +36,8 @@ _LABEL_KEY = re.compile(r"^([a-zA-Z0-9.-]+/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0
 class ConfigError(Exception):
     """The configuration has problems; ``problems`` lists every one.
 
-    ``warnings`` (unknown variables) come along in the message: a misspelt variable is often why a
-    value is missing.
+    ``warnings`` (unknown variables, web config keys ignored) come along in the message: a misspelt
+    variable is often why a value is missing.
     """
 
     def __init__(self, problems: list[str], warnings: Sequence[str] = ()):
@@ -174,8 +174,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         if timeout > interval:
             problems.append(
                 f"{source('--collector.timeout')}: {ns.collector_timeout!r} is longer than "
-                f"{source('--collector.interval')} ({ns.collector_interval!r}); one read may take "
-                "at most one interval"
+                f"{source('--collector.interval')} ({ns.collector_interval!r}); a cycle's NVML "
+                "work may take at most one interval"
             )
     slow_interval = number("--collector.slow-interval", ns.collector_slow_interval)
     kubelet_timeout = number("--kubelet.timeout", ns.kubelet_timeout)
@@ -230,12 +230,13 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         problems.append(f"{source('--kubelet.resource-names')}/{source('--kubelet.resource-prefixes')}: "
                         "both empty, no device would match")
 
-    alertmanager_fields, alertmanager_problems = alertmanager.validate(ns, source, node_name)
+    alertmanager_fields, alertmanager_problems = alertmanager.validate(ns, source, node_name, simulate)
     problems += alertmanager_problems
     alertmanager_timeout = number("--alertmanager.timeout", ns.alertmanager_timeout)
     alertmanager_event_window = number("--alertmanager.event-window", ns.alertmanager_event_window)
 
-    warnings = tuple(unknown_variables(environ))
+    warnings = tuple(f"{source('--web.config.file')}: {w}" for w in web_config.warnings) + tuple(
+        unknown_variables(environ))
     if problems:
         raise ConfigError(problems, warnings)
     return Config(

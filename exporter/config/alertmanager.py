@@ -32,14 +32,21 @@ def values(raw: str | list[str] | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
-def validate(ns: argparse.Namespace, source: Callable[[str], str], node_name: str) -> tuple[dict[str, Any], list[str]]:
-    """The Config fields of the push path, and the problems with them."""
+def validate(ns: argparse.Namespace, source: Callable[[str], str], node_name: str,
+             simulate: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The Config fields of the push path, and the problems with them. ``simulate``: the node is
+    the scenario's, which names it (the CLI sets it unless ``--kubernetes.node-name`` does)."""
     problems: list[str] = []
     urls = values(ns.alertmanager_urls)
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             problems.append(f"{source('--alertmanager.url')}: {url!r} is not an http(s):// URL")
+        elif parts.username is not None:
+            # The URL is the alertmanager label of /metrics, which needs no password, and is logged.
+            shown = parts._replace(netloc="<credentials>@" + parts.netloc.rpartition("@")[2]).geturl()
+            problems.append(f"{source('--alertmanager.url')}: {shown!r} holds credentials, which would show in "
+                            "/metrics and the logs: put username:password in --alertmanager.basic-auth-file")
     labels: list[tuple[str, str]] = []
     for item in values(ns.alertmanager_labels):
         name, sep, value = item.partition("=")
@@ -66,7 +73,7 @@ def validate(ns: argparse.Namespace, source: Callable[[str], str], node_name: st
     if files["alertmanager_basic_auth_file"] and files["alertmanager_bearer_token_file"]:
         problems.append(f"{source('--alertmanager.basic-auth-file')}/{source('--alertmanager.bearer-token-file')}: "
                         "give one of them, not both")
-    if urls and not node_name:
+    if urls and not node_name and not simulate:
         problems.append(f"{source('--alertmanager.url')}: pushed alerts name the node: set --kubernetes.node-name "
                         "(or NODE_NAME)")
     return {"alertmanager_urls": urls, "alertmanager_labels": tuple(labels), **files}, problems

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from typing import Sequence
+from typing import Iterable, NoReturn, Sequence
 
 from .. import __version__
 from ..model import vocabulary
@@ -38,9 +38,44 @@ def env_bool(value: str) -> bool | None:
     return None
 
 
+def closest(name: str, known: Iterable[str], separator: str) -> list[str]:
+    """The known names ``name`` likely means: those it is the last part of (``node-name`` for
+    ``kubernetes.node-name``), else the one closest in spelling, if any is close."""
+    known = list(known)
+    return [k for k in known if k.endswith(separator + name)] or difflib.get_close_matches(name, known, n=1)
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse, with a mistake told in one line (the usage is for ``--help``) and an unknown
+    flag answered with the closest known ones, as an unknown variable is."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                   ) -> argparse.Namespace:  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.exit(2, f"{self.prog}: {self._unknown(extras)}\n")
+        return ns
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the flags)\n")
+
+    def _unknown(self, extras: list[str]) -> str:
+        flags = [arg.partition("=")[0] for arg in extras if arg.startswith("-")]
+        if not flags:  # a stray word: no flag takes it
+            return f"unexpected argument {extras[0]!r} (--help lists the flags)"
+        known = [s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")]
+        told = []
+        for flag in flags:
+            meant = closest(flag.lstrip("-"), known, ".")
+            hint = f", did you mean {' or '.join('--' + m for m in meant)}?" if meant else " (--help lists the flags)"
+            told.append(f"unknown flag {flag}{hint}")
+        return "; ".join(told)
+
+
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="kube-gpu-exporter",
+        allow_abbrev=False,  # a flag is its full name, as its variable is: a new flag never breaks a short one
         description="Prometheus exporter for the GPUs of a Kubernetes node, attributed to pods. "
         f"Every flag can also be set from the environment ({ENV_PREFIX}<FLAG>, e.g. "
         f"{env_name('--collector.interval')}).",
@@ -56,8 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
     add("--collector.interval", dest="collector_interval", default="10",
         help="seconds between collection cycles (default %(default)s)")
     add("--collector.timeout", dest="collector_timeout", default=None,
-        help="seconds an NVML read of one GPU may take before the cycle goes on without it "
-        "(default: half the interval; at most the interval)")
+        help="seconds a cycle's NVML work (start, device count, every GPU's read in parallel) may take "
+        "before the cycle goes on without what has not returned (default: half the interval; at most the interval)")
     add("--collector.slow-interval", dest="collector_slow_interval", default="30",
         help="seconds between reads of the slow NVML counters (energy, violation times, fields that "
         "prove slow on a GPU); served from their last reading in between (default %(default)s)")
@@ -167,9 +202,7 @@ def unknown_variables(environ: dict[str, str]) -> list[str]:
         name = variable[len(ENV_PREFIX):]
         if name in known:
             continue
-        meant = [full for short, full in known.items() if short.endswith("_" + name)] or [
-            known[short] for short in difflib.get_close_matches(name, list(known), n=1)
-        ]
+        meant = [known[short] for short in closest(name, known, "_")]
         hint = f"; did you mean {' or '.join(meant)}?" if meant else ""
         warnings.append(f"{variable}: unknown environment variable, ignored{hint}")
     return warnings

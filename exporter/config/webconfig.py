@@ -7,18 +7,21 @@ when they change).
 
 Where Python's ``ssl`` cannot do what the file asks, it is a problem at start, not a silent
 downgrade: ``RequestClientCert`` and ``RequireAnyClientCert`` (request a certificate without
-verifying it) and ``curve_preferences`` are refused with the alternative named.
+verifying it) and ``curve_preferences`` are refused with the alternative named. What it accepts
+but does not do (``http2: true``, ``prefer_server_cipher_suites: false``) is a warning at start.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from . import yamlfile
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -87,6 +90,9 @@ class WebConfig:
     tls: TlsConfig | None = None
     basic_auth_users: Mapping[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: What the file asks for that the agent accepts but does not do, each naming the file and key:
+    #: logged once at start.
+    warnings: tuple[str, ...] = ()
 
 
 def load(path: str | Path) -> WebConfig:
@@ -100,11 +106,13 @@ def load(path: str | Path) -> WebConfig:
     except OSError as exc:
         raise WebConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
     except yaml.YAMLError as exc:
-        raise WebConfigError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+        raise WebConfigError(str(path), [yamlfile.problem(exc)]) from None
     problems: list[str] = []
-    config = _parse(data if data is not None else {}, path.parent, problems)
+    warnings: list[str] = []
+    config = _parse(data if data is not None else {}, path.parent, problems, warnings)
     if problems:
         raise WebConfigError(str(path), problems)
+    config = replace(config, warnings=tuple(f"{path}: {w}" for w in warnings))
     if config.tls is not None:
         try:
             tls_context(config.tls)
@@ -124,13 +132,16 @@ def _mapping(value: Any, where: str, allowed: set[str], problems: list[str]) -> 
     return value
 
 
-def _parse(data: Any, base: Path, problems: list[str]) -> WebConfig:
+def _parse(data: Any, base: Path, problems: list[str], warnings: list[str]) -> WebConfig:
     top = _mapping(data, "(top level)", _TOP_KEYS, problems)
-    tls = _parse_tls(top["tls_server_config"], base, problems) if top.get("tls_server_config") is not None else None
+    tls = (_parse_tls(top["tls_server_config"], base, problems, warnings)
+           if top.get("tls_server_config") is not None else None)
     users = _parse_users(top.get("basic_auth_users"), problems)
     http = _mapping(top.get("http_server_config"), "http_server_config", _HTTP_KEYS, problems)
-    if http.get("http2") not in (None, False, True):
+    if http.get("http2") is not None and not isinstance(http["http2"], bool):  # 1 == True: compare types
         problems.append("http_server_config.http2: must be true or false")
+    elif http.get("http2"):
+        warnings.append("http_server_config.http2: ignored: the agent serves HTTP/1.1 only")
     headers = _mapping(http.get("headers"), "http_server_config.headers", set(ALLOWED_HEADERS), problems)
     for name, text in headers.items():
         if not isinstance(text, str) or any(c in text for c in "\r\n\0"):
@@ -156,10 +167,16 @@ def _parse_users(value: Any, problems: list[str]) -> dict[str, bytes]:
     return users
 
 
-def _parse_tls(value: Any, base: Path, problems: list[str]) -> TlsConfig | None:
+def _parse_tls(value: Any, base: Path, problems: list[str], warnings: list[str]) -> TlsConfig | None:
     where = "tls_server_config"
     tls = _mapping(value, where, _TLS_KEYS, problems)
     before = len(problems)
+    if tls.get("prefer_server_cipher_suites") is not None and not isinstance(tls["prefer_server_cipher_suites"], bool):
+        problems.append(f"{where}.prefer_server_cipher_suites: must be true or false")
+    elif tls.get("prefer_server_cipher_suites") is False:
+        # Python's ssl sets OP_CIPHER_SERVER_PREFERENCE, as Go (and so exporter-toolkit) always does since 1.18.
+        warnings.append(f"{where}.prefer_server_cipher_suites: false is ignored: the server's cipher order "
+                        "is always preferred")
 
     def file(key: str, required: bool) -> Path | None:
         name = tls.get(key)

@@ -2,8 +2,9 @@
 one GPU failing alone. (The backend is NVML, ``nvml/``, or the simulated node, ``simulate/``;
 their contract is ``backend.py``.)
 
-Each GPU is read in its own daemon thread with a deadline. A GPU whose read has not returned
-by then is reported down, with its previous readings for a bounded time (marked stale), and no
+Each GPU is read in its own daemon thread; the cycle's NVML work (start, device count, the reads)
+has one deadline, ``--collector.timeout`` from its start. A GPU whose read has not returned by
+then is reported down, with its previous readings for a bounded time (marked stale), and no
 second read of it is started until the first one returns: a hung NVML call costs one thread,
 never a pile of them, and never the loop. Daemon threads also mean a hung call cannot block
 process exit.
@@ -65,7 +66,7 @@ class _ReadResult:
 
 
 class GpuSource(Source[GpuSnapshot]):
-    """Reads every GPU of a backend once per ``snapshot()``, in parallel, each within ``timeout``.
+    """Reads every GPU of a backend once per ``snapshot()``, in parallel, all within ``timeout``.
 
     What it remembers per GPU index, and why:
 
@@ -151,7 +152,7 @@ class GpuSource(Source[GpuSnapshot]):
             return BackendState(False, "NVML calls do not return (device count hangs)")
         return BackendState(True, None)
 
-    async def _ensure_started(self) -> bool:
+    async def _ensure_started(self, deadline: float) -> bool:
         if self._started:
             return True
         if self._start is None:
@@ -159,7 +160,7 @@ class GpuSource(Source[GpuSnapshot]):
                 return False
             self._start = run_in_daemon_thread(self.backend.start, name="nvml-init")
         # A hung nvmlInit keeps its one thread; no second attempt starts until it returns.
-        await asyncio.wait([self._start], timeout=self.timeout)
+        await asyncio.wait([self._start], timeout=_left(deadline))
         if not self._start.done():
             self._note_start_failure("NVML initialisation does not return")
             return False
@@ -198,14 +199,17 @@ class GpuSource(Source[GpuSnapshot]):
             log.debug("backend stop failed", exc_info=True)
 
     async def snapshot(self) -> GpuSnapshot:
-        """One cycle: every GPU read in parallel, each within the deadline."""
+        """One cycle: NVML started if it is not, the device count, then every GPU read in
+        parallel, all within one deadline, ``timeout`` from the cycle's start: a call that has not
+        returned by then keeps its thread, and the cycle goes on without it."""
         now = self._monotonic()
-        if not await self._ensure_started():
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        if not await self._ensure_started(deadline):
             return self._snapshot([self._down(i, self._start_error or "backend not started", "init")
                                    for i in self._known()], now)
         if self._count is None:
             self._count = run_in_daemon_thread(self.backend.device_count, name="nvml-count")
-        await asyncio.wait([self._count], timeout=self.timeout)
+        await asyncio.wait([self._count], timeout=_left(deadline))
         if not self._count.done():
             # NVML as a whole hangs (a driver in trouble blocks every call): serve what we had,
             # held, and start nothing new until that call returns.
@@ -225,7 +229,7 @@ class GpuSource(Source[GpuSnapshot]):
                     self._read, index, self._identity.get(index), name=f"nvml-gpu{index}")
         pending = [self._in_flight[i] for i in range(self._known_count)]
         if pending:
-            await asyncio.wait(pending, timeout=self.timeout)
+            await asyncio.wait(pending, timeout=_left(deadline))
 
         gpus: list[Gpu] = []
         stale = False
@@ -285,7 +289,7 @@ class GpuSource(Source[GpuSnapshot]):
 
     def _stale(self, index: int, now: float) -> Gpu:
         """A GPU whose read hangs: down, with its last readings (stale) for at most ``stale_limit``."""
-        reason = f"read did not return within {self.timeout:g}s"
+        reason = f"read did not return within the cycle's {self.timeout:g}s"
         self._mark_down(index, reason)
         last = self._last.get(index)
         if last is None or now - last.taken > self.stale_limit:
@@ -347,3 +351,8 @@ class GpuSource(Source[GpuSnapshot]):
                 self.backend.stop()
             except Exception:  # noqa: BLE001
                 log.debug("backend stop failed", exc_info=True)
+
+
+def _left(deadline: float) -> float:
+    """Seconds to the cycle's deadline (loop time), 0 once past: a wait then takes what is done."""
+    return max(0.0, deadline - asyncio.get_running_loop().time())

@@ -10,6 +10,7 @@
  *   init_error=1            nvmlInitWithFlags fails with NVML_ERROR_DRIVER_NOT_LOADED
  *   init_error_code=<n>     ... or with this nvmlReturn_t
  *   driver_version, cuda_version (int, 12040), gpu_count
+ *   init_seconds=s, count_seconds=s   nvmlInit / nvmlDeviceGetCount take s seconds
  *   gpu.<i>.<key>=<value>   per GPU values (name, uuid, temperature, power_mw, ...)
  *   gpu.<i>.lost=1          every call on the GPU returns NVML_ERROR_GPU_IS_LOST
  *   gpu.<i>.hang_seconds=s  every call on the GPU sleeps s seconds first (re-checked every 50 ms)
@@ -538,6 +539,9 @@ nvmlReturn_t DECLDIR nvmlSystemGetCudaDriverVersion_v2(int *v) { return cuda_ver
 
 nvmlReturn_t DECLDIR nvmlDeviceGetCount_v2(unsigned int *count)
 {
+    double delay = delay_of("count_seconds"); /* a driver in trouble holds every call */
+    if (delay > 0)
+        sleep_ms((int)(delay * 1000));
     nvmlReturn_t r = system_enter();
     if (r) return r;
     if (!count) LEAVE(NVML_ERROR_INVALID_ARGUMENT);

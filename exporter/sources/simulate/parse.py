@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ...config import yamlfile
 from ...model.vocabulary import COMPUTE_MODES, GPU_RESOURCE, NVIDIA_DRA_DRIVER, NVLINK_ERROR_TYPES, SHARED_GPU_RESOURCE
 from .checker import Checker, YamlLoader, typename
 from .scenario import (
@@ -78,9 +79,7 @@ def load_scenario_text(text: str, source: str = "<scenario>") -> Scenario:
     try:
         data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader that keeps number text
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ScenarioError([f"{where}invalid YAML: {getattr(e, 'problem', None) or e}"], source) from None
+        raise ScenarioError([yamlfile.problem(e)], source) from None
     return parse_scenario(data, source)
 
 
@@ -147,6 +146,8 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     n = c.mapping(top.get("node"), "node", _NODE_KEYS, ("name",)) if "node" in top else None
     if n is not None:
         node = NodeSpec(**{key: c.get(n, key, "node", "str", getattr(node, key)) for key in _NODE_KEYS})
+        if not node.name.strip():  # the simulated node's name stands in for --kubernetes.node-name
+            c.add("node.name", "must not be empty")
 
     gpus = [_parse_gpu(c, raw, i, node.name, seed) for i, raw in enumerate(c.seq(top, "gpus", "", required=True))]
     uuids: dict[str, int] = {}
