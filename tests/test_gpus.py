@@ -340,6 +340,33 @@ async def test_going_down_and_coming_back_is_logged_once_each(caplog):
     assert sum("GPU 1 (GPU-1) is back" in m for m in messages) == 1
 
 
+async def test_a_lost_gpu_is_logged_once_while_the_failing_call_changes_and_again_for_a_new_kind(caplog):
+    class Changing(ScriptedBackend):
+        """A lost GPU fails at another call each cycle (the read, then its handle), then hangs."""
+
+        def read_gpu(self, index: int) -> Gpu:
+            if index == 1 and index in self.broken:
+                self.reads[index] = self.reads.get(index, 0) + 1
+                raise GpuReadError(f"GPU 1: {('temperature', 'handle')[self.reads[index] % 2]}: GPU is lost",
+                                   "gpu_is_lost")
+            return super().read_gpu(index)
+
+    backend = Changing()
+    collector = collector_for(backend, timeout=0.2)
+    await collector.snapshot()
+    backend.broken.add(1)
+    with caplog.at_level("INFO", logger="exporter.sources.gpus"):
+        for _ in range(4):
+            await collector.snapshot()
+        backend.broken.clear()
+        backend.hung_gpu = 1
+        await collector.snapshot()
+        backend.hang.set()
+    down = [r.getMessage() for r in caplog.records if "GPU 1 (GPU-1) is down" in r.getMessage()]
+    assert len(down) == 2, down  # once for the loss, once when it turns into a hang
+    assert "GPU is lost" in down[0] and "did not return" in down[1]
+
+
 def kinds(snapshot) -> list[str | None]:
     return [g.error_kind for g in snapshot.gpus]
 

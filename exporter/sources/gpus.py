@@ -114,7 +114,7 @@ class GpuSource(Source[GpuSnapshot]):
         self._known_count = 0
         self._identity: dict[int, GpuIdentity] = {}
         self._last: dict[int, _Reading] = {}
-        self._down_reason: dict[int, str] = {}  # GPUs reported down, for one log line per change
+        self._down_kind: dict[int, str] = {}  # GPUs reported down, by error kind: one log line per kind of spell
         self._xids: dict[tuple[str, int], int] = {}  # the last XID counts read
         self._xid_last_event: dict[tuple[str, int], float] = {}  # unix time each count last grew
         self._xid_error: str | None = None  # the last failure to read them, for one log line per change
@@ -260,7 +260,7 @@ class GpuSource(Source[GpuSnapshot]):
         for index in range(count, self._known_count):
             identity = self._identity.get(index)
             log.warning("GPU %d (%s) left the device count", index, identity.uuid if identity else "never identified")
-        for known in (self._identity, self._last, self._down_reason):
+        for known in (self._identity, self._last, self._down_kind):
             for index in [i for i in known if i >= count]:
                 del known[index]
         self._known_count = count
@@ -284,13 +284,13 @@ class GpuSource(Source[GpuSnapshot]):
         message = str(error) or type(error).__name__
         kind = getattr(error, "kind", "unknown")
         self.errors[kind] += 1
-        self._mark_down(index, message)
+        self._mark_down(index, kind, message)
         return self._down(index, message, kind)
 
     def _stale(self, index: int, now: float) -> Gpu:
         """A GPU whose read hangs: down, with its last readings (stale) for at most ``stale_limit``."""
         reason = f"read did not return within the cycle's {self.timeout:g}s"
-        self._mark_down(index, reason)
+        self._mark_down(index, "timeout", reason)
         last = self._last.get(index)
         if last is None or now - last.taken > self.stale_limit:
             return self._down(index, reason, "timeout")
@@ -334,14 +334,16 @@ class GpuSource(Source[GpuSnapshot]):
         self._xids = counts
         self._xid_last_event = {k: t for k, t in self._xid_last_event.items() if k in counts}
 
-    def _mark_down(self, index: int, reason: str) -> None:
-        if self._down_reason.get(index) != reason:
+    def _mark_down(self, index: int, kind: str, reason: str) -> None:
+        """Log a GPU going down once per spell and kind of failure: a lost GPU's message changes
+        with the call that fails (the read, then the handle), its kind does not."""
+        if self._down_kind.get(index) != kind:
             identity = self._identity.get(index)
             log.warning("GPU %d (%s) is down: %s", index, identity.uuid if identity else "uuid unknown", reason)
-            self._down_reason[index] = reason
+            self._down_kind[index] = kind
 
     def _mark_up(self, index: int) -> None:
-        if self._down_reason.pop(index, None) is not None:
+        if self._down_kind.pop(index, None) is not None:
             log.info("GPU %d (%s) is back", index, self._identity[index].uuid)
 
     def stop_backend(self) -> None:
