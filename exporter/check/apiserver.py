@@ -76,7 +76,10 @@ class Target:
     how: str  # for the row: "in-cluster (service account ...)", "kubeconfig <path>"
 
 
-def in_cluster(environ: dict[str, str], directory: str = SERVICE_ACCOUNT_DIR) -> Target:
+def in_cluster(environ: dict[str, str], directory: str | None = None) -> Target:
+    """The pod's own configuration: the kubernetes Service's address (IPv6 in brackets) and the
+    service account's token and CA in ``directory`` (``SERVICE_ACCOUNT_DIR``)."""
+    directory = directory or SERVICE_ACCOUNT_DIR
     host, port = environ.get("KUBERNETES_SERVICE_HOST", ""), environ.get("KUBERNETES_SERVICE_PORT", "")
     if not host or not port:
         raise ConfigProblem("no in-cluster configuration: KUBERNETES_SERVICE_HOST/PORT are not set",
