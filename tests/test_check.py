@@ -386,6 +386,33 @@ def test_kubelet_socket_that_uid_0_without_capabilities_may_not_open(fake_nvml, 
     assert done.returncode == 1
 
 
+@pytest.mark.skipif(not _drop_capabilities_works() or shutil.which("unshare") is None,
+                    reason="needs root, setpriv and unshare")
+def test_the_field_script_runs_both_modes_and_packs_one_file(fake_nvml, tmp_path):
+    """bench/field_check.sh end to end on the fake NVML (no CUDA load here): the constrained mode
+    really has no capability, its own pid namespace and a read-only root; the pack holds both."""
+    env = fake_nvml.env | {"PYTHON": sys.executable, "FIELD_OUT": str(tmp_path / "field"), "FIELD_AGENT_SECONDS": "3",
+                           "FIELD_AGENT_FLAGS": "--collector.interval=1", "FIELD_COST_ARGS": "--cycles 4",
+                           "LOAD_PYTHON": "/nonexistent", "FIELD_PORT": str(free_port())}
+    done = subprocess.run([str(ROOT / "bench" / "field_check.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=COMMAND_GUARD_SECONDS * 3)
+    assert done.returncode == 0, done.stderr
+    constraints = (tmp_path / "field" / "constrained" / "constraints.txt").read_text()
+    assert "CapEff:\t0000000000000000" in constraints and "NoNewPrivs:\t1" in constraints
+    assert "pid 1\n" in constraints and "root filesystem: read-only" in constraints
+    for mode in ("constrained", "unconstrained"):
+        document = json.loads((tmp_path / "field" / mode / "check.json").read_text())
+        jsonschema.validate(document, SCHEMA)
+        assert "nvidia_gpu_info{" in (tmp_path / "field" / mode / "metrics.prom").read_text()
+        assert "VmRSS" in (tmp_path / "field" / mode / "rss.txt").read_text()
+    summary = (tmp_path / "field" / "summary.md").read_text()
+    assert "| pid_namespace | ok | **degraded**" in summary, "the fake's pids are no processes of the namespace"
+    assert "| nvidia_gpu_sm_active_ratio |" in summary and "| 0 | processes | 4242 |" in summary
+    packed = subprocess.run(["tar", "-tzf", str(tmp_path / "field.tar.gz")], capture_output=True, text=True).stdout
+    assert {"field/summary.md", "field/constrained/check.json", "field/unconstrained/nvml_pids.json"} <= set(
+        packed.split())
+
+
 def test_id_forms():
     assert id_form("GPU-7c2e4f10-0000-4000-8000-000000000000") == "GPU-<uuid>"
     assert id_form("MIG-aaaa") == "MIG-<uuid>"
