@@ -686,19 +686,38 @@ def test_a_not_ok_row_needs_its_cause_and_fix():
         Check("x", "x", DEGRADED, "seen")
 
 
+def fake_process(proc: Path, pid: int, cmdline: list[str], mount_namespace: str = "mnt:[1]") -> None:
+    (proc / str(pid) / "ns").mkdir(parents=True)
+    (proc / str(pid) / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
+    (proc / str(pid) / "ns" / "mnt").symlink_to(mount_namespace)
+
+
+AGENT = ["/opt/kube-gpu-exporter/bin/python", "/opt/kube-gpu-exporter/bin/kube-gpu-exporter"]
+
+
 @pytest.mark.parametrize(("cmdline", "args"), [
-    (["/opt/kube-gpu-exporter/bin/python", "/opt/kube-gpu-exporter/bin/kube-gpu-exporter",
-      "--path.procfs=/host/proc", "--kubernetes.enabled", "--path.procfs", ""],
-     ["--path.procfs=/host/proc", "--kubernetes.enabled", "--path.procfs", ""]),
-    (["kube-gpu-exporter"], []),
-    (["python3", "-m", "exporter", "--simulate"], ["--simulate"]),
+    ([*AGENT, "--path.procfs=/host/proc", "--kubernetes.enabled", "--path.procfs", ""],
+     (["--path.procfs=/host/proc", "--kubernetes.enabled", "--path.procfs", ""], 1)),
+    (["kube-gpu-exporter"], ([], 1)),
+    (["python3", "-m", "exporter", "--simulate"], (["--simulate"], 1)),
     (["kube-gpu-exporter", "check", "--output=json"], None),  # the check itself as pid 1
     (["/sbin/init", "splash"], None),
 ])
 def test_the_running_agents_flags_come_from_pid_1(tmp_path, cmdline, args):
-    (tmp_path / "1").mkdir()
-    (tmp_path / "1" / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
+    fake_process(tmp_path, 1, cmdline)
+    (tmp_path / "self").symlink_to("1")
     assert running_agent_args(str(tmp_path)) == args
+
+
+def test_under_host_pid_the_agent_is_the_one_in_this_mount_namespace(tmp_path):
+    """hostPID: true: pid 1 is the node's init; the agent of this container shares its mounts."""
+    fake_process(tmp_path, 1, ["/sbin/init"], "mnt:[1]")
+    fake_process(tmp_path, 300, [*AGENT, "--once"], "mnt:[2]")  # an agent in another container
+    fake_process(tmp_path, 4000, [*AGENT, "--path.procfs=/host/proc"], "mnt:[3]")
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "ns").mkdir()
+    (tmp_path / "self" / "ns" / "mnt").symlink_to("mnt:[3]")
+    assert running_agent_args(str(tmp_path)) == (["--path.procfs=/host/proc"], 4000)
 
 
 def test_without_flags_in_the_agents_container_it_checks_the_running_configuration(fake_nvml):
@@ -719,6 +738,6 @@ def test_without_flags_in_the_agents_container_it_checks_the_running_configurati
     finally:
         stop_process(agent)
     document = json.loads(done.stdout)
-    assert document["flags"]["from"] == "running agent (pid 1)", done.stderr
+    assert document["flags"]["from"] == "running agent" and document["flags"]["pid"] == 1, done.stderr
     assert document["simulated"] is True and "--no-kubelet.enabled" in document["flags"]["args"]
     assert {c["id"]: c["status"] for c in document["checks"]}["kubelet"] == SKIPPED

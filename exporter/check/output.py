@@ -13,8 +13,9 @@ _TITLE_WIDTH = 25
 
 
 def text(report: Report) -> str:
+    source = f"the {report.flags_from}" + (f" (pid {report.agent_pid})" if report.agent_pid else "")
     head = (f"kube-gpu-exporter {report.version} check on node {report.node or '(unnamed)'} at {report.time}, flags "
-            f"from the {report.flags_from}")
+            f"from {source}")
     lines = [head]
     if report.simulated:
         lines.append("simulated node (--simulate): rows marked [simulated] come from the scenario, not from a real "
@@ -42,7 +43,7 @@ def as_dict(report: Report) -> dict[str, Any]:
         "time": report.time,
         "seconds": round(report.seconds, 3),
         "simulated": report.simulated,
-        "flags": {"from": report.flags_from, "args": list(report.args)},
+        "flags": {"from": report.flags_from, "pid": report.agent_pid, "args": list(report.args)},
         "status": report.status,
         "exit_code": report.exit_code,
         "counts": report.counts(),

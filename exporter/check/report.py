@@ -72,7 +72,8 @@ class Report:
     version: str
     node: str
     simulated: bool
-    flags_from: str  # "command line" or "running agent (pid 1)"
+    flags_from: str  # "command line" or "running agent"
+    agent_pid: int | None  # the running agent whose flags were taken
     args: tuple[str, ...]
     time: str  # RFC 3339, UTC
     seconds: float

@@ -11,8 +11,9 @@ and the event loop's executor makes daemon threads too (aiohttp's DNS look-ups):
 hangs costs its row, never the command's exit.
 
 Run inside the agent's container with no flag of the agent (``kubectl exec ds/kube-gpu-exporter
--- kube-gpu-exporter check``), it takes the running agent's flags from ``/proc/1/cmdline``: the
-environment is the container's already, so the check sees exactly the running configuration.
+-- kube-gpu-exporter check``), it takes the running agent's flags from its command line
+(``/proc/1/cmdline``, or the agent's process in the same mount namespace under ``hostPID: true``):
+the environment is the container's already, so the check sees exactly the running configuration.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .web import check_web
 
 EXIT_USAGE = 2
 PROG = "kube-gpu-exporter check"
-FROM_COMMAND_LINE, FROM_PID1 = "command line", "running agent (pid 1)"
+FROM_COMMAND_LINE, FROM_AGENT = "command line", "running agent"
 #: The agent's NVML backend polls for XID registrations this often (ms): the check waits for them.
 XID_POLL_MS = 100
 
@@ -63,13 +64,10 @@ def _parser(with_agent_flags: bool) -> argparse.ArgumentParser:
     return parser
 
 
-def running_agent_args(proc: str = "/proc", pid: int = 1) -> list[str] | None:
-    """The flags of the agent running as ``pid`` (its container's pid 1), or None when that is not
-    the agent (a node's init, or this very command)."""
-    if os.getpid() == pid:
-        return None
+def _agent_args(proc: str, pid: str) -> list[str] | None:
+    """The flags of process ``pid`` if it is the agent (not a ``check``), else None."""
     try:
-        raw = Path(proc, str(pid), "cmdline").read_bytes()
+        raw = Path(proc, pid, "cmdline").read_bytes()
     except OSError:
         return None
     argv = [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
@@ -83,6 +81,31 @@ def running_agent_args(proc: str = "/proc", pid: int = 1) -> list[str] | None:
     else:
         return None
     return None if rest[:1] == ["check"] else rest
+
+
+def _mount_namespace(proc: str, pid: str) -> str | None:
+    try:
+        return os.readlink(os.path.join(proc, pid, "ns", "mnt"))
+    except OSError:
+        return None
+
+
+def running_agent_args(proc: str = "/proc") -> tuple[list[str], int] | None:
+    """The flags and pid of the agent running beside this command: pid 1 of its container, or,
+    where the container shares the host's pid namespace (``hostPID: true``), the agent process
+    in this process's mount namespace (the same container). None when there is none."""
+    own = _mount_namespace(proc, "self")
+    try:
+        others = sorted((p for p in os.listdir(proc) if p.isdigit() and p != "1"), key=int)
+    except OSError:
+        others = []
+    for pid in ["1", *others]:
+        if int(pid) == os.getpid():
+            continue
+        args = _agent_args(proc, pid)
+        if args is not None and (pid == "1" or (own is not None and _mount_namespace(proc, pid) == own)):
+            return args, int(pid)
+    return None
 
 
 class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -120,7 +143,7 @@ async def _guarded(section: str, work: Awaitable[list[Check]]) -> list[Check]:
 
 
 async def run_checks(config: Config, *, scenario: Any = None, flags_from: str = FROM_COMMAND_LINE,
-                     args: Sequence[str] = ()) -> Report:
+                     agent_pid: int | None = None, args: Sequence[str] = ()) -> Report:
     """Every section's rows. ``scenario``: the loaded scenario of ``--simulate`` (loaded here if None)."""
     asyncio.get_running_loop().set_default_executor(DaemonExecutor())
     started = time.monotonic()
@@ -168,7 +191,7 @@ async def run_checks(config: Config, *, scenario: Any = None, flags_from: str = 
         _guarded("web", web_rows()),
     )
     return Report(version=__version__, node=node, simulated=config.simulate, flags_from=flags_from,
-                  args=tuple(args), time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), seconds=time.monotonic() - started,
+                  agent_pid=agent_pid, args=tuple(args), time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), seconds=time.monotonic() - started,
                   sections=tuple(Section(name, tuple(checks)) for name, checks in zip(SECTIONS, rows, strict=True)))
 
 
@@ -177,9 +200,9 @@ def main(argv: Sequence[str], *, setup_logging: Callable[[Config], None] | None 
     if own.help:
         _parser(with_agent_flags=True).print_help()
         return 0
-    flags_from = FROM_COMMAND_LINE
-    if not agent_args and (inherited := running_agent_args()) is not None:
-        agent_args, flags_from = inherited, FROM_PID1
+    flags_from, agent_pid = FROM_COMMAND_LINE, None
+    if not agent_args and (running := running_agent_args()) is not None:
+        (agent_args, agent_pid), flags_from = running, FROM_AGENT
     try:
         config = parse_config(agent_args)
     except ConfigError as exc:
@@ -198,7 +221,8 @@ def main(argv: Sequence[str], *, setup_logging: Callable[[Config], None] | None 
     # The rows say what the log would: only errors go to stderr, unless --log.level=debug.
     if setup_logging is not None:
         setup_logging(dataclasses.replace(config, log_level="debug" if config.log_level == "debug" else "error"))
-    report = asyncio.run(run_checks(config, scenario=scenario, flags_from=flags_from, args=agent_args))
+    report = asyncio.run(run_checks(config, scenario=scenario, flags_from=flags_from, agent_pid=agent_pid,
+                                    args=agent_args))
     sys.stdout.write(output.as_json(report) if own.output == "json" else output.text(report))
     sys.stdout.flush()
     return report.exit_code
