@@ -191,7 +191,8 @@ async def run_checks(config: Config, *, scenario: Any = None, flags_from: str = 
         _guarded("web", web_rows()),
     )
     return Report(version=__version__, node=node, simulated=config.simulate, flags_from=flags_from,
-                  agent_pid=agent_pid, args=tuple(args), time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), seconds=time.monotonic() - started,
+                  agent_pid=agent_pid, args=tuple(args), time=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  seconds=time.monotonic() - started,
                   sections=tuple(Section(name, tuple(checks)) for name, checks in zip(SECTIONS, rows, strict=True)))
 
 
