@@ -681,6 +681,13 @@ def test_the_schema_names_the_query_groups_the_agent_reads():
     assert SCHEMA["$defs"]["group"]["properties"]["name"]["enum"] == list(GROUPS)
 
 
+async def test_a_variable_no_flag_reads_is_degraded(fake_nvml):
+    report = await check(*NVML_ONLY, environ={"KUBE_GPU_EXPORTER_COLLECTOR_INTERVALL": "5"})
+    row = rows(report)["config"]
+    assert row.status == DEGRADED and "KUBE_GPU_EXPORTER_COLLECTOR_INTERVAL?" in row.seen
+    assert rows(await check(*NVML_ONLY))["config"].status == OK
+
+
 def test_a_not_ok_row_needs_its_cause_and_fix():
     with pytest.raises(ValueError):
         Check("x", "x", DEGRADED, "seen")

@@ -27,7 +27,7 @@ _RANK = {SKIPPED: 0, OK: 1, DEGRADED: 2, FAILED: 3}
 EXIT_OK, EXIT_FAILED = 0, 1
 
 #: The sections, in the order they are printed.
-SECTIONS = ("NVML", "processes", "kubelet", "API server", "Alertmanager", "web")
+SECTIONS = ("configuration", "NVML", "processes", "kubelet", "API server", "Alertmanager", "web")
 
 
 @dataclass(frozen=True, slots=True)

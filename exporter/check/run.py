@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 from .. import __version__
-from ..config import Config, ConfigError, get_parser, parse_config
+from ..config import ENV_PREFIX, Config, ConfigError, get_parser, parse_config
 from ..model.gpu import GpuSnapshot
 from . import output
 from .alertmanager import check_alertmanager
@@ -40,7 +40,7 @@ from .apiserver import check_api_server
 from .kubelet import check_kubelet
 from .nvml import CallLog, NvmlResult, check_nvml
 from .processes import check_processes
-from .report import FAILED, SECTIONS, Check, Report, Section
+from .report import DEGRADED, FAILED, OK, SECTIONS, Check, Report, Section
 from .web import check_web
 
 EXIT_USAGE = 2
@@ -142,6 +142,20 @@ async def _guarded(section: str, work: Awaitable[list[Check]]) -> list[Check]:
                       "report it with this output and the traceback that --log.level=debug prints")]
 
 
+async def configuration_rows(config: Config, flags_from: str, agent_pid: int | None) -> list[Check]:
+    """The flags were valid (or the command exited 2); a ``KUBE_GPU_EXPORTER_*`` variable that no
+    flag reads is often why a value is not what was meant."""
+    source = "the running agent's flags" + (f" (pid {agent_pid})" if agent_pid else "") if flags_from == FROM_AGENT \
+        else "the command line's flags"
+    variables = sorted(k for k in os.environ if k.startswith(ENV_PREFIX))
+    seen = f"valid: {source}" + (f" and {', '.join(variables)}" if variables else ", no KUBE_GPU_EXPORTER_* variable")
+    if config.warnings:
+        return [Check("config", "flags and environment", DEGRADED, f"{seen}; " + "; ".join(config.warnings),
+                      "an environment variable that no flag reads: a typo, or a flag of another version",
+                      "rename it as the message suggests, or remove it (README.md: Flags)")]
+    return [Check("config", "flags and environment", OK, seen)]
+
+
 async def run_checks(config: Config, *, scenario: Any = None, flags_from: str = FROM_COMMAND_LINE,
                      agent_pid: int | None = None, args: Sequence[str] = ()) -> Report:
     """Every section's rows. ``scenario``: the loaded scenario of ``--simulate`` (loaded here if None)."""
@@ -183,6 +197,7 @@ async def run_checks(config: Config, *, scenario: Any = None, flags_from: str = 
         return check_web(config, now)
 
     rows = await asyncio.gather(
+        _guarded("configuration", configuration_rows(config, flags_from, agent_pid)),
         _guarded("NVML", nvml_rows()),
         _guarded("processes", process_rows()),
         _guarded("kubelet", check_kubelet(config, snapshot, lister)),
