@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -736,6 +737,7 @@ def test_without_flags_in_the_agents_container_it_checks_the_running_configurati
                               "exporter", "--simulate", "--no-kubelet.enabled",
                               f"--web.listen-address=127.0.0.1:{free_port()}"],
                              cwd=ROOT, env=fake_nvml.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = ""
     try:
         children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children")
         pid = eventually(lambda: children.read_text().split(), "the agent to start")[0]
@@ -743,6 +745,8 @@ def test_without_flags_in_the_agents_container_it_checks_the_running_configurati
         done = subprocess.run([*enter, sys.executable, "-m", "exporter", "check", "--output=json"], env=fake_nvml.env,
                               capture_output=True, text=True, timeout=COMMAND_GUARD_SECONDS)
     finally:
+        if pid:
+            os.kill(int(pid), signal.SIGTERM)  # the agent; unshare then exits with it
         stop_process(agent)
     document = json.loads(done.stdout)
     assert document["flags"]["from"] == "running agent" and document["flags"]["pid"] == 1, done.stderr
