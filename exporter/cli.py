@@ -156,7 +156,7 @@ def build_agent(config: Config, *, guard: Guard | None = None,
         pods = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
         if watch_slices:
             slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
-    backend = NvmlBackend(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling)
+    backend = NvmlBackend.configured(config)
     return Agent(config, *build_sources(config, backend, kubelet=kubelet, pods=pods, slices=slices),
                  components=_components(config, guard))
 
@@ -220,6 +220,11 @@ async def serve(agent: Agent, guard: Guard, config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check"]:  # kube-gpu-exporter check [flags]: exporter/check/
+        from .check import main as check
+
+        return check(argv[1:], setup_logging=setup_logging)
     try:
         config = parse_config(argv)
     except ConfigError as exc:

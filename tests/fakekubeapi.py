@@ -17,6 +17,10 @@ its own event loop (so sync tests and a separately started CLI process can both 
   ``GET /apis/apps/v1/namespaces/{ns}/{replicasets,deployments,statefulsets,daemonsets}/{name}``,
   ``GET /apis/batch/v1/namespaces/{ns}/{jobs,cronjobs}/{name}`` -- the object, or a 404
   ``Status``.
+* ``GET /version`` (``.version``); ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews``
+  -- allowed, unless ``deny("replicasets", "get")`` (no verb: every verb) or
+  ``set_resource_error(plural, 401 or 403)`` says otherwise (each review's attributes are kept in
+  ``.access_reviews``); ``POST /apis/authentication.k8s.io/v1/selfsubjectreviews`` -- ``.username``.
 
 Failure switches: ``set_down(True)`` drops every connection (open watches included) until
 ``set_down(False)``; ``set_down(True, status=500)`` (or 403, 401...) answers that status with a
@@ -262,6 +266,10 @@ class FakeKubeApi:
         self._down = False
         self._down_status: int | None = None
         self._resource_errors: dict[str, int] = {}
+        self._denied: set[tuple[str, str]] = set()  # (plural, verb); verb "*": all verbs
+        self.access_reviews: list[dict[str, str]] = []  # spec.resourceAttributes of each review
+        self.username = "system:serviceaccount:kube-gpu-exporter:kube-gpu-exporter"
+        self.version = {"major": "1", "minor": "34", "gitVersion": "v1.34.1-fake", "platform": "linux/amd64"}
         self.requests: list[tuple[str, str]] = []  # (method, path_qs), for assertions
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -318,6 +326,9 @@ class FakeKubeApi:
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get_object)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/{plural}/{name}", self._get_object)
+        app.router.add_get("/version", self._version)
+        app.router.add_post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._access_review)
+        app.router.add_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", self._self_review)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
@@ -407,6 +418,11 @@ class FakeKubeApi:
                 self._resource_errors.pop(plural, None)
 
         self._call(change)
+
+    def deny(self, plural: str, *verbs: str) -> None:
+        """SelfSubjectAccessReviews of ``verbs`` (all verbs when none) on ``plural`` answer not
+        allowed, as for a ClusterRole without that rule."""
+        self._call(self._denied.update, {(plural, verb) for verb in verbs or ("*",)})
 
     def expire_watches(self) -> None:
         """Forget the event history and end open watches: the next watch from an older
@@ -524,6 +540,26 @@ class FakeKubeApi:
         if obj is None:
             return self._error(404, f'{plural} "{name}" not found')
         return web.json_response(obj)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response(self.version)
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        review = await request.json()
+        attributes = review["spec"]["resourceAttributes"]
+        self.access_reviews.append(dict(attributes))
+        plural, verb = attributes.get("resource", ""), attributes.get("verb", "")
+        denied = ({(plural, verb), (plural, "*")} & self._denied
+                  or self._resource_errors.get(plural) in (401, 403))
+        review["status"] = {"allowed": not denied}
+        if denied:
+            review["status"]["reason"] = f'no rule grants {verb} on {plural}'
+        return web.json_response(review, status=201)
+
+    async def _self_review(self, request: web.Request) -> web.Response:
+        review = await request.json()
+        review["status"] = {"userInfo": {"username": self.username, "groups": ["system:serviceaccounts"]}}
+        return web.json_response(review, status=201)
 
     async def _list_pods(self, request: web.Request) -> web.StreamResponse:
         return await self._list(request, "Pod")

@@ -14,6 +14,7 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
 ``count_seconds=S``             nvmlDeviceGetCount takes S s
 ``driver_version``              e.g. ``550.54.15``
 ``cuda_version``                int as NVML gives it: ``12040`` = 12.4
+``nvml_version``                e.g. ``12.550.54.15`` (default: ``12.`` + the driver version)
 ``gpu_count``                   default: highest ``gpu.<i>`` + 1
 ``xid.<seq>=<gpu>:<code>,...``  XID events, queued once when ``seq`` is new (1, 2, 3, ...);
                                 ``<gpu>:<code>:<gi>:<ci>`` for an event on a MIG instance. An

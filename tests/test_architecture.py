@@ -23,7 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     "push": {"model", "catalog", "attribution", "config"},
     "serve": {"model", "catalog", "config", "render", "agent"},
     "agent": {"model", "catalog", "config", "sources", "attribution", "render"},
-    "cli": {"model", "catalog", "config", "sources", "attribution", "render", "serve", "push", "agent"},
+    # kube-gpu-exporter check: reads the sources as the agent does, joins as attribution does
+    "check": {"model", "catalog", "config", "sources", "attribution", "push"},
+    "cli": {"model", "catalog", "config", "sources", "attribution", "render", "serve", "push", "agent", "check"},
     "__main__": {"cli"},
 }
 

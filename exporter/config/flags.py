@@ -79,6 +79,8 @@ def get_parser() -> argparse.ArgumentParser:
         description="Prometheus exporter for the GPUs of a Kubernetes node, attributed to pods. "
         f"Every flag can also be set from the environment ({ENV_PREFIX}<FLAG>, e.g. "
         f"{env_name('--collector.interval')}).",
+        epilog="kube-gpu-exporter check [flags] [--output text|json] checks, with the same flags, what the agent "
+        "needs on this node (kube-gpu-exporter check --help).",
     )
     add = parser.add_argument
     add("--version", action="version", version=f"%(prog)s {__version__}")

@@ -52,6 +52,26 @@ def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def auth_headers(config: Config) -> dict[str, str]:
+    """The Authorization header the --alertmanager.*-file flags ask for, from the files as they are now."""
+    if config.alertmanager_bearer_token_file:
+        token = Path(config.alertmanager_bearer_token_file).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+    if config.alertmanager_basic_auth_file:
+        credentials = Path(config.alertmanager_basic_auth_file).read_text().strip()
+        return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+    return {}
+
+
+def client_session(config: Config) -> aiohttp.ClientSession:
+    """A session with --alertmanager.timeout and, for https://, --alertmanager.tls-ca-file."""
+    ssl_context: ssl.SSLContext | bool = True
+    if config.alertmanager_tls_ca_file:
+        ssl_context = ssl.create_default_context(cafile=config.alertmanager_tls_ca_file)
+    timeout = aiohttp.ClientTimeout(total=config.alertmanager_timeout)
+    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context))
+
+
 def payload(alert: ActiveAlert, ends_at: float) -> dict[str, Any]:
     return {"labels": dict(alert.labels), "annotations": dict(alert.annotations),
             "startsAt": _iso(alert.starts_at), "endsAt": _iso(ends_at)}
@@ -137,11 +157,7 @@ class AlertmanagerNotifier:
     # -- the senders -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        ssl_context: ssl.SSLContext | bool = True
-        if self.config.alertmanager_tls_ca_file:
-            ssl_context = ssl.create_default_context(cafile=self.config.alertmanager_tls_ca_file)
-        timeout = aiohttp.ClientTimeout(total=self.config.alertmanager_timeout)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context))
+        self._session = client_session(self.config)
         for target in self.targets:
             target.task = asyncio.create_task(self._drain(target), name=f"alertmanager {target.url}")
         log.info("pushing critical GPU alerts to %s", ", ".join(target.url for target in self.targets))
@@ -171,7 +187,8 @@ class AlertmanagerNotifier:
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
-                async with self._session.post(target.endpoint, json=batch, headers=self._headers()) as response:
+                headers = auth_headers(self.config)
+                async with self._session.post(target.endpoint, json=batch, headers=headers) as response:
                     if response.status < 300:
                         self._state(target, failing=False, reason="")
                         return True
@@ -193,15 +210,6 @@ class AlertmanagerNotifier:
         elif not failing and target.failing:
             log.info("alertmanager %s: posting alerts works again", target.url)
         target.failing = failing
-
-    def _headers(self) -> dict[str, str]:
-        if self.config.alertmanager_bearer_token_file:
-            token = Path(self.config.alertmanager_bearer_token_file).read_text().strip()
-            return {"Authorization": f"Bearer {token}"}
-        if self.config.alertmanager_basic_auth_file:
-            credentials = Path(self.config.alertmanager_basic_auth_file).read_text().strip()
-            return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
-        return {}
 
     # -- self-metrics ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@
  *   run_id=<str>            new value = fresh run: XID queue and sequence reset
  *   init_error=1            nvmlInitWithFlags fails with NVML_ERROR_DRIVER_NOT_LOADED
  *   init_error_code=<n>     ... or with this nvmlReturn_t
- *   driver_version, cuda_version (int, 12040), gpu_count
+ *   driver_version, cuda_version (int, 12040), nvml_version, gpu_count
  *   init_seconds=s, count_seconds=s   nvmlInit / nvmlDeviceGetCount take s seconds
  *   gpu.<i>.<key>=<value>   per GPU values (name, uuid, temperature, power_mw, ...)
  *   gpu.<i>.lost=1          every call on the GPU returns NVML_ERROR_GPU_IS_LOST
@@ -523,6 +523,19 @@ nvmlReturn_t DECLDIR nvmlSystemGetDriverVersion(char *version, unsigned int leng
     if (r) return r;
     const char *v = get("driver_version");
     LEAVE(copy_str(version, length, v ? v : "550.54.15"));
+}
+
+/* The NVML library's own version: "nvml_version", by default "12." + the driver version. */
+nvmlReturn_t DECLDIR nvmlSystemGetNVMLVersion(char *version, unsigned int length)
+{
+    nvmlReturn_t r = system_enter();
+    if (r) return r;
+    const char *v = get("nvml_version");
+    if (v) LEAVE(copy_str(version, length, v));
+    const char *driver = get("driver_version");
+    char buf[96];
+    snprintf(buf, sizeof buf, "12.%s", driver ? driver : "550.54.15");
+    LEAVE(copy_str(version, length, buf));
 }
 
 static nvmlReturn_t cuda_version(int *out)

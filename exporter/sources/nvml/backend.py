@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pynvml
 
 from ..backend import BackendUnavailable, GpuReadError
 from ...model.gpu import Gpu, GpuIdentity
-from .calls import LOST, NvmlCalls, error_kind
+from .calls import LOST, NvmlCalls, Observer, error_kind
 from .reader import Cadence, GpuReader, GpuState, text
 from .xid import XidWatcher
+
+if TYPE_CHECKING:
+    from ...config import Config
 
 _Result = TypeVar("_Result", GpuIdentity, Gpu)
 
@@ -27,7 +30,8 @@ class NvmlBackend:
     """``GpuBackend`` over NVML. Thread-safe: GPUs may be read in parallel.
 
     ``slow_interval``: seconds between reads of the slow counters (``reader.py``); ``profiling``:
-    GPM metrics where the GPU serves them (``gpm.py``); ``monotonic``: the clock of that cadence.
+    GPM metrics where the GPU serves them (``gpm.py``); ``monotonic``: the clock of that cadence;
+    ``observer``: told of every optional read that did not answer (``calls.py``).
     """
 
     simulated = False
@@ -40,16 +44,23 @@ class NvmlBackend:
         profiling: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._log = logger or logging.getLogger("exporter.sources.nvml")
         self._cadence = Cadence(slow_interval=slow_interval, profiling=profiling, monotonic=monotonic)
-        self._calls = NvmlCalls(self._log)
+        self._calls = NvmlCalls(self._log, observer)
         self._xid = XidWatcher(self._calls, timeout_ms=xid_event_timeout_ms)  # kept: counts survive restarts
         self._lock = threading.Lock()  # guards _gpus
         self._life = threading.Lock()  # serialises start() and stop(): one nvmlInit, one XID thread
         self._started = False
         self._gpus: dict[int, GpuState] = {}
         self._system: dict[str, str] = {}
+        self._xid_error: str | None = None  # why the XID thread could not start
+
+    @classmethod
+    def configured(cls, config: Config, **kwargs: Any) -> "NvmlBackend":
+        """The backend as the config asks for it (the agent's and ``check``'s)."""
+        return cls(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,7 +86,10 @@ class NvmlBackend:
             try:
                 self._xid.start()
             except pynvml.NVMLError as e:
+                self._xid_error = f"no event set: {e}"
                 self._log.warning("XID events unavailable: %s", e)
+            else:
+                self._xid_error = None
 
     def stop(self) -> None:
         """Stop the XID thread (within about one event timeout) and ``nvmlShutdown``. Idempotent."""
@@ -118,6 +132,17 @@ class NvmlBackend:
         ``read_gpu`` so that they stay readable while a GPU is lost (see ``GpuBackend``)."""
         return self._xid.counts()
 
+    def xid_registration(self, uuid: str) -> tuple[str, str]:
+        """Whether GPU ``uuid`` is watched for XID events (``XidWatcher.registration``)."""
+        if self._xid_error is not None:
+            return "failed", self._xid_error
+        return self._xid.registration(uuid)
+
+    @property
+    def system(self) -> dict[str, str]:
+        """Driver, NVML and CUDA versions, as read at start ("" where NVML did not say)."""
+        return dict(self._system)
+
     def _read(self, index: int, read: Callable[[GpuReader], _Result]) -> _Result:
         """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped. Every good read
         (re)submits the GPU for XID events: one whose registration failed is retried."""
@@ -157,11 +182,15 @@ class NvmlBackend:
         current.close()
 
     def _read_system(self) -> dict[str, str]:
-        system = {"driver_version": "", "cuda_version": ""}
+        system = {"driver_version": "", "cuda_version": "", "nvml_version": ""}
         try:
             system["driver_version"] = text(pynvml.nvmlSystemGetDriverVersion())
         except pynvml.NVMLError as e:
             self._log.warning("driver version unknown: %s", e)
+        try:
+            system["nvml_version"] = text(pynvml.nvmlSystemGetNVMLVersion())
+        except pynvml.NVMLError as e:
+            self._log.debug("NVML version unknown: %s", e)
         try:
             v = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
             system["cuda_version"] = f"{v // 1000}.{v % 1000 // 10}"

@@ -12,7 +12,9 @@
   and counted in ``error_counts()``; the GPU stays up, since the rest of its readings are good.
 
 The reader of a GPU, the process lists, GPM and the XID thread all make their calls through one
-``NvmlCalls`` (``required`` or ``optional``), which also counts the errors and logs each once.
+``NvmlCalls`` (``required`` or ``optional``), which also counts the errors and logs each once,
+and tells an ``observer``, when it has one, of every optional read that did not answer
+(``kube-gpu-exporter check`` reports them per query group).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Optional
 
 import pynvml
 
@@ -36,6 +38,10 @@ ERROR_KIND_OF: dict[int, str] = {
 ABSENT = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
 LOST = ERROR_KIND_OF[pynvml.NVML_ERROR_GPU_IS_LOST]
 
+#: ``observer(gpu index, read name, NVML return code, detail)`` for each optional read that did
+#: not answer; the code is None for a read the GPU does not have (whatever NVML answered).
+Observer = Callable[[int, str, Optional[int], str], None]
+
 
 def error_kind(err: pynvml.NVMLError) -> str:
     return ERROR_KIND_OF.get(getattr(err, "value", None), "unknown")
@@ -45,8 +51,9 @@ class NvmlCalls:
     """NVML calls made by the rules above; keeps the error counts and what was logged.
     Thread-safe: GPUs are read in parallel and the XID thread reports here too."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, observer: Observer | None = None) -> None:
         self.log = logger
+        self.observer = observer
         self._lock = threading.Lock()
         self._logged: set[Hashable] = set()
         self._errors: Counter[str] = Counter()
@@ -68,17 +75,21 @@ class NvmlCalls:
 
     def failed(self, index: int, what: str, err: pynvml.NVMLError) -> None:
         """An optional read failed with ``err``: log (once) and count it, or re-raise GPU_IS_LOST."""
-        if err.value == pynvml.NVML_ERROR_GPU_IS_LOST:
-            raise err
         if err.value in ABSENT:
             self.absent(index, what, str(err))
             return
+        if self.observer is not None:
+            self.observer(index, what, err.value, str(err))
+        if err.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise err
         self.count(error_kind(err))
         if self.once((index, what)):
             self.log.warning("GPU %d: reading %s failed: %s; series omitted", index, what, err)
 
     def absent(self, index: int, what: str, detail: str) -> None:
         """The GPU has no ``what``: logged once per GPU at debug."""
+        if self.observer is not None:
+            self.observer(index, what, None, detail)
         if self.once((index, what)):
             self.log.debug("GPU %d: %s not supported (%s)", index, what, detail)
 

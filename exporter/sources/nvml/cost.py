@@ -11,6 +11,7 @@ them on any machine.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -30,6 +31,15 @@ SLOW_FIELD_SECONDS = 0.001
 FAST_BATCH_BUDGET_SECONDS = 0.002
 
 
+_current = threading.local()
+
+
+def current_group() -> str | None:
+    """The query group this thread is reading now (``QueryTimer.group``), None outside one: lets
+    an observer of failed calls (``NvmlCalls``) say which group a call belonged to."""
+    return getattr(_current, "group", None)
+
+
 class QueryTimer:
     """Seconds spent per query group during one read of one GPU; every group is present (0 when
     it did not run in this read), so that the exported series stay put from cycle to cycle."""
@@ -39,11 +49,13 @@ class QueryTimer:
 
     @contextmanager
     def group(self, name: str) -> Iterator[None]:
+        outer, _current.group = current_group(), name
         started = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            _current.group = outer
 
     def total(self) -> float:
         return sum(self.seconds.values())

@@ -46,6 +46,7 @@ class _Run:
     pending: dict[int, tuple[str, Any]] = field(default_factory=dict)
     uuid_by_handle: dict[int, str] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)  # NOT_SUPPORTED: not asked again this run
+    outcome: dict[str, tuple[str, str]] = field(default_factory=dict)  # by uuid: see registration()
 
 
 class XidWatcher:
@@ -108,6 +109,17 @@ class XidWatcher:
             if run is None or key in run.uuid_by_handle or key in run.refused or key in run.pending:
                 return
             run.pending[key] = (uuid, handle)
+            run.outcome.setdefault(uuid, ("pending", ""))
+
+    def registration(self, uuid: str) -> tuple[str, str]:
+        """How GPU ``uuid`` stands in this run, and why: ``watched``; ``pending`` (queued, or
+        never asked); ``not_supported`` or ``failed`` (retried at its next read), with NVML's
+        answer; ``not_running`` (no thread). For ``kube-gpu-exporter check``."""
+        with self._lock:
+            run = self._run
+            if run is None:
+                return "not_running", ""
+            return run.outcome.get(uuid, ("pending", ""))
 
     # -- results ---------------------------------------------------------------------------
     def counts(self) -> dict[tuple[str, int], int]:
@@ -145,11 +157,15 @@ class XidWatcher:
                 continue
             with self._lock:
                 run.uuid_by_handle[key] = uuid
+                run.outcome[uuid] = ("watched", "")
 
     def _refused(self, run: _Run, key: int, uuid: str, err: pynvml.NVMLError) -> None:
-        if err.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
-            with self._lock:
+        unsupported = err.value == pynvml.NVML_ERROR_NOT_SUPPORTED
+        with self._lock:
+            run.outcome[uuid] = ("not_supported" if unsupported else "failed", str(err))
+            if unsupported:
                 run.refused.add(key)
+        if unsupported:
             if self._calls.once(("xid_unsupported", uuid)):
                 self._log.warning("GPU %s: XID events not supported; its XIDs are not counted", uuid)
             return
