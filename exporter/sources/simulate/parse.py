@@ -133,9 +133,9 @@ class _Problems:
         return [(path + (key, i), v) for i, v in enumerate(values) if path + (key, i) not in self._broken] \
             if isinstance(values, list) else []
 
-    def ok(self, path: schema.Path, *keys: str) -> bool:
-        """Whether the value at ``path`` (or each of its ``keys``) broke no rule of the schema."""
-        return all(path + key not in self._broken for key in ([(k,) for k in keys] or [()]))
+    def ok(self, *paths: schema.Path) -> bool:
+        """Whether the values at ``paths`` (and everything in them) broke no rule of the schema."""
+        return not any(path in self._broken for path in paths)
 
     def raise_any(self, source: str) -> None:
         """Raise every problem, in the order of the file, if there is any."""
@@ -165,7 +165,8 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         p.raise_any(source)
     top = schema.with_defaults(schema.plain(data), "")
     node = top.get("node") if p.ok(("node",)) else None
-    seed, name = top["seed"] if p.ok((), "seed") else 0, node["name"] if node else ""
+    name = node["name"] if node else ""
+    seed = top["seed"] if p.ok(("seed",)) else 0
     gpus: list[GpuSpec | None] = [None] * len(top["gpus"]) if isinstance(top.get("gpus"), list) else []
     uuids: dict[str, schema.Path] = {}
     for path, raw in p.items(top, "gpus"):
@@ -177,7 +178,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
             uuids.setdefault(uuid, uuid_path)
     pods = _pods(p, top, gpus, name, seed)
     faults = top["faults"] if isinstance(top.get("faults"), dict) else {}
-    repeat_every = faults.get("repeat_every") if p.ok(("faults",), "repeat_every") else None
+    repeat_every = faults.get("repeat_every") if p.ok(("faults", "repeat_every")) else None
     events = [_fault(p, schema.with_defaults(e, e["kind"]), path, gpus, repeat_every)
               for path, e in p.items(faults, "events", ("faults",))]
     p.raise_any(source)
@@ -241,7 +242,7 @@ def _pods(p: _Problems, top: dict, gpus: list[GpuSpec | None], node: str, seed: 
     mem_use: dict[str, int] = {}
     util_use: dict[int, float] = {}
     for path, pod in p.items(top, "pods"):
-        if not p.ok(path, "namespace", "name", "uid"):
+        if not p.ok(*(path + (key,) for key in ("namespace", "name", "uid"))):
             continue  # its containers are checked once it has a name
         ns, name = pod["namespace"], pod["name"]
         if (ns, name) in names:
