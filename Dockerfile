@@ -5,7 +5,7 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
 
 # -- build: the package and its dependencies, from the checkout, into a virtual environment.
-# Every dependency ships wheels (aiohttp, grpclib, protobuf, pyyaml, cryptography): no compiler is needed here
+# Every dependency ships wheels (aiohttp, grpclib, protobuf, pyyaml, cryptography, jsonschema): no compiler is needed here
 # either, and the final stage gets only the environment.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \

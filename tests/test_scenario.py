@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
+from exporter.model.vocabulary import COMPUTE_MODES, NVLINK_ERROR_TYPES, SHARED_GPU_RESOURCE
 from exporter.sources.simulate import ScenarioError, load_scenario, load_scenario_text, parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATE = ROOT / "exporter" / "sources" / "simulate"
 
 SMALL = """
     node: {name: n1}
@@ -48,7 +56,7 @@ def test_bad_scenario_lists_every_problem():
     message = str(err.value)
     expected = [
         "node.drivr_version: unknown key",
-        "gpus[0].mig[0].profile: unknown profile 'x'",
+        "gpus[0].mig[0].profile: expected a MIG profile like 1g.10gb, 3g.40gb, 7g.80gb, got string 'x'",
         "gpus[1].load.pattern: unknown value 'wobble'",
         "pods[0].containers[0].devices[0]: gpu 7 does not exist",
         "faults.events[0].duration: required for thermal",
@@ -186,3 +194,74 @@ def test_compute_modes_are_the_vocabulary_s():
     """)
     assert problem == ("gpus[0].compute_mode: unknown value 'exclusive' "
                        "(one of: default, exclusive_thread, prohibited, exclusive_process)")
+
+
+def test_problems_come_in_the_order_of_the_file():
+    """The schema's problems and the cross-checks' interleave as the file reads, not as they were found."""
+    paths = [p.split(":", 1)[0] for p in problems_of("""
+        node: {name: n1}
+        gpus:
+          - {model: NVIDIA H200, uuid: nope, memory: 40 gigs}
+          - {model: NVIDIA H200, nvlink_links: 19}
+        pods: [{namespace: a, name: p, containers: [{name: c, resource: nvidia.com/gpu, devices: [5]}]}]
+        seed: x
+    """)]
+    assert paths == ["gpus[0].uuid", "gpus[0].memory", "gpus[1].nvlink_links", "pods[0].containers[0].devices[0]",
+                     "seed"]
+
+
+def test_counts_are_integers_and_every_number_finite():
+    """YAML has 1.0, .inf and .nan; a scenario takes none of them where they would change what is meant."""
+    problems = problems_of("""
+        node: {name: n1}
+        gpus:
+          - {model: NVIDIA H200, nvlink_links: 1.0, memory: 1.5, power_limit: .inf}
+          - {model: NVIDIA H200, load: constant}
+        pods:
+          - namespace: a
+            name: p
+            labels: {on: call}
+            containers: [{name: c, resource: nvidia.com/gpu, devices: [1]}]
+    """)
+    assert problems == [
+        "gpus[0].nvlink_links: expected an integer, got the number 1.0",
+        "gpus[0].memory: expected a size in bytes or like '40GiB', got the number 1.5",
+        "gpus[0].power_limit: expected a finite number, got the number .inf",
+        "gpus[1].load: pattern constant needs a level: write load: {pattern: constant, level: <0..1>}",
+        "pods[0].labels.True: expected a string, got boolean True",  # YAML 1.1 reads `on` as true
+    ]
+
+
+def test_the_schema_is_the_file_editors_check_against():
+    """``scenario.schema.json`` is a plain JSON Schema (draft 7, what editors support best): the files the
+    project ships pass it without the agent's own checks, and it names the agent's own vocabulary."""
+    schema = json.loads((SIMULATE / "scenario.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    editor = jsonschema.Draft7Validator(schema)
+    default = (SIMULATE / "default.yaml").read_text()
+    assert "# yaml-language-server: $schema=scenario.schema.json\n" in default
+    example = (ROOT / "docs" / "scenarios.md").read_text().split("## Example")[1].split("```yaml")[1].split("```")[0]
+    for text in (default, example):
+        assert not list(editor.iter_errors(yaml.safe_load(text)))
+    assert not list(editor.iter_errors({"node": {"name": "n"}, "gpus": [{"model": "x", "load": "idle"}], "pods": None}))
+    assert list(editor.iter_errors({"node": {"name": "n"}, "gpus": [{"model": "x", "memroy": "1GiB"}]}))
+
+    definitions = schema["definitions"]
+    assert definitions["gpu"]["properties"]["compute_mode"]["enum"] == list(COMPUTE_MODES)
+    assert definitions["nvlink_errors"]["properties"]["type"]["enum"] == list(NVLINK_ERROR_TYPES)
+    assert definitions["sharing"]["properties"]["resource"]["default"] == SHARED_GPU_RESOURCE
+    kinds = definitions["event"]["properties"]["kind"]["enum"]
+    assert [rule["if"]["properties"]["kind"]["const"] for rule in definitions["event"]["allOf"]] == kinds
+    assert all(definitions[kind]["title"] == kind for kind in kinds)
+
+
+def test_only_a_simulation_loads_jsonschema():
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import exporter.cli
+        assert "jsonschema" not in sys.modules
+        from exporter.sources import simulate
+        simulate.load_scenario(None)
+        assert "jsonschema" in sys.modules
+    """)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

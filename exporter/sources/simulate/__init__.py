@@ -3,9 +3,9 @@
     scenario = load_scenario(None)          # the built-in default.yaml; or a path
     backend = SimulatedBackend(scenario)    # a GpuBackend; backend.cluster is the Kubernetes side
 
-Modules: ``scenario`` (the model), ``checker`` and ``parse`` (file -> checked ``Scenario``),
-``gpu`` (one GPU's readings over time), ``backend`` (the ``GpuBackend``), ``sources`` (the
-kubelet, API server and procfs adapters).
+Modules: ``scenario`` (the model), ``scenario.schema.json`` and ``schema`` (a file's shape),
+``parse`` (file -> checked ``Scenario``), ``gpu`` (one GPU's readings over time), ``backend`` (the
+``GpuBackend``), ``sources`` (the kubelet, API server and procfs adapters).
 """
 
 from .backend import SimulatedBackend, SimulatedGpuLost

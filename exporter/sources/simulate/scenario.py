@@ -2,8 +2,9 @@
 
 A scenario is a YAML document describing one node: its GPUs (model, memory, MIG layout,
 sharing), the pods holding them, the processes those pods run, how busy each GPU is over time
-and a schedule of faults. ``docs/scenarios.md`` describes every key; ``parse.py`` turns a file
-into these objects, having checked every value, so that nothing here needs to check again.
+and a schedule of faults. ``docs/scenarios.md`` describes every key, ``scenario.schema.json`` their
+shape; ``parse.py`` turns a file into these objects, having checked every value, so that nothing
+here needs to check again.
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ from ...model.vocabulary import BYTES_PER_KIB, MIG_RESOURCE_PREFIX
 
 __all__ = [
     "Scenario", "NodeSpec", "GpuSpec", "MigSpec", "SharingSpec", "LoadSpec", "PodSpec", "ContainerSpec",
-    "DeviceRef", "ProcessSpec", "FaultSpec", "ModelDefaults", "model_defaults",
-    "FAULT_KINDS", "LOAD_PATTERNS", "SHARING_STRATEGIES", "MiB",
+    "DeviceRef", "ProcessSpec", "FaultSpec", "ModelDefaults", "model_defaults", "MiB",
 ]
-
-LOAD_PATTERNS = ("idle", "constant", "sine", "ramp", "square", "bursty")
-FAULT_KINDS = ("xid", "ecc", "thermal", "power_cap", "gpu_lost", "row_remap", "pcie_replay",
-               "nvlink_errors", "nvlink_down")
-SHARING_STRATEGIES = ("time-slicing", "mps")
 
 MiB = BYTES_PER_KIB ** 2
 
@@ -93,16 +88,16 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    """Busy-ness of a GPU over time, 0..1 (see ``docs/scenarios.md``)."""
+    """Busy-ness of a GPU over time, 0..1 (see ``docs/scenarios.md``; the defaults are the schema's)."""
 
-    pattern: str = "idle"
-    level: float = 0.0
-    min: float = 0.0
-    max: float = 1.0
-    period: float = 300.0
-    phase: float = 0.0
-    duty: float = 0.5
-    noise: float = 0.0
+    pattern: str
+    level: float
+    min: float
+    max: float
+    period: float
+    phase: float
+    duty: float
+    noise: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +120,7 @@ class MigSpec:
 
 @dataclass(frozen=True, slots=True)
 class SharingSpec:
-    strategy: str  # SHARING_STRATEGIES
+    strategy: str  # time-slicing, mps
     replicas: int
     resource: str
 
@@ -202,7 +197,7 @@ class PodSpec:
 
 @dataclass(frozen=True, slots=True)
 class FaultSpec:
-    kind: str  # FAULT_KINDS
+    kind: str  # the schema's event kinds: xid, ecc, thermal, ...
     gpu: int
     at: float
     duration: float | None = None
