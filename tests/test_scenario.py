@@ -134,7 +134,7 @@ def test_the_node_has_a_name():
     """It names the node on the status page and in pushed alerts unless --kubernetes.node-name does."""
     with pytest.raises(ScenarioError) as err:
         parse_scenario({"node": {"name": " "}, "gpus": [{"model": "NVIDIA H200"}]})
-    assert err.value.problems == ["node.name: must not be empty"]
+    assert err.value.problems == ["node.name: must not be empty, got string ' '"]
 
 
 def test_unreadable_and_invalid_yaml_are_scenario_errors(tmp_path):
