@@ -34,7 +34,7 @@ no bookmark); ``hold("jobs")`` keeps GETs of one resource waiting until ``releas
 
 Observation: ``requests`` (every request's method and path); ``calls`` (every request as a
 :class:`Call`: verb ``list``/``watch``/``get``, resource, resourceVersion asked for) and
-``count(verb, resource)``; ``request_count(prefix)``; ``watching_since(rv)`` (a watch is open
+``count(verb, resource)``; ``request_count(prefix)``; ``open_watches()``; ``watching_since(rv)`` (a watch is open
 from ``rv`` or later: a list since then has finished); ``max_in_flight[resource]`` (the most GETs
 of a resource answered at once); ``bookmarks_sent``.
 
@@ -511,6 +511,10 @@ class FakeKubeApi:
             int(r.query.get("resourceVersion") or 0) >= resource_version
             for r in self._open_watches.values() if r.path.endswith("/pods")
         ))
+
+    def open_watches(self) -> int:
+        """Watches open now (what the API server holds for its clients)."""
+        return self._call(lambda: len(self._open_watches))
 
     def watching_slices_since(self, resource_version: int) -> bool:
         """:meth:`watching_since` for the ResourceSlice watch."""

@@ -126,6 +126,34 @@ async def test_owners_resolved(fake_kube_api: FakeKubeApi, make_watcher) -> None
     assert {c.resource_version for c in gets} == {"0"}
 
 
+async def test_every_request_is_one_the_cluster_role_allows(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    """Least privilege, checked against what the client really sends: the ClusterRole of
+    daemonset.yaml allows every request, and nothing more is in it."""
+    import yaml
+
+    role = next(d for d in yaml.safe_load_all((ROOT / "daemonset.yaml").read_text()) if d and d["kind"] == "ClusterRole")
+    allowed = {(verb, resource) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    api = fake_kube_api
+    api.add_replicaset("ml", "web-5f6d7c", owner=("Deployment", "web"))
+    api.add_job("ml", "nightly-1", owner=("CronJob", "nightly"))
+    api.add_pod(make_pod("ml", "web-5f6d7c-a", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
+    api.add_pod(make_pod("ml", "nightly-1-a", node=NODE, owner=("Job", "nightly-1")))
+    w = await make_watcher(watch_timeout_seconds=(1, 1), relist_seconds=0.5)
+    from exporter.sources.kube import SliceWatcher
+
+    slices = SliceWatcher(NODE, ("gpu.nvidia.com",), api=w.api, backoff_initial=0.05)
+    await slices.start()
+    try:
+        await wait_for(lambda: len(pod_calls(api, "list")) >= 2 and api.count("watch", "resourceslices") >= 1)
+        api.expire_watches()  # and a list after a 410
+        await wait_for(lambda: w.error_counts()["gone"] >= 1 and w.connected)
+    finally:
+        await slices.stop()
+    used = {(c.verb, c.resource) for c in api.calls}
+    assert used == allowed == {("list", "pods"), ("watch", "pods"), ("get", "replicasets"), ("get", "jobs"),
+                               ("list", "resourceslices"), ("watch", "resourceslices")}
+
+
 async def test_one_owner_lookup_per_replicaset_or_job_not_per_pod(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     api = fake_kube_api
     api.add_replicaset("ml", "web-5f6d7c", owner=("Deployment", "web"))

@@ -9,6 +9,8 @@ Two ways to find and authenticate to it:
   is a bound token that the kubelet rotates in the file (it expires): it is read again every
   minute, as client-go does, and at once after a 401, after which the request is retried once.
   The CA file is read again with it, so a rotated cluster CA is picked up by the next connection.
+  Proxies from the environment (``HTTPS_PROXY``) are not used: the service address is reached
+  directly, as from any pod.
 * **A kubeconfig file** (``--kubernetes.kubeconfig``, for development): the ``kubernetes``
   package, imported normally, loads it (contexts, exec plugins, OIDC, client certificates);
   its configuration's server, TLS files, proxy and authorization header (refreshed by its own
