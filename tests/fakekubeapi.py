@@ -30,7 +30,7 @@ Failure switches: ``set_down(True)`` drops every connection (open watches includ
 ``expire_watches()`` forgets the event history and ends open watches, so the next watch from an
 old resourceVersion gets 410 Gone; ``drop_watches()`` cuts open watches (a disconnect: the
 history stays, a watch resumes); ``stall_watches(True)`` keeps them open but silent (no event,
-no bookmark); ``hold("jobs")`` keeps GETs of one resource waiting until ``release("jobs")``.
+no bookmark); ``end_watches_at_once(True)`` answers new ones with an empty stream; ``hold("jobs")`` keeps GETs of one resource waiting until ``release("jobs")``.
 
 Observation: ``requests`` (every request's method and path); ``calls`` (every request as a
 :class:`Call`: verb ``list``/``watch``/``get``, resource, resourceVersion asked for) and
@@ -298,6 +298,7 @@ class FakeKubeApi:
         self._in_flight: Counter[str] = Counter()
         self.max_in_flight: Counter[str] = Counter()
         self._stalled = False
+        self._short_watches = False
         self.bookmarks_sent = 0
         self.requests: list[tuple[str, str]] = []  # (method, path_qs), for assertions
         self.calls: list[Call] = []
@@ -455,6 +456,13 @@ class FakeKubeApi:
     def drop_watches(self) -> None:
         """Cut every open watch's connection (a disconnect; the history stays)."""
         self._call(self._close_watches)
+
+    def end_watches_at_once(self, short: bool = True) -> None:
+        """New watches are answered 200 and ended at once, without an event (a broken proxy)."""
+        def change() -> None:
+            self._short_watches = short
+
+        self._call(change)
 
     def stall_watches(self, stalled: bool = True) -> None:
         """Open watches (and new ones) send nothing, not even bookmarks, until unstalled."""
@@ -691,6 +699,9 @@ class FakeKubeApi:
         self._open_watches[id(request)] = request
         try:
             await resp.prepare(request)
+            if self._short_watches:
+                await resp.write_eof()
+                return resp
             if gone:
                 status = _status(410, "Expired", f"too old resource version: {rv_text}")
                 await resp.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")

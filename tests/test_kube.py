@@ -302,11 +302,28 @@ async def test_a_silent_watch_is_cut_after_the_read_timeout_and_resumed(fake_kub
     assert len(pod_calls(api, "list")) == 1
 
 
+async def test_watches_that_end_at_once_are_backed_off(fake_kube_api: FakeKubeApi, make_watcher) -> None:
+    """A proxy that ends every stream at once must not make the agent spin: such a watch counts as
+    an error and the next one waits a backoff."""
+    api = fake_kube_api
+    api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
+    w = await make_watcher(backoff_initial=0.2, backoff_max=0.4)
+    await wait_for(relisted(api))
+    api.end_watches_at_once(True)
+    api.drop_watches()
+    await asyncio.sleep(2)
+    assert 2 <= w.error_counts()["unavailable"] <= 12  # a backoff of 0.1-0.6 s each, not thousands
+    assert len(pod_calls(api, "watch")) <= 14 and len(pod_calls(api, "list")) == 1
+    api.end_watches_at_once(False)
+    api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
+    await wait_for(lambda: w.connected and "u-b" in w.pods())
+
+
 async def test_gone_relists_from_the_last_version(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher()
-    await wait_for(lambda: w.connected and "u-a" in w.pods())
+    await wait_for(lambda: w.connected and "u-a" in w.pods() and api.bookmarks_sent >= 1)  # a watch well on
     known = w.resource_version
     api.expire_watches()  # history compacted; the watch ends; re-watch from old rv -> 410
     await wait_for(lambda: w.error_counts()["gone"] >= 1)

@@ -76,6 +76,12 @@ def error_kind(exc: BaseException) -> str:
     return "invalid_response"  # InvalidResponse, and anything unforeseen
 
 
+class ShortWatch(ConnectionError):
+    """A watch the server ended at once without an event: counted as ``unavailable`` and backed
+    off, so that a proxy that closes every stream cannot make the agent spin (client-go's
+    reflector does the same)."""
+
+
 def _too_large(exc: BaseException) -> bool:
     """An API server whose cache is behind the resourceVersion asked for."""
     return isinstance(exc, ApiError) and "ResourceVersionTooLarge" in exc.causes
@@ -284,13 +290,17 @@ class ListWatcher:
         timeout = int(random.uniform(*self._watch_timeout))
         query = [("fieldSelector", self._field_selector), ("allowWatchBookmarks", "true"),
                  ("resourceVersion", self.resource_version or "0"), ("timeoutSeconds", str(timeout))]
+        started, events = time.monotonic(), 0
         stream = await self.api.watch(self._path, query, read_timeout=self._read_timeout)
         try:
             self._connected = True
             async for event in stream:
+                events += 1
                 self._handle_event(event)
         finally:
             stream.close()
+        if events == 0 and time.monotonic() - started < 1.0:
+            raise ShortWatch("the watch ended at once, without an event")
 
     def _handle_event(self, event: Mapping[str, Any]) -> None:
         etype, obj = event["type"], event["object"]
