@@ -57,7 +57,7 @@ class Source(Generic[T]):
     background: bool = False
 
     async def start(self) -> None:
-        """Begin (a watch starts its thread). Raises when it cannot run at all, e.g. no API-server
+        """Begin (a watch starts its task). Raises when it cannot run at all, e.g. no API-server
         configuration: the agent counts that as kind ``config`` and goes on without it."""
 
     async def wait_ready(self, timeout: float) -> bool:

@@ -95,6 +95,8 @@ class Credentials:
     """Where the API server is and how to authenticate to it."""
 
     server: str = ""
+    proxy: str | None = None  # an HTTP proxy (a kubeconfig's proxy-url)
+    server_hostname: str | None = None  # the name to verify the certificate against (tls-server-name)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for new connections (None: plain HTTP, or the default)."""
@@ -107,9 +109,6 @@ class Credentials:
     def unauthorized(self) -> bool:
         """A request got 401: forget what may be stale. True if retrying may help."""
         return False
-
-    proxy: str | None = None
-    server_hostname: str | None = None
 
 
 class InCluster(Credentials):
