@@ -15,11 +15,12 @@ RUN python -m venv --without-pip /opt/kube-gpu-exporter
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
-# The kubernetes extra: the DaemonSet runs with --kubernetes.enabled. Bytecode is compiled now:
-# the root filesystem is read-only at run time. The versions are pyproject.toml's ranges, the
-# ones the tests ran against (DL3013 asks for ==pins on named packages; this is the checkout).
+# No kubernetes extra: the DaemonSet's --kubernetes.enabled uses the agent's own in-cluster client
+# (the package reads kubeconfig files, for development). Bytecode is compiled now: the root
+# filesystem is read-only at run time. The versions are pyproject.toml's ranges, the ones the
+# tests ran against (DL3013 asks for ==pins on named packages; this is the checkout).
 # hadolint ignore=DL3013
-RUN pip --python /opt/kube-gpu-exporter/bin/python install --no-cache-dir --compile '.[kubernetes]'
+RUN pip --python /opt/kube-gpu-exporter/bin/python install --no-cache-dir --compile .
 
 # -- run: the slim base and the environment, nothing else.
 FROM ${PYTHON_IMAGE}

@@ -4,8 +4,8 @@
 
 The real CLI runs as a separate process on the fake libnvidia-ml.so.1 of the tests (eight H100s,
 one process each), with the test fakes as its kubelet (a real gRPC server on a unix socket, one
-pod per GPU) and API server (the real ``kubernetes`` client against tests/fakekubeapi.py over
-HTTPS with a token: in-cluster configuration as in a DaemonSet, and a kubeconfig file). Each
+pod per GPU) and API server (tests/fakekubeapi.py over HTTPS with a token: the agent's own
+in-cluster client as in a DaemonSet, and a kubeconfig file through the ``kubernetes`` package). Each
 configuration runs once with the core count as it is and once with the agent told the host has
 128 cores (``bench/common.py: fake_cpus_env``: LD_PRELOAD for C libraries, ``os.cpu_count``
 raised for Python). Sampled from /proc every second: RSS and threads. Also: seconds from spawn
@@ -91,9 +91,12 @@ def main() -> int:
     # HTTPS with a service-account token, as the API server is seen from a DaemonSet pod
     api = FakeKubeApi(token="sa-token", tls_dir=work / "tls").start()
     api.write_kubeconfig(work / "kubeconfig", token="sa-token")
-    (work / "token").write_text("sa-token")
+    account = work / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("sa-token")
+    (account / "ca.crt").write_bytes(api.ca_cert_path.read_bytes())
     in_cluster = {**node.env, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port),
-                  "KGE_BENCH_SA_TOKEN": str(work / "token"), "KGE_BENCH_SA_CA": str(api.ca_cert_path)}
+                  "KGE_BENCH_SA_DIR": str(account)}
     place_pods(0, node, kubelet, api)
     kubelet_args = ["--kubelet.pod-resources-socket", kubelet.socket_path]
     kube_args = ["--kubernetes.enabled", "--kubernetes.node-name", NODE]

@@ -246,7 +246,7 @@ class Agent:
         base = command or [sys.executable, "-m", "exporter"]
         if fake_cpus:
             env = {**(env or os.environ), **fake_cpus_env(fake_cpus, _WORK)}
-        if env and ("KGE_BENCH_CPUS" in env or "KGE_BENCH_SA_TOKEN" in env) and command is None:
+        if env and ("KGE_BENCH_CPUS" in env or "KGE_BENCH_SA_DIR" in env) and command is None:
             base = [sys.executable, str(ROOT / "bench" / "wrap.py")]
         argv = [*base, "--web.listen-address", f"127.0.0.1:{self.port}",
                 "--collector.interval", str(interval), "--log.level", "warning", *args]

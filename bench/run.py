@@ -1,8 +1,8 @@
 """``make bench``: every benchmark, one table of targets against measurements, and the plots.
 
-    .venv/bin/python bench/run.py [--quick] [--only scrape,cycle,rss,fleet] [--table]
+    .venv/bin/python bench/run.py [--quick] [--only scrape,cycle,rss,fleet,kube] [--table]
 
-Runs bench/scrape.py, cycle.py, agent_rss.py and fleet.py one after the other (each writes
+Runs bench/scrape.py, cycle.py, agent_rss.py, fleet.py and kube_requests.py one after the other (each writes
 bench/results/<name>.json), then prints the table and writes docs/perf/*.png from those files.
 ``--table`` only prints the table and redraws the plots from the results already there.
 ``--quick`` shortens every run (a smoke test of the suite, not figures to publish). The
@@ -26,6 +26,7 @@ BENCHES = {
     "cycle": (["cycle.py"], ["cycle.py", "--cycles", "10"]),
     "rss": (["agent_rss.py"], ["agent_rss.py", "--seconds", "5"]),
     "fleet": (["fleet.py"], ["fleet.py", "--agents", "5", "--seconds", "30", "--interval", "5"]),
+    "kube": (["kube_requests.py"], ["kube_requests.py", "--hours", "0.25"]),
 }
 
 
@@ -116,6 +117,21 @@ def rows() -> list[tuple[str, str, str, str]]:
             f"RSS {rss_q.get('first_quarter', 0):.1f} -> {rss_q.get('last_quarter', 0):.1f} MiB (first -> last "
             f"quarter), threads {threads_q.get('first_quarter', 0):.0f} -> {threads_q.get('last_quarter', 0):.0f}",
             None)
+    kube = load("kube_requests")
+    if kube:
+        for scenario, what in (("steady", "steady state"), ("churn", "pods replaced every 3 min")):
+            sides = kube["scenarios"].get(scenario, {})
+            after, before = sides.get("after"), sides.get("before")
+            if after is None:
+                continue
+            was = f"{before['total_per_hour']:.0f} -> " if before else ""
+            fleet = after["fleet"]
+            add(f"API requests per node-hour, {what}", "measure (before -> after)",
+                f"{was}{after['total_per_hour']:.0f}; 5,000 nodes: "
+                + (f"{before['fleet']['requests_per_second']:.0f} -> " if before else "")
+                + f"{fleet['requests_per_second']:.0f} requests/s, "
+                + (f"{before['fleet']['quorum_lists_per_second']:.0f} -> " if before else "")
+                + f"{fleet['quorum_lists_per_second']:.0f} quorum lists/s, {fleet['watches_held']} watches", None)
     fleet = load("fleet")
     if fleet:
         add(f"fleet: {fleet['agents']} nodes x {fleet['series_per_node']:.0f} series", "measure",

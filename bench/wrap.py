@@ -5,9 +5,9 @@
   Python-level pool sized from them (ThreadPoolExecutor's default ``min(32, cpus + 4)``) sees N.
   C libraries do not ask Python: ``bench/common.py`` adds the LD_PRELOAD shim
   ``bench/fakecpus.c`` for them. Neither gives the process more real cores.
-* ``KGE_BENCH_SA_TOKEN=FILE``, ``KGE_BENCH_SA_CA=FILE``: the in-cluster configuration (what a
-  DaemonSet pod uses: ``KUBERNETES_SERVICE_HOST``/``_PORT`` from the environment) reads its
-  service-account token and CA certificate from these files instead of
+* ``KGE_BENCH_SA_DIR=DIR``: the in-cluster client (what a DaemonSet pod uses:
+  ``KUBERNETES_SERVICE_HOST``/``_PORT`` from the environment) reads its service-account token and
+  CA certificate (``token``, ``ca.crt``) from this directory instead of
   /var/run/secrets/kubernetes.io/serviceaccount/.
 """
 
@@ -21,12 +21,12 @@ if cpus:
         os.process_cpu_count = lambda: cpus  # type: ignore[attr-defined]
     os.sched_getaffinity = lambda pid: set(range(cpus))  # type: ignore[assignment]
 
-if os.environ.get("KGE_BENCH_SA_TOKEN"):
-    from exporter.sources.kube.api import _kubernetes
+if os.environ.get("KGE_BENCH_SA_DIR"):
+    from pathlib import Path
 
-    incluster = _kubernetes("kubernetes.config.incluster_config")["kubernetes.config.incluster_config"]
-    incluster.SERVICE_TOKEN_FILENAME = os.environ["KGE_BENCH_SA_TOKEN"]
-    incluster.SERVICE_CERT_FILENAME = os.environ["KGE_BENCH_SA_CA"]
+    from exporter.sources.kube import api
+
+    api.SERVICE_ACCOUNT_DIR = Path(os.environ["KGE_BENCH_SA_DIR"])
 
 from exporter.cli import main  # noqa: E402
 

@@ -257,8 +257,8 @@ class Agent:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        # A source's stop may join a thread that sits in a blocking call (a watch, an NVML event
-        # wait): those are daemon threads, so the wait is bounded and the process exits regardless.
+        # A source's stop may join a thread that sits in a blocking call (an NVML event wait):
+        # those are daemon threads, so the wait is bounded and the process exits regardless.
         stops = [asyncio.ensure_future(s.stop()) for s in self.sources]
         await asyncio.wait(stops, timeout=STOP_TIMEOUT_SECONDS)
         for listener in self._listeners():

@@ -341,9 +341,9 @@ GPU_SNAPSHOT_STALE = _metric(
 )
 UNRESOLVED_CLAIM_DEVICES = _metric(
     "kube_gpu_exporter_unresolved_claim_devices", "gauge",
-    "Devices of a DRA ResourceClaim held on this node that no ResourceSlice names (API server unreachable past "
-    "the grace period, no slice of the pool, a device without a uuid attribute): their holders are not attributed. "
-    "Present only while some are.", "agent", ("claim_namespace", "claim_name", "driver"),
+    "Devices of a DRA ResourceClaim held on this node that no ResourceSlice names (the API server not reached "
+    "since the agent started, no slice of the pool, a device without a uuid attribute): their holders are not "
+    "attributed. Present only while some are.", "agent", ("claim_namespace", "claim_name", "driver"),
 )
 UNRESOLVED_GPU_PROCESSES = _metric(
     "kube_gpu_exporter_unresolved_gpu_processes", "gauge",

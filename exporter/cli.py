@@ -85,17 +85,18 @@ def build_sources(
     process_owners: Callable[[Sequence[int]], ProcessOwners] | None = None,
 ) -> tuple[GpuSource, list[Source]]:
     """The agent's sources over these clients, as the config wants them: the GPUs through
-    ``backend``; the kubelet, the pod watch and the ResourceSlice watch where given, each kept for
-    ``--attribution.grace-period`` while it fails; procfs through ``process_owners``, or the host's
-    at ``--path.procfs`` (none when that is empty). Adding a source is one line here."""
+    ``backend``; the kubelet where given, kept for ``--attribution.grace-period`` while it fails;
+    the pod watch and the ResourceSlice watch where given, kept for as long as the API server is
+    away (sources/grace.py); procfs through ``process_owners``, or the host's at
+    ``--path.procfs`` (none when that is empty). Adding a source is one line here."""
     grace = config.attribution_grace_period
     sources: list[Source] = []
     if kubelet is not None:
         sources.append(KeptWhileDown(KubeletSource(kubelet), grace, kept="allocations"))
     if pods is not None:
-        sources.append(KeptWhileDown(pod_source(pods), grace, kept="workloads"))
+        sources.append(KeptWhileDown(pod_source(pods), None, kept="workloads"))
     if slices is not None:
-        sources.append(KeptWhileDown(slice_source(slices), grace, kept="DRA devices"))
+        sources.append(KeptWhileDown(slice_source(slices), None, kept="DRA devices"))
     if process_owners is not None:
         sources.append(ProcfsSource(process_owners, config.procfs))
     elif config.procfs:
@@ -151,11 +152,12 @@ def build_agent(config: Config, *, guard: Guard | None = None,
         )
     pods = slices = None
     if config.kubernetes_enabled:
-        from .sources.kube import PodWatcher, SliceWatcher
+        from .sources.kube import KubeApi, PodWatcher, SliceWatcher
 
-        pods = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
+        api = KubeApi(config.kubeconfig)  # one client, one connection pool for both watches
+        pods = PodWatcher(config.node_name, api=api, label_allowlist=config.pod_labels)
         if watch_slices:
-            slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
+            slices = SliceWatcher(config.node_name, config.dra_drivers, api=api)
     backend = NvmlBackend.configured(config)
     return Agent(config, *build_sources(config, backend, kubelet=kubelet, pods=pods, slices=slices),
                  components=_components(config, guard))

@@ -1,16 +1,22 @@
-"""A fake Kubernetes API server, just enough of it for the real ``kubernetes`` client.
+"""A fake Kubernetes API server, just enough of it for the agent's client (and a kubeconfig
+file for the ``kubernetes`` package).
 
-It serves, over plain HTTP on 127.0.0.1 with an ephemeral port, from a background thread with
-its own event loop (so sync tests and a separately started CLI process can both use it):
+It serves, over plain HTTP on 127.0.0.1 (or ``host``, ``"::1"`` say) with an ephemeral port, from
+a background thread with its own event loop (so sync tests, async tests and a separately
+started CLI process can all use it):
 
 * ``GET /api/v1/pods`` and ``GET /api/v1/namespaces/{ns}/pods`` -- a ``PodList`` with
   ``metadata.resourceVersion``; ``fieldSelector`` (``spec.nodeName=X``, ``metadata.name=X``,
   ``metadata.namespace=X``, ``status.phase=X``; ``=``, ``==`` and ``!=``, comma separated) and
-  ``labelSelector`` (equality only) are honoured.
+  ``labelSelector`` (equality only) are honoured. ``resourceVersion``: unset is a quorum read
+  (etcd, on a real server), ``0`` or a version not newer than the newest is served "from the
+  watch cache"; a newer one gets 504 with the cause ``ResourceVersionTooLarge``.
 * the same with ``watch=true`` -- newline-delimited JSON watch events (``{"type": "ADDED",
   "object": {...}}``) after ``resourceVersion`` (all current objects as ``ADDED`` first when it
   is empty or ``"0"``), until ``timeoutSeconds``; a ``resourceVersion`` older than the retained
-  history gets an ``ERROR`` event with a 410 ``Status``, like the real thing.
+  history gets an ``ERROR`` event with a 410 ``Status``, like the real thing. With
+  ``allowWatchBookmarks=true``, a ``BOOKMARK`` with the newest resourceVersion every
+  ``bookmark_seconds`` and right before the timeout, as the API server sends one a minute.
 * ``GET /apis/resource.k8s.io/v1/resourceslices``, with and without ``watch=true``, the same way
   (DRA ResourceSlices are cluster-scoped; ``fieldSelector=spec.nodeName=X,spec.driver=Y``).
 * ``GET /api/v1/namespaces/{ns}/pods/{name}``,
@@ -26,16 +32,22 @@ Failure switches: ``set_down(True)`` drops every connection (open watches includ
 ``set_down(False)``; ``set_down(True, status=500)`` (or 403, 401...) answers that status with a
 ``Status`` body instead; ``set_resource_error("replicasets", 403)`` fails one resource only;
 ``expire_watches()`` forgets the event history and ends open watches, so the next watch from an
-old resourceVersion gets 410 Gone.
+old resourceVersion gets 410 Gone; ``drop_watches()`` cuts open watches (a disconnect: the
+history stays, a watch resumes); ``stall_watches(True)`` keeps them open but silent (no event,
+no bookmark); ``end_watches_at_once(True)`` answers new ones with an empty stream; ``hold("jobs")`` keeps GETs of one resource waiting until ``release("jobs")``.
 
-Observation: ``requests`` (every request's method and path), ``request_count(prefix)``,
-``watching_since(rv)`` (a watch is open from ``rv`` or later: a list since then has finished).
+Observation: ``requests`` (every request's method and path); ``calls`` (every request as a
+:class:`Call`: verb ``list``/``watch``/``get``, resource, resourceVersion asked for) and
+``count(verb, resource)``; ``request_count(prefix)``; ``open_watches()``; ``watching_since(rv)`` (a watch is open
+from ``rv`` or later: a list since then has finished); ``max_in_flight[resource]`` (the most GETs
+of a resource answered at once); ``bookmarks_sent``.
 
 Authentication: ``FakeKubeApi(token="t")`` answers 401 to every request without the header
-``Authorization: Bearer t`` (the scheme in any case); ``FakeKubeApi(tls_dir=dir)`` serves HTTPS with a self-signed
-certificate for 127.0.0.1 that it writes to ``dir`` (``.ca_cert_path``; needs the ``openssl``
-command), as an in-cluster API server does. The ``Authorization`` header of every request is kept
-in ``.authorizations``.
+``Authorization: Bearer t`` (the scheme in any case; ``accept_tokens(...)`` changes the tokens it
+takes, as a rotation does); ``FakeKubeApi(tls_dir=dir)`` serves HTTPS with a self-signed
+certificate for 127.0.0.1 and ::1 that it writes to ``dir`` (``.ca_cert_path``; needs the
+``openssl`` command), as an in-cluster API server does. The ``Authorization`` header of every
+request is kept in ``.authorizations``.
 
 Use the ``fake_kube_api`` fixture (a started :class:`FakeKubeApi`, with ``.kubeconfig_path``),
 and :func:`make_pod` / :func:`make_owned` / :func:`make_resource_slice` to build objects
@@ -51,6 +63,8 @@ import ssl
 import subprocess
 import threading
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -201,9 +215,23 @@ def make_resource_slice(
     }
 
 
-def _status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+def _status(code: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> dict:
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+              "message": message, "reason": reason, "code": code}
+    if causes:
+        status["details"] = {"causes": [{"reason": c, "message": message} for c in causes]}
+    return status
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request, as the API server's request metrics would count it."""
+
+    verb: str  # list, watch, get
+    resource: str  # pods, resourceslices, replicasets, jobs, ...
+    resource_version: str | None  # the resourceVersion asked for (None: not given)
+    path: str
+    query: dict[str, str]
 
 
 _REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 410: "Expired",
@@ -246,11 +274,15 @@ class FakeKubeApi:
     """The fake API server. All state lives in the server's loop thread; public methods are
     called from any other thread and run there."""
 
-    def __init__(self, *, token: str | None = None, tls_dir: str | Path | None = None) -> None:
+    def __init__(self, *, token: str | None = None, tls_dir: str | Path | None = None, host: str = "127.0.0.1",
+                 bookmark_seconds: float = 1.0) -> None:
         self.url = ""
+        self.host = host
         self.port = 0
+        self.bookmark_seconds = bookmark_seconds
         self.kubeconfig_path: Path | None = None
         self.token = token  # when set, requests need "Authorization: Bearer <token>"
+        self.tokens: frozenset[str] = frozenset([token] if token else ())
         self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.ca_cert_path: Path | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -270,7 +302,14 @@ class FakeKubeApi:
         self.access_reviews: list[dict[str, str]] = []  # spec.resourceAttributes of each review
         self.username = "system:serviceaccount:kube-gpu-exporter:kube-gpu-exporter"
         self.version = {"major": "1", "minor": "34", "gitVersion": "v1.34.1-fake", "platform": "linux/amd64"}
+        self._held: dict[str, asyncio.Event] = {}
+        self._in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
+        self._stalled = False
+        self._short_watches = False
+        self.bookmarks_sent = 0
         self.requests: list[tuple[str, str]] = []  # (method, path_qs), for assertions
+        self.calls: list[Call] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -310,7 +349,7 @@ class FakeKubeApi:
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
              "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1"],
+             "-addext", "subjectAltName=IP:127.0.0.1,IP:::1"],
             check=True, capture_output=True,
         )
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -331,10 +370,11 @@ class FakeKubeApi:
         app.router.add_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", self._self_review)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        site = web.TCPSite(self._runner, self.host, 0, ssl_context=self._ssl)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"{'https' if self._ssl else 'http'}://{host}:{self.port}"
 
     def stop(self) -> None:
         if self._loop is None or self._thread is None:
@@ -429,6 +469,53 @@ class FakeKubeApi:
         resourceVersion gets 410 Gone (what a compacted etcd does)."""
         self._call(self._expire)
 
+    def drop_watches(self) -> None:
+        """Cut every open watch's connection (a disconnect; the history stays)."""
+        self._call(self._close_watches)
+
+    def end_watches_at_once(self, short: bool = True) -> None:
+        """New watches are answered 200 and ended at once, without an event (a broken proxy)."""
+        def change() -> None:
+            self._short_watches = short
+
+        self._call(change)
+
+    def stall_watches(self, stalled: bool = True) -> None:
+        """Open watches (and new ones) send nothing, not even bookmarks, until unstalled."""
+        def change() -> None:
+            self._stalled = stalled
+
+        self._call(change)
+
+    def hold(self, plural: str) -> None:
+        """GETs of one resource ("jobs", "replicasets") wait until :meth:`release`."""
+        self._call(lambda: self._held.setdefault(plural, asyncio.Event()))
+
+    def release(self, plural: str) -> None:
+        def change() -> None:
+            event = self._held.pop(plural, None)
+            if event is not None:
+                event.set()
+
+        self._call(change)
+
+    def accept_tokens(self, *tokens: str) -> None:
+        """The bearer tokens it takes from now on (a rotation: the new one, then the old one no more)."""
+        def change() -> None:
+            self.tokens = frozenset(tokens)
+            self.token = tokens[0] if tokens else None
+
+        self._call(change)
+
+    def count(self, verb: str | None = None, resource: str | None = None) -> int:
+        """Requests of a verb (list, watch, get) and resource so far; None: any."""
+        return sum(1 for c in list(self.calls)
+                   if (verb is None or c.verb == verb) and (resource is None or c.resource == resource))
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """(verb, resource) -> requests so far."""
+        return Counter((c.verb, c.resource) for c in list(self.calls))
+
     def pods(self) -> list[dict]:
         return self._call(lambda: [copy.deepcopy(o) for (k, _, _), o in self._objects.items()
                                    if k == "Pod"])
@@ -448,6 +535,10 @@ class FakeKubeApi:
             int(r.query.get("resourceVersion") or 0) >= resource_version
             for r in self._open_watches.values() if r.path.endswith("/pods")
         ))
+
+    def open_watches(self) -> int:
+        """Watches open now (what the API server holds for its clients)."""
+        return self._call(lambda: len(self._open_watches))
 
     def watching_slices_since(self, resource_version: int) -> bool:
         """:meth:`watching_since` for the ResourceSlice watch."""
@@ -513,10 +604,11 @@ class FakeKubeApi:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        self.calls.append(self._classify(request))
         auth = request.headers.get("Authorization")
         self.authorizations.append(auth)
         scheme, _, credentials = (auth or "").partition(" ")
-        if self.token is not None and (scheme.lower(), credentials) != ("bearer", self.token):
+        if self.tokens and (scheme.lower() != "bearer" or credentials not in self.tokens):
             return self._error(401, "Unauthorized")
         if self._down:
             if self._down_status is None:
@@ -527,13 +619,31 @@ class FakeKubeApi:
         return await handler(request)
 
     @staticmethod
-    def _error(code: int, message: str) -> web.Response:
-        return web.json_response(_status(code, _REASONS.get(code, "Unknown"), message), status=code)
+    def _classify(request: web.Request) -> Call:
+        parts = request.path.strip("/").split("/")
+        query = dict(request.query)
+        if "name" in request.match_info:
+            verb, resource = "get", request.match_info.get("plural", "pods")
+        else:
+            verb = "watch" if query.get("watch", "").lower() in ("true", "1") else "list"
+            resource = parts[-1] if parts else ""
+        return Call(verb, resource, query.get("resourceVersion"), request.path, query)
+
+    @staticmethod
+    def _error(code: int, message: str, causes: tuple[str, ...] = ()) -> web.Response:
+        return web.json_response(_status(code, _REASONS.get(code, "Unknown"), message, causes), status=code)
 
     async def _get_object(self, request: web.Request) -> web.Response:
         plural = request.match_info.get("plural", "pods")
         kind = _PLURAL_TO_KIND.get(plural)
         ns, name = request.match_info["ns"], request.match_info["name"]
+        self._in_flight[plural] += 1
+        self.max_in_flight[plural] = max(self.max_in_flight[plural], self._in_flight[plural])
+        try:
+            while (held := self._held.get(plural)) is not None:
+                await held.wait()
+        finally:
+            self._in_flight[plural] -= 1
         if plural in self._resource_errors:
             return self._error(self._resource_errors[plural], f"{plural} is not allowed")
         obj = self._objects.get((kind, ns, name)) if kind else None
@@ -585,14 +695,22 @@ class FakeKubeApi:
             return obj.get("kind") == kind and _matches(obj, fields, labels)
 
         if q.get("watch", "").lower() in ("true", "1"):
-            return await self._watch(request, selected)
+            return await self._watch(request, selected, kind)
+        rv_text = q.get("resourceVersion", "")
+        if rv_text not in ("", "0"):
+            try:
+                too_large = int(rv_text) > self._rv
+            except ValueError:
+                return self._error(400, f"bad resourceVersion {rv_text!r}")
+            if too_large:
+                return self._error(504, "Too large resource version", ("ResourceVersionTooLarge",))
         items = [o for (k, _, _), o in sorted(self._objects.items()) if k == kind and selected(o)]
         return web.json_response(
             {"apiVersion": api_version, "kind": f"{kind}List",
              "metadata": {"resourceVersion": str(self._rv)}, "items": items}
         )
 
-    async def _watch(self, request: web.Request, selected: Callable[[dict], bool]) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, selected: Callable[[dict], bool], kind: str) -> web.StreamResponse:
         rv_text = request.query.get("resourceVersion", "")
         try:
             timeout = float(request.query.get("timeoutSeconds", "1800"))
@@ -617,6 +735,9 @@ class FakeKubeApi:
         self._open_watches[id(request)] = request
         try:
             await resp.prepare(request)
+            if self._short_watches:
+                await resp.write_eof()
+                return resp
             if gone:
                 status = _status(410, "Expired", f"too old resource version: {rv_text}")
                 await resp.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
@@ -624,20 +745,31 @@ class FakeKubeApi:
             for _, etype, obj in backlog:
                 if selected(obj):
                     await resp.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
-            deadline = asyncio.get_running_loop().time() + timeout
+            loop = asyncio.get_running_loop()
+            bookmarks = request.query.get("allowWatchBookmarks", "").lower() in ("true", "1")
+            deadline = loop.time() + timeout
+            next_bookmark = loop.time() + self.bookmark_seconds
             while True:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
+                while self._stalled and loop.time() < deadline:
+                    await asyncio.sleep(0.02)
+                now = loop.time()
+                if now >= deadline:
                     break
+                wait = min(deadline, next_bookmark if bookmarks else deadline) - now
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
+                    item = await asyncio.wait_for(queue.get(), max(0.0, wait))
                 except asyncio.TimeoutError:
-                    break
+                    if bookmarks and not self._stalled:
+                        await self._bookmark(resp, kind)
+                        next_bookmark = loop.time() + self.bookmark_seconds
+                    continue
                 if item is None:
                     break
                 _, etype, obj = item
                 if selected(obj):
                     await resp.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
+            if bookmarks and not self._stalled and loop.time() >= deadline:
+                await self._bookmark(resp, kind)  # the API server sends one right before the end
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             pass
@@ -645,6 +777,14 @@ class FakeKubeApi:
             self._watchers.discard(queue)
             self._open_watches.pop(id(request), None)
         return resp
+
+
+    async def _bookmark(self, resp: web.StreamResponse, kind: str) -> None:
+        api_version = KINDS[kind][0]
+        event = {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
+                                                 "metadata": {"resourceVersion": str(self._rv)}}}
+        await resp.write(json.dumps(event).encode() + b"\n")
+        self.bookmarks_sent += 1
 
 
 @pytest.fixture

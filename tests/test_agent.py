@@ -73,13 +73,13 @@ class Watch:
         self.connected = True
         self.known = {"u1": PodMeta("ml", "train-0", "u1", "CronJob", "train")}
 
-    def start(self) -> None:
+    async def start(self) -> None:
         pass
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         pass
 
-    def wait_synced(self, timeout: float) -> bool:
+    async def wait_synced(self, timeout: float) -> bool:
         return True
 
     def pods(self):
@@ -126,20 +126,31 @@ async def test_after_the_grace_period_the_allocations_go():
     assert value(body, "nvidia_gpu_utilization_ratio", uuid=GPU) == 0.5  # device series never depend on it
 
 
-async def test_workloads_survive_an_api_server_blip_for_the_grace_period_only():
+async def test_workloads_survive_an_api_server_outage_of_any_length():
+    """The API server away (a control-plane upgrade): every pod the kubelet still lists keeps its
+    workload and labels, whatever the grace period, which is the kubelet's alone."""
     watch = Watch()
-    kept = make_agent("60", kubelet=Kubelet(), pods=watch)
-    await scrape(kept)
-    watch.connected, watch.known = False, {}
-    (labels, _), = samples(await scrape(kept), "nvidia_gpu_allocation_info")
+    agent = make_agent("0", kubelet=Kubelet(), pods=watch)
+    before = samples(await scrape(agent), "nvidia_gpu_allocation_info")
+    (labels, _), = before
     assert (labels["workload_kind"], labels["workload"]) == ("CronJob", "train")
+    watch.connected, watch.known = False, {}
+    for _ in range(3):
+        body = await scrape(agent)
+        assert samples(body, "nvidia_gpu_allocation_info") == before
+        assert value(body, "kube_gpu_exporter_collector_success", collector="kubernetes") == 0
 
-    watch = Watch()
-    dropped = make_agent("0", kubelet=Kubelet(), pods=watch)
-    await scrape(dropped)
+
+async def test_a_pod_the_kubelet_no_longer_lists_goes_while_the_api_server_is_away():
+    kubelet, watch = Kubelet(), Watch()
+    watch.known = {**watch.known, "u2": PodMeta("ml", "train-1", "u2", "Deployment", "web")}
+    kubelet.pods = ["train-0", "train-1"]
+    agent = make_agent("0", kubelet=kubelet, pods=watch)
+    assert len(samples(await scrape(agent), "nvidia_gpu_allocation_info")) == 2
     watch.connected = False
-    (labels, _), = samples(await scrape(dropped), "nvidia_gpu_allocation_info")
-    assert (labels["workload_kind"], labels["workload"]) == ("", "")
+    kubelet.pods = ["train-1"]
+    (labels, _), = samples(await scrape(agent), "nvidia_gpu_allocation_info")
+    assert (labels["pod"], labels["workload_kind"], labels["workload"]) == ("train-1", "Deployment", "web")
 
 
 async def test_device_series_carry_no_pod_labels_and_the_holder_gets_the_devices_usage():

@@ -170,13 +170,19 @@ def test_simulate_from_the_environment_takes_a_boolean_or_a_file(tmp_path):
     assert parse_config([], environ={env_name("--simulate"): str(scenario)}).scenario == str(scenario)
 
 
-def test_kubernetes_without_the_package_is_a_config_error(monkeypatch):
+def test_a_kubeconfig_without_the_package_is_a_config_error_in_cluster_needs_none(monkeypatch, tmp_path):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kubernetes" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"kube-gpu-exporter\[kubernetes\]"):
-        parse_config(["--kubernetes.enabled", "--kubernetes.node-name", "n"], environ={})
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("{}")
+    with pytest.raises(ConfigError, match=r"kube-gpu-exporter\[kubernetes\]") as caught:
+        parse_config(["--kubernetes.enabled", "--kubernetes.node-name", "n", "--kubernetes.kubeconfig",
+                      str(kubeconfig)], environ={})
+    assert caught.value.problems[0].startswith("--kubernetes.kubeconfig:")
+    # In-cluster, the agent's own client is enough.
+    assert parse_config(["--kubernetes.enabled", "--kubernetes.node-name", "n"], environ={}).kubernetes_enabled
 
 
 # --- where a bad value came from -------------------------------------------------------------------

@@ -6,6 +6,7 @@ The kubelet is the real gRPC fake (tests/fakekubelet.py), the API server the aio
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable
 
@@ -182,86 +183,96 @@ def test_only_the_newest_generation_of_a_pool_counts():
 # -- the ResourceSlice watch --------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
-def slice_watcher(fake_kube_api):
+async def slice_watcher(fake_kube_api):
     watchers: list[SliceWatcher] = []
 
-    def start(**kwargs) -> SliceWatcher:
+    async def start(**kwargs) -> SliceWatcher:
         w = SliceWatcher(NODE, (DRIVER,), kubeconfig=str(fake_kube_api.kubeconfig_path),
                          backoff_initial=0.05, backoff_max=0.2, **kwargs)
-        w.start()
+        await w.start()
         watchers.append(w)
         return w
 
     yield start
     for w in watchers:
-        w.stop()
+        await w.stop()
 
 
-def test_slices_of_this_node_and_driver_are_listed_then_watched(fake_kube_api, slice_watcher):
+def slice_calls(api, verb: str) -> list:
+    return [c for c in list(api.calls) if c.verb == verb and c.resource == "resourceslices"]
+
+
+async def test_slices_of_this_node_and_driver_are_listed_once_then_watched(fake_kube_api, slice_watcher):
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_0, MIG_1G_NAME: MIG_1G}))
     fake_kube_api.add_object(make_resource_slice("node-b", {"gpu-0": GPU_2}))
     fake_kube_api.add_object(make_resource_slice(NODE, {"eth0": None}, driver="dra.net.example.com"))
-    watcher = slice_watcher()
-    assert watcher.wait_synced(10)
+    watcher = await slice_watcher()
+    assert await watcher.wait_synced(10)
     assert watcher.connected
     assert watcher.devices().uuids == {(DRIVER, NODE, "gpu-0"): GPU_0, (DRIVER, NODE, MIG_1G_NAME): MIG_1G}
-    list_request = next(path for _, path in fake_kube_api.requests if "resourceslices" in path)
-    assert "spec.nodeName%3Dnode-a" in list_request and "spec.driver%3Dgpu.nvidia.com" in list_request
+    (listed,) = slice_calls(fake_kube_api, "list")
+    assert listed.query["fieldSelector"] == f"spec.nodeName={NODE},spec.driver={DRIVER}"
+    assert listed.resource_version == "0"  # from the watch cache
 
     # a slice that changes (the driver re-publishes after a MIG reconfiguration) ...
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_0, MIG_3G_NAME: MIG_3G}))
-    wait_until(lambda: (DRIVER, NODE, MIG_3G_NAME) in watcher.devices().uuids, "the changed slice")
+    await wait_until(lambda: (DRIVER, NODE, MIG_3G_NAME) in watcher.devices().uuids, "the changed slice")
     assert (DRIVER, NODE, MIG_1G_NAME) not in watcher.devices().uuids
     # ... and one that goes
     fake_kube_api.delete_object("ResourceSlice", "", make_resource_slice(NODE, {})["metadata"]["name"])
-    wait_until(lambda: not watcher.devices().uuids, "the deleted slice")
+    await wait_until(lambda: not watcher.devices().uuids, "the deleted slice")
+    assert len(slice_calls(fake_kube_api, "list")) == 1
+    assert all(c.query["allowWatchBookmarks"] == "true" for c in slice_calls(fake_kube_api, "watch"))
 
 
-def test_a_410_relists_and_an_outage_keeps_the_last_slices(fake_kube_api, slice_watcher):
+async def test_a_410_relists_and_an_outage_keeps_the_last_slices(fake_kube_api, slice_watcher):
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_0}))
-    watcher = slice_watcher()
-    assert watcher.wait_synced(10)
-    wait_until(lambda: fake_kube_api.watching_slices_since(fake_kube_api.resource_version), "the watch")
-    lists_before = fake_kube_api.request_count("/apis/resource.k8s.io/v1/resourceslices?fieldSelector")
+    watcher = await slice_watcher()
+    assert await watcher.wait_synced(10)
+    await wait_until(lambda: fake_kube_api.watching_slices_since(fake_kube_api.resource_version), "the watch")
 
     fake_kube_api.expire_watches()  # the history is compacted: the next watch gets 410 Gone
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_1}))
-    wait_until(lambda: watcher.devices().uuids.get((DRIVER, NODE, "gpu-0")) == GPU_1, "the relist")
+    await wait_until(lambda: watcher.devices().uuids.get((DRIVER, NODE, "gpu-0")) == GPU_1, "the relist")
     assert watcher.error_counts()["gone"] >= 1
-    assert fake_kube_api.request_count("/apis/resource.k8s.io/v1/resourceslices?fieldSelector") > lists_before
+    assert len(slice_calls(fake_kube_api, "list")) == 2
 
     fake_kube_api.set_down(True)
-    wait_until(lambda: not watcher.connected, "the outage")
-    assert watcher.devices().uuids == {(DRIVER, NODE, "gpu-0"): GPU_1}  # kept: the agent applies the grace
+    await wait_until(lambda: not watcher.connected, "the outage")
+    assert watcher.devices().uuids == {(DRIVER, NODE, "gpu-0"): GPU_1}  # kept
     assert watcher.error_counts()["unavailable"] >= 1
     fake_kube_api.set_down(False)
-    wait_until(lambda: watcher.connected, "the recovery")
+    await wait_until(lambda: watcher.connected, "the recovery")
+    assert len(slice_calls(fake_kube_api, "list")) == 2  # the watch resumed: no list
 
 
-def test_forbidden_is_counted_and_retried(fake_kube_api, slice_watcher):
+async def test_forbidden_is_counted_and_retried(fake_kube_api, slice_watcher):
     fake_kube_api.set_resource_error("resourceslices", 403)
-    watcher = slice_watcher()
-    wait_until(lambda: watcher.error_counts()["forbidden"] >= 2, "retries")
+    watcher = await slice_watcher()
+    await wait_until(lambda: watcher.error_counts()["forbidden"] >= 2, "retries")
     assert not watcher.connected
     fake_kube_api.set_resource_error("resourceslices", None)
-    assert watcher.wait_synced(10)
+    assert await watcher.wait_synced(10)
 
 
-def test_an_api_server_without_resource_slices_publishes_nothing_without_errors(fake_kube_api, slice_watcher):
+async def test_an_api_server_without_resource_slices_publishes_nothing_without_errors(fake_kube_api,
+                                                                                      slice_watcher):
     fake_kube_api.set_resource_error("resourceslices", 404)  # resource.k8s.io/v1 not served
-    watcher = slice_watcher()
-    assert watcher.wait_synced(10)
+    watcher = await slice_watcher()
+    assert await watcher.wait_synced(10)
     assert watcher.connected and watcher.devices() == SliceDevices()
     assert sum(watcher.error_counts().values()) == 0
+    await asyncio.sleep(0.3)
+    assert len(slice_calls(fake_kube_api, "list")) == 1  # asked again only an hour or so later
 
 
 # -- the scenario format ------------------------------------------------------------------------

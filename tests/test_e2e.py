@@ -229,7 +229,7 @@ def test_losing_kubelet_or_api_server_costs_only_attribution_after_a_grace_perio
     cluster.api.set_down(True)
     body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_collector_success", collector="kubernetes") == 0,
                           what="API down")
-    assert samples(body, "nvidia_gpu_allocation_info") == allocations  # the workloads stay, for now
+    assert samples(body, "nvidia_gpu_allocation_info") == allocations  # the workloads stay (all outage long)
 
     cluster.kubelet.stop()
     body = agent.wait_for(lambda b: value(b, "kube_gpu_exporter_collector_success", collector="kubelet") == 0,

@@ -210,9 +210,10 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     # The simulated node plays the API server itself: it needs neither a node name nor the package.
     if kubernetes_enabled and not simulate and not node_name:
         problems.append("--kubernetes.node-name: required with --kubernetes.enabled (or set NODE_NAME)")
-    if kubernetes_enabled and not simulate and importlib.util.find_spec("kubernetes") is None:
-        problems.append(f"{source('--kubernetes.enabled')}: the kubernetes package is not installed "
-                        "(pip install 'kube-gpu-exporter[kubernetes]')")
+    # In-cluster, the agent's own client needs nothing more; a kubeconfig file is read by the package.
+    if kubernetes_enabled and not simulate and ns.kubeconfig and importlib.util.find_spec("kubernetes") is None:
+        problems.append(f"{source('--kubernetes.kubeconfig')}: the kubernetes package, which reads kubeconfig "
+                        "files, is not installed (pip install 'kube-gpu-exporter[kubernetes]')")
     if ns.kubeconfig and not _path_is(Path(ns.kubeconfig).is_file):
         problems.append(f"{source('--kubernetes.kubeconfig')}: file {ns.kubeconfig!r} does not exist")
     pod_labels = _csv(ns.pod_labels)

@@ -122,7 +122,8 @@ def get_parser() -> argparse.ArgumentParser:
     add("--kubernetes.node-name", dest="node_name", default=None,
         help="this node's name, to watch only its pods (default: $NODE_NAME)")
     add("--kubernetes.kubeconfig", dest="kubeconfig", default=None,
-        help="kubeconfig file for development; default in-cluster config")
+        help="kubeconfig file for development (needs the kubernetes package); default: in-cluster, the pod's "
+        "service account")
     add("--kubernetes.pod-labels", dest="pod_labels", default="",
         help="comma-separated pod labels copied onto nvidia_gpu_allocation_info as label_<name>")
     add("--kubernetes.dra-drivers", dest="dra_drivers", default=",".join(vocabulary.DEFAULT_DRA_DRIVERS),
@@ -132,8 +133,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="the host's procfs, /host/proc in the DaemonSet: which container each GPU process runs in, to "
         "split shared GPUs per container; empty: off (default %(default)s)")
     add("--attribution.grace-period", dest="attribution_grace_period", default=None,
-        help="seconds the last known pod allocations and workloads are kept while the kubelet or "
-        "the API server does not answer (default: 3 x the interval)")
+        help="seconds the last known pod allocations are kept while the kubelet does not answer; what the API "
+        "server said (workloads, labels, DRA devices) is kept for as long as it is away (default: 3 x the interval)")
     add("--alertmanager.url", dest="alertmanager_urls", action=Repeatable, default=None,
         help="Alertmanager to push critical GPU alerts to (XID, GPU lost, uncorrectable ECC), e.g. "
         "http://alertmanager:9093; repeatable (the variable: comma-separated)")

@@ -2,7 +2,8 @@
 
     base.py       the interface: name (the ``collector`` label), start/stop, ``read`` -> ``Outcome``,
                   error kinds and counts, self-metrics
-    grace.py      ``--attribution.grace-period``: a failing source's last value, kept a while
+    grace.py      a failing source's last value, kept for ``--attribution.grace-period`` (the kubelet)
+                  or for as long as it fails (the API server)
     gpus.py       the GPUs, through a backend (``backend.py``: NVML in ``nvml/``, or ``simulate/``),
                   read in worker threads with deadlines
     kubelet/      what the kubelet allocated to which container (pod-resources gRPC)

@@ -7,8 +7,8 @@ procfs). Its ``name`` is the ``collector`` label of its self-metrics; ``read`` r
 (``error_counts``, every kind of ``error_kinds`` present at 0 from the start); the agent's error
 book adds them up, so that each source is asked the same way and no source is a special case.
 
-The interface fits a source whose work runs in threads (the GPU reads, today's API-server
-watches) as well as one that runs on the event loop: every method the agent calls is a coroutine,
+The interface fits a source whose work runs in threads (the GPU reads) as well as one that runs
+on the event loop (the API server's watches, the kubelet): every method the agent calls is a coroutine,
 and a source that reads between cycles (``background``) answers ``read`` from what it holds.
 What a source reads goes into the field of ``model.cycle.Observations`` named by its
 ``provides``; a source that needs the GPUs' snapshot of the cycle (procfs places the GPU
@@ -57,7 +57,7 @@ class Source(Generic[T]):
     background: bool = False
 
     async def start(self) -> None:
-        """Begin (a watch starts its thread). Raises when it cannot run at all, e.g. no API-server
+        """Begin (a watch starts its task). Raises when it cannot run at all, e.g. no API-server
         configuration: the agent counts that as kind ``config`` and goes on without it."""
 
     async def wait_ready(self, timeout: float) -> bool:

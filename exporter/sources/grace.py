@@ -1,9 +1,16 @@
-"""``--attribution.grace-period``: a source's last good value, served for a while after it fails.
+"""A source's last good value, served after it fails: for ``--attribution.grace-period`` (the
+kubelet), or for as long as the failure lasts (the API server's watches).
 
-The kubelet restarts, the API server has a bad minute: without this, every alert about an
-allocated GPU would resolve (its holders gone) and fire again a minute later. The wrapped source's
-last good value is kept for ``grace`` seconds after it came; past that, nothing is known rather
-than something possibly wrong. The loss and the recovery of the source are logged once each.
+The kubelet restarts: without this, every alert about an allocated GPU would resolve (its holders
+gone) and fire again a minute later. The kubelet's last good value is kept for ``grace`` seconds
+after it came; past that, nothing is known rather than something possibly wrong (a pod that ended
+meanwhile would still hold its GPU).
+
+The API server's answers are kept with no limit (``grace`` None): what they add to the kubelet's
+pods (workloads, labels, which GPU a DRA device is) is still true of every pod the kubelet
+lists, and the kubelet alone says which pods are there. A control-plane upgrade of an hour thus
+changes no allocation series of the fleet, where dropping the workloads after the grace period
+would change every one of them twice. The loss and the recovery of a source are logged once each.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ log = logging.getLogger(__name__)
 
 class KeptWhileDown(Source[T], Generic[T]):
     """``source``, whose last good value (``kept``: "allocations", "workloads", ... for the log
-    line) stands in for ``grace`` seconds while it has none. The outcome stays not ``ok``: the
-    source's success metric tells that it fails while its value is still served."""
+    line) stands in for ``grace`` seconds while it has none (None: until it has one again). The
+    outcome stays not ``ok``: the source's success metric tells that it fails while its value is
+    still served."""
 
-    def __init__(self, source: Source[T], grace: float, kept: str,
+    def __init__(self, source: Source[T], grace: float | None, kept: str,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.source = source
         self.grace = grace
@@ -44,7 +52,8 @@ class KeptWhileDown(Source[T], Generic[T]):
             self._changed(True)
             return outcome
         self._changed(False)
-        return Outcome(self._last if now - self._last_at <= self.grace else None, ok=False)
+        kept = self.grace is None or now - self._last_at <= self.grace
+        return Outcome(self._last if kept else None, ok=False)
 
     def _changed(self, up: bool) -> None:
         before, self._up = self._up, up
@@ -52,7 +61,8 @@ class KeptWhileDown(Source[T], Generic[T]):
             if up:
                 log.info("%s answers again", self.title)
             else:
-                log.warning("%s lost; keeping the last %s for %gs", self.title, self.kept, self.grace)
+                log.warning("%s lost; keeping the last %s %s", self.title, self.kept,
+                            "until it answers again" if self.grace is None else f"for {self.grace:g}s")
 
     async def start(self) -> None:
         await self.source.start()

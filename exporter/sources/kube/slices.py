@@ -4,19 +4,19 @@ A DRA driver publishes the devices of a node in ResourceSlices, each device with
 kubelet's pod-resources API names the devices of a claim only by ``(driver, pool, device)``. The
 ``uuid`` attribute (NVIDIA's ``gpu.nvidia.com`` sets it on GPUs and MIG instances) turns that
 name into the device NVML reports. :class:`SliceWatcher` lists this node's slices
-(``fieldSelector=spec.nodeName=<node>``, and ``spec.driver=<driver>`` when there is one driver),
-then watches them, in a daemon thread, and keeps a :class:`~exporter.model.kube.SliceDevices`
-the collection cycle reads.
+(``fieldSelector=spec.nodeName=<node>``, and ``spec.driver=<driver>`` when there is one driver)
+once, then watches them, in a task on the event loop, and keeps a
+:class:`~exporter.model.kube.SliceDevices` the collection cycle reads.
 
-Its resilience is the pod watch's (the loop is :class:`~exporter.sources.kube.listwatch.ListWatcher`):
-every failure is counted by kind, logged once, and followed by a backoff and a fresh list;
-meanwhile the last known slices are kept and :attr:`SliceWatcher.connected` is False; the agent
-applies the grace period.
+Its list, watch and resilience are the pod watch's (the loop is
+:class:`~exporter.sources.kube.listwatch.ListWatcher`): every failure is counted by kind, logged
+once, and followed by a backoff and a resumed watch; meanwhile the last known slices are kept
+(for the whole outage: the agent keeps serving them) and :attr:`SliceWatcher.connected` is False.
 
 A pool being republished can hold slices of two generations for a moment: only the slices of a
 pool's newest generation count. An API server that does not serve ``resource.k8s.io/v1`` (404:
 Kubernetes before 1.34, or DRA off) publishes no devices: that is said once at info, the watcher
-counts as connected with no slices, and asks again every ``resync_seconds``.
+counts as connected with no slices, and asks again every hour or so.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class SliceWatcher(ListWatcher):
     """
 
     what = "ResourceSlice"
-    thread_prefix = "slice-watcher"
+    task_prefix = "slice-watch"
 
     def __init__(self, node_name: str, drivers: Iterable[str], **kwargs: Any) -> None:
         self.drivers = frozenset(drivers)
@@ -95,23 +95,21 @@ class SliceWatcher(ListWatcher):
             selector += f",spec.driver={next(iter(self.drivers))}"
         super().__init__(node_name, SLICES_PATH, selector, **kwargs)
         self._devices = SliceDevices()
-        self._slices: dict[str, _Slice] = {}  # the thread's own
+        self._slices: dict[str, _Slice] = {}
 
     def devices(self) -> SliceDevices:
         """The devices as last known (immutable; cheap)."""
-        with self._lock:
-            return self._devices
+        return self._devices
 
     def _not_served(self) -> bool:
         """No ResourceSlice API: no slices, which is a fact, not a failure."""
         if "not_served" not in self._logged_kinds:
             _log.info("the API server does not serve %s (Kubernetes < 1.34 or DRA disabled): DRA claim devices "
-                      "are named only from local facts; asking again every %gs", SLICES_PATH, self.resync_seconds)
+                      "are named only from local facts; asking again every %gs or so", SLICES_PATH,
+                      self._not_served_retry)
             self._logged_kinds.add("not_served")
         self._slices = {}
         self._publish()
-        with self._lock:
-            self._connected = True
         return True
 
     def _replace_all(self, items: list[Any]) -> None:
@@ -138,6 +136,4 @@ class SliceWatcher(ListWatcher):
             self._slices[name] = parsed
 
     def _publish(self) -> None:
-        devices = slice_devices(self._slices.values())
-        with self._lock:
-            self._devices = devices
+        self._devices = slice_devices(self._slices.values())

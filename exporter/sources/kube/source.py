@@ -1,29 +1,29 @@
 """The API server's watches as sources of the cycle: what a watch knows, while it is connected.
 
 A watch (``PodWatcher``, ``SliceWatcher``, or the simulated node's stand-ins) lists and watches in
-the background; a read costs nothing and returns its current view while it is connected, nothing
-while it is not (the agent keeps the last view for ``--attribution.grace-period``, see
-``sources/grace.py``). Errors are the watch's own counts, by kind.
+the background, on the event loop; a read costs nothing and returns its current view while it is
+connected, nothing while it is not (the agent keeps the last view for as long as the API server
+is away, see ``sources/grace.py``). Errors are the watch's own counts, by kind.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
 from ...model.gpu import GpuSnapshot
 from ...model.kube import PodMeta, SliceDevices
-from ..base import Outcome, Source, run_in_daemon_thread
+from ..base import Outcome, Source
 
 T = TypeVar("T")
 
 
 class Watch(Protocol):
-    connected: bool
+    @property
+    def connected(self) -> bool: ...
 
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def wait_synced(self, timeout: float) -> bool: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def wait_synced(self, timeout: float) -> bool: ...
     def error_counts(self) -> Mapping[str, int]: ...
 
 
@@ -40,10 +40,10 @@ class WatchSource(Source[T], Generic[T]):
         self.error_kinds = ("config", *getattr(watch, "error_kinds", ()))
 
     async def start(self) -> None:
-        self.watch.start()
+        await self.watch.start()
 
     async def wait_ready(self, timeout: float) -> bool:
-        return await asyncio.to_thread(self.watch.wait_synced, timeout)
+        return await self.watch.wait_synced(timeout)
 
     async def read(self, gpus: GpuSnapshot | None) -> Outcome[T]:
         if self.watch.connected:
@@ -51,9 +51,7 @@ class WatchSource(Source[T], Generic[T]):
         return Outcome(None, ok=False)
 
     async def stop(self) -> None:
-        # Joins a thread that may sit in a blocking read: in a daemon thread, which the agent
-        # waits for only so long.
-        await run_in_daemon_thread(self.watch.stop, name=f"{self.name}-stop")
+        await self.watch.stop()
 
     def error_counts(self) -> Mapping[str, int]:
         return self.watch.error_counts()

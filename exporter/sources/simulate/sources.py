@@ -120,13 +120,13 @@ class SimulatedPodMetadata:
     def __init__(self, cluster: SimulatedCluster) -> None:
         self._cluster = cluster
 
-    def start(self) -> None:
+    async def start(self) -> None:
         return None
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         return None
 
-    def wait_synced(self, timeout: float) -> bool:
+    async def wait_synced(self, timeout: float) -> bool:
         return True
 
     def pods(self) -> Mapping[str, PodMeta]:
