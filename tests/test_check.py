@@ -9,6 +9,7 @@ the library missing, the exit codes) run it as a subprocess.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes.util
 import datetime
 import json
@@ -40,6 +41,7 @@ from test_procfs import CASES, UID, write_proc
 
 from exporter.check import apiserver, output
 from exporter.check.apiserver import ACCESS, SLICES, in_cluster
+from exporter.sources.kube import api as api_client
 from exporter.check.kubelet import id_form
 from exporter.check.report import DEGRADED, FAILED, OK, SKIPPED, Check, Report
 from exporter.check.run import running_agent_args, run_checks
@@ -494,7 +496,7 @@ async def test_api_server_in_cluster_with_the_service_account(fake_nvml, tmp_pat
         (account / "token").write_text("sa-token\n")
         (account / "namespace").write_text("kube-gpu-exporter")
         shutil.copy(api.ca_cert_path, account / "ca.crt")
-        monkeypatch.setattr(apiserver, "SERVICE_ACCOUNT_DIR", str(account))
+        monkeypatch.setattr(api_client, "SERVICE_ACCOUNT_DIR", account)
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
         got = rows(await check(*API))
@@ -516,7 +518,8 @@ def test_in_cluster_configuration_brackets_an_ipv6_host(tmp_path):
     api = FakeKubeApi(tls_dir=tmp_path / "tls")  # only for its CA file: not started
     shutil.copy(api.ca_cert_path, tmp_path / "ca.crt")
     target = in_cluster({"KUBERNETES_SERVICE_HOST": "fd00:10:96::1", "KUBERNETES_SERVICE_PORT": "443"}, str(tmp_path))
-    assert target.url == "https://[fd00:10:96::1]:443" and target.headers == {"Authorization": "Bearer t"}
+    assert target.url == "https://[fd00:10:96::1]:443"
+    assert asyncio.run(target.credentials.headers()) == {"Authorization": "Bearer t"}
 
 
 def test_the_shipped_cluster_role_grants_everything_the_check_asks_for():

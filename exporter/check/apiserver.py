@@ -20,12 +20,13 @@ import aiohttp
 from .. import __version__
 from ..config import Config
 from ..sources.base import run_in_daemon_thread
+from ..sources.kube import api as api_client
+from ..sources.kube.api import Credentials
 from .report import DEGRADED, FAILED, OK, SKIPPED, Check
 
 #: Seconds one request may take.
 REQUEST_SECONDS = 5.0
 #: Where the kubelet puts the pod's service account token and the cluster's CA.
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,64 +71,52 @@ class ConfigProblem(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    """Where the check sends its requests: the agent's own credentials (sources/kube/api.py)."""
+
     url: str
-    ssl: ssl.SSLContext | bool
-    headers: dict[str, str]
+    credentials: Credentials
     how: str  # for the row: "in-cluster (service account ...)", "kubeconfig <path>"
 
 
 def in_cluster(environ: dict[str, str], directory: str | None = None) -> Target:
-    """The pod's own configuration: the kubernetes Service's address (IPv6 in brackets) and the
-    service account's token and CA in ``directory`` (``SERVICE_ACCOUNT_DIR``)."""
-    directory = directory or SERVICE_ACCOUNT_DIR
-    host, port = environ.get("KUBERNETES_SERVICE_HOST", ""), environ.get("KUBERNETES_SERVICE_PORT", "")
-    if not host or not port:
-        raise ConfigProblem("no in-cluster configuration: KUBERNETES_SERVICE_HOST/PORT are not set",
-                            "not run inside a pod", "run it in the agent's pod (`kubectl exec ds/kube-gpu-exporter "
-                            "-n kube-gpu-exporter -- kube-gpu-exporter check`), or give --kubernetes.kubeconfig")
+    """The pod's own configuration, read as the agent reads it (``InCluster``), each way it can be
+    missing turned into its cause and fix."""
+    directory = directory or str(api_client.SERVICE_ACCOUNT_DIR)
     try:
-        token = Path(directory, "token").read_text().strip()
-    except OSError as exc:
-        raise ConfigProblem(f"no service account token: {exc.strerror or exc} ({directory}/token)",
-                            "the pod has no service account token mounted",
+        credentials = api_client.InCluster(environ, directory)
+    except RuntimeError as exc:  # not in a pod (no KUBERNETES_SERVICE_*), or an empty token
+        if "KUBERNETES_SERVICE_HOST" in str(exc):
+            raise ConfigProblem("no in-cluster configuration: KUBERNETES_SERVICE_HOST/PORT are not set",
+                                "not run inside a pod", "run it in the agent's pod (`kubectl exec "
+                                "ds/kube-gpu-exporter -n kube-gpu-exporter -- kube-gpu-exporter check`), or give "
+                                "--kubernetes.kubeconfig") from None
+        raise ConfigProblem(f"no service account token: {exc}", "the pod has no service account token mounted",
                             "automountServiceAccountToken: true in the pod (daemonset.yaml)") from None
-    namespace = ""
+    except OSError as exc:
+        what = "token" if str(exc.filename or "").endswith("token") else "CA"
+        raise ConfigProblem(f"no service account {what}: {exc.strerror or exc} ({exc.filename})",
+                            f"the pod has no service account {what} mounted",
+                            "automountServiceAccountToken: true in the pod (daemonset.yaml)") from None
+    except ssl.SSLError as exc:
+        raise ConfigProblem(f"cannot load the cluster's CA ({directory}/ca.crt): {exc}",
+                            "the service account's CA file is not PEM",
+                            "automountServiceAccountToken: true in the pod (daemonset.yaml)") from None
     try:
         namespace = Path(directory, "namespace").read_text().strip()
     except OSError:
-        pass
-    try:
-        context = ssl.create_default_context(cafile=str(Path(directory, "ca.crt")))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigProblem(f"cannot load the cluster's CA ({directory}/ca.crt): {exc}",
-                            "the service account's CA file is missing or not PEM",
-                            "automountServiceAccountToken: true in the pod (daemonset.yaml)") from None
-    bracketed = f"[{host}]" if ":" in host else host
-    return Target(f"https://{bracketed}:{port}", context, {"Authorization": f"Bearer {token}"},
-                  f"in-cluster, service account token of namespace {namespace or '?'}")
+        namespace = ""
+    return Target(credentials.server, credentials, f"in-cluster, service account token of namespace {namespace or '?'}")
 
 
 def from_kubeconfig(path: str) -> Target:
-    """The configuration the ``kubernetes`` package reads from ``path`` (its exec plugins too)."""
-    from kubernetes.client.configuration import Configuration
-    from kubernetes.config import kube_config
-
-    config = Configuration()
+    """The configuration the agent reads from ``path`` with the ``kubernetes`` package (its exec
+    plugins too)."""
     try:
-        kube_config.load_kube_config(config_file=path, client_configuration=config)
+        credentials = api_client.Kubeconfig(path)
     except Exception as exc:  # noqa: BLE001 - ConfigException, a YAML error, an exec plugin that failed
         raise ConfigProblem(f"cannot load kubeconfig {path}: {exc}", "the kubeconfig file or its credentials",
                             "`kubectl --kubeconfig <file> version` shows the same problem") from None
-    context: ssl.SSLContext | bool = False
-    if config.verify_ssl:
-        context = ssl.create_default_context(cafile=config.ssl_ca_cert or None)
-        if config.cert_file:
-            context.load_cert_chain(config.cert_file, config.key_file)
-    headers = {}
-    for auth in config.auth_settings().values():
-        if auth["in"] == "header" and auth["value"]:
-            headers[auth["key"]] = auth["value"]
-    return Target(config.host.rstrip("/"), context, headers, f"kubeconfig {path}")
+    return Target(credentials.server, credentials, f"kubeconfig {path}")
 
 
 def _skipped(reason: str, config: Config) -> list[Check]:
@@ -164,9 +153,11 @@ async def check_api_server(config: Config, *, simulated: bool = False,
     rows = [Check("api.config", "API server config", OK, f"{target.how}: {target.url}",
                   details={"url": target.url, "how": target.how})]
     timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
-    headers = {**target.headers, "User-Agent": f"kube-gpu-exporter-check/{__version__}", "Accept": "application/json"}
+    headers = {**await target.credentials.headers(), "User-Agent": f"kube-gpu-exporter-check/{__version__}",
+               "Accept": "application/json"}
+    tls = target.credentials.ssl_context()
     async with aiohttp.ClientSession(timeout=timeout, headers=headers,
-                                     connector=aiohttp.TCPConnector(ssl=target.ssl)) as session:
+                                     connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True)) as session:
         api = _Api(session, target.url)
         version = await _version_check(api, target)
         rows.append(version)
