@@ -10,6 +10,7 @@ reads the GPUs and pods off the rendered DOM, and a pod whose names carry HTML i
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -23,13 +24,15 @@ import jsonschema
 import matplotlib.image
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from e2e import ROOT, AgentProcess
+from e2e import ROOT, AgentProcess, value
+from PIL import Image
 
 from exporter.render import status
 from exporter.attribution import Attribution
 from exporter.cli import build_agent
 from exporter.config import parse_config
 from exporter.model.cycle import AgentStatus
+from exporter.serve.guard import Guard, HttpLimits
 from exporter.serve.routes import make_app
 from exporter.sources.simulate import load_scenario
 from exporter.model.gpu import Gpu, GpuSnapshot
@@ -257,6 +260,27 @@ async def test_page_and_json_are_503_until_the_first_cycle():
         assert (await client.get("/")).status == 200
         assert (await client.get("/api/v1/status")).status == 200
     await agent.stop()
+
+
+async def test_a_page_view_and_its_icon_are_no_refusal():
+    """A browser asks for /favicon.ico with every page it shows (the status page, /metrics): it gets
+    an icon, and kube_gpu_exporter_http_rejected_total{reason="path"} counts only what is refused."""
+    config = parse_config(["--simulate", "--collector.interval", "60"], environ={})
+    guard = Guard(config.web_config, HttpLimits())
+    agent = build_agent(config, guard=guard)
+    async with TestClient(TestServer(make_app(agent, guard))) as client:
+        await agent.collect_once()
+        for path in ("/", "/favicon.ico", "/metrics", "/favicon.ico"):
+            assert (await client.get(path)).status == 200, path
+        response = await client.get("/favicon.ico")
+        assert response.content_type == "image/vnd.microsoft.icon" and "max-age" in response.headers["Cache-Control"]
+        icon = Image.open(io.BytesIO(await response.read()))
+        assert icon.format == "ICO" and (32, 32) in icon.info["sizes"]
+        assert (await client.get("/favicon.png")).status == 404  # a path with no route is still refused
+        await agent.collect_once()
+        body = await (await client.get("/metrics")).text()
+    await agent.stop()
+    assert value(body, "kube_gpu_exporter_http_rejected_total", reason="path") == 1
 
 
 async def test_page_shows_every_gpu_mig_instance_and_holder(built_in):
