@@ -28,14 +28,15 @@ from e2e import ROOT, AgentProcess, value
 from PIL import Image
 
 from exporter.render import status
-from exporter.attribution import Attribution
+from exporter import catalog
+from exporter.attribution import Attribution, ContainerUsage, Holder
 from exporter.cli import build_agent
 from exporter.config import parse_config
-from exporter.model.cycle import AgentStatus
+from exporter.model.cycle import AgentStatus, CollectorStatus
 from exporter.serve.guard import Guard, HttpLimits
 from exporter.serve.routes import make_app
 from exporter.sources.simulate import load_scenario
-from exporter.model.gpu import Gpu, GpuSnapshot
+from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 
 IMAGES = ROOT / "docs" / "images"
 BUILT_IN = load_scenario(None)
@@ -81,111 +82,19 @@ faults:
     - {kind: gpu_lost, at: 0, gpu: 3, duration: 3600}
 """
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_HOLDER = {
-    "type": "object",
-    "required": ["namespace", "pod", "container", "resource", "shared", "workload_kind", "workload",
-                 "pod_labels", "memory_used_bytes", "utilization_ratio"],
-    # Whatever else attribution knows of a holder comes along (a DRA claim's fields, ...): scripts
-    # must ignore fields they do not know; a field that goes or changes meaning bumps schema_version.
-    "additionalProperties": {"type": "string"},
-    "properties": {
-        **{k: {"type": "string"} for k in ("namespace", "pod", "container", "resource", "workload_kind", "workload")},
-        "shared": {"type": "boolean"},
-        "pod_labels": {"type": "object", "additionalProperties": {"type": "string"},
-                       "propertyNames": {"pattern": "^label_[a-zA-Z0-9_]+$"}},
-        "memory_used_bytes": _NUMBER_OR_NULL,
-        "utilization_ratio": _NUMBER_OR_NULL,
-    },
-}
-#: The contract of /api/v1/status (schema_version 1), as docs/dashboards.md describes it.
-STATUS_SCHEMA = {
-    "type": "object",
-    "required": ["schema_version", "node", "generated_at", "refresh_seconds", "agent", "gpus"],
-    "additionalProperties": False,
-    "properties": {
-        "schema_version": {"const": 1},
-        "node": {"type": "string", "minLength": 1},
-        "generated_at": {"type": "number"},
-        "refresh_seconds": {"type": "integer", "minimum": 1},
-        "agent": {
-            "type": "object",
-            "required": ["version", "simulated", "nvml_up", "collectors", "last_cycle_timestamp",
-                         "cycle_duration_seconds", "gpu_snapshot_age_seconds", "gpu_snapshot_stale", "errors_total"],
-            "additionalProperties": False,
-            "properties": {
-                "version": {"type": "string"},
-                "simulated": {"type": "boolean"},
-                "nvml_up": {"type": "boolean"},
-                "collectors": {
-                    "type": "object",
-                    "required": ["nvml", "kubelet", "kubernetes", "procfs"],
-                    "additionalProperties": {
-                        "type": "object",
-                        "required": ["enabled", "success", "last_success_timestamp", "duration_seconds"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "enabled": {"type": "boolean"},
-                            "success": {"type": ["boolean", "null"]},
-                            "last_success_timestamp": _NUMBER_OR_NULL,
-                            "duration_seconds": _NUMBER_OR_NULL,
-                        },
-                    },
-                },
-                "last_cycle_timestamp": {"type": "number"},
-                "cycle_duration_seconds": {"type": "number"},
-                "gpu_snapshot_age_seconds": {"type": "number"},
-                "gpu_snapshot_stale": {"type": "boolean"},
-                "errors_total": {"type": "integer", "minimum": 0},
-            },
-        },
-        "gpus": {"type": "array", "items": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["index", "uuid", "model", "up", "error", "health", "problems", "utilization_ratio",
-                         "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
-                         "temperature_slowdown_celsius", "power_watts", "power_limit_watts", "clock_events_active",
-                         "xid_events", "xid_last_event_timestamps", "ecc_errors", "holders", "mig_instances"],
-            "properties": {
-                "index": {"type": "integer", "minimum": 0},
-                "uuid": {"type": "string"},
-                "model": {"type": "string"},
-                "up": {"type": "boolean"},
-                "error": {"type": ["string", "null"]},
-                "health": {"enum": ["ok", "warning", "critical"]},
-                "problems": {"type": "array", "items": {
-                    "type": "object", "required": ["level", "text"], "additionalProperties": False,
-                    "properties": {"level": {"enum": ["info", "warning", "critical"]}, "text": {"type": "string"}},
-                }},
-                **{k: _NUMBER_OR_NULL for k in (
-                    "utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
-                    "temperature_slowdown_celsius", "power_watts", "power_limit_watts")},
-                "clock_events_active": {"type": "array", "items": {"type": "string"}},
-                "xid_events": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1},
-                               "propertyNames": {"pattern": "^[0-9]+$"}},
-                "xid_last_event_timestamps": {"type": "object", "additionalProperties": {"type": "number"},
-                                              "propertyNames": {"pattern": "^[0-9]+$"}},
-                "ecc_errors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
-                "holders": {"type": "array", "items": _HOLDER},
-                "mig_instances": {"type": "array", "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["uuid", "profile", "gpu_instance_id", "compute_instance_id", "memory_used_bytes",
-                                 "memory_total_bytes", "holders"],
-                    "properties": {
-                        "uuid": {"type": "string", "pattern": "^MIG-"},
-                        "profile": {"type": "string"},
-                        "gpu_instance_id": {"type": "integer"},
-                        "compute_instance_id": {"type": "integer"},
-                        "memory_used_bytes": _NUMBER_OR_NULL,
-                        "memory_total_bytes": _NUMBER_OR_NULL,
-                        "holders": {"type": "array", "items": _HOLDER},
-                    },
-                }},
-            },
-        }},
-    },
-}
+#: The contract of /api/v1/status (schema_version 1), published for scripts beside docs/dashboards.md.
+STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
+#: JSON Schema takes 1.0 for an integer and 1 for a number; the document holds each field to one
+#: type: an integer is written without a fraction, any other number with one (70.0).
+_ONE_TYPE_PER_FIELD = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+    "integer": lambda _, value: type(value) is int,
+    "number": lambda _, value: type(value) is float,
+})
+StatusValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_ONE_TYPE_PER_FIELD)
+
+
+def validate(document: dict) -> None:
+    StatusValidator(STATUS_SCHEMA).validate(document)
 
 
 class Dom(HTMLParser):
@@ -323,7 +232,7 @@ async def test_json_follows_its_schema_and_says_what_the_page_says(built_in):
     status, content_type, body = await _get(built_in, "/api/v1/status")
     assert status == 200 and content_type.startswith("application/json")
     document = json.loads(body)
-    jsonschema.validate(document, STATUS_SCHEMA)
+    validate(document)
     assert document["node"] == "gpu-node-h100-01" and document["agent"]["simulated"] is True
     assert all(c["enabled"] and c["success"] for c in document["agent"]["collectors"].values())
     gpus = document["gpus"]
@@ -353,7 +262,7 @@ async def test_faults_show_as_problems_worst_first(tmp_path):
         document = json.loads((await _get(client, "/api/v1/status"))[2])
         dom = Dom((await _get(client, "/"))[2])
     await agent.stop()
-    jsonschema.validate(document, STATUS_SCHEMA)
+    validate(document)
     xid, thermal, ecc, lost = document["gpus"]
     assert xid["health"] == "critical" and xid["xid_events"] == {"79": 2}  # 79: reboot tier, as the alert
     assert xid["problems"][0] == {"level": "critical", "text": "XID 79 in the last 10 min: the GPU fell off the bus: "
@@ -371,6 +280,61 @@ async def test_faults_show_as_problems_worst_first(tmp_path):
     assert "uuid unknown" in dom.text and "no readings while the GPU is down" in dom.text
 
 
+async def test_json_from_nvml_follows_its_schema(fake_nvml):
+    """NVML answers integers where the simulated node has floats (the built-in node's JSON is
+    validated above): the document is the same, type for type (two H100s, an A100 in MIG mode)."""
+    agent = build_agent(parse_config(["--collector.interval", "60", "--no-kubelet.enabled", "--path.procfs="],
+                                     environ={}))
+    await agent.start_sources()
+    await agent.collect_once()
+    await agent.stop()
+    document = json.loads(agent.status_page.json)
+    validate(document)
+    assert document["agent"]["simulated"] is False and len(document["gpus"]) == 3
+    assert document["gpus"][2]["mig_instances"] and document["gpus"][0]["memory_total_bytes"] > 0
+
+
+def _typed_node(number: type) -> dict:
+    """The JSON of a one-GPU node with a MIG instance and a holder on each, every value read as
+    ``number`` (NVML's ints, the simulated node's floats)."""
+    n = number
+    gpu = Gpu(0, "GPU-0", info={"model": "H100"}, samples=(
+        Sample(catalog.UTILIZATION, n(1)), Sample(catalog.MEMORY_USED, n(3 << 30)),
+        Sample(catalog.MEMORY_TOTAL, n(80 << 30)), Sample(catalog.TEMPERATURE, n(70)),
+        Sample(catalog.TEMPERATURE_THRESHOLD, n(87), ("slowdown",)), Sample(catalog.POWER, n(300)),
+        Sample(catalog.POWER_LIMIT, n(700)), Sample(catalog.ECC_ERRORS, n(0), ("corrected",)),
+    ), mig_devices=(MigDevice("MIG-0", 1, 0, "1g.10gb", samples=(
+        Sample(catalog.MIG_MEMORY_USED, n(1 << 30)), Sample(catalog.MIG_MEMORY_TOTAL, n(10 << 30)))),))
+    holder = Holder("ns", "pod", "c", "nvidia.com/gpu", False, "Job", "train")
+    attribution = Attribution(holders={"GPU-0": (holder,), "MIG-0": (holder,)},
+                              usage={"GPU-0": (ContainerUsage("ns", "pod", "c", n(3 << 30), n(1)),),
+                                     "MIG-0": (ContainerUsage("ns", "pod", "c", n(1 << 30), None),)})
+    snapshot = GpuSnapshot((gpu,), n(0), xids={("GPU-0", 13): n(2)}, xid_last_event={("GPU-0", 13): n(990)})
+    agent = AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=n(1000), cycle_duration_seconds=n(0),
+                        gpu_snapshot_age_seconds=n(0), errors={("nvml", "timeout"): n(1)},
+                        collectors={"nvml": CollectorStatus("NVML", True, n(0), n(1000))})
+    return json.loads(status.render(snapshot, attribution, agent, node="n").json)
+
+
+def test_each_field_has_one_type_whatever_the_backend_gives():
+    """Byte counts and counts are integers, every other number a float, whether the readings came
+    as integers or floats: a script decoding into typed fields gets what the schema says."""
+    StatusValidator.check_schema(STATUS_SCHEMA)
+    for number in (int, float):
+        document = _typed_node(number)
+        validate(document)
+        (gpu,) = document["gpus"]
+        (mig,) = gpu["mig_instances"]
+        assert [type(v) for v in (gpu["memory_used_bytes"], gpu["holders"][0]["memory_used_bytes"],
+                                  mig["memory_total_bytes"], mig["holders"][0]["memory_used_bytes"])] == [int] * 4
+        assert [type(v) for v in (gpu["temperature_celsius"], gpu["power_watts"], gpu["utilization_ratio"],
+                                  gpu["holders"][0]["utilization_ratio"])] == [float] * 4
+    # The check can fail: a byte count written as a float, a temperature as an integer.
+    for field, wrong in (("memory_used_bytes", float(3 << 30)), ("temperature_celsius", 70)):
+        with pytest.raises(jsonschema.ValidationError):
+            validate({**document, "gpus": [{**gpu, field: wrong}]})
+
+
 def _xid_node(now: float, last: dict[int, float], *, event_window: float = 600.0) -> dict:
     """The JSON of a one-GPU node whose XIDs (code -> unix time of the last event) came so long ago."""
     uuid = "GPU-0"
@@ -379,7 +343,7 @@ def _xid_node(now: float, last: dict[int, float], *, event_window: float = 600.0
     page = status.render(snapshot, Attribution(), AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=now),
                          node="n", event_window=event_window)
     document = json.loads(page.json)
-    jsonschema.validate(document, STATUS_SCHEMA)
+    validate(document)
     (gpu,) = document["gpus"]
     return gpu
 
