@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .agent import Agent, Component
@@ -19,10 +19,10 @@ from .model.kube import ProcessOwners
 from .serve.guard import Guard, HttpLimits, start_server
 from .serve.routes import make_app
 from .sources.backend import GpuBackend
-from .sources.base import Source
+from .sources.base import Off, Source
 from .sources.gpus import GpuSource
 from .sources.grace import KeptWhileDown
-from .sources.kube.source import Watch, pod_source, slice_source
+from .sources.kube.source import PodSource, SliceSource, Watch
 from .sources.kubelet.source import KubeletSource, PodResourcesLister
 from .sources.procfs import ProcfsSource
 
@@ -73,19 +73,18 @@ def build_sources(
     """The agent's sources over these clients, as the config wants them: the GPUs through
     ``backend``; the kubelet, the pod watch and the ResourceSlice watch where given, each kept for
     ``--attribution.grace-period`` while it fails; procfs through ``process_owners``, or the host's
-    at ``--path.procfs`` (none when that is empty). Adding a source is one line here."""
-    grace = config.attribution_grace_period
-    sources: list[Source] = []
-    if kubelet is not None:
-        sources.append(KeptWhileDown(KubeletSource(kubelet), grace, kept="allocations"))
-    if pods is not None:
-        sources.append(KeptWhileDown(pod_source(pods), grace, kept="workloads"))
-    if slices is not None:
-        sources.append(KeptWhileDown(slice_source(slices), grace, kept="DRA devices"))
+    at ``--path.procfs`` (off when that is empty). A source switched off is there as ``Off``: the
+    status page lists every source, enabled or not. Adding a source is one line here."""
+
+    def kept(kind: type[Any], client: object | None, what: str) -> Source:
+        return Off(kind) if client is None else KeptWhileDown(kind(client), config.attribution_grace_period, what)
+
     if process_owners is not None:
-        sources.append(ProcfsSource(process_owners, config.procfs))
-    elif config.procfs:
-        sources.append(ProcfsSource.host(config.procfs))
+        procfs: Source = ProcfsSource(process_owners, config.procfs)
+    else:
+        procfs = ProcfsSource.host(config.procfs) if config.procfs else Off(ProcfsSource)
+    sources = [kept(KubeletSource, kubelet, "allocations"), kept(PodSource, pods, "workloads"),
+               kept(SliceSource, slices, "DRA devices"), procfs]
     return GpuSource.configured(backend, config), sources
 
 

@@ -214,8 +214,12 @@ async def test_page_shows_every_gpu_mig_instance_and_holder(built_in):
     assert "nightly-eval" in mig_card and "CronJob" in mig_card and "free" in mig_card
     # The agent's own state, and links relative to wherever the page is served (port-forward, proxy).
     assert "gpu-node-h100-01" in dom.text and "simulated" in dom.text
-    for name in ("NVML", "kubelet pod-resources", "API server", "procfs"):
+    for name in ("NVML", "kubelet pod-resources", "API server pod watch", "API server ResourceSlice watch", "procfs"):
         assert name in dom.text
+    # A DRA claim's holder says which claim (the JSON's claim_name).
+    claimed = [h for g in document["gpus"] for h in g["holders"] if h["claim_name"]]
+    assert [h["claim_name"] for h in claimed] == ["dev-sandbox-gpu"]
+    assert [text for _, text in dom.find("span", **{"class": "claim"})] == ["claim dev-sandbox-gpu"]
     assert {a["href"] for a, _ in dom.find("a")} == {"metrics", "healthz", "readyz", "api/v1/status"}
 
 
@@ -251,6 +255,25 @@ async def test_json_follows_its_schema_and_says_what_the_page_says(built_in):
     for gpu in gpus:
         assert gpu["model"] == "NVIDIA H100 80GB HBM3" and gpu["up"] and gpu["memory_total_bytes"] > 0
         assert gpu["temperature_slowdown_celsius"] > gpu["temperature_celsius"] > 0
+
+
+async def test_every_collector_is_listed_the_switched_off_ones_as_disabled():
+    """The page and the JSON list the agent's sources, those the flags switch off included: the
+    ResourceSlice watch as much as the pod watch."""
+    agent, client = _client_for(["--simulate", "--no-kubelet.enabled"])
+    async with client:
+        await agent.collect_once()
+        document = json.loads((await _get(client, "/api/v1/status"))[2])
+        dom = Dom((await _get(client, "/"))[2])
+    await agent.stop()
+    validate(document)
+    collectors = document["agent"]["collectors"]
+    assert {name: c["enabled"] for name, c in collectors.items()} == {
+        "nvml": True, "procfs": True, "kubelet": False, "kubernetes": False, "resourceslices": False}
+    assert all(c["success"] is None for c in collectors.values() if not c["enabled"])
+    for title in ("kubelet pod-resources API", "API server pod watch", "API server ResourceSlice watch"):
+        assert f"{title} disabled" in dom.text, title
+    assert "NVML ok" in dom.text and "procfs ok" in dom.text
 
 
 async def test_faults_show_as_problems_worst_first(tmp_path):
@@ -310,9 +333,8 @@ def _typed_node(number: type) -> dict:
                               usage={"GPU-0": (ContainerUsage("ns", "pod", "c", n(3 << 30), n(1)),),
                                      "MIG-0": (ContainerUsage("ns", "pod", "c", n(1 << 30), None),)})
     snapshot = GpuSnapshot((gpu,), n(0), xids={("GPU-0", 13): n(2)}, xid_last_event={("GPU-0", 13): n(990)})
-    agent = AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=n(1000), cycle_duration_seconds=n(0),
-                        gpu_snapshot_age_seconds=n(0), errors={("nvml", "timeout"): n(1)},
-                        collectors={"nvml": CollectorStatus("NVML", True, n(0), n(1000))})
+    agent = _agent_status(n(1000), cycle_duration_seconds=n(0), gpu_snapshot_age_seconds=n(0),
+                          errors={("nvml", "timeout"): n(1)})
     return json.loads(status.render(snapshot, attribution, agent, node="n").json)
 
 
@@ -335,13 +357,20 @@ def test_each_field_has_one_type_whatever_the_backend_gives():
             validate({**document, "gpus": [{**gpu, field: wrong}]})
 
 
+def _agent_status(now: float, **fields) -> AgentStatus:  # noqa: ANN003
+    """The status of an agent that reads only the GPUs (the others switched off), at ``now``."""
+    return AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=now,
+                       collectors={"nvml": CollectorStatus("NVML", True, 0.0, now)},
+                       switched_off={name: name for name in ("kubelet", "kubernetes", "resourceslices", "procfs")},
+                       **fields)
+
+
 def _xid_node(now: float, last: dict[int, float], *, event_window: float = 600.0) -> dict:
     """The JSON of a one-GPU node whose XIDs (code -> unix time of the last event) came so long ago."""
     uuid = "GPU-0"
     snapshot = GpuSnapshot((Gpu(0, uuid, info={"model": "H100"}),), 0.0, xids={(uuid, c): 1 for c in last},
                            xid_last_event={(uuid, c): t for c, t in last.items()})
-    page = status.render(snapshot, Attribution(), AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=now),
-                         node="n", event_window=event_window)
+    page = status.render(snapshot, Attribution(), _agent_status(now), node="n", event_window=event_window)
     document = json.loads(page.json)
     validate(document)
     (gpu,) = document["gpus"]

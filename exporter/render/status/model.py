@@ -28,9 +28,6 @@ from ...model.gpu import Gpu, GpuSnapshot, MigDevice
 
 #: Version of the JSON document; bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1
-#: The collectors schema version 1 promises in ``agent.collectors``: one the agent does not run is
-#: there with ``enabled: false``. The others it runs (resourceslices) are there too, in its order.
-SCHEMA_V1_COLLECTORS = ("nvml", "kubelet", "kubernetes", "procfs")
 MIN_REFRESH_SECONDS = 5
 #: How an XID within the event window shows, by tier: the level the alerts give it, and what it means.
 XID_PROBLEMS: Mapping[str, tuple[str, str]] = {
@@ -228,12 +225,12 @@ def _gpu(gpu: Gpu, attribution: Attribution, snapshot: GpuSnapshot, now: float, 
 
 
 def _agent(status: AgentStatus) -> AgentState:
-    """The agent's state; its collectors are the sources it runs, in its order."""
+    """The agent's state; its collectors are the sources it runs, in its order, then those the
+    configuration switches off (``enabled: false``)."""
     collectors = {name: CollectorState(c.title, True, c.success, _number(c.last_success_timestamp),
                                        _number(c.duration_seconds))
                   for name, c in status.collectors.items()}
-    for name in SCHEMA_V1_COLLECTORS:
-        collectors.setdefault(name, CollectorState(name, False, None, None, None))
+    collectors |= {name: CollectorState(title, False, None, None, None) for name, title in status.switched_off.items()}
     return AgentState(
         version=__version__, simulated=status.simulated, nvml_up=status.nvml_up, collectors=collectors,
         last_cycle_timestamp=float(status.cycle_timestamp),
