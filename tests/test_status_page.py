@@ -510,6 +510,51 @@ def test_chromium_shows_the_gpus_and_pods_and_takes_the_screenshot(tmp_path):
             shutil.copyfile(path, IMAGES / path.name)
 
 
+#: Lays the page out and writes, per GPU card, the rows its gauges take and, for each gauge's label
+#: and value, its lines (its height over its line height) and whether its text stays in the card.
+MEASURE = """<script>
+addEventListener("DOMContentLoaded", () => {
+  const cards = [...document.querySelectorAll("section.card")].map(card => {
+    const box = card.getBoundingClientRect(), style = getComputedStyle(card);
+    const left = box.left + parseFloat(style.borderLeftWidth) + parseFloat(style.paddingLeft);
+    const right = box.right - parseFloat(style.borderRightWidth) - parseFloat(style.paddingRight);
+    const gauges = [...card.querySelectorAll(".gauge")];
+    return {
+      rows: new Set(gauges.map(g => Math.round(g.getBoundingClientRect().top))).size,
+      texts: gauges.flatMap(g => [...g.querySelectorAll(".label, .value")]).map(e => {
+        const range = document.createRange();
+        range.selectNodeContents(e);
+        const text = range.getBoundingClientRect();
+        return {text: e.textContent, lines: e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight),
+                inside: text.left >= left - 0.5 && text.right <= right + 0.5};
+      }),
+    };
+  });
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify(cards);
+  document.body.append(out);
+});
+</script>"""
+
+
+async def test_chromium_lays_each_gauge_on_one_line_from_a_phone_to_a_wide_screen(built_in, tmp_path):
+    """Values such as "69.6 / 79.6 GiB" and "70 °C (slowdown 87)" never break: a card's gauges read
+    on one row at common desktop widths, and two by two on a phone; no text leaves its card."""
+    page = tmp_path / "status.html"
+    page.write_text((await _get(built_in, "/"))[2].replace("</head>", MEASURE + "</head>"))
+    for width, rows in ((1280, 1), (1400, 1), (1920, 1), (412, 2), (360, 2)):
+        dom = Dom(_chromium(tmp_path, f"--window-size={width},1500", "--force-device-scale-factor=1", "--dump-dom",
+                            page.as_uri()))
+        (_, measured), = dom.find("pre", id="measured")
+        cards = json.loads(measured)
+        assert len(cards) == len(BUILT_IN.gpus)
+        for card in cards:
+            assert card["rows"] == rows and len(card["texts"]) == 8, (width, card)  # 4 gauges: label, value
+            for text in card["texts"]:
+                assert round(text["lines"], 1) == 1 and text["inside"], (width, text)
+
+
 def test_chromium_shows_html_in_pod_names_as_text(tmp_path):
     scenario = tmp_path / "evil.yaml"
     scenario.write_text(EVIL_SCENARIO)
