@@ -109,8 +109,10 @@ class Agent:
                  components: Sequence[Component] = ()) -> None:
         self.config = config
         self.gpus = gpus
-        self.sources: tuple[Source, ...] = (gpus, *sources)
-        names = [s.name for s in self.sources]
+        self.sources: tuple[Source, ...] = (gpus, *(s for s in sources if s.enabled))
+        # Those the configuration switches off (``sources.base.Off``): the status page lists them.
+        self.switched_off = tuple(s for s in sources if not s.enabled)
+        names = [s.name for s in (*self.sources, *self.switched_off)]
         if len(set(names)) != len(names):
             raise ValueError(f"two sources share a name: {names}")
         known = {f.name for f in fields(Observations)}
@@ -143,6 +145,7 @@ class Agent:
             simulated=self.gpus.simulated,
             nvml_up=self.gpus.state.up,
             collectors={s.name: self._collectors[s.name] for s in self.sources},
+            switched_off={s.name: s.title for s in self.switched_off},
             errors=self.errors.totals(),
             cycle_timestamp=time.time(),
             cycle_duration_seconds=now - started,

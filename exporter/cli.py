@@ -19,10 +19,10 @@ from .model.kube import ProcessOwners
 from .serve.guard import Guard, HttpLimits, start_server
 from .serve.routes import make_app
 from .sources.backend import GpuBackend
-from .sources.base import Source
+from .sources.base import Off, Source
 from .sources.gpus import GpuSource
 from .sources.grace import KeptWhileDown
-from .sources.kube.source import Watch, pod_source, slice_source
+from .sources.kube.source import PodSource, SliceSource, Watch
 from .sources.kubelet.source import KubeletSource, PodResourcesLister
 from .sources.procfs import ProcfsSource
 
@@ -88,19 +88,18 @@ def build_sources(
     ``backend``; the kubelet where given, kept for ``--attribution.grace-period`` while it fails;
     the pod watch and the ResourceSlice watch where given, kept for as long as the API server is
     away (sources/grace.py); procfs through ``process_owners``, or the host's at
-    ``--path.procfs`` (none when that is empty). Adding a source is one line here."""
-    grace = config.attribution_grace_period
-    sources: list[Source] = []
-    if kubelet is not None:
-        sources.append(KeptWhileDown(KubeletSource(kubelet), grace, kept="allocations"))
-    if pods is not None:
-        sources.append(KeptWhileDown(pod_source(pods), None, kept="workloads"))
-    if slices is not None:
-        sources.append(KeptWhileDown(slice_source(slices), None, kept="DRA devices"))
+    ``--path.procfs`` (off when that is empty). A source switched off is there as ``Off``: the
+    status page lists every source, enabled or not. Adding a source is one line here."""
+
+    def kept(kind: type[Any], client: object | None, what: str, grace: float | None) -> Source:
+        return Off(kind) if client is None else KeptWhileDown(kind(client), grace, what)
+
     if process_owners is not None:
-        sources.append(ProcfsSource(process_owners, config.procfs))
-    elif config.procfs:
-        sources.append(ProcfsSource.host(config.procfs))
+        procfs: Source = ProcfsSource(process_owners, config.procfs)
+    else:
+        procfs = ProcfsSource.host(config.procfs) if config.procfs else Off(ProcfsSource)
+    sources = [kept(KubeletSource, kubelet, "allocations", config.attribution_grace_period),
+               kept(PodSource, pods, "workloads", None), kept(SliceSource, slices, "DRA devices", None), procfs]
     return GpuSource.configured(backend, config), sources
 
 

@@ -498,6 +498,7 @@ def test_image_build_stage_has_what_the_package_needs(tmp_path):
     assert "exporter/sources/simulate/default.yaml" in names and "exporter/cli.py" in names
     for template in ("status.html", "status.css", "starting.html"):  # the status page's
         assert f"exporter/render/status/templates/{template}" in names
+    assert "exporter/render/status/favicon.ico" in names
 
 
 def _get(url: str) -> tuple[int, str]:

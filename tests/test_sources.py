@@ -129,12 +129,40 @@ async def test_a_new_source_needs_no_change_to_the_agent():
     config = parse_config(["--path.procfs", ""], environ={})
     gpus, sources = build_sources(config, OneGpu())
     new = Labels()
-    body = await scrape(Agent(config, gpus, [*sources, new]))
+    agent = Agent(config, gpus, [*sources, new])
+    body = await scrape(agent)
     assert [g.uuid for g in new.seen[0].gpus] == [GPU]  # read after the GPUs, with their snapshot
     assert value(body, "kube_gpu_exporter_collector_success", collector="labels") == 0
     assert value(body, "kube_gpu_exporter_collector_duration_seconds", collector="labels") is not None
     assert value(body, "kube_gpu_exporter_collector_errors_total", collector="labels", kind="refused") == 0
     assert value(body, "kube_gpu_exporter_unresolved_gpu_processes") == 7
+    # The status page lists it among the collectors (those switched off after them).
+    assert agent.status_page is not None
+    collectors = agent.status_page.status.agent.collectors
+    assert [(name, c.title, c.enabled) for name, c in collectors.items()][:2] == [
+        ("nvml", "NVML", True), ("labels", "a new source", True)]
+
+
+async def test_a_source_switched_off_is_listed_and_never_started_read_or_counted():
+    """``build_sources`` gives an ``Off`` for each source the configuration switches off: the
+    status page lists it as disabled (by its title), and the agent does nothing else with it."""
+    config = parse_config(["--path.procfs", ""], environ={})
+    gpus, sources = build_sources(config, OneGpu())
+    assert [(s.name, s.enabled) for s in sources] == [
+        ("kubelet", False), ("kubernetes", False), ("resourceslices", False), ("procfs", False)]
+    agent = Agent(config, gpus, sources)
+    await agent.start_sources(sync_timeout=1)
+    body = await scrape(agent)
+    await agent.stop()
+    assert [s.name for s in agent.sources] == ["nvml"]
+    assert {labels["collector"] for labels, _ in samples(body, "kube_gpu_exporter_collector_success")} == {"nvml"}
+    assert {labels["collector"] for labels, _ in samples(body, "kube_gpu_exporter_collector_errors_total")} <= {
+        "nvml", "agent"}
+    assert agent.status_page is not None
+    assert {name: (c.title, c.enabled, c.success) for name, c in agent.status_page.status.agent.collectors.items()
+            if name != "nvml"} == {
+        "kubelet": ("kubelet pod-resources API", False, None), "kubernetes": ("API server pod watch", False, None),
+        "resourceslices": ("API server ResourceSlice watch", False, None), "procfs": ("procfs", False, None)}
 
 
 def test_once_and_the_server_render_the_same_self_metrics(tmp_path):

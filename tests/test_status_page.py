@@ -10,6 +10,7 @@ reads the GPUs and pods off the rendered DOM, and a pod whose names carry HTML i
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -23,16 +24,19 @@ import jsonschema
 import matplotlib.image
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from e2e import ROOT, AgentProcess
+from e2e import ROOT, AgentProcess, value
+from PIL import Image
 
 from exporter.render import status
-from exporter.attribution import Attribution
+from exporter import catalog
+from exporter.attribution import Attribution, ContainerUsage, Holder
 from exporter.cli import build_agent
 from exporter.config import parse_config
-from exporter.model.cycle import AgentStatus
+from exporter.model.cycle import AgentStatus, CollectorStatus
+from exporter.serve.guard import Guard, HttpLimits
 from exporter.serve.routes import make_app
 from exporter.sources.simulate import load_scenario
-from exporter.model.gpu import Gpu, GpuSnapshot
+from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 
 IMAGES = ROOT / "docs" / "images"
 BUILT_IN = load_scenario(None)
@@ -78,111 +82,19 @@ faults:
     - {kind: gpu_lost, at: 0, gpu: 3, duration: 3600}
 """
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_HOLDER = {
-    "type": "object",
-    "required": ["namespace", "pod", "container", "resource", "shared", "workload_kind", "workload",
-                 "pod_labels", "memory_used_bytes", "utilization_ratio"],
-    # Whatever else attribution knows of a holder comes along (a DRA claim's fields, ...): scripts
-    # must ignore fields they do not know; a field that goes or changes meaning bumps schema_version.
-    "additionalProperties": {"type": "string"},
-    "properties": {
-        **{k: {"type": "string"} for k in ("namespace", "pod", "container", "resource", "workload_kind", "workload")},
-        "shared": {"type": "boolean"},
-        "pod_labels": {"type": "object", "additionalProperties": {"type": "string"},
-                       "propertyNames": {"pattern": "^label_[a-zA-Z0-9_]+$"}},
-        "memory_used_bytes": _NUMBER_OR_NULL,
-        "utilization_ratio": _NUMBER_OR_NULL,
-    },
-}
-#: The contract of /api/v1/status (schema_version 1), as docs/dashboards.md describes it.
-STATUS_SCHEMA = {
-    "type": "object",
-    "required": ["schema_version", "node", "generated_at", "refresh_seconds", "agent", "gpus"],
-    "additionalProperties": False,
-    "properties": {
-        "schema_version": {"const": 1},
-        "node": {"type": "string", "minLength": 1},
-        "generated_at": {"type": "number"},
-        "refresh_seconds": {"type": "integer", "minimum": 1},
-        "agent": {
-            "type": "object",
-            "required": ["version", "simulated", "nvml_up", "collectors", "last_cycle_timestamp",
-                         "cycle_duration_seconds", "gpu_snapshot_age_seconds", "gpu_snapshot_stale", "errors_total"],
-            "additionalProperties": False,
-            "properties": {
-                "version": {"type": "string"},
-                "simulated": {"type": "boolean"},
-                "nvml_up": {"type": "boolean"},
-                "collectors": {
-                    "type": "object",
-                    "required": ["nvml", "kubelet", "kubernetes", "procfs"],
-                    "additionalProperties": {
-                        "type": "object",
-                        "required": ["enabled", "success", "last_success_timestamp", "duration_seconds"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "enabled": {"type": "boolean"},
-                            "success": {"type": ["boolean", "null"]},
-                            "last_success_timestamp": _NUMBER_OR_NULL,
-                            "duration_seconds": _NUMBER_OR_NULL,
-                        },
-                    },
-                },
-                "last_cycle_timestamp": {"type": "number"},
-                "cycle_duration_seconds": {"type": "number"},
-                "gpu_snapshot_age_seconds": {"type": "number"},
-                "gpu_snapshot_stale": {"type": "boolean"},
-                "errors_total": {"type": "integer", "minimum": 0},
-            },
-        },
-        "gpus": {"type": "array", "items": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["index", "uuid", "model", "up", "error", "health", "problems", "utilization_ratio",
-                         "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
-                         "temperature_slowdown_celsius", "power_watts", "power_limit_watts", "clock_events_active",
-                         "xid_events", "xid_last_event_timestamps", "ecc_errors", "holders", "mig_instances"],
-            "properties": {
-                "index": {"type": "integer", "minimum": 0},
-                "uuid": {"type": "string"},
-                "model": {"type": "string"},
-                "up": {"type": "boolean"},
-                "error": {"type": ["string", "null"]},
-                "health": {"enum": ["ok", "warning", "critical"]},
-                "problems": {"type": "array", "items": {
-                    "type": "object", "required": ["level", "text"], "additionalProperties": False,
-                    "properties": {"level": {"enum": ["info", "warning", "critical"]}, "text": {"type": "string"}},
-                }},
-                **{k: _NUMBER_OR_NULL for k in (
-                    "utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_celsius",
-                    "temperature_slowdown_celsius", "power_watts", "power_limit_watts")},
-                "clock_events_active": {"type": "array", "items": {"type": "string"}},
-                "xid_events": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1},
-                               "propertyNames": {"pattern": "^[0-9]+$"}},
-                "xid_last_event_timestamps": {"type": "object", "additionalProperties": {"type": "number"},
-                                              "propertyNames": {"pattern": "^[0-9]+$"}},
-                "ecc_errors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
-                "holders": {"type": "array", "items": _HOLDER},
-                "mig_instances": {"type": "array", "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["uuid", "profile", "gpu_instance_id", "compute_instance_id", "memory_used_bytes",
-                                 "memory_total_bytes", "holders"],
-                    "properties": {
-                        "uuid": {"type": "string", "pattern": "^MIG-"},
-                        "profile": {"type": "string"},
-                        "gpu_instance_id": {"type": "integer"},
-                        "compute_instance_id": {"type": "integer"},
-                        "memory_used_bytes": _NUMBER_OR_NULL,
-                        "memory_total_bytes": _NUMBER_OR_NULL,
-                        "holders": {"type": "array", "items": _HOLDER},
-                    },
-                }},
-            },
-        }},
-    },
-}
+#: The contract of /api/v1/status (schema_version 1), published for scripts beside docs/dashboards.md.
+STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
+#: JSON Schema takes 1.0 for an integer and 1 for a number; the document holds each field to one
+#: type: an integer is written without a fraction, any other number with one (70.0).
+_ONE_TYPE_PER_FIELD = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+    "integer": lambda _, value: type(value) is int,
+    "number": lambda _, value: type(value) is float,
+})
+StatusValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_ONE_TYPE_PER_FIELD)
+
+
+def validate(document: dict) -> None:
+    StatusValidator(STATUS_SCHEMA).validate(document)
 
 
 class Dom(HTMLParser):
@@ -259,6 +171,27 @@ async def test_page_and_json_are_503_until_the_first_cycle():
     await agent.stop()
 
 
+async def test_a_page_view_and_its_icon_are_no_refusal():
+    """A browser asks for /favicon.ico with every page it shows (the status page, /metrics): it gets
+    an icon, and kube_gpu_exporter_http_rejected_total{reason="path"} counts only what is refused."""
+    config = parse_config(["--simulate", "--collector.interval", "60"], environ={})
+    guard = Guard(config.web_config, HttpLimits())
+    agent = build_agent(config, guard=guard)
+    async with TestClient(TestServer(make_app(agent, guard))) as client:
+        await agent.collect_once()
+        for path in ("/", "/favicon.ico", "/metrics", "/favicon.ico"):
+            assert (await client.get(path)).status == 200, path
+        response = await client.get("/favicon.ico")
+        assert response.content_type == "image/vnd.microsoft.icon" and "max-age" in response.headers["Cache-Control"]
+        icon = Image.open(io.BytesIO(await response.read()))
+        assert icon.format == "ICO" and (32, 32) in icon.info["sizes"]
+        assert (await client.get("/favicon.png")).status == 404  # a path with no route is still refused
+        await agent.collect_once()
+        body = await (await client.get("/metrics")).text()
+    await agent.stop()
+    assert value(body, "kube_gpu_exporter_http_rejected_total", reason="path") == 1
+
+
 async def test_page_shows_every_gpu_mig_instance_and_holder(built_in):
     status, content_type, page = await _get(built_in, "/")
     assert status == 200 and content_type.startswith("text/html")
@@ -281,8 +214,12 @@ async def test_page_shows_every_gpu_mig_instance_and_holder(built_in):
     assert "nightly-eval" in mig_card and "CronJob" in mig_card and "free" in mig_card
     # The agent's own state, and links relative to wherever the page is served (port-forward, proxy).
     assert "gpu-node-h100-01" in dom.text and "simulated" in dom.text
-    for name in ("NVML", "kubelet pod-resources", "API server", "procfs"):
+    for name in ("NVML", "kubelet pod-resources", "API server pod watch", "API server ResourceSlice watch", "procfs"):
         assert name in dom.text
+    # A DRA claim's holder says which claim (the JSON's claim_name).
+    claimed = [h for g in document["gpus"] for h in g["holders"] if h["claim_name"]]
+    assert [h["claim_name"] for h in claimed] == ["dev-sandbox-gpu"]
+    assert [text for _, text in dom.find("span", **{"class": "claim"})] == ["claim dev-sandbox-gpu"]
     assert {a["href"] for a, _ in dom.find("a")} == {"metrics", "healthz", "readyz", "api/v1/status"}
 
 
@@ -299,7 +236,7 @@ async def test_json_follows_its_schema_and_says_what_the_page_says(built_in):
     status, content_type, body = await _get(built_in, "/api/v1/status")
     assert status == 200 and content_type.startswith("application/json")
     document = json.loads(body)
-    jsonschema.validate(document, STATUS_SCHEMA)
+    validate(document)
     assert document["node"] == "gpu-node-h100-01" and document["agent"]["simulated"] is True
     assert all(c["enabled"] and c["success"] for c in document["agent"]["collectors"].values())
     gpus = document["gpus"]
@@ -320,6 +257,25 @@ async def test_json_follows_its_schema_and_says_what_the_page_says(built_in):
         assert gpu["temperature_slowdown_celsius"] > gpu["temperature_celsius"] > 0
 
 
+async def test_every_collector_is_listed_the_switched_off_ones_as_disabled():
+    """The page and the JSON list the agent's sources, those the flags switch off included: the
+    ResourceSlice watch as much as the pod watch."""
+    agent, client = _client_for(["--simulate", "--no-kubelet.enabled"])
+    async with client:
+        await agent.collect_once()
+        document = json.loads((await _get(client, "/api/v1/status"))[2])
+        dom = Dom((await _get(client, "/"))[2])
+    await agent.stop()
+    validate(document)
+    collectors = document["agent"]["collectors"]
+    assert {name: c["enabled"] for name, c in collectors.items()} == {
+        "nvml": True, "procfs": True, "kubelet": False, "kubernetes": False, "resourceslices": False}
+    assert all(c["success"] is None for c in collectors.values() if not c["enabled"])
+    for title in ("kubelet pod-resources API", "API server pod watch", "API server ResourceSlice watch"):
+        assert f"{title} disabled" in dom.text, title
+    assert "NVML ok" in dom.text and "procfs ok" in dom.text
+
+
 async def test_faults_show_as_problems_worst_first(tmp_path):
     scenario = tmp_path / "faults.yaml"
     scenario.write_text(FAULT_SCENARIO)
@@ -329,7 +285,7 @@ async def test_faults_show_as_problems_worst_first(tmp_path):
         document = json.loads((await _get(client, "/api/v1/status"))[2])
         dom = Dom((await _get(client, "/"))[2])
     await agent.stop()
-    jsonschema.validate(document, STATUS_SCHEMA)
+    validate(document)
     xid, thermal, ecc, lost = document["gpus"]
     assert xid["health"] == "critical" and xid["xid_events"] == {"79": 2}  # 79: reboot tier, as the alert
     assert xid["problems"][0] == {"level": "critical", "text": "XID 79 in the last 10 min: the GPU fell off the bus: "
@@ -347,15 +303,76 @@ async def test_faults_show_as_problems_worst_first(tmp_path):
     assert "uuid unknown" in dom.text and "no readings while the GPU is down" in dom.text
 
 
+async def test_json_from_nvml_follows_its_schema(fake_nvml):
+    """NVML answers integers where the simulated node has floats (the built-in node's JSON is
+    validated above): the document is the same, type for type (two H100s, an A100 in MIG mode)."""
+    agent = build_agent(parse_config(["--collector.interval", "60", "--no-kubelet.enabled", "--path.procfs="],
+                                     environ={}))
+    await agent.start_sources()
+    await agent.collect_once()
+    await agent.stop()
+    document = json.loads(agent.status_page.json)
+    validate(document)
+    assert document["agent"]["simulated"] is False and len(document["gpus"]) == 3
+    assert document["gpus"][2]["mig_instances"] and document["gpus"][0]["memory_total_bytes"] > 0
+
+
+def _typed_node(number: type) -> dict:
+    """The JSON of a one-GPU node with a MIG instance and a holder on each, every value read as
+    ``number`` (NVML's ints, the simulated node's floats)."""
+    n = number
+    gpu = Gpu(0, "GPU-0", info={"model": "H100"}, samples=(
+        Sample(catalog.UTILIZATION, n(1)), Sample(catalog.MEMORY_USED, n(3 << 30)),
+        Sample(catalog.MEMORY_TOTAL, n(80 << 30)), Sample(catalog.TEMPERATURE, n(70)),
+        Sample(catalog.TEMPERATURE_THRESHOLD, n(87), ("slowdown",)), Sample(catalog.POWER, n(300)),
+        Sample(catalog.POWER_LIMIT, n(700)), Sample(catalog.ECC_ERRORS, n(0), ("corrected",)),
+    ), mig_devices=(MigDevice("MIG-0", 1, 0, "1g.10gb", samples=(
+        Sample(catalog.MIG_MEMORY_USED, n(1 << 30)), Sample(catalog.MIG_MEMORY_TOTAL, n(10 << 30)))),))
+    holder = Holder("ns", "pod", "c", "nvidia.com/gpu", False, "Job", "train")
+    attribution = Attribution(holders={"GPU-0": (holder,), "MIG-0": (holder,)},
+                              usage={"GPU-0": (ContainerUsage("ns", "pod", "c", n(3 << 30), n(1)),),
+                                     "MIG-0": (ContainerUsage("ns", "pod", "c", n(1 << 30), None),)})
+    snapshot = GpuSnapshot((gpu,), n(0), xids={("GPU-0", 13): n(2)}, xid_last_event={("GPU-0", 13): n(990)})
+    agent = _agent_status(n(1000), cycle_duration_seconds=n(0), gpu_snapshot_age_seconds=n(0),
+                          errors={("nvml", "timeout"): n(1)})
+    return json.loads(status.render(snapshot, attribution, agent, node="n").json)
+
+
+def test_each_field_has_one_type_whatever_the_backend_gives():
+    """Byte counts and counts are integers, every other number a float, whether the readings came
+    as integers or floats: a script decoding into typed fields gets what the schema says."""
+    StatusValidator.check_schema(STATUS_SCHEMA)
+    for number in (int, float):
+        document = _typed_node(number)
+        validate(document)
+        (gpu,) = document["gpus"]
+        (mig,) = gpu["mig_instances"]
+        assert [type(v) for v in (gpu["memory_used_bytes"], gpu["holders"][0]["memory_used_bytes"],
+                                  mig["memory_total_bytes"], mig["holders"][0]["memory_used_bytes"])] == [int] * 4
+        assert [type(v) for v in (gpu["temperature_celsius"], gpu["power_watts"], gpu["utilization_ratio"],
+                                  gpu["holders"][0]["utilization_ratio"])] == [float] * 4
+    # The check can fail: a byte count written as a float, a temperature as an integer.
+    for field, wrong in (("memory_used_bytes", float(3 << 30)), ("temperature_celsius", 70)):
+        with pytest.raises(jsonschema.ValidationError):
+            validate({**document, "gpus": [{**gpu, field: wrong}]})
+
+
+def _agent_status(now: float, **fields) -> AgentStatus:  # noqa: ANN003
+    """The status of an agent that reads only the GPUs (the others switched off), at ``now``."""
+    return AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=now,
+                       collectors={"nvml": CollectorStatus("NVML", True, 0.0, now)},
+                       switched_off={name: name for name in ("kubelet", "kubernetes", "resourceslices", "procfs")},
+                       **fields)
+
+
 def _xid_node(now: float, last: dict[int, float], *, event_window: float = 600.0) -> dict:
     """The JSON of a one-GPU node whose XIDs (code -> unix time of the last event) came so long ago."""
     uuid = "GPU-0"
     snapshot = GpuSnapshot((Gpu(0, uuid, info={"model": "H100"}),), 0.0, xids={(uuid, c): 1 for c in last},
                            xid_last_event={(uuid, c): t for c, t in last.items()})
-    page = status.render(snapshot, Attribution(), AgentStatus(simulated=False, nvml_up=True, cycle_timestamp=now),
-                         node="n", event_window=event_window)
+    page = status.render(snapshot, Attribution(), _agent_status(now), node="n", event_window=event_window)
     document = json.loads(page.json)
-    jsonschema.validate(document, STATUS_SCHEMA)
+    validate(document)
     (gpu,) = document["gpus"]
     return gpu
 
@@ -491,6 +508,51 @@ def test_chromium_shows_the_gpus_and_pods_and_takes_the_screenshot(tmp_path):
         if os.environ.get("UPDATE_IMAGES"):
             IMAGES.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, IMAGES / path.name)
+
+
+#: Lays the page out and writes, per GPU card, the rows its gauges take and, for each gauge's label
+#: and value, its lines (its height over its line height) and whether its text stays in the card.
+MEASURE = """<script>
+addEventListener("DOMContentLoaded", () => {
+  const cards = [...document.querySelectorAll("section.card")].map(card => {
+    const box = card.getBoundingClientRect(), style = getComputedStyle(card);
+    const left = box.left + parseFloat(style.borderLeftWidth) + parseFloat(style.paddingLeft);
+    const right = box.right - parseFloat(style.borderRightWidth) - parseFloat(style.paddingRight);
+    const gauges = [...card.querySelectorAll(".gauge")];
+    return {
+      rows: new Set(gauges.map(g => Math.round(g.getBoundingClientRect().top))).size,
+      texts: gauges.flatMap(g => [...g.querySelectorAll(".label, .value")]).map(e => {
+        const range = document.createRange();
+        range.selectNodeContents(e);
+        const text = range.getBoundingClientRect();
+        return {text: e.textContent, lines: e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight),
+                inside: text.left >= left - 0.5 && text.right <= right + 0.5};
+      }),
+    };
+  });
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify(cards);
+  document.body.append(out);
+});
+</script>"""
+
+
+async def test_chromium_lays_each_gauge_on_one_line_from_a_phone_to_a_wide_screen(built_in, tmp_path):
+    """Values such as "69.6 / 79.6 GiB" and "70 °C (slowdown 87)" never break: a card's gauges read
+    on one row at common desktop widths, and two by two on a phone; no text leaves its card."""
+    page = tmp_path / "status.html"
+    page.write_text((await _get(built_in, "/"))[2].replace("</head>", MEASURE + "</head>"))
+    for width, rows in ((1280, 1), (1400, 1), (1920, 1), (412, 2), (360, 2)):
+        dom = Dom(_chromium(tmp_path, f"--window-size={width},1500", "--force-device-scale-factor=1", "--dump-dom",
+                            page.as_uri()))
+        (_, measured), = dom.find("pre", id="measured")
+        cards = json.loads(measured)
+        assert len(cards) == len(BUILT_IN.gpus)
+        for card in cards:
+            assert card["rows"] == rows and len(card["texts"]) == 8, (width, card)  # 4 gauges: label, value
+            for text in card["texts"]:
+                assert round(text["lines"], 1) == 1 and text["inside"], (width, text)
 
 
 def test_chromium_shows_html_in_pod_names_as_text(tmp_path):

@@ -41,6 +41,7 @@ class AgentStatus:
     simulated: bool
     nvml_up: bool
     collectors: Mapping[str, CollectorStatus] = field(default_factory=dict)  # by source name, in the agent's order
+    switched_off: Mapping[str, str] = field(default_factory=dict)  # name -> title of the sources the config turns off
     errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (collector, kind) -> count
     cycle_timestamp: float = 0.0
     cycle_duration_seconds: float = 0.0

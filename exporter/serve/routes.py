@@ -8,7 +8,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ..agent import Agent, Health
 from ..render.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
-from ..render.status import starting_page
+from ..render.status import favicon, starting_page
 from .guard import Guard
 
 AGENT = web.AppKey("agent", Agent)
@@ -63,6 +63,13 @@ async def status_json(request: web.Request) -> web.Response:
     return web.Response(body=page.json, content_type="application/json")
 
 
+async def icon(request: web.Request) -> web.Response:
+    """The icon a browser asks for with each page it shows: served, so that viewing the page is not
+    a refused path (``kube_gpu_exporter_http_rejected_total{reason="path"}``)."""
+    return web.Response(body=favicon(), content_type="image/vnd.microsoft.icon",
+                        headers={"Cache-Control": "max-age=86400"})
+
+
 def make_app(agent: Agent, guard: Guard | None = None) -> web.Application:
     """The routes; ``guard`` (``guard.py``) adds methods, paths, auth and headers."""
     app = web.Application(middlewares=[guard.middleware] if guard else [])
@@ -72,4 +79,5 @@ def make_app(agent: Agent, guard: Guard | None = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", status_page)
     app.router.add_get("/api/v1/status", status_json)
+    app.router.add_get("/favicon.ico", icon)
     return app

@@ -55,6 +55,8 @@ class Source(Generic[T]):
     after_gpus: bool = False
     #: Its work runs between cycles (a watch): a read costs nothing and reports no duration.
     background: bool = False
+    #: False for ``Off``: a source the configuration switches off.
+    enabled: bool = True
 
     async def start(self) -> None:
         """Begin (a watch starts its task). Raises when it cannot run at all, e.g. no API-server
@@ -82,6 +84,17 @@ class Source(Generic[T]):
         """Metrics of its own beyond the collector_* ones (procfs: unresolved_gpu_processes);
         called on the event loop after each cycle's reads."""
         return ()
+
+
+class Off(Source[None]):
+    """A source the configuration switches off, given to the agent all the same: it is never
+    started, read or counted, and the status page lists it as disabled (``cli.build_sources``
+    gives one for each source it does not build)."""
+
+    enabled = False
+
+    def __init__(self, kind: type[Source]) -> None:
+        self.name, self.title, self.provides = kind.name, kind.title, kind.provides
 
 
 class ErrorTally:

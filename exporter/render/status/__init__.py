@@ -7,11 +7,13 @@ attribution and agent status the metric renderer gets, and served as bytes: a re
 work and never waits on NVML, the kubelet or the API server.
 
 ``model.py`` builds what the page says (the JSON document); ``html.py`` writes it as HTML
-(Jinja2, the templates in ``templates/``).
+(Jinja2, the templates in ``templates/``); ``favicon.ico`` is the icon browsers ask for.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
 from dataclasses import asdict, dataclass
 
@@ -22,7 +24,7 @@ from ...model.gpu import GpuSnapshot
 from .html import starting_page, to_html
 from .model import NodeStatus, build
 
-__all__ = ["NodeStatus", "StatusPage", "build", "render", "starting_page", "to_html"]
+__all__ = ["NodeStatus", "StatusPage", "build", "favicon", "render", "starting_page", "to_html"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,13 @@ def render(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus,
                   event_window=event_window)
     document = asdict(model, dict_factory=_json_object)
     return StatusPage(to_html(model).encode(), json.dumps(document, indent=1).encode() + b"\n", model)
+
+
+@functools.cache
+def favicon() -> bytes:
+    """The page's icon (a chip; 16 and 32 px): a browser asks for ``/favicon.ico`` with every page
+    it shows, ``/metrics`` included."""
+    return importlib.resources.files(__package__).joinpath("favicon.ico").read_bytes()
 
 
 def _json_object(items: list[tuple[str, object]]) -> dict[str, object]:

@@ -49,8 +49,8 @@ def _percent(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio * 100:.0f}%"
 
 
-def _gib(value: float | None) -> str:
-    return "n/a" if value is None else f"{value / GIB:.1f} GiB"
+def _gib(value: float | None, unit: bool = True) -> str:
+    return "n/a" if value is None else f"{value / GIB:.1f}{' GiB' if unit else ''}"
 
 
 def _unit(value: float | None, unit: str) -> str:

@@ -7,6 +7,10 @@ informational code only information; and each mark fades after the alerts' event
 (``--alertmanager.event-window``) from the code's last event, as the alert resolves. The counts
 since the agent started stay on the card as plain numbers. Clock events that throttle and the
 temperature margin are ``model/health.py``'s, as in the rules.
+
+Each field has one type whatever the backend gives (NVML's integers, the simulated node's floats):
+byte counts and counts are ``int``, every other number a ``float`` (the JSON schema,
+docs/status.schema.json, says which).
 """
 
 from __future__ import annotations
@@ -24,9 +28,6 @@ from ...model.gpu import Gpu, GpuSnapshot, MigDevice
 
 #: Version of the JSON document; bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1
-#: The collectors schema version 1 promises in ``agent.collectors``: one the agent does not run is
-#: there with ``enabled: false``. The others it runs (resourceslices) are there too, in its order.
-SCHEMA_V1_COLLECTORS = ("nvml", "kubelet", "kubernetes", "procfs")
 MIN_REFRESH_SECONDS = 5
 #: How an XID within the event window shows, by tier: the level the alerts give it, and what it means.
 XID_PROBLEMS: Mapping[str, tuple[str, str]] = {
@@ -45,7 +46,7 @@ class HolderStatus(Holder):
     """A container holding a device, with what it uses of it (None: not known). ``pod_labels``
     are the ``--kubernetes.pod-labels`` allowlisted ones, as on nvidia_gpu_allocation_info."""
 
-    memory_used_bytes: float | None = None
+    memory_used_bytes: int | None = None
     utilization_ratio: float | None = None
 
 
@@ -55,8 +56,8 @@ class MigStatus:
     profile: str
     gpu_instance_id: int
     compute_instance_id: int
-    memory_used_bytes: float | None
-    memory_total_bytes: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
     holders: list[HolderStatus]
 
 
@@ -76,8 +77,8 @@ class GpuStatus:
     health: str  # "ok", "warning" or "critical": the worst of ``problems`` ("ok" if only info)
     problems: list[Problem]  # what a person should look at, worst first
     utilization_ratio: float | None
-    memory_used_bytes: float | None
-    memory_total_bytes: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
     temperature_celsius: float | None
     temperature_slowdown_celsius: float | None
     power_watts: float | None
@@ -136,6 +137,14 @@ class NodeStatus:
 # -- Building it ------------------------------------------------------------------------------
 
 
+def _bytes(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def _holders(device: str, attribution: Attribution) -> list[HolderStatus]:
     usage: Mapping[tuple[str, str, str], ContainerUsage] = {
         (u.namespace, u.pod, u.container): u for u in attribution.usage.get(device, ())
@@ -144,8 +153,8 @@ def _holders(device: str, attribution: Attribution) -> list[HolderStatus]:
     for h in attribution.holders.get(device, ()):
         u = usage.get((h.namespace, h.pod, h.container))
         result.append(HolderStatus(
-            *astuple(h), memory_used_bytes=u.memory_used_bytes if u else None,
-            utilization_ratio=u.utilization_ratio if u else None,
+            *astuple(h), memory_used_bytes=_bytes(u.memory_used_bytes) if u else None,
+            utilization_ratio=_number(u.utilization_ratio) if u else None,
         ))
     return result
 
@@ -153,7 +162,7 @@ def _holders(device: str, attribution: Attribution) -> list[HolderStatus]:
 def _mig(mig: MigDevice, attribution: Attribution) -> MigStatus:
     return MigStatus(
         mig.uuid, mig.profile, mig.gpu_instance_id, mig.compute_instance_id,
-        mig.readings.get(catalog.MIG_MEMORY_USED), mig.readings.get(catalog.MIG_MEMORY_TOTAL),
+        _bytes(mig.readings.get(catalog.MIG_MEMORY_USED)), _bytes(mig.readings.get(catalog.MIG_MEMORY_TOTAL)),
         _holders(mig.uuid, attribution),
     )
 
@@ -196,15 +205,15 @@ def _gpu(gpu: Gpu, attribution: Attribution, snapshot: GpuSnapshot, now: float, 
     status = GpuStatus(
         index=gpu.index, uuid=gpu.uuid, model=gpu.info.get("model", ""), up=gpu.up, error=gpu.error,
         health="ok", problems=[],
-        utilization_ratio=readings.get(catalog.UTILIZATION),
-        memory_used_bytes=readings.get(catalog.MEMORY_USED),
-        memory_total_bytes=readings.get(catalog.MEMORY_TOTAL),
-        temperature_celsius=readings.get(catalog.TEMPERATURE),
-        temperature_slowdown_celsius=readings.get(catalog.TEMPERATURE_THRESHOLD, threshold="slowdown"),
-        power_watts=readings.get(catalog.POWER), power_limit_watts=readings.get(catalog.POWER_LIMIT),
+        utilization_ratio=_number(readings.get(catalog.UTILIZATION)),
+        memory_used_bytes=_bytes(readings.get(catalog.MEMORY_USED)),
+        memory_total_bytes=_bytes(readings.get(catalog.MEMORY_TOTAL)),
+        temperature_celsius=_number(readings.get(catalog.TEMPERATURE)),
+        temperature_slowdown_celsius=_number(readings.get(catalog.TEMPERATURE_THRESHOLD, threshold="slowdown")),
+        power_watts=_number(readings.get(catalog.POWER)), power_limit_watts=_number(readings.get(catalog.POWER_LIMIT)),
         clock_events_active=sorted(reason for reason, on in readings.by(catalog.CLOCK_EVENT, "reason").items() if on),
-        xid_events={str(code): snapshot.xids[gpu.uuid, code] for code in mine},
-        xid_last_event_timestamps={str(code): snapshot.xid_last_event[gpu.uuid, code] for code in mine
+        xid_events={str(code): int(snapshot.xids[gpu.uuid, code]) for code in mine},
+        xid_last_event_timestamps={str(code): float(snapshot.xid_last_event[gpu.uuid, code]) for code in mine
                                    if (gpu.uuid, code) in snapshot.xid_last_event},
         ecc_errors={kind: int(count) for kind, count in readings.by(catalog.ECC_ERRORS, "type").items()},
         holders=_holders(gpu.uuid, attribution) if gpu.uuid else [],
@@ -216,16 +225,18 @@ def _gpu(gpu: Gpu, attribution: Attribution, snapshot: GpuSnapshot, now: float, 
 
 
 def _agent(status: AgentStatus) -> AgentState:
-    """The agent's state; its collectors are the sources it runs, in its order."""
-    collectors = {name: CollectorState(c.title, True, c.success, c.last_success_timestamp, c.duration_seconds)
+    """The agent's state; its collectors are the sources it runs, in its order, then those the
+    configuration switches off (``enabled: false``)."""
+    collectors = {name: CollectorState(c.title, True, c.success, _number(c.last_success_timestamp),
+                                       _number(c.duration_seconds))
                   for name, c in status.collectors.items()}
-    for name in SCHEMA_V1_COLLECTORS:
-        collectors.setdefault(name, CollectorState(name, False, None, None, None))
+    collectors |= {name: CollectorState(title, False, None, None, None) for name, title in status.switched_off.items()}
     return AgentState(
         version=__version__, simulated=status.simulated, nvml_up=status.nvml_up, collectors=collectors,
-        last_cycle_timestamp=status.cycle_timestamp, cycle_duration_seconds=status.cycle_duration_seconds,
-        gpu_snapshot_age_seconds=status.gpu_snapshot_age_seconds, gpu_snapshot_stale=status.gpu_snapshot_stale,
-        errors_total=sum(status.errors.values()),
+        last_cycle_timestamp=float(status.cycle_timestamp),
+        cycle_duration_seconds=float(status.cycle_duration_seconds),
+        gpu_snapshot_age_seconds=float(status.gpu_snapshot_age_seconds), gpu_snapshot_stale=status.gpu_snapshot_stale,
+        errors_total=int(sum(status.errors.values())),
     )
 
 
@@ -235,7 +246,7 @@ def build(snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus, 
     return NodeStatus(
         schema_version=SCHEMA_VERSION,
         node=node or socket.gethostname(),
-        generated_at=status.cycle_timestamp,
+        generated_at=float(status.cycle_timestamp),
         refresh_seconds=max(MIN_REFRESH_SECONDS, math.ceil(interval_seconds)),
         agent=_agent(status),
         gpus=[_gpu(g, attribution, snapshot, status.cycle_timestamp, event_window) for g in snapshot.gpus],

@@ -32,10 +32,9 @@ class WatchSource(Source[T], Generic[T]):
 
     background = True
 
-    def __init__(self, watch: Watch, view: Callable[[], T], *, name: str, title: str, provides: str) -> None:
+    def __init__(self, watch: Watch, view: Callable[[], T]) -> None:
         self.watch = watch
         self._view = view
-        self.name, self.title, self.provides = name, title, provides
         # config: the watch cannot start (no in-cluster service account, a bad kubeconfig)
         self.error_kinds = ("config", *getattr(watch, "error_kinds", ()))
 
@@ -57,12 +56,19 @@ class WatchSource(Source[T], Generic[T]):
         return self.watch.error_counts()
 
 
-def pod_source(watch: Any) -> WatchSource[Mapping[str, PodMeta]]:
+class PodSource(WatchSource[Mapping[str, PodMeta]]):
     """The pods of this node and their workloads (``PodWatcher``: ``pods()``)."""
-    return WatchSource(watch, watch.pods, name="kubernetes", title="API server pod watch", provides="pods")
+
+    name, title, provides = "kubernetes", "API server pod watch", "pods"
+
+    def __init__(self, watch: Any) -> None:
+        super().__init__(watch, watch.pods)
 
 
-def slice_source(watch: Any) -> WatchSource[SliceDevices]:
+class SliceSource(WatchSource[SliceDevices]):
     """The DRA devices this node's drivers publish (``SliceWatcher``: ``devices()``)."""
-    return WatchSource(watch, watch.devices, name="resourceslices", title="API server ResourceSlice watch",
-                       provides="slices")
+
+    name, title, provides = "resourceslices", "API server ResourceSlice watch", "slices"
+
+    def __init__(self, watch: Any) -> None:
+        super().__init__(watch, watch.devices)
