@@ -22,11 +22,15 @@ GROUPS: tuple[str, ...] = (
     "fields", "slow", "processes", "profiling",
 )
 
-#: A field whose own latency (``nvmlFieldValue_t.latencyUsec``) reaches this leaves the fast
-#: batch of that GPU for the slow one: 1 ms is 20-200 times a typical field.
+#: A field whose own latency (``nvmlFieldValue_t.latencyUsec``) reaches this in most of its
+#: recent reads (``FIELD_TIMINGS``) leaves the fast batch of that GPU for the slow one, and comes
+#: back when most of them are below it again: 1 ms is 20-200 times a typical field.
 SLOW_FIELD_SECONDS = 0.001
+#: A field moves between the batches on its last this many timings, when a majority of them (3 of
+#: 5) agree: one read slowed by a busy CPU or a driver hiccup moves nothing.
+FIELD_TIMINGS = 5
 #: A fast batch slower than this whose fields report no latency (drivers that leave it 0) is
-#: taken apart once: each field timed alone.
+#: taken apart, each field timed alone: at most once per ``--collector.slow-interval``.
 FAST_BATCH_BUDGET_SECONDS = 0.002
 
 
