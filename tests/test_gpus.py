@@ -13,6 +13,7 @@ import threading
 import time
 
 from exporter import catalog
+from exporter.config import parse_config
 from exporter.sources.backend import BackendUnavailable, GpuReadError
 from exporter.sources.gpus import GpuSource
 from exporter.model.gpu import Gpu, GpuIdentity, MigDevice, Sample
@@ -34,6 +35,7 @@ class ScriptedBackend:
         self.temperature = 40.0
         self.migs: dict[int, tuple[MigDevice, ...]] = {}
         self.xids: dict[tuple[str, int], int] = {}
+        self.delivered: dict[tuple[str, int], int] = {}  # XID events not counted until settle_xids
         self.xid_fails = 0  # the next n xid_counts calls raise
         self.count_hang = threading.Event()
         self.count_hangs = False
@@ -72,6 +74,11 @@ class ScriptedBackend:
             self.xid_fails -= 1
             raise GpuReadError("event set: unknown error", "unknown")
         return dict(self.xids)
+
+    def settle_xids(self, timeout: float) -> None:
+        for key, n in self.delivered.items():
+            self.xids[key] = self.xids.get(key, 0) + n
+        self.delivered = {}
 
     def read_gpu(self, index: int) -> Gpu:
         self.reads[index] = self.reads.get(index, 0) + 1
@@ -410,3 +417,12 @@ async def test_a_failed_xid_read_keeps_the_last_counts_and_is_counted():
     clock[0] += 10
     snapshot = await collector.snapshot()  # the same count again: no new event
     assert snapshot.xids == {("GPU-0", 79): 3} and snapshot.xid_last_event == {("GPU-0", 79): 1000.0}
+
+
+def test_under_once_the_snapshot_waits_for_the_xid_events_of_its_reads():
+    """The loop counts an event that came during the reads in the next cycle; --once has none."""
+    backend = ScriptedBackend(count=1)
+    backend.delivered = {("GPU-0", 48): 1}
+    assert asyncio.run(collector_for(backend).snapshot()).xids == {}
+    once = GpuSource.configured(backend, parse_config(["--once"], environ={}))
+    assert asyncio.run(once.snapshot()).xids == {("GPU-0", 48): 1}

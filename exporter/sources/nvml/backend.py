@@ -100,10 +100,10 @@ class NvmlBackend:
     # -- reading -------------------------------------------------------------------------------
     def identify(self, index: int) -> GpuIdentity:
         """Who is GPU ``index`` now: looked up afresh (another GPU may hold the index), logged
-        afresh, and watched for XID events."""
+        afresh, and watched for XID events before this returns (see ``_read``)."""
         self._forget(index)
         self._calls.forget(index)
-        return self._read(index, lambda reader: reader.identify(self._system))
+        return self._read(index, _identity)
 
     def read_gpu(self, index: int) -> Gpu:
         return self._read(index, lambda reader: reader.read(self._system))
@@ -118,12 +118,22 @@ class NvmlBackend:
         ``read_gpu`` so that they stay readable while a GPU is lost (see ``GpuBackend``)."""
         return self._xid.counts()
 
+    def settle_xids(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) until the events NVML has delivered are counted."""
+        self._xid.drain(timeout)
+
     def _read(self, index: int, read: Callable[[GpuReader], _Result]) -> _Result:
-        """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped. Every good read
-        (re)submits the GPU for XID events: one whose registration failed is retried."""
+        """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped.
+
+        A GPU not identified since its handle was looked up is identified first, and registered
+        for XID events before anything else is read: NVML records no event from before the
+        registration, and a GPU that fails may raise its XID during its very first read. Every
+        good read (re)submits the GPU: one whose registration failed is retried."""
         state = self._state(index)
         reader = GpuReader(self._calls, index, state, self._cadence)
         try:
+            if state.identity is None:
+                self._xid.watch(reader.identify(self._system).uuid, state.handle, wait=self._xid.longest_wait)
             result = read(reader)
         except pynvml.NVMLError as e:  # GPU_IS_LOST on an optional read
             self._forget(index, state)
@@ -168,3 +178,9 @@ class NvmlBackend:
         except pynvml.NVMLError as e:
             self._log.debug("CUDA version unknown: %s", e)
         return system
+
+
+def _identity(reader: GpuReader) -> GpuIdentity:
+    """What ``NvmlBackend._read`` identified first."""
+    assert reader.state.identity is not None
+    return reader.state.identity
