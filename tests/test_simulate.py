@@ -489,7 +489,7 @@ def test_simulated_profiling_of_a_mig_gpu_instance_comes_once(clock):
         node: {name: n1}
         gpus:
           - model: NVIDIA H100 80GB HBM3
-            load: {pattern: constant, level: 0.8}
+            load: {pattern: constant, level: 0.8, noise: 0}
             mig:
               - {profile: 4g.40gb, gpu_instance_id: 1, compute_instance_id: 0}
               - {profile: 4g.40gb, gpu_instance_id: 1, compute_instance_id: 1}
@@ -503,6 +503,7 @@ def test_simulated_profiling_of_a_mig_gpu_instance_comes_once(clock):
     """)
     g = SimulatedBackend(s, clock=clock).read_gpu(0)
     sm = {(m.gpu_instance_id, m.compute_instance_id): value(m, catalog.SM_ACTIVE) for m in g.mig_devices}
-    # busy through its second compute instance; reported on the first, once; the idle instance at 0
+    # busy through its second compute instance (at the GPU's load: it has none of its own);
+    # reported on the first, once; the idle instance at 0
     assert sm == {(1, 0): value(g, catalog.SM_ACTIVE), (1, 1): None, (2, 0): 0.0}
     assert all(m.processes_read for m in g.mig_devices)

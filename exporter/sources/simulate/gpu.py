@@ -19,7 +19,7 @@ from typing import NamedTuple
 from ... import catalog as C
 from ...model import vocabulary as V
 from ...model.gpu import Gpu, GpuIdentity, GpuProcess, MigDevice, Sample
-from .scenario import DeviceRef, FaultSpec, GpuSpec, LoadSpec, ProcessSpec, Scenario
+from .scenario import DeviceRef, FaultSpec, GpuSpec, LoadSpec, MigSpec, ProcessSpec, Scenario
 
 _BUSY = 0.02  # utilisation above which clocks, PCIe link and performance state go up
 
@@ -35,17 +35,6 @@ _VIOLATION_CAUSES: dict[str, tuple[str, ...]] = {
 
 
 # -- Pure functions of (scenario, time) -------------------------------------------------------
-
-
-def profiling_share(samples: list[Sample], profile: str, busy: bool) -> tuple[Sample, ...]:
-    """A MIG GPU instance's GPM metrics: the GPU's activity ratios (load is set per GPU) where the
-    instance runs processes, else zero; its traffic scaled by its share of the GPU's slices
-    ("3g.40gb": 3 of 7)."""
-    if not busy:
-        return tuple(Sample(x.metric, 0.0, x.labels) for x in samples)
-    slices = int(profile.split("g.", 1)[0]) if profile[:1].isdigit() else 1
-    rates = (C.PCIE_RATE, C.NVLINK_RATE)
-    return tuple(Sample(x.metric, round(x.value * slices / 7), x.labels) if x.metric in rates else x for x in samples)
 
 
 def _noise(seed: int, *parts: object) -> float:
@@ -157,6 +146,18 @@ _TRAINING = _Profile(sm_active=0.96, sm_occupancy=0.3, tensor=0.9, dram=0.35, fp
 _INFERENCE = _Profile(sm_active=0.6, sm_occupancy=0.08, tensor=0.3, dram=0.5, fp32=0.12, fp16=0.05, integer=0.15)
 
 
+def _activity(u: float, load: LoadSpec) -> list[Sample]:
+    """GPM activity of a GPU, or of a MIG GPU instance, busy ``u`` with the kind of work of
+    ``load`` (a ``bursty`` load reads as an inference server, any other as training)."""
+    p = _INFERENCE if load.pattern == "bursty" else _TRAINING
+    ratios = {C.GRAPHICS_ACTIVE: 1.0, C.SM_ACTIVE: p.sm_active, C.SM_OCCUPANCY: p.sm_occupancy,
+              C.TENSOR_ACTIVE: p.tensor, C.DRAM_ACTIVE: p.dram}
+    samples = [Sample(metric, round(u * share, 4)) for metric, share in ratios.items()]
+    fp64, fp32, fp16, integer, hmma, imma, dfma = V.PROFILING_PIPES
+    pipes = {fp64: 0.0, fp32: p.fp32, fp16: p.fp16, integer: p.integer, hmma: p.tensor, imma: 0.0, dfma: 0.0}
+    return samples + [Sample(C.PIPE_ACTIVE, round(u * pipes[pipe], 4), (pipe,)) for pipe in V.PROFILING_PIPES]
+
+
 class _Totals(NamedTuple):
     """Integrated counters, or their rates per second: J (W), bytes (bytes/s)."""
 
@@ -188,6 +189,7 @@ class SimulatedGpu:
         self.ecc_base = int((_noise(self.seed, spec.uuid, "ecc0") + 1) * 2)  # 0..3 corrected before this boot
         node = scenario.node
         self.chip = _chip(spec.model)
+        self.instance_loads = {m.gpu_instance_id: m.load for m in reversed(spec.mig) if m.load is not None}
         self.identity = GpuIdentity(index=spec.index, uuid=spec.uuid, minor_number=spec.index, info=MappingProxyType({
             "model": spec.model, "pci_bus_id": spec.pci_bus_id, "serial": spec.serial,
             "vbios_version": spec.vbios_version, "driver_version": node.driver_version,
@@ -217,12 +219,21 @@ class SimulatedGpu:
         return xids
 
     def utilization(self, t: float) -> float:
-        load = self.spec.load
-        u = _pattern(load, t)
-        if load.noise:
-            u += load.noise * _noise(self.seed, self.spec.index, "util", int(t))
+        u = self._busy(self.spec.load, t)
         if self.active("power_cap", t):  # a burst that runs into the power limit
             u = max(u, 0.97)
+        return u
+
+    def instance_utilization(self, gpu_instance_id: int, t: float) -> float:
+        """How busy a MIG GPU instance is while it runs processes: its own load (``mig[].load``),
+        else the GPU's."""
+        return self._busy(self.instance_loads.get(gpu_instance_id, self.spec.load), t, gpu_instance_id)
+
+    def _busy(self, load: LoadSpec, t: float, *instance: int) -> float:
+        """``load`` at ``t``, with its noise (a MIG GPU instance has noise of its own)."""
+        u = _pattern(load, t)
+        if load.noise:
+            u += load.noise * _noise(self.seed, self.spec.index, "util", *instance, int(t))
         return min(1.0, max(0.0, u))
 
     def power_limit(self, t: float) -> float:
@@ -286,21 +297,26 @@ class SimulatedGpu:
         """GPM metrics at ``t`` from the load pattern (none on a GPU without GPM)."""
         if not self.chip.gpm:
             return []
-        u = self.utilization(t)
-        p = _INFERENCE if self.spec.load.pattern == "bursty" else _TRAINING
+        samples = _activity(self.utilization(t), self.spec.load)
         rates = self.rates(t)
-        ratios = {C.GRAPHICS_ACTIVE: 1.0, C.SM_ACTIVE: p.sm_active, C.SM_OCCUPANCY: p.sm_occupancy,
-                  C.TENSOR_ACTIVE: p.tensor, C.DRAM_ACTIVE: p.dram}
-        samples = [Sample(metric, round(u * share, 4)) for metric, share in ratios.items()]
-        fp64, fp32, fp16, integer, hmma, imma, dfma = V.PROFILING_PIPES
-        pipes = {fp64: 0.0, fp32: p.fp32, fp16: p.fp16, integer: p.integer, hmma: p.tensor, imma: 0.0, dfma: 0.0}
-        samples += [Sample(C.PIPE_ACTIVE, round(u * pipes[pipe], 4), (pipe,)) for pipe in V.PROFILING_PIPES]
         rx, tx = V.DIRECTIONS
         samples += [Sample(C.PCIE_RATE, round(rates.pcie_rx), (rx,)), Sample(C.PCIE_RATE, round(rates.pcie_tx), (tx,))]
         if self.spec.nvlink_links:
             samples += [Sample(C.NVLINK_RATE, round(rates.nvlink_rx), (rx,)),
                         Sample(C.NVLINK_RATE, round(rates.nvlink_tx), (tx,))]
         return samples
+
+    def instance_profiling(self, mig: MigSpec, t: float, busy: bool, gpu: list[Sample]) -> tuple[Sample, ...]:
+        """A MIG GPU instance's GPM metrics: its activity from its own load where it runs
+        processes, else zero; its traffic its share of the GPU's (``gpu``, the GPU's GPM
+        samples) by its compute slices ("3g.40gb": 3 of 7)."""
+        if not gpu:
+            return ()
+        activity = _activity(self.instance_utilization(mig.gpu_instance_id, t) if busy else 0.0,
+                             self.instance_loads.get(mig.gpu_instance_id, self.spec.load))
+        traffic = [Sample(x.metric, round(x.value * mig.slices / 7) if busy else 0.0, x.labels)
+                   for x in gpu if x.metric in (C.PCIE_RATE, C.NVLINK_RATE)]
+        return (*activity, *traffic)
 
     # -- the reading --
 
@@ -433,7 +449,7 @@ class SimulatedGpu:
             ps = per_mig[m.uuid]
             m_used = sum(p.used_memory_bytes or 0 for p in ps)
             busy_instance = m.gpu_instance_id in busy_instances
-            gpm = profiling_share(profiling, m.profile, busy_instance) if m.uuid in carriers else ()
+            gpm = self.instance_profiling(m, t, busy_instance, profiling) if m.uuid in carriers else ()
             migs.append(MigDevice(
                 uuid=m.uuid, gpu_instance_id=m.gpu_instance_id, compute_instance_id=m.compute_instance_id,
                 profile=m.profile, processes=tuple(ps), processes_read=True,

@@ -110,7 +110,7 @@ _TOP_KEYS = ("seed", "node", "gpus", "pods", "faults")
 _NODE_KEYS = ("name", "driver_version", "cuda_version")
 _GPU_KEYS = ("model", "memory", "power_limit", "uuid", "serial", "vbios_version", "nvlink_links",
              "compute_mode", "persistence_mode", "load", "mig", "sharing")
-_MIG_KEYS = ("profile", "gpu_instance_id", "compute_instance_id", "memory", "uuid")
+_MIG_KEYS = ("profile", "gpu_instance_id", "compute_instance_id", "memory", "uuid", "load")
 _SHARING_KEYS = ("strategy", "replicas", "resource")
 _LOAD_KEYS = ("pattern", "level", "min", "max", "period", "phase", "duty", "noise")
 _POD_KEYS = ("namespace", "name", "uid", "workload", "labels", "containers")
@@ -187,6 +187,7 @@ def _parse_gpu(c: Checker, raw: Any, i: int, node: str, seed: int) -> GpuSpec | 
     mig: list[MigSpec] = []
     seen: dict[tuple[int, int], int] = {}
     instance_mem: dict[int, tuple[int, int]] = {}  # gpu_instance_id -> (slices, memory)
+    instance_load: dict[int, tuple[LoadSpec, str]] = {}  # gpu_instance_id -> (its load, where given)
     for j, rm in enumerate(c.seq(g, "mig", path)):
         mp = f"{path}.mig[{j}]"
         m = c.mapping(rm, mp, _MIG_KEYS, ("profile", "gpu_instance_id"))
@@ -201,14 +202,20 @@ def _parse_gpu(c: Checker, raw: Any, i: int, node: str, seed: int) -> GpuSpec | 
         mem_default = int(match.group(2)) * 1000 * MiB if match else 0
         mem = c.get(m, "memory", mp, "size", mem_default, lo=1)
         muuid = _device_uuid(c, m, mp, "MIG-")
+        mload = _parse_load(c, m["load"], f"{mp}.load") if "load" in m else None
         if not match or gi is None:
             continue
+        if mload is not None:  # compute instances share their GPU instance's SMs: one load
+            given = instance_load.setdefault(gi, (mload, mp))
+            if given[0] != mload:
+                c.add(f"{mp}.load", f"differs from the load of gpu_instance_id {gi} at {given[1]}: compute "
+                      "instances share their GPU instance's SMs")
         if (gi, ci) in seen:
             c.add(mp, f"gpu_instance_id {gi} / compute_instance_id {ci} already used by {path}.mig[{seen[gi, ci]}]")
             continue
         seen[gi, ci] = j
         instance_mem.setdefault(gi, (int(match.group(1)), mem))
-        mig.append(MigSpec(profile, gi, ci, mem, muuid or "MIG-" + _derived_uuid(seed, uuid, "mig", gi, ci)))
+        mig.append(MigSpec(profile, gi, ci, mem, muuid or "MIG-" + _derived_uuid(seed, uuid, "mig", gi, ci), mload))
     if mig:
         slices = sum(s for s, _ in instance_mem.values())
         if slices > 7:
