@@ -11,6 +11,7 @@ import pytest
 from exporter import catalog
 from exporter.model import vocabulary
 from exporter.sources.backend import GpuReadError
+from exporter.sources.nvml.cost import GROUPS
 from exporter.sources.simulate import SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text
 from exporter.model.gpu import GpuSnapshot
 
@@ -507,3 +508,14 @@ def test_simulated_profiling_of_a_mig_gpu_instance_comes_once(clock):
     # reported on the first, once; the idle instance at 0
     assert sm == {(1, 0): value(g, catalog.SM_ACTIVE), (1, 1): None, (2, 0): 0.0}
     assert all(m.processes_read for m in g.mig_devices)
+
+
+def test_every_read_reports_its_own_time_in_the_nvml_query_groups(clock):
+    """So that a simulated node shows kube_gpu_exporter_nvml_query_duration_seconds as a real one
+    does (it was absent under --simulate)."""
+    backend = SimulatedBackend(load_scenario(None), clock=clock)
+    for i in range(backend.device_count()):
+        seconds = backend.read_gpu(i).nvml_seconds
+        assert set(seconds) == set(GROUPS)
+        assert all(seconds[group] > 0 for group in ("activity", "thermal_power", "fields", "clocks", "profiling"))
+        assert seconds["identity"] == seconds["static"] == seconds["modes"] == 0

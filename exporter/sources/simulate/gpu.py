@@ -19,6 +19,7 @@ from typing import NamedTuple
 from ... import catalog as C
 from ...model import vocabulary as V
 from ...model.gpu import Gpu, GpuIdentity, GpuProcess, MigDevice, Sample
+from ..nvml.cost import QueryTimer
 from .scenario import DeviceRef, FaultSpec, GpuSpec, LoadSpec, MigSpec, ProcessSpec, Scenario
 
 _BUSY = 0.02  # utilisation above which clocks, PCIe link and performance state go up
@@ -321,7 +322,9 @@ class SimulatedGpu:
     # -- the reading --
 
     def read(self, t: float) -> Gpu:
-        """Everything NVML would answer about this GPU at ``t`` (the caller checks ``lost`` first)."""
+        """Everything NVML would answer about this GPU at ``t`` (the caller checks ``lost`` first),
+        with the time each stretch of it took in the query group NVML spends it in."""
+        timer = QueryTimer()
         g, d = self.spec, self.spec.defaults
         u = self.utilization(t)
         busy = u > _BUSY
@@ -332,6 +335,7 @@ class SimulatedGpu:
         def add(metric: C.MetricSpec, value: float, *labels: str) -> None:
             s.append(Sample(metric, float(value), tuple(labels)))
 
+        timer.lap("activity")
         # Processes: memory follows load a little (allocator caches stay), utilisation is a share.
         full: list[GpuProcess] = []
         per_mig: dict[str, list[GpuProcess]] = {m.uuid: [] for m in g.mig}
@@ -341,6 +345,7 @@ class SimulatedGpu:
                 per_mig[ref.mig.uuid].append(GpuProcess(proc.pid, mem, None))
             else:
                 full.append(GpuProcess(proc.pid, mem, round(u * proc.utilization, 4)))
+        timer.lap("processes")
 
         if not g.mig_enabled:  # NVML answers NOT_SUPPORTED for these in MIG mode
             add(C.UTILIZATION, round(u, 4))
@@ -357,6 +362,7 @@ class SimulatedGpu:
         add(C.MEMORY_RESERVED, reserved)
         add(C.BAR1_TOTAL, 128 * 1024 ** 3 if g.memory > 64 * 1024 ** 3 else 64 * 1024 ** 3)
         add(C.BAR1_USED, 32 * V.BYTES_PER_MIB + 8 * V.BYTES_PER_MIB * (len(full) + sum(map(len, per_mig.values()))))
+        timer.lap("activity")
 
         temp = self.temperature(t)
         add(C.TEMPERATURE, temp)
@@ -366,14 +372,17 @@ class SimulatedGpu:
             add(C.TEMPERATURE_THRESHOLD, d.thresholds_c[threshold], threshold)
         if d.fan:
             add(C.FAN_SPEED, round(min(1.0, max(0.3, 0.3 + 0.7 * (temp - 30) / 60)), 2))
+        timer.lap("thermal_power")
 
         totals = self.totals(t)
+        timer.lap("fields")
         add(C.POWER, round(self.power(t), 3))
         add(C.POWER_LIMIT, self.power_limit(t))
         add(C.POWER_LIMIT_DEFAULT, g.power_limit)
         add(C.POWER_LIMIT_MIN, round(g.power_limit * 0.4))
         add(C.POWER_LIMIT_MAX, g.power_limit)
         add(C.ENERGY, round(self.energy_base + totals.energy, 3))
+        timer.lap("thermal_power")
 
         sm = d.sm_clock_max_mhz if busy else d.sm_clock_idle_mhz
         if thermal:
@@ -397,9 +406,11 @@ class SimulatedGpu:
                   "sw_thermal_slowdown": thermal, "hw_thermal_slowdown": thermal}
         for reason, _bit in V.CLOCK_EVENT_REASONS:
             add(C.CLOCK_EVENT, int(events.get(reason, False)), reason)
+        timer.lap("clocks")
         for policy in V.VIOLATION_POLICIES:
             causes = [f for f in self.faults if f.kind in _VIOLATION_CAUSES.get(policy, ())]
             add(C.VIOLATION_TIME, round(_active_seconds(causes, t, self.period), 3), policy)
+        timer.lap("slow")
 
         add(C.PCIE_LINK_GENERATION, d.pcie_generation if busy else 1)  # links downshift when idle
         add(C.PCIE_LINK_MAX_GENERATION, d.pcie_generation)
@@ -409,6 +420,7 @@ class SimulatedGpu:
         pcie = {"rx": totals.pcie_rx, "tx": totals.pcie_tx}
         for direction in V.DIRECTIONS:
             add(C.PCIE_DATA, round(pcie[direction]), direction)
+        timer.lap("pcie")
 
         ecc = {"corrected": self._total("ecc", t, "corrected"), "uncorrected": self._total("ecc", t, "uncorrected")}
         ecc_before_boot = {"corrected": self.ecc_base, "uncorrected": 0}
@@ -422,6 +434,7 @@ class SimulatedGpu:
             add(C.REMAPPED_ROWS, rows[rtype], rtype)
         add(C.REMAPPED_ROWS_PENDING, int(any(f.pending and _active(f, t, self.period) for f in remaps)))
         add(C.REMAPPED_ROWS_FAILURE, int(any(f.failure and _active(f, t, self.period) for f in remaps)))
+        timer.lap("memory_errors")
 
         if g.nvlink_links:
             down = self.links_down(t)
@@ -435,6 +448,7 @@ class SimulatedGpu:
             nvlink = {"rx": totals.nvlink_rx, "tx": totals.nvlink_tx}
             for direction in V.DIRECTIONS:
                 add(C.NVLINK_DATA, round(nvlink[direction]), direction)
+        timer.lap("nvlink")
 
         add(C.PROCESSES, len(full) + sum(len(ps) for ps in per_mig.values()))
         profiling = self.profiling(t)
@@ -457,7 +471,9 @@ class SimulatedGpu:
                          Sample(C.MIG_MEMORY_FREE, float(max(0, m.memory - m_used))),
                          Sample(C.MIG_PROCESSES, float(len(ps))), *gpm),
             ))
+        timer.lap("profiling")
 
         i = self.identity
         return Gpu(index=i.index, uuid=i.uuid, up=True, minor_number=i.minor_number, info=i.info, samples=tuple(s),
-                   mig_devices=tuple(migs), processes=tuple(full), processes_read=True)
+                   mig_devices=tuple(migs), processes=tuple(full), processes_read=True,
+                   nvml_seconds=dict(timer.seconds))
