@@ -167,6 +167,51 @@ def test_integrated_counters_never_decrease_and_do_not_depend_on_the_steps(clock
     assert counters(fresh.read_gpu(0)) == pytest.approx(last[0])
 
 
+RATE_FAULTS = """
+    node: {name: n1}
+    gpus:
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: sine, min: 0.3, max: 0.99, period: 97}}
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: ramp, min: 0.1, max: 0.9, period: 71, phase: 13}}
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: bursty, min: 0.05, max: 0.7, period: 20, duty: 0.3}}
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: constant, level: 0.98}}
+    faults:
+      repeat_every: 400
+      events:
+        - {kind: thermal, at: 50, gpu: 0, duration: 90}
+        - {kind: power_cap, at: 100, gpu: 0, duration: 60, limit_watts: 450}
+        - {kind: power_cap, at: 120, gpu: 1, duration: 200, limit_watts: 500}
+        - {kind: thermal, at: 150, gpu: 1, duration: 100}
+        - {kind: nvlink_down, at: 30, gpu: 2, duration: 150, link: 3}
+        - {kind: nvlink_down, at: 200, gpu: 2, duration: 100}
+        - {kind: power_cap, at: 10, gpu: 3, duration: 300}
+"""
+
+
+@pytest.mark.parametrize("start", [0.0, 333.0, 5000.0])
+def test_integrated_counters_grow_by_what_the_readings_say(clock, start):
+    """The counters are integrated in closed form (they were summed second by second: 10 s of CPU
+    per simulated day): over any stretch they grow by the power and traffic the readings show,
+    across load patterns and fault episodes, to the readings' per-second jitter (power 1 %,
+    PCIe 10 %), which averages out. (The readings are summed at each second's middle here: every
+    edge of the loads and faults falls on a whole second, where that sum is exact too.)"""
+    backend = SimulatedBackend(scenario(RATE_FAULTS), clock=clock)
+    seconds = 800
+    for i in range(4):
+        gpu = backend._gpus[i]
+        clock.at(start)
+        before = counters(backend.read_gpu(i))
+        clock.at(start + seconds)
+        grown = [b - a for a, b in zip(before, counters(backend.read_gpu(i)))]
+        rates = [gpu.rates(start + k + 0.5) for k in range(seconds)]
+        shown = [sum(getattr(r, name) for r in rates) for name in ("energy", "pcie_rx", "pcie_tx", "nvlink_rx", "nvlink_tx")]
+        energy, pcie_rx, pcie_tx, nvlink_rx, nvlink_tx = zip(grown, shown)  # the order of INTEGRATED
+        assert energy[0] == pytest.approx(energy[1], rel=2e-3), i
+        assert nvlink_tx[0] == pytest.approx(nvlink_tx[1], rel=5e-3, abs=1e6), i
+        assert nvlink_rx[0] == pytest.approx(0.97 * nvlink_tx[0], rel=1e-9), i
+        assert pcie_rx[0] == pytest.approx(pcie_rx[1], rel=2e-2), i
+        assert pcie_rx[0] == pytest.approx(3 * pcie_tx[0], rel=1e-9), i
+
+
 def test_pcie_bytes_follow_the_load(clock):
     backend = SimulatedBackend(load_scenario(None), clock=clock)  # GPU 0 at 0.82..0.99, GPU 3 idle
     clock.at(100)

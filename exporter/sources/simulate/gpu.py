@@ -2,10 +2,12 @@
 
 From the load pattern's utilisation *u* at time *t* follow power, temperature, clocks, PCIe and
 NVLink traffic, process memory and, on Hopper models, the GPM profiling ratios (a ``bursty``
-load reads as an inference server, any other as training; see ``_Profile``); the faults active at *t* change them (``docs/scenarios.md``
-says how). Counters that integrate a rate (energy, PCIe and NVLink bytes) are 1-second midpoint
-sums from time 0; the only state kept is a cache of those sums, which makes them cheap to
-advance without changing their values. Every label value comes from ``exporter.vocabulary``.
+load reads as an inference server, any other as training; see ``_Profile``); the faults active
+at *t* change them (``docs/scenarios.md`` says how). Counters that integrate a rate (energy,
+PCIe and NVLink bytes) are integrals from time 0 in closed form (``totals``): a day costs as
+little as a second. The only state kept is the totals at the last time asked for, which makes
+them cheaper still to advance, without changing their values. Every label value comes from
+``exporter.vocabulary``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import math
 import threading
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from ... import catalog as C
 from ...model import vocabulary as V
@@ -168,8 +170,77 @@ class _Totals(NamedTuple):
     pcie_rx: float = 0.0
     pcie_tx: float = 0.0
 
-    def plus(self, rates: _Totals, seconds: float) -> _Totals:
-        return _Totals(*(total + rate * seconds for total, rate in zip(self, rates)))
+    def plus(self, more: _Totals) -> _Totals:
+        return _Totals(*(total + x for total, x in zip(self, more)))
+
+
+#: What a GPU draws and moves at utilisation u: power idle + (BUSY_POWER x limit - idle) x u,
+#: times THERMAL_POWER during a thermal episode (clocks held down); PCIe rx and tx bytes/s per unit
+#: of u; NVLink bytes/s per link up per unit of u (tx; rx a share of it).
+_BUSY_POWER, _THERMAL_POWER = 0.93, 0.92
+_PCIE_RX, _PCIE_TX = 6e9, 2e9
+_NVLINK_TX, _NVLINK_RX_SHARE = 4e9, 0.97
+#: Utilisation during a power-cap episode: at least this (a burst that runs into the limit).
+_CAPPED_UTILIZATION = 0.97
+#: Fault kinds that change how fast the integrated counters grow.
+_RATE_FAULTS = ("thermal", "power_cap", "nvlink_down")
+
+
+def _load_integral(load: LoadSpec, a: float, b: float, floor: float = 0.0) -> float:
+    """The integral of ``max(_pattern(load, s), floor)`` over s from ``a`` to ``b``, exactly."""
+    return _antiderivative(load, b + load.phase, floor) - _antiderivative(load, a + load.phase, floor)
+
+
+def _antiderivative(load: LoadSpec, x: float, floor: float) -> float:
+    """An antiderivative of ``max(pattern, floor)`` at pattern time ``x`` (``t + phase``): each
+    pattern is a repetition of pieces (constant, linear, a sine arc) whose integrals are known."""
+    lo, hi, period = load.min, load.max, load.period
+    whole, r = divmod(x, period)
+    if load.pattern == "idle":
+        return max(0.0, floor) * x
+    if load.pattern == "constant":
+        return max(load.level, floor) * x
+    if load.pattern in ("square", "bursty"):
+        lo, hi, on = max(lo, floor), max(hi, floor), load.duty * period
+        return whole * (hi * on + lo * (period - on)) + (hi * r if r < on else hi * on + lo * (r - on))
+    if load.pattern == "ramp":  # lo + (hi - lo) r / period in each period; below floor until `cross`
+        span = hi - lo
+        cross = period if floor >= hi else 0.0 if floor <= lo else (floor - lo) / span * period
+
+        def within(r: float) -> float:
+            if r <= cross:
+                return floor * r
+            return floor * cross + lo * (r - cross) + span * (r * r - cross * cross) / (2 * period)
+
+        return whole * within(period) + within(r)
+    # sine: mid + amp sin(w x), at or above floor on the arc [theta, theta + arc] of each turn
+    mid, amp, w = (lo + hi) / 2, (hi - lo) / 2, 2 * math.pi / period
+    if floor <= lo:
+        return mid * x - amp / w * math.cos(w * x)
+    if floor >= hi:
+        return floor * x
+    theta = math.asin((floor - mid) / amp)
+    arc = math.pi - 2 * theta
+    turns, phi = divmod(w * x - theta, 2 * math.pi)
+
+    def turn(phi: float) -> float:
+        above = min(phi, arc)
+        return (mid * above - amp * (math.cos(theta + above) - math.cos(theta)) + floor * (phi - above)) / w
+
+    return turns * turn(2 * math.pi) + turn(phi)
+
+
+def _edges(f: FaultSpec, a: float, b: float, period: float | None) -> Iterator[float]:
+    """Where fault ``f`` starts or ends within (a, b)."""
+    if period is None:
+        starts: Iterable[float] = (f.at,)
+    else:
+        first = max(0, math.ceil((a - f.at - (f.duration or 0.0)) / period))
+        starts = (f.at + k * period for k in range(first, math.floor((b - f.at) / period) + 1))
+    for start in starts:
+        for edge in (start, None if f.duration is None else start + f.duration):
+            if edge is not None and a < edge < b:
+                yield edge
 
 
 # -- The GPU ----------------------------------------------------------------------------------
@@ -200,7 +271,7 @@ class SimulatedGpu:
             "compute_capability": self.chip.compute_capability, "board_part_number": self.chip.board_part_number,
         }))
         self._lock = threading.Lock()
-        self._sums = (0, _Totals())  # (whole second k, totals from 0 to k)
+        self._sums = (0.0, _Totals())  # (time t, the integrated counters from 0 to t)
 
     # -- state at t --
 
@@ -222,7 +293,7 @@ class SimulatedGpu:
     def utilization(self, t: float) -> float:
         u = self._busy(self.spec.load, t)
         if self.active("power_cap", t):  # a burst that runs into the power limit
-            u = max(u, 0.97)
+            u = max(u, _CAPPED_UTILIZATION)
         return u
 
     def instance_utilization(self, gpu_instance_id: int, t: float) -> float:
@@ -244,10 +315,10 @@ class SimulatedGpu:
     def power(self, t: float) -> float:
         u = self.utilization(t)
         limit = self.spec.power_limit
-        p = self.idle_power + (0.93 * limit - self.idle_power) * u
+        p = self.idle_power + (_BUSY_POWER * limit - self.idle_power) * u
         p *= 1 + 0.01 * _noise(self.seed, self.spec.index, "power", int(t))
         if self.active("thermal", t):
-            p *= 0.92
+            p *= _THERMAL_POWER
         if self.active("power_cap", t):
             p = self.power_limit(t)  # pinned at the enforced limit: that is why the cap acts
         return max(0.0, min(p, self.power_limit(t)))
@@ -264,25 +335,44 @@ class SimulatedGpu:
         return round(temp + 0.6 * _noise(self.seed, self.spec.index, "temp", int(t)))
 
     def rates(self, t: float) -> _Totals:
-        """What the integrated counters grow by per second at ``t``."""
+        """What the integrated counters grow by per second at ``t`` (with the jitter of the readings)."""
         u = self.utilization(t)
-        nvlink = u * (self.spec.nvlink_links - len(self.links_down(t))) * 4e9
+        nvlink = u * (self.spec.nvlink_links - len(self.links_down(t))) * _NVLINK_TX
         pcie = u * (1 + 0.1 * _noise(self.seed, self.spec.index, "pcie", int(t)))
-        return _Totals(energy=self.power(t), nvlink_rx=nvlink * 0.97, nvlink_tx=nvlink,
-                       pcie_rx=pcie * 6e9, pcie_tx=pcie * 2e9)
+        return _Totals(energy=self.power(t), nvlink_rx=nvlink * _NVLINK_RX_SHARE, nvlink_tx=nvlink,
+                       pcie_rx=pcie * _PCIE_RX, pcie_tx=pcie * _PCIE_TX)
 
     def totals(self, t: float) -> _Totals:
-        """The integrated counters from time 0 to ``t``: 1-second midpoint sums."""
-        whole = int(t)
+        """The integrated counters from time 0 to ``t``, in closed form: between two moments at
+        which a fault changes the rates, power and traffic follow the load pattern, whose
+        integral is known (the readings' per-second jitter averages out and is left out). The
+        totals at the last ``t`` asked for are kept: a clock that goes on costs only the faults
+        since."""
         with self._lock:
-            k, sums = self._sums
-            if whole < k:
-                k, sums = 0, _Totals()
-            while k < whole:
-                sums = sums.plus(self.rates(k + 0.5), 1.0)
-                k += 1
-            self._sums = (k, sums)
-        return sums.plus(self.rates(whole + 0.5), t - whole)
+            since, sums = self._sums
+            if t < since:
+                since, sums = 0.0, _Totals()
+            edges = sorted({e for f in self.faults if f.kind in _RATE_FAULTS for e in _edges(f, since, t, self.period)})
+            for a, b in zip([since, *edges], [*edges, t]):
+                sums = sums.plus(self._grown(a, b))
+            self._sums = (t, sums)
+        return sums
+
+    def _grown(self, a: float, b: float) -> _Totals:
+        """What the integrated counters grow by from ``a`` to ``b``, where no fault starts or ends."""
+        at, seconds, limit = (a + b) / 2, b - a, self.spec.power_limit
+        if self.active("power_cap", at):  # pinned at the cap, busy at least _CAPPED_UTILIZATION
+            busy = _load_integral(self.spec.load, a, b, _CAPPED_UTILIZATION)
+            energy = self.power_limit(at) * seconds
+        else:
+            busy = _load_integral(self.spec.load, a, b)
+            energy = self.idle_power * seconds + (_BUSY_POWER * limit - self.idle_power) * busy
+            if self.active("thermal", at):
+                energy *= _THERMAL_POWER
+        busy = max(0.0, busy)  # not below 0 by rounding: the counters never decrease
+        nvlink = busy * (self.spec.nvlink_links - len(self.links_down(at))) * _NVLINK_TX
+        return _Totals(energy=max(0.0, energy), nvlink_rx=nvlink * _NVLINK_RX_SHARE, nvlink_tx=nvlink,
+                       pcie_rx=busy * _PCIE_RX, pcie_tx=busy * _PCIE_TX)
 
     def _total(self, kind: str, t: float, attr: str, *, spread: bool = True) -> int:
         total = 0
