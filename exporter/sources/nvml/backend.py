@@ -128,11 +128,12 @@ class NvmlBackend:
         A GPU not identified since its handle was looked up is identified first, and registered
         for XID events before anything else is read: NVML records no event from before the
         registration, and a GPU that fails may raise its XID during its very first read. Every
-        good read (re)submits the GPU: one whose registration failed is retried."""
+        later good read submits the GPU again: one whose registration failed is retried."""
         state = self._state(index)
         reader = GpuReader(self._calls, index, state, self._cadence)
+        first = state.identity is None
         try:
-            if state.identity is None:
+            if first:
                 self._xid.watch(reader.identify(self._system).uuid, state.handle, wait=self._xid.longest_wait)
             result = read(reader)
         except pynvml.NVMLError as e:  # GPU_IS_LOST on an optional read
@@ -142,7 +143,8 @@ class NvmlBackend:
             if e.kind == LOST:
                 self._forget(index, state)
             raise
-        self._xid.watch(result.uuid, state.handle)
+        if not first:
+            self._xid.watch(result.uuid, state.handle)
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("GPU %d: NVML %.1f ms; slowest: %s", index, reader.timer.total() * 1000,
                             reader.timer.slowest())
