@@ -10,7 +10,7 @@ queued between two waits, so every NVML call on the event set stays in that one 
 records no event that came before a GPU's registration, and the XIDs that matter most come while
 a GPU fails, its first read included: the backend has each GPU registered before it is first
 read (``watch(..., wait=...)`` returns once the thread tried), and submits it again at every
-read, so that a GPU whose registration failed (lost at that moment, say) is retried at its next
+later read, so that a GPU whose registration failed (lost at that moment, say) is retried at its next
 good read; one already registered costs a set lookup. Each run (start .. stop) has its own stop
 flag, event set and registrations, so a thread that outlives ``stop()`` (stuck in the driver) can
 never mix with the next run's.
@@ -130,10 +130,9 @@ class XidWatcher:
                 return True
             if key not in run.pending:
                 run.pending[key] = (uuid, handle)
-                run.tried[key] = threading.Event()
+            tried = run.tried.setdefault(key, threading.Event())
             if wait > 0:  # a GPU being identified: others may follow
                 run.submitted = time.monotonic()
-            tried = run.tried[key]
         run.wake.set()
         if wait > 0 and not tried.wait(wait):
             self._log.debug("GPU %s: XID registration not done within %.1f s; reading on", uuid, wait)
