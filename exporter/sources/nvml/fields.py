@@ -177,8 +177,8 @@ def read_fast(reader: GpuReader, specs: Batch) -> None:
     due = times.probed_at is None or now - times.probed_at >= reader.cadence.slow_interval
     probe = specs if elapsed > FAST_BATCH_BUDGET_SECONDS and due else ()
     seconds = _own_seconds(reader, specs, values, elapsed, probe)
-    if probe and seconds and not _reported(values):
-        times.probed_at = now
+    if probe and not _reported(values):
+        times.probed_at = now  # timed one by one: not again within a slow interval
     slow = {field_id for field_id, s in seconds.items() if times.note(field_id, s)}
     if slow:
         _move_to_slow(reader, specs, slow)
@@ -270,6 +270,7 @@ def _log_move(reader: GpuReader, spec: FieldSpec, verdict: str, consequence: str
 def _unserve(reader: GpuReader, keys: set[tuple[MetricSpec, tuple[str, ...]]]) -> None:
     """Drop these series from the slow reading served between slow reads."""
     reader.state.slow = tuple(x for x in reader.state.slow if (x.metric, x.labels) not in keys)
+
 
 def read_batch(reader: GpuReader, specs: Batch) -> list[Any]:
     """One ``nvmlDeviceGetFieldValues`` for ``specs``; per-field errors omit one series. The
