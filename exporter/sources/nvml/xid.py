@@ -18,7 +18,7 @@ never mix with the next run's.
 The wait uses a timeout: ``stop()`` and newly queued GPUs are noticed within about one timeout,
 or within ``_SETTLE_WAIT_MS`` while GPUs are being identified (they come together: at start,
 after a reset), or at once while no GPU is registered (the thread then waits on no NVML call).
-``drain()`` returns once every event NVML has delivered is counted (a wait with no timeout came
+``drain()`` returns once every event NVML has delivered is counted (a wait of a millisecond came
 back empty): ``--once`` prints counts that include the events of its own reads.
 """
 
@@ -41,6 +41,9 @@ _ERROR_BACKOFF_S = 0.5
 #: others of the burst must not each wait a whole timeout to be registered before their first read.
 _SETTLE_WAIT_MS = 20
 _SETTLE_S = 2.0
+#: The wait that tells whether an event is left (``drain``): short, but not 0, which some
+#: bindings document as "wait without end".
+_DRAIN_WAIT_MS = 1
 
 
 def handle_key(handle: Any) -> int | None:
@@ -179,7 +182,7 @@ class XidWatcher:
                     continue
                 try:
                     data = pynvml.nvmlEventSetWait(
-                        run.event_set, 0 if drains else _SETTLE_WAIT_MS if settling else self._timeout_ms)
+                        run.event_set, _DRAIN_WAIT_MS if drains else _SETTLE_WAIT_MS if settling else self._timeout_ms)
                 except pynvml.NVMLError_Timeout:
                     self._drained(run, drains)
                     continue
