@@ -10,11 +10,11 @@ taken as one scrape: the cycle's OpenMetrics exposition with the labels a scrape
 restarted 8 hours before its end (``RESTART_AGO``, a rollout: its own counters start again, the
 GPUs' readings and counters go on).
 
-Playing a day costs about half a minute of CPU (the simulator integrates its counters second by
-second, and each cycle renders everything): the agent's two runs are recorded at once in two
-processes (the second one's simulated node first plays the hours before it, without cycles), and
-the scrapes are kept in ``HISTORY_CACHE`` for the next run, under a digest of the agent's code and
-of this module.
+Playing a day costs about 16 s of CPU, nearly all of it the cycles' rendering (the simulator's
+counters are integrals in closed form, not sums over every second: that took as much again): the
+agent's two runs are recorded at once in two processes (the second one's simulated node first
+plays the hours before it, without cycles), and the scrapes are kept in ``HISTORY_CACHE`` for the
+next run, under a digest of the agent's code and of this module.
 """
 
 from __future__ import annotations

@@ -16,9 +16,14 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
 ``cuda_version``                int as NVML gives it: ``12040`` = 12.4
 ``nvml_version``                e.g. ``12.550.54.15`` (default: ``12.`` + the driver version)
 ``gpu_count``                   default: highest ``gpu.<i>`` + 1
-``xid.<seq>=<gpu>:<code>,...``  XID events, queued once when ``seq`` is new (1, 2, 3, ...);
-                                ``<gpu>:<code>:<gi>:<ci>`` for an event on a MIG instance. An
-                                event waits in the queue until an event set watches its GPU
+``xid.<seq>=<gpu>:<code>,...``  XID events, raised once when ``seq`` is new (1, 2, 3, ...),
+                                as soon as the library notices the change (its next call);
+                                ``<gpu>:<code>:<gi>:<ci>`` for an event on a MIG instance. As
+                                in NVML, an event is recorded only for a GPU that an event set
+                                watches at that moment; on any other it is lost.
+                                ``gpu.<i>.xid_on.<name>=<code>``: every call of the read
+                                ``<name>`` raises XID ``<code>`` on the GPU, as a failing GPU
+                                does while it is read
 ``gpu.<i>.name/uuid/serial``    identity; ``vbios``, ``pci_bus_id``, ``pci_device_id``;
                                 ``minor`` (/dev/nvidia<minor>, default: the index)
 ``gpu.<i>.handle_seconds=S``    nvmlDeviceGetHandleByIndex takes S s (no persistence mode)
@@ -104,7 +109,8 @@ Test hooks, not NVML: ``FakeNode.stat(gpu, name)`` reads the library's counters:
 ``process_list_sizing`` (INSUFFICIENT_SIZE answers of the process lists since the reset),
 ``hanging`` (calls on the GPU held by ``hang_seconds`` right now), ``delayed`` (calls sleeping
 in a ``delay`` right now), ``calls.<name>`` (calls of a read name since the reset),
-``field.<id>`` (times a field id was asked for) and, for the whole library, ``gpm_allocs`` /
+``field.<id>`` (times a field id was asked for), ``xid_dropped`` (XID events raised on the GPU
+while no event set watched it) and, for the whole library, ``gpm_allocs`` /
 ``gpm_frees`` (GPM sample buffers allocated and freed since the reset).
 """
 
@@ -309,8 +315,9 @@ class FakeNode:
         return self.update_gpu(index, unsupported=current + [n for n in names if n not in current])
 
     def add_xid(self, gpu: int, *codes: int, mig: tuple[int, int] | None = None) -> FakeNode:
-        """Queue XID events (delivered once each, in order) on GPU ``gpu``; ``mig=(gi, ci)``
-        makes them events of that MIG instance."""
+        """Raise XID events (delivered once each, in order) on GPU ``gpu``; ``mig=(gi, ci)``
+        makes them events of that MIG instance. Lost unless the GPU is watched for events when
+        the library notices them, as with NVML: raise them once the agent has identified it."""
         self._xids.append([(gpu, c, *(mig or ())) for c in codes])
         return self.write()
 

@@ -102,8 +102,9 @@ def normalise(body: str) -> str:
 
 
 def test_golden_exposition_and_promtool(cluster, tmp_path):
-    cluster.nvml.add_xid(0, 79)
     agent = cluster()
+    agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="0") == 1, what="GPU 0 watched for XIDs")
+    cluster.nvml.add_xid(0, 79)
     body = agent.wait_for(
         lambda b: settled(b) and value(b, "nvidia_gpu_xid_errors_total", gpu="0", xid="79") == 1,
         what="workloads and XID",
@@ -365,6 +366,17 @@ def test_a_gpu_failing_from_the_start_keeps_its_identity_and_a_failing_mig_gpu_i
     assert not samples(body, "nvidia_gpu_mig_memory_used_bytes", uuid=GPU[2])
     # ... and the kubelet is not blamed for ids of a GPU that is merely down.
     assert value(body, "kube_gpu_exporter_collector_errors_total", collector="kubelet", kind="unknown_device_id") == 0
+
+
+def test_once_counts_an_xid_that_a_gpu_raises_during_its_first_read(cluster):
+    """A failing GPU raises its XID while it is read: NVML records it only for a GPU registered
+    for events before, and --once prints it only if it waits for the events of its reads."""
+    cluster.nvml.update_gpu(0, xid_on={"temperature": 48})
+    run = [sys.executable, "-m", "exporter", "--once", "--no-kubelet.enabled"]
+    result = subprocess.run(run, env=cluster.nvml.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert value(result.stdout, "nvidia_gpu_xid_errors_total", gpu="0", xid="48") == 1
+    assert "unregistered device" not in result.stderr
 
 
 def test_once_prints_then_fails_clearly_without_nvml(cluster):

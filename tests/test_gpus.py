@@ -15,6 +15,7 @@ import time
 import pytest
 
 from exporter import catalog
+from exporter.config import parse_config
 from exporter.sources.backend import BackendUnavailable, GpuReadError
 from exporter.sources.gpus import GpuSource
 from exporter.model.gpu import Gpu, GpuIdentity, MigDevice, Sample
@@ -36,6 +37,7 @@ class ScriptedBackend:
         self.temperature = 40.0
         self.migs: dict[int, tuple[MigDevice, ...]] = {}
         self.xids: dict[tuple[str, int], int] = {}
+        self.delivered: dict[tuple[str, int], int] = {}  # XID events not counted until settle_xids
         self.xid_fails = 0  # the next n xid_counts calls raise
         self.count_hang = threading.Event()
         self.count_hangs = False
@@ -74,6 +76,11 @@ class ScriptedBackend:
             self.xid_fails -= 1
             raise GpuReadError("event set: unknown error", "unknown")
         return dict(self.xids)
+
+    def settle_xids(self, timeout: float) -> None:
+        for key, n in self.delivered.items():
+            self.xids[key] = self.xids.get(key, 0) + n
+        self.delivered = {}
 
     def read_gpu(self, index: int) -> Gpu:
         self.reads[index] = self.reads.get(index, 0) + 1
@@ -473,3 +480,12 @@ async def test_the_timeout_bounds_the_whole_cycle_not_each_nvml_phase(fake_nvml,
         await collect_until(collector, lambda s: len(s.gpus) == 3 and all(g.up for g in s.gpus))
     finally:
         await collector.stop()
+
+
+def test_under_once_the_snapshot_waits_for_the_xid_events_of_its_reads():
+    """The loop counts an event that came during the reads in the next cycle; --once has none."""
+    backend = ScriptedBackend(count=1)
+    backend.delivered = {("GPU-0", 48): 1}
+    assert asyncio.run(collector_for(backend).snapshot()).xids == {}
+    once = GpuSource.configured(backend, parse_config(["--once"], environ={}))
+    assert asyncio.run(once.snapshot()).xids == {("GPU-0", 48): 1}

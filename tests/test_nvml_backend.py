@@ -279,8 +279,9 @@ def test_xid_registration_failed_is_retried_at_the_next_good_read(
     uuid0 = started.identify(0).uuid
     assert wait_for(lambda: started.error_counts() == {"unknown": 1})  # tried, failed, counted
     fake_nvml.update_gpu(0, fail=None)
-    fake_nvml.add_xid(0, 79)
     assert started.read_gpu(0).up  # submits the GPU again
+    assert wait_for(lambda: fake_nvml.stat(0, "calls.events") == 2)  # registered this time
+    fake_nvml.add_xid(0, 79)
     assert wait_for(lambda: started.xid_counts() == {(uuid0, 79): 1})
 
 
@@ -293,6 +294,37 @@ def test_a_gpu_lost_at_start_is_watched_once_it_is_back(fake_nvml: FakeNode, sta
     uuid1 = started.identify(1).uuid
     fake_nvml.add_xid(1, 48)
     assert wait_for(lambda: started.xid_counts() == {(uuid1, 48): 1})
+
+
+@pytest.mark.parametrize("identified_first", [False, True])
+def test_an_xid_during_the_first_read_of_a_gpu_is_counted(
+    fake_nvml: FakeNode, started: NvmlBackend, identified_first: bool
+) -> None:
+    """NVML records no event from before a GPU's registration, and a failing GPU raises its XID
+    while it is read. The GPU used to be registered after its first read: the event was lost
+    ("XID 48 on an unregistered device")."""
+    if identified_first:
+        started.identify(0)  # as the collector does
+    fake_nvml.update_gpu(0, delay={"temperature": 0.5})
+    result: list[Gpu] = []
+    reader = threading.Thread(target=lambda: result.append(started.read_gpu(0)), daemon=True)
+    reader.start()
+    assert wait_for(lambda: fake_nvml.stat(0, "delayed") == 1)  # the read is in its temperature call
+    fake_nvml.add_xid(0, 48)
+    reader.join(timeout=10)
+    assert result and result[0].up
+    assert wait_for(lambda: started.xid_counts() == {(result[0].uuid, 48): 1})
+    assert fake_nvml.stat(0, "xid_dropped") == 0
+
+
+def test_settle_xids_counts_the_events_nvml_has_delivered(fake_nvml: FakeNode, started: NvmlBackend) -> None:
+    """``--once`` has no next cycle: what NVML delivered during its reads must be in its counts."""
+    uuids = [started.identify(i).uuid for i in range(2)]
+    fake_nvml.add_xid(0, 48, 48)
+    fake_nvml.add_xid(1, 79)
+    started.settle_xids(10)
+    assert started.xid_counts() == {(uuids[0], 48): 2, (uuids[1], 79): 1}
+    started.settle_xids(10)  # nothing pending: returns as well
 
 
 def test_start_looks_up_no_gpu(fake_nvml: FakeNode, backend: NvmlBackend) -> None:
@@ -523,9 +555,9 @@ def test_stop_ends_the_thread_and_is_idempotent(fake_nvml: FakeNode) -> None:
     b.stop()  # the thread ended (stop() waits for it), within about one event timeout
     assert not [t for t in threading.enumerate() if t.name == "nvml-xid-events" and t not in before]
     b.stop()
-    fake_nvml.add_xid(0, 79)
     b.start()  # restartable; XID counts survive a restart
     uuid0 = b.identify(0).uuid
+    fake_nvml.add_xid(0, 79)
     assert wait_for(lambda: b.xid_counts() != {})
     b.stop()
     b.start()

@@ -17,6 +17,7 @@ from e2e import free_port
 from exporter.cli import build_agent
 from exporter.config import parse_config
 from exporter.serve.routes import make_app
+from exporter.sources.nvml.cost import GROUPS
 
 
 @pytest.fixture
@@ -123,3 +124,8 @@ def test_once_prints_the_exposition():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# HELP nvidia_gpu_info")
     assert 'nvidia_gpu_mig_info{' in result.stdout
+    # The simulated backend's own time, by NVML's query groups: the same series as on a real node.
+    durations = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines()
+                 if line.startswith("kube_gpu_exporter_nvml_query_duration_seconds{")}
+    assert set(durations) == set(GROUPS)
+    assert durations["activity"] > 0 and durations["profiling"] > 0 and durations["identity"] == 0

@@ -11,6 +11,7 @@ import pytest
 from exporter import catalog
 from exporter.model import vocabulary
 from exporter.sources.backend import GpuReadError
+from exporter.sources.nvml.cost import GROUPS
 from exporter.sources.simulate import SimulatedBackend, SimulatedCluster, SimulatedGpuLost, load_scenario, load_scenario_text
 from exporter.model.gpu import GpuSnapshot
 
@@ -164,6 +165,51 @@ def test_integrated_counters_never_decrease_and_do_not_depend_on_the_steps(clock
     fresh = SimulatedBackend(load_scenario(None), clock=clock)
     clock.t = end
     assert counters(fresh.read_gpu(0)) == pytest.approx(last[0])
+
+
+RATE_FAULTS = """
+    node: {name: n1}
+    gpus:
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: sine, min: 0.3, max: 0.99, period: 97}}
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: ramp, min: 0.1, max: 0.9, period: 71, phase: 13}}
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: bursty, min: 0.05, max: 0.7, period: 20, duty: 0.3}}
+      - {model: NVIDIA H100 80GB HBM3, load: {pattern: constant, level: 0.98}}
+    faults:
+      repeat_every: 400
+      events:
+        - {kind: thermal, at: 50, gpu: 0, duration: 90}
+        - {kind: power_cap, at: 100, gpu: 0, duration: 60, limit_watts: 450}
+        - {kind: power_cap, at: 120, gpu: 1, duration: 200, limit_watts: 500}
+        - {kind: thermal, at: 150, gpu: 1, duration: 100}
+        - {kind: nvlink_down, at: 30, gpu: 2, duration: 150, link: 3}
+        - {kind: nvlink_down, at: 200, gpu: 2, duration: 100}
+        - {kind: power_cap, at: 10, gpu: 3, duration: 300}
+"""
+
+
+@pytest.mark.parametrize("start", [0.0, 333.0, 5000.0])
+def test_integrated_counters_grow_by_what_the_readings_say(clock, start):
+    """The counters are integrated in closed form (they were summed second by second: 10 s of CPU
+    per simulated day): over any stretch they grow by the power and traffic the readings show,
+    across load patterns and fault episodes, to the readings' per-second jitter (power 1 %,
+    PCIe 10 %), which averages out. (The readings are summed at each second's middle here: every
+    edge of the loads and faults falls on a whole second, where that sum is exact too.)"""
+    backend = SimulatedBackend(scenario(RATE_FAULTS), clock=clock)
+    seconds = 800
+    for i in range(4):
+        gpu = backend._gpus[i]
+        clock.at(start)
+        before = counters(backend.read_gpu(i))
+        clock.at(start + seconds)
+        grown = [b - a for a, b in zip(before, counters(backend.read_gpu(i)))]
+        rates = [gpu.rates(start + k + 0.5) for k in range(seconds)]
+        shown = [sum(getattr(r, name) for r in rates) for name in ("energy", "pcie_rx", "pcie_tx", "nvlink_rx", "nvlink_tx")]
+        energy, pcie_rx, pcie_tx, nvlink_rx, nvlink_tx = zip(grown, shown)  # the order of INTEGRATED
+        assert energy[0] == pytest.approx(energy[1], rel=2e-3), i
+        assert nvlink_tx[0] == pytest.approx(nvlink_tx[1], rel=5e-3, abs=1e6), i
+        assert nvlink_rx[0] == pytest.approx(0.97 * nvlink_tx[0], rel=1e-9), i
+        assert pcie_rx[0] == pytest.approx(pcie_rx[1], rel=2e-2), i
+        assert pcie_rx[0] == pytest.approx(3 * pcie_tx[0], rel=1e-9), i
 
 
 def test_pcie_bytes_follow_the_load(clock):
@@ -489,7 +535,7 @@ def test_simulated_profiling_of_a_mig_gpu_instance_comes_once(clock):
         node: {name: n1}
         gpus:
           - model: NVIDIA H100 80GB HBM3
-            load: {pattern: constant, level: 0.8}
+            load: {pattern: constant, level: 0.8, noise: 0}
             mig:
               - {profile: 4g.40gb, gpu_instance_id: 1, compute_instance_id: 0}
               - {profile: 4g.40gb, gpu_instance_id: 1, compute_instance_id: 1}
@@ -503,6 +549,18 @@ def test_simulated_profiling_of_a_mig_gpu_instance_comes_once(clock):
     """)
     g = SimulatedBackend(s, clock=clock).read_gpu(0)
     sm = {(m.gpu_instance_id, m.compute_instance_id): value(m, catalog.SM_ACTIVE) for m in g.mig_devices}
-    # busy through its second compute instance; reported on the first, once; the idle instance at 0
+    # busy through its second compute instance (at the GPU's load: it has none of its own);
+    # reported on the first, once; the idle instance at 0
     assert sm == {(1, 0): value(g, catalog.SM_ACTIVE), (1, 1): None, (2, 0): 0.0}
     assert all(m.processes_read for m in g.mig_devices)
+
+
+def test_every_read_reports_its_own_time_in_the_nvml_query_groups(clock):
+    """So that a simulated node shows kube_gpu_exporter_nvml_query_duration_seconds as a real one
+    does (it was absent under --simulate)."""
+    backend = SimulatedBackend(load_scenario(None), clock=clock)
+    for i in range(backend.device_count()):
+        seconds = backend.read_gpu(i).nvml_seconds
+        assert set(seconds) == set(GROUPS)
+        assert all(seconds[group] > 0 for group in ("activity", "thermal_power", "fields", "clocks", "profiling"))
+        assert seconds["identity"] == seconds["static"] == seconds["modes"] == 0

@@ -58,6 +58,11 @@ class GpuBackend(Protocol):
         right before a GPU is lost, and must stay visible while its reads fail.
         """
 
+    def settle_xids(self, timeout: float) -> None:
+        """Return once every XID event delivered so far is in ``xid_counts`` (or after
+        ``timeout`` seconds). Events are counted as they come; ``--once`` has no next cycle, so
+        its only snapshot waits for those that came during its reads."""
+
     def error_counts(self) -> Mapping[str, int]:
         """Errors of optional reads since start by kind (the read went on without that series);
         failed required reads are raised instead, and counted by the caller."""

@@ -15,6 +15,8 @@ Each snapshot says whether NVML as a whole answers (``nvml_up``) and, for a GPU 
 the kind of failure (``Gpu.error_kind``): the push path tells a lost GPU from a hung read and
 from an NVML restart by them. XID counts come with every snapshot, with the time each count
 last grew; a failed XID read serves the last counts (a counter never drops to nothing and back).
+An event that comes while the GPUs are read is counted in the next snapshot, unless the source
+``settles_xids`` (``--once``: there is no next one) and waits for it.
 """
 
 from __future__ import annotations
@@ -98,10 +100,12 @@ class GpuSource(Source[GpuSnapshot]):
         stale_limit: float,
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
+        settles_xids: bool = False,
     ):
         self.backend = backend
         self.timeout = timeout
         self.stale_limit = stale_limit
+        self.settles_xids = settles_xids
         self._monotonic = monotonic
         self._clock = clock  # unix time, for xid_last_event
         self._started = False
@@ -122,8 +126,10 @@ class GpuSource(Source[GpuSnapshot]):
 
     @classmethod
     def configured(cls, backend: GpuBackend, config: Config) -> "GpuSource":
-        """With the deadline of ``--collector.timeout``, stale readings kept for ``STALE_CYCLES`` intervals."""
-        return cls(backend, timeout=config.collector_timeout, stale_limit=STALE_CYCLES * config.collector_interval)
+        """With the deadline of ``--collector.timeout``, stale readings kept for ``STALE_CYCLES``
+        intervals; under ``--once`` each snapshot waits for the XID events of its reads."""
+        return cls(backend, timeout=config.collector_timeout, stale_limit=STALE_CYCLES * config.collector_interval,
+                   settles_xids=config.once)
 
     @property
     def simulated(self) -> bool:
@@ -245,7 +251,16 @@ class GpuSource(Source[GpuSnapshot]):
         # Reads of GPUs that left the count are not reported; a finished one frees its slot.
         for index in [i for i, f in self._in_flight.items() if i >= self._known_count and f.done()]:
             del self._in_flight[index]
+        if self.settles_xids:
+            await self._settle_xids()
         return self._snapshot(gpus, now, stale=stale)
+
+    async def _settle_xids(self) -> None:
+        """Wait (in a thread, within the deadline) for the XID events delivered during the reads."""
+        settling = run_in_daemon_thread(self.backend.settle_xids, self.timeout, name="nvml-xids")
+        await asyncio.wait([settling], timeout=self.timeout)
+        if settling.done() and (error := settling.exception()) is not None:
+            log.debug("waiting for XID events failed: %s", error)
 
     def _read(self, index: int, identity: GpuIdentity | None) -> _ReadResult:
         """Runs in a worker thread: identity first (once), then the reading."""

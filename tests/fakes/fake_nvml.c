@@ -25,8 +25,11 @@
  *                           other links answer NOT_SUPPORTED (a gap) or INVALID_ARGUMENT
  *                           (beyond the highest)
  *   gpu.<i>.pcie_tx_bytes, pcie_rx_bytes   fields 197/198 (NVML_FI_DEV_PCIE_COUNT_*_BYTES)
- *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events queued once per seq (seq > last seen);
- *                           an event waits in the queue until an event set watches its GPU
+ *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events raised once per seq (seq > last seen),
+ *                           when the library next notices the file changed. As in NVML, an
+ *                           event is recorded only for a GPU that an event set watches at
+ *                           that moment ("xid_dropped" counts the others)
+ *   gpu.<i>.xid_on.<what>=code   every call of the read <what> raises that XID on the GPU
  *   gpu.<i>.delay.<what>=s  every call of the read <what> sleeps s seconds (outside the lock),
  *                           as slow real queries do; gpu.<i>.delay.field.<id>=s per field of
  *                           a nvmlDeviceGetFieldValues batch (reported in latencyUsec too,
@@ -39,7 +42,8 @@
  * encoder, decoder) and to per-process utilisation.
  * Test hooks (not NVML): fake_nvml_reset(), fake_nvml_stat(gpu, name): "calls.<what>" and
  * "field.<id>" count calls per GPU; "delayed" counts calls sleeping in a delay now;
- * "gpm_allocs"/"gpm_frees" count GPM sample buffers (any gpu argument).
+ * "gpm_allocs"/"gpm_frees" count GPM sample buffers (any gpu argument); "xid_dropped" counts
+ * events raised on a GPU no event set watched.
  *
  * Build: gcc -shared -fPIC -O1 -I<nvml include> -Wl,-soname,libnvidia-ml.so.1 -o libnvidia-ml.so.1 fake_nvml.c
  */
@@ -95,6 +99,7 @@ static unsigned int util_calls[MAX_GPUS];   /* "process_utilization": nvmlDevice
 static unsigned int sizing_calls[MAX_GPUS]; /* "process_list_sizing": INSUFFICIENT_SIZE from a process list */
 static unsigned int hanging[MAX_GPUS];      /* "hanging": calls now held by hang_seconds */
 static unsigned int delayed[MAX_GPUS];      /* "delayed": calls now sleeping in delay.<what> */
+static unsigned int xid_dropped[MAX_GPUS];  /* "xid_dropped": events raised on an unwatched GPU */
 #define MAX_COUNTERS 256
 static char *counter_names[MAX_COUNTERS];   /* "calls.<what>", "field.<id>": calls per GPU */
 static unsigned int counter_values[MAX_COUNTERS][MAX_GPUS];
@@ -146,7 +151,26 @@ static void push_event(int gpu, unsigned long long code, unsigned int gi, unsign
     ev_len++;
 }
 
-/* Queue the events of every xid.<seq> line newer than the last one queued. */
+/* Whether an event set in use records XID events of `gpu`. Lock held. */
+static int watched(int gpu)
+{
+    for (int i = 0; i < MAX_SETS; i++)
+        if (sets[i].used && (sets[i].mask[gpu] & nvmlEventTypeXidCriticalError))
+            return 1;
+    return 0;
+}
+
+/* An XID event on `gpu` now: queued if an event set watches the GPU, else lost ("All events
+   that occurred before this call are not recorded": nvmlDeviceRegisterEvents). Lock held. */
+static void raise_xid(int gpu, unsigned long long code, unsigned int gi, unsigned int ci)
+{
+    if (watched(gpu))
+        push_event(gpu, code, gi, ci);
+    else
+        xid_dropped[gpu]++;
+}
+
+/* Raise the events of every xid.<seq> line newer than the last one raised. */
 static void queue_new_xids(void)
 {
     long newest = last_xid_seq;
@@ -165,7 +189,7 @@ static void queue_new_xids(void)
             unsigned long long code;
             unsigned int gi = NOT_MIG, ci = NOT_MIG; /* an event on a MIG instance carries its ids */
             if (sscanf(tok, " %d:%llu:%u:%u", &gpu, &code, &gi, &ci) >= 2 && gpu >= 0 && gpu < MAX_GPUS)
-                push_event(gpu, code, gi, ci);
+                raise_xid(gpu, code, gi, ci);
         }
     }
     last_xid_seq = newest;
@@ -363,6 +387,10 @@ static nvmlReturn_t enter(nvmlDevice_t dev, const char *what, int allow_mig)
         char name[96];
         snprintf(name, sizeof name, "calls.%s", what);
         count_call(gpu, name);
+        snprintf(name, sizeof name, "xid_on.%s", what);
+        const char *xid = gget(gpu, name);
+        if (xid) /* a failing GPU raises its XID while it is read */
+            raise_xid(gpu, strtoull(xid, NULL, 10), NOT_MIG, NOT_MIG);
         snprintf(name, sizeof name, "delay.%s", what);
         const char *d = gget(gpu, name);
         double delay = d ? atof(d) : 0;
@@ -484,6 +512,7 @@ void fake_nvml_reset(void)
     memset(sets, 0, sizeof sets);
     memset(util_calls, 0, sizeof util_calls);
     memset(sizing_calls, 0, sizeof sizing_calls);
+    memset(xid_dropped, 0, sizeof xid_dropped);
     for (int i = 0; i < ncounters; i++)
         memset(counter_values[i], 0, sizeof counter_values[i]);
     gpm_allocs = gpm_frees = 0;
@@ -1159,6 +1188,7 @@ int fake_nvml_stat(int gpu, const char *name)
           : strcmp(name, "process_list_sizing") == 0 ? (int)sizing_calls[gpu]
           : strcmp(name, "hanging") == 0 ? (int)hanging[gpu]
           : strcmp(name, "delayed") == 0 ? (int)delayed[gpu]
+          : strcmp(name, "xid_dropped") == 0 ? (int)xid_dropped[gpu]
           : strcmp(name, "gpm_allocs") == 0 ? (int)gpm_allocs
           : strcmp(name, "gpm_frees") == 0 ? (int)gpm_frees : -1;
     if (strncmp(name, "calls.", 6) == 0 || strncmp(name, "field.", 6) == 0) {

@@ -114,10 +114,10 @@ class NvmlBackend:
     # -- reading -------------------------------------------------------------------------------
     def identify(self, index: int) -> GpuIdentity:
         """Who is GPU ``index`` now: looked up afresh (another GPU may hold the index), logged
-        afresh, and watched for XID events."""
+        afresh, and watched for XID events before this returns (see ``_read``)."""
         self._forget(index)
         self._calls.forget(index)
-        return self._read(index, lambda reader: reader.identify(self._system))
+        return self._read(index, _identity)
 
     def read_gpu(self, index: int) -> Gpu:
         return self._read(index, lambda reader: reader.read(self._system))
@@ -143,12 +143,23 @@ class NvmlBackend:
         """Driver, NVML and CUDA versions, as read at start ("" where NVML did not say)."""
         return dict(self._system)
 
+    def settle_xids(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) until the events NVML has delivered are counted."""
+        self._xid.drain(timeout)
+
     def _read(self, index: int, read: Callable[[GpuReader], _Result]) -> _Result:
-        """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped. Every good read
-        (re)submits the GPU for XID events: one whose registration failed is retried."""
+        """``read`` on GPU ``index``'s reader; a lost GPU's handle is dropped.
+
+        A GPU not identified since its handle was looked up is identified first, and registered
+        for XID events before anything else is read: NVML records no event from before the
+        registration, and a GPU that fails may raise its XID during its very first read. Every
+        later good read submits the GPU again: one whose registration failed is retried."""
         state = self._state(index)
         reader = GpuReader(self._calls, index, state, self._cadence)
+        first = state.identity is None
         try:
+            if first:
+                self._xid.watch(reader.identify(self._system).uuid, state.handle, wait=self._xid.longest_wait)
             result = read(reader)
         except pynvml.NVMLError as e:  # GPU_IS_LOST on an optional read
             self._forget(index, state)
@@ -157,7 +168,8 @@ class NvmlBackend:
             if e.kind == LOST:
                 self._forget(index, state)
             raise
-        self._xid.watch(result.uuid, state.handle)
+        if not first:
+            self._xid.watch(result.uuid, state.handle)
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("GPU %d: NVML %.1f ms; slowest: %s", index, reader.timer.total() * 1000,
                             reader.timer.slowest())
@@ -197,3 +209,9 @@ class NvmlBackend:
         except pynvml.NVMLError as e:
             self._log.debug("CUDA version unknown: %s", e)
         return system
+
+
+def _identity(reader: GpuReader) -> GpuIdentity:
+    """What ``NvmlBackend._read`` identified first."""
+    assert reader.state.identity is not None
+    return reader.state.identity

@@ -23,11 +23,15 @@ GROUPS: tuple[str, ...] = (
     "fields", "slow", "processes", "profiling",
 )
 
-#: A field whose own latency (``nvmlFieldValue_t.latencyUsec``) reaches this leaves the fast
-#: batch of that GPU for the slow one: 1 ms is 20-200 times a typical field.
+#: A field whose own latency (``nvmlFieldValue_t.latencyUsec``) reaches this in most of its
+#: recent reads (``FIELD_TIMINGS``) leaves the fast batch of that GPU for the slow one, and comes
+#: back when most of them are below it again: 1 ms is 20-200 times a typical field.
 SLOW_FIELD_SECONDS = 0.001
+#: A field moves between the batches on its last this many timings, when a majority of them (3 of
+#: 5) agree: one read slowed by a busy CPU or a driver hiccup moves nothing.
+FIELD_TIMINGS = 5
 #: A fast batch slower than this whose fields report no latency (drivers that leave it 0) is
-#: taken apart once: each field timed alone.
+#: taken apart, each field timed alone: at most once per ``--collector.slow-interval``.
 FAST_BATCH_BUDGET_SECONDS = 0.002
 
 
@@ -46,6 +50,7 @@ class QueryTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = dict.fromkeys(GROUPS, 0.0)
+        self._lap = time.perf_counter()
 
     @contextmanager
     def group(self, name: str) -> Iterator[None]:
@@ -56,6 +61,13 @@ class QueryTimer:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
             _current.group = outer
+
+    def lap(self, name: str) -> None:
+        """Add the time since the last lap (or since the timer was made) to group ``name``: for
+        a read that runs its groups one stretch after another (the simulated backend's)."""
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._lap
+        self._lap = now
 
     def total(self) -> float:
         return sum(self.seconds.values())

@@ -7,15 +7,21 @@ that serves the same metric.
 
 The batch is only as fast as its slowest field: on an H200 the energy counter alone takes
 4.1 ms of the batch's 4.7. Fields marked ``slow`` go in a second batch read once per
-``--collector.slow-interval``, and so does any field that proves slow on a GPU: ``read_fast``
-times the fast batch on every read (NVML reports each field's latency; a driver that does not
-gets its fields timed one by one, once per GPU).
+``--collector.slow-interval``, and so does any field that proves slow on a GPU. Each read notes
+every field's own time (NVML reports it as ``latencyUsec``; a driver that does not has its
+fields timed one by one, at most once per slow interval), and a field moves to the slow batch
+when most of its last ``FIELD_TIMINGS`` timings are slow, and back when most are fast again:
+one slow read on a loaded node moves nothing, and a field that was slow for a while is not slow
+for good. Each field's first move in each direction is logged at info, later ones at debug.
 """
 
 from __future__ import annotations
 
+import logging
+import statistics
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import pynvml
@@ -24,7 +30,7 @@ from ... import catalog
 from ...catalog import MetricSpec
 from ...model.vocabulary import BYTES_PER_KIB, DIRECTIONS, ECC_ERROR_TYPES, JOULES_PER_MILLIJOULE, NOT_MIG, RETIREMENT_CAUSES
 from .calls import ABSENT
-from .cost import FAST_BATCH_BUDGET_SECONDS, SLOW_FIELD_SECONDS
+from .cost import FAST_BATCH_BUDGET_SECONDS, FIELD_TIMINGS, SLOW_FIELD_SECONDS
 
 if TYPE_CHECKING:
     from .reader import GpuReader
@@ -129,24 +135,91 @@ def field_value(value: Any) -> float:
 # -- reading the batches ----------------------------------------------------------------------
 
 
-def read_fast(reader: GpuReader, specs: Batch) -> None:
-    """The fast batch, timed: a field that proves slow on this GPU moves to the slow batch.
+@dataclass
+class FieldTimes:
+    """The recent own times of one GPU's fields (kept in its ``GpuState``), and the fields that
+    just came back to the fast batch."""
 
-    NVML reports each field's own cost (``latencyUsec``); a driver that leaves it 0 while the
-    batch runs over budget gets its fields timed one by one, once per GPU.
-    """
+    seconds: dict[int, deque[float]] = field(default_factory=dict)  # field id -> its last timings
+    probed_at: float | None = None  # when the fields were last timed one by one (no latencyUsec)
+    returning: frozenset[int] = frozenset()  # back in the fast batch: their slow reading goes
+
+    def note(self, field_id: int, seconds: float) -> bool | None:
+        """Add a timing of ``field_id``. True: most of its last ``FIELD_TIMINGS`` timings are
+        slow; False: most are fast; None: no majority yet."""
+        window = self.seconds.setdefault(field_id, deque(maxlen=FIELD_TIMINGS))
+        window.append(seconds)
+        slow = sum(s >= SLOW_FIELD_SECONDS for s in window)
+        majority = FIELD_TIMINGS // 2 + 1
+        return True if slow >= majority else False if len(window) - slow >= majority else None
+
+    def moved(self, field_id: int) -> str:
+        """Forget the timings of a field that changes batch (its new batch starts afresh); how
+        they read, for the log: ``"3 of 3 reads over 1 ms, median 3.0 ms"``."""
+        window = self.seconds.pop(field_id, deque())
+        slow = sum(s >= SLOW_FIELD_SECONDS for s in window)
+        return (f"{slow} of {len(window)} reads over {SLOW_FIELD_SECONDS * 1000:g} ms, "
+                f"median {statistics.median(window or [0.0]) * 1000:.1f} ms")
+
+
+def read_fast(reader: GpuReader, specs: Batch) -> None:
+    """The fast batch, timed: a field that proves slow on this GPU moves to the slow batch."""
+    times = reader.state.field_times
+    if times.returning:  # back from the slow batch: read here from now on, no longer served
+        _unserve(reader, {(s.metric, s.labels) for s in specs if s.field_id in times.returning})
+        times.returning = frozenset()
     started = time.perf_counter()
     values = read_batch(reader, specs)
     elapsed = time.perf_counter() - started
     if not values:
         return
-    latencies = {s.field_id: v.latencyUsec / 1e6 for s, v in zip(specs, values)}
-    if elapsed > FAST_BATCH_BUDGET_SECONDS and not any(latencies.values()) and not reader.state.fields_probed:
-        reader.state.fields_probed = True
-        latencies = {s.field_id: _time_alone(reader, s) for s in specs}
-    slow = {field_id for field_id, seconds in latencies.items() if seconds >= SLOW_FIELD_SECONDS}
+    now = reader.cadence.monotonic()
+    due = times.probed_at is None or now - times.probed_at >= reader.cadence.slow_interval
+    probe = specs if elapsed > FAST_BATCH_BUDGET_SECONDS and due else ()
+    seconds = _own_seconds(reader, specs, values, elapsed, probe)
+    if probe and not _reported(values):
+        times.probed_at = now  # timed one by one: not again within a slow interval
+    slow = {field_id for field_id, s in seconds.items() if times.note(field_id, s)}
     if slow:
-        _move_to_slow(reader, specs, slow, latencies)
+        _move_to_slow(reader, specs, slow)
+
+
+def read_slow(reader: GpuReader, specs: Batch) -> None:
+    """The slow batch. The fields in it that proved slow on this GPU are timed again: one that
+    proves fast goes back to the fast batch from the next read on."""
+    proven = tuple(s for s in specs if s.field_id in reader.state.slow_fields and not s.slow)
+    started = time.perf_counter()
+    values = read_batch(reader, specs)
+    elapsed = time.perf_counter() - started
+    if not values or not proven:
+        return
+    # Without latencies the batch's time says nothing of one field beside the known slow ones.
+    seconds = _own_seconds(reader, specs, values, elapsed if specs == proven else float("inf"), proven)
+    times = reader.state.field_times
+    fast = {field_id for field_id, s in seconds.items() if field_id in reader.state.slow_fields
+            and times.note(field_id, s) is False}
+    if fast:
+        _move_to_fast(reader, proven, fast)
+
+
+def _reported(values: list[Any]) -> bool:
+    """Whether the driver reports each field's latency (some leave ``latencyUsec`` at 0)."""
+    return any(v.latencyUsec for v in values)
+
+
+def _own_seconds(
+    reader: GpuReader, specs: Batch, values: list[Any], elapsed: float, probe: Batch
+) -> dict[int, float]:
+    """Each field's own time in this read, by field id: its ``latencyUsec``; without those,
+    the batch's time where that shows every field fast, else the fields of ``probe`` timed alone
+    (none: nothing is known this time). Fields that failed tell nothing."""
+    if _reported(values):
+        return {s.field_id: v.latencyUsec / 1e6 for s, v in zip(specs, values)
+                if v.nvmlReturn == pynvml.NVML_SUCCESS}
+    if elapsed < SLOW_FIELD_SECONDS:
+        return {s.field_id: elapsed for s, v in zip(specs, values) if v.nvmlReturn == pynvml.NVML_SUCCESS}
+    return {s.field_id: _time_alone(reader, s) for s in probe}
+
 
 def _time_alone(reader: GpuReader, spec: FieldSpec) -> float:
     """The field alone, the faster of two tries: a busy CPU must not make a field look slow."""
@@ -160,19 +233,44 @@ def _time_alone(reader: GpuReader, spec: FieldSpec) -> float:
         tries.append(time.perf_counter() - started)
     return min(tries)
 
-def _move_to_slow(reader: GpuReader, specs: Batch, slow: set[int], seconds: dict[int, float]) -> None:
+
+def _move_to_slow(reader: GpuReader, specs: Batch, slow: set[int]) -> None:
     """Read ``slow`` on the slow cadence from now on; until the next slow read, serve this
     read's values of them from the slow reading."""
     reader.state.slow_fields |= slow
     moved = [s for s in specs if s.field_id in slow]
-    reader.calls.log.info(
-        "GPU %d: %s slow (%s); read every slow interval from now on", reader.index,
-        ", ".join(f"field {s.field_id} ({s.key})" for s in moved),
-        ", ".join(f"{seconds[s.field_id] * 1000:.1f} ms" for s in moved))
+    for s in moved:
+        _log_move(reader, s, "slow", "read every slow interval from now on")
     keep = {(s.metric, s.labels) for s in moved}
     fresh = tuple(x for x in reader.samples if (x.metric, x.labels) in keep)
-    reader.state.slow = tuple(x for x in reader.state.slow if (x.metric, x.labels) not in keep) + fresh
+    _unserve(reader, keep)
+    reader.state.slow += fresh
     reader.samples = [x for x in reader.samples if (x.metric, x.labels) not in keep]
+
+
+def _move_to_fast(reader: GpuReader, specs: Batch, fast: set[int]) -> None:
+    """Read ``fast`` in the fast batch from the next read on (this read serves the slow batch's
+    values of them)."""
+    reader.state.slow_fields -= fast
+    reader.state.field_times.returning |= fast
+    for s in specs:
+        if s.field_id in fast:
+            _log_move(reader, s, "fast again", "read every cycle from now on")
+
+
+def _log_move(reader: GpuReader, spec: FieldSpec, verdict: str, consequence: str) -> None:
+    """Info the first time a field of a GPU moves this way, debug after: a field whose cost
+    wavers between the batches must not fill the log."""
+    first = reader.calls.once((reader.index, "field_moved", spec.field_id, verdict))
+    reader.calls.log.log(logging.INFO if first else logging.DEBUG, "GPU %d: field %d (%s) %s (%s); %s",
+                         reader.index, spec.field_id, spec.key, verdict,
+                         reader.state.field_times.moved(spec.field_id), consequence)
+
+
+def _unserve(reader: GpuReader, keys: set[tuple[MetricSpec, tuple[str, ...]]]) -> None:
+    """Drop these series from the slow reading served between slow reads."""
+    reader.state.slow = tuple(x for x in reader.state.slow if (x.metric, x.labels) not in keys)
+
 
 def read_batch(reader: GpuReader, specs: Batch) -> list[Any]:
     """One ``nvmlDeviceGetFieldValues`` for ``specs``; per-field errors omit one series. The

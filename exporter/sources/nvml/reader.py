@@ -15,7 +15,7 @@ Three cadences, because real NVML queries differ in cost by a factor of 1000 (``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import pynvml
@@ -64,8 +64,8 @@ class GpuState:
     static: tuple[Sample, ...] | None = None  # facts that cannot change while the driver is loaded
     slow: tuple[Sample, ...] = ()  # the last reading of the slow counters, served in between
     slow_read_at: float | None = None  # monotonic time of that reading; None: never read
-    slow_fields: frozenset[int] = frozenset()  # field ids that proved slow on this GPU
-    fields_probed: bool = False  # fields timed one by one already (a driver without latencyUsec)
+    slow_fields: frozenset[int] = frozenset()  # field ids that proved slow on this GPU (for now)
+    field_times: fields.FieldTimes = field(default_factory=fields.FieldTimes)  # what proves it
     gpm: gpm.GpmSampler | None = None  # None: profiling off or unsupported; decided once
     gpm_checked: bool = False
     identify_seconds: float = 0.0  # NVML time of identify(), reported with the next read
@@ -255,7 +255,7 @@ class GpuReader:
             v = self.opt(f"violation_{label}", pynvml.nvmlDeviceGetViolationStatus, self.h, policy)
             self.add(catalog.VIOLATION_TIME, None if v is None else v.violationTime, (label,), SECONDS_PER_NANOSECOND)
         if slow_fields:
-            fields.read_batch(self, slow_fields)
+            fields.read_slow(self, slow_fields)
 
     # -- activity and memory -----------------------------------------------------------------
     def _utilization(self) -> None:

@@ -83,6 +83,9 @@ class SimulatedBackend:
         t = self.elapsed()
         return {(g.spec.uuid, code): n for g in self._gpus for code, n in g.xid_counts(t).items()}
 
+    def settle_xids(self, timeout: float) -> None:
+        """Nothing to wait for: the counts are a function of the scenario time."""
+
     def error_counts(self) -> Mapping[str, int]:
         """Always empty: a simulated read either works or, under ``gpu_lost``, fails whole."""
         return {}

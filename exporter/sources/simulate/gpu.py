@@ -2,10 +2,12 @@
 
 From the load pattern's utilisation *u* at time *t* follow power, temperature, clocks, PCIe and
 NVLink traffic, process memory and, on Hopper models, the GPM profiling ratios (a ``bursty``
-load reads as an inference server, any other as training; see ``_Profile``); the faults active at *t* change them (``docs/scenarios.md``
-says how). Counters that integrate a rate (energy, PCIe and NVLink bytes) are 1-second midpoint
-sums from time 0; the only state kept is a cache of those sums, which makes them cheap to
-advance without changing their values. Every label value comes from ``exporter.vocabulary``.
+load reads as an inference server, any other as training; see ``_Profile``); the faults active
+at *t* change them (``docs/scenarios.md`` says how). Counters that integrate a rate (energy,
+PCIe and NVLink bytes) are integrals from time 0 in closed form (``totals``): a day costs as
+little as a second. The only state kept is the totals at the last time asked for, which makes
+them cheaper still to advance, without changing their values. Every label value comes from
+``exporter.vocabulary``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import hashlib
 import math
 import threading
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from ... import catalog as C
 from ...model import vocabulary as V
 from ...model.gpu import Gpu, GpuIdentity, GpuProcess, MigDevice, Sample
-from .scenario import DeviceRef, FaultSpec, GpuSpec, LoadSpec, ProcessSpec, Scenario
+from ..nvml.cost import QueryTimer
+from .scenario import DeviceRef, FaultSpec, GpuSpec, LoadSpec, MigSpec, ProcessSpec, Scenario
 
 _BUSY = 0.02  # utilisation above which clocks, PCIe link and performance state go up
 
@@ -35,17 +38,6 @@ _VIOLATION_CAUSES: dict[str, tuple[str, ...]] = {
 
 
 # -- Pure functions of (scenario, time) -------------------------------------------------------
-
-
-def profiling_share(samples: list[Sample], profile: str, busy: bool) -> tuple[Sample, ...]:
-    """A MIG GPU instance's GPM metrics: the GPU's activity ratios (load is set per GPU) where the
-    instance runs processes, else zero; its traffic scaled by its share of the GPU's slices
-    ("3g.40gb": 3 of 7)."""
-    if not busy:
-        return tuple(Sample(x.metric, 0.0, x.labels) for x in samples)
-    slices = int(profile.split("g.", 1)[0]) if profile[:1].isdigit() else 1
-    rates = (C.PCIE_RATE, C.NVLINK_RATE)
-    return tuple(Sample(x.metric, round(x.value * slices / 7), x.labels) if x.metric in rates else x for x in samples)
 
 
 def _noise(seed: int, *parts: object) -> float:
@@ -157,6 +149,18 @@ _TRAINING = _Profile(sm_active=0.96, sm_occupancy=0.3, tensor=0.9, dram=0.35, fp
 _INFERENCE = _Profile(sm_active=0.6, sm_occupancy=0.08, tensor=0.3, dram=0.5, fp32=0.12, fp16=0.05, integer=0.15)
 
 
+def _activity(u: float, load: LoadSpec) -> list[Sample]:
+    """GPM activity of a GPU, or of a MIG GPU instance, busy ``u`` with the kind of work of
+    ``load`` (a ``bursty`` load reads as an inference server, any other as training)."""
+    p = _INFERENCE if load.pattern == "bursty" else _TRAINING
+    ratios = {C.GRAPHICS_ACTIVE: 1.0, C.SM_ACTIVE: p.sm_active, C.SM_OCCUPANCY: p.sm_occupancy,
+              C.TENSOR_ACTIVE: p.tensor, C.DRAM_ACTIVE: p.dram}
+    samples = [Sample(metric, round(u * share, 4)) for metric, share in ratios.items()]
+    fp64, fp32, fp16, integer, hmma, imma, dfma = V.PROFILING_PIPES
+    pipes = {fp64: 0.0, fp32: p.fp32, fp16: p.fp16, integer: p.integer, hmma: p.tensor, imma: 0.0, dfma: 0.0}
+    return samples + [Sample(C.PIPE_ACTIVE, round(u * pipes[pipe], 4), (pipe,)) for pipe in V.PROFILING_PIPES]
+
+
 class _Totals(NamedTuple):
     """Integrated counters, or their rates per second: J (W), bytes (bytes/s)."""
 
@@ -166,8 +170,77 @@ class _Totals(NamedTuple):
     pcie_rx: float = 0.0
     pcie_tx: float = 0.0
 
-    def plus(self, rates: _Totals, seconds: float) -> _Totals:
-        return _Totals(*(total + rate * seconds for total, rate in zip(self, rates)))
+    def plus(self, more: _Totals) -> _Totals:
+        return _Totals(*(total + x for total, x in zip(self, more)))
+
+
+#: What a GPU draws and moves at utilisation u: power idle + (BUSY_POWER x limit - idle) x u,
+#: times THERMAL_POWER during a thermal episode (clocks held down); PCIe rx and tx bytes/s per unit
+#: of u; NVLink bytes/s per link up per unit of u (tx; rx a share of it).
+_BUSY_POWER, _THERMAL_POWER = 0.93, 0.92
+_PCIE_RX, _PCIE_TX = 6e9, 2e9
+_NVLINK_TX, _NVLINK_RX_SHARE = 4e9, 0.97
+#: Utilisation during a power-cap episode: at least this (a burst that runs into the limit).
+_CAPPED_UTILIZATION = 0.97
+#: Fault kinds that change how fast the integrated counters grow.
+_RATE_FAULTS = ("thermal", "power_cap", "nvlink_down")
+
+
+def _load_integral(load: LoadSpec, a: float, b: float, floor: float = 0.0) -> float:
+    """The integral of ``max(_pattern(load, s), floor)`` over s from ``a`` to ``b``, exactly."""
+    return _antiderivative(load, b + load.phase, floor) - _antiderivative(load, a + load.phase, floor)
+
+
+def _antiderivative(load: LoadSpec, x: float, floor: float) -> float:
+    """An antiderivative of ``max(pattern, floor)`` at pattern time ``x`` (``t + phase``): each
+    pattern is a repetition of pieces (constant, linear, a sine arc) whose integrals are known."""
+    lo, hi, period = load.min, load.max, load.period
+    whole, r = divmod(x, period)
+    if load.pattern == "idle":
+        return max(0.0, floor) * x
+    if load.pattern == "constant":
+        return max(load.level, floor) * x
+    if load.pattern in ("square", "bursty"):
+        lo, hi, on = max(lo, floor), max(hi, floor), load.duty * period
+        return whole * (hi * on + lo * (period - on)) + (hi * r if r < on else hi * on + lo * (r - on))
+    if load.pattern == "ramp":  # lo + (hi - lo) r / period in each period; below floor until `cross`
+        span = hi - lo
+        cross = period if floor >= hi else 0.0 if floor <= lo else (floor - lo) / span * period
+
+        def within(r: float) -> float:
+            if r <= cross:
+                return floor * r
+            return floor * cross + lo * (r - cross) + span * (r * r - cross * cross) / (2 * period)
+
+        return whole * within(period) + within(r)
+    # sine: mid + amp sin(w x), at or above floor on the arc [theta, theta + arc] of each turn
+    mid, amp, w = (lo + hi) / 2, (hi - lo) / 2, 2 * math.pi / period
+    if floor <= lo:
+        return mid * x - amp / w * math.cos(w * x)
+    if floor >= hi:
+        return floor * x
+    theta = math.asin((floor - mid) / amp)
+    arc = math.pi - 2 * theta
+    turns, phi = divmod(w * x - theta, 2 * math.pi)
+
+    def turn(phi: float) -> float:
+        above = min(phi, arc)
+        return (mid * above - amp * (math.cos(theta + above) - math.cos(theta)) + floor * (phi - above)) / w
+
+    return turns * turn(2 * math.pi) + turn(phi)
+
+
+def _edges(f: FaultSpec, a: float, b: float, period: float | None) -> Iterator[float]:
+    """Where fault ``f`` starts or ends within (a, b)."""
+    if period is None:
+        starts: Iterable[float] = (f.at,)
+    else:
+        first = max(0, math.ceil((a - f.at - (f.duration or 0.0)) / period))
+        starts = (f.at + k * period for k in range(first, math.floor((b - f.at) / period) + 1))
+    for start in starts:
+        for edge in (start, None if f.duration is None else start + f.duration):
+            if edge is not None and a < edge < b:
+                yield edge
 
 
 # -- The GPU ----------------------------------------------------------------------------------
@@ -188,6 +261,7 @@ class SimulatedGpu:
         self.ecc_base = int((_noise(self.seed, spec.uuid, "ecc0") + 1) * 2)  # 0..3 corrected before this boot
         node = scenario.node
         self.chip = _chip(spec.model)
+        self.instance_loads = {m.gpu_instance_id: m.load for m in reversed(spec.mig) if m.load is not None}
         self.identity = GpuIdentity(index=spec.index, uuid=spec.uuid, minor_number=spec.index, info=MappingProxyType({
             "model": spec.model, "pci_bus_id": spec.pci_bus_id, "serial": spec.serial,
             "vbios_version": spec.vbios_version, "driver_version": node.driver_version,
@@ -197,7 +271,7 @@ class SimulatedGpu:
             "compute_capability": self.chip.compute_capability, "board_part_number": self.chip.board_part_number,
         }))
         self._lock = threading.Lock()
-        self._sums = (0, _Totals())  # (whole second k, totals from 0 to k)
+        self._sums = (0.0, _Totals())  # (time t, the integrated counters from 0 to t)
 
     # -- state at t --
 
@@ -217,12 +291,21 @@ class SimulatedGpu:
         return xids
 
     def utilization(self, t: float) -> float:
-        load = self.spec.load
+        u = self._busy(self.spec.load, t)
+        if self.active("power_cap", t):  # a burst that runs into the power limit
+            u = max(u, _CAPPED_UTILIZATION)
+        return u
+
+    def instance_utilization(self, gpu_instance_id: int, t: float) -> float:
+        """How busy a MIG GPU instance is while it runs processes: its own load (``mig[].load``),
+        else the GPU's."""
+        return self._busy(self.instance_loads.get(gpu_instance_id, self.spec.load), t, gpu_instance_id)
+
+    def _busy(self, load: LoadSpec, t: float, *instance: int) -> float:
+        """``load`` at ``t``, with its noise (a MIG GPU instance has noise of its own)."""
         u = _pattern(load, t)
         if load.noise:
-            u += load.noise * _noise(self.seed, self.spec.index, "util", int(t))
-        if self.active("power_cap", t):  # a burst that runs into the power limit
-            u = max(u, 0.97)
+            u += load.noise * _noise(self.seed, self.spec.index, "util", *instance, int(t))
         return min(1.0, max(0.0, u))
 
     def power_limit(self, t: float) -> float:
@@ -232,10 +315,10 @@ class SimulatedGpu:
     def power(self, t: float) -> float:
         u = self.utilization(t)
         limit = self.spec.power_limit
-        p = self.idle_power + (0.93 * limit - self.idle_power) * u
+        p = self.idle_power + (_BUSY_POWER * limit - self.idle_power) * u
         p *= 1 + 0.01 * _noise(self.seed, self.spec.index, "power", int(t))
         if self.active("thermal", t):
-            p *= 0.92
+            p *= _THERMAL_POWER
         if self.active("power_cap", t):
             p = self.power_limit(t)  # pinned at the enforced limit: that is why the cap acts
         return max(0.0, min(p, self.power_limit(t)))
@@ -252,25 +335,44 @@ class SimulatedGpu:
         return round(temp + 0.6 * _noise(self.seed, self.spec.index, "temp", int(t)))
 
     def rates(self, t: float) -> _Totals:
-        """What the integrated counters grow by per second at ``t``."""
+        """What the integrated counters grow by per second at ``t`` (with the jitter of the readings)."""
         u = self.utilization(t)
-        nvlink = u * (self.spec.nvlink_links - len(self.links_down(t))) * 4e9
+        nvlink = u * (self.spec.nvlink_links - len(self.links_down(t))) * _NVLINK_TX
         pcie = u * (1 + 0.1 * _noise(self.seed, self.spec.index, "pcie", int(t)))
-        return _Totals(energy=self.power(t), nvlink_rx=nvlink * 0.97, nvlink_tx=nvlink,
-                       pcie_rx=pcie * 6e9, pcie_tx=pcie * 2e9)
+        return _Totals(energy=self.power(t), nvlink_rx=nvlink * _NVLINK_RX_SHARE, nvlink_tx=nvlink,
+                       pcie_rx=pcie * _PCIE_RX, pcie_tx=pcie * _PCIE_TX)
 
     def totals(self, t: float) -> _Totals:
-        """The integrated counters from time 0 to ``t``: 1-second midpoint sums."""
-        whole = int(t)
+        """The integrated counters from time 0 to ``t``, in closed form: between two moments at
+        which a fault changes the rates, power and traffic follow the load pattern, whose
+        integral is known (the readings' per-second jitter averages out and is left out). The
+        totals at the last ``t`` asked for are kept: a clock that goes on costs only the faults
+        since."""
         with self._lock:
-            k, sums = self._sums
-            if whole < k:
-                k, sums = 0, _Totals()
-            while k < whole:
-                sums = sums.plus(self.rates(k + 0.5), 1.0)
-                k += 1
-            self._sums = (k, sums)
-        return sums.plus(self.rates(whole + 0.5), t - whole)
+            since, sums = self._sums
+            if t < since:
+                since, sums = 0.0, _Totals()
+            edges = sorted({e for f in self.faults if f.kind in _RATE_FAULTS for e in _edges(f, since, t, self.period)})
+            for a, b in zip([since, *edges], [*edges, t]):
+                sums = sums.plus(self._grown(a, b))
+            self._sums = (t, sums)
+        return sums
+
+    def _grown(self, a: float, b: float) -> _Totals:
+        """What the integrated counters grow by from ``a`` to ``b``, where no fault starts or ends."""
+        at, seconds, limit = (a + b) / 2, b - a, self.spec.power_limit
+        if self.active("power_cap", at):  # pinned at the cap, busy at least _CAPPED_UTILIZATION
+            busy = _load_integral(self.spec.load, a, b, _CAPPED_UTILIZATION)
+            energy = self.power_limit(at) * seconds
+        else:
+            busy = _load_integral(self.spec.load, a, b)
+            energy = self.idle_power * seconds + (_BUSY_POWER * limit - self.idle_power) * busy
+            if self.active("thermal", at):
+                energy *= _THERMAL_POWER
+        busy = max(0.0, busy)  # not below 0 by rounding: the counters never decrease
+        nvlink = busy * (self.spec.nvlink_links - len(self.links_down(at))) * _NVLINK_TX
+        return _Totals(energy=max(0.0, energy), nvlink_rx=nvlink * _NVLINK_RX_SHARE, nvlink_tx=nvlink,
+                       pcie_rx=busy * _PCIE_RX, pcie_tx=busy * _PCIE_TX)
 
     def _total(self, kind: str, t: float, attr: str, *, spread: bool = True) -> int:
         total = 0
@@ -286,15 +388,8 @@ class SimulatedGpu:
         """GPM metrics at ``t`` from the load pattern (none on a GPU without GPM)."""
         if not self.chip.gpm:
             return []
-        u = self.utilization(t)
-        p = _INFERENCE if self.spec.load.pattern == "bursty" else _TRAINING
+        samples = _activity(self.utilization(t), self.spec.load)
         rates = self.rates(t)
-        ratios = {C.GRAPHICS_ACTIVE: 1.0, C.SM_ACTIVE: p.sm_active, C.SM_OCCUPANCY: p.sm_occupancy,
-                  C.TENSOR_ACTIVE: p.tensor, C.DRAM_ACTIVE: p.dram}
-        samples = [Sample(metric, round(u * share, 4)) for metric, share in ratios.items()]
-        fp64, fp32, fp16, integer, hmma, imma, dfma = V.PROFILING_PIPES
-        pipes = {fp64: 0.0, fp32: p.fp32, fp16: p.fp16, integer: p.integer, hmma: p.tensor, imma: 0.0, dfma: 0.0}
-        samples += [Sample(C.PIPE_ACTIVE, round(u * pipes[pipe], 4), (pipe,)) for pipe in V.PROFILING_PIPES]
         rx, tx = V.DIRECTIONS
         samples += [Sample(C.PCIE_RATE, round(rates.pcie_rx), (rx,)), Sample(C.PCIE_RATE, round(rates.pcie_tx), (tx,))]
         if self.spec.nvlink_links:
@@ -302,10 +397,24 @@ class SimulatedGpu:
                         Sample(C.NVLINK_RATE, round(rates.nvlink_tx), (tx,))]
         return samples
 
+    def instance_profiling(self, mig: MigSpec, t: float, busy: bool, gpu: list[Sample]) -> tuple[Sample, ...]:
+        """A MIG GPU instance's GPM metrics: its activity from its own load where it runs
+        processes, else zero; its traffic its share of the GPU's (``gpu``, the GPU's GPM
+        samples) by its compute slices ("3g.40gb": 3 of 7)."""
+        if not gpu:
+            return ()
+        activity = _activity(self.instance_utilization(mig.gpu_instance_id, t) if busy else 0.0,
+                             self.instance_loads.get(mig.gpu_instance_id, self.spec.load))
+        traffic = [Sample(x.metric, round(x.value * mig.slices / 7) if busy else 0.0, x.labels)
+                   for x in gpu if x.metric in (C.PCIE_RATE, C.NVLINK_RATE)]
+        return (*activity, *traffic)
+
     # -- the reading --
 
     def read(self, t: float) -> Gpu:
-        """Everything NVML would answer about this GPU at ``t`` (the caller checks ``lost`` first)."""
+        """Everything NVML would answer about this GPU at ``t`` (the caller checks ``lost`` first),
+        with the time each stretch of it took in the query group NVML spends it in."""
+        timer = QueryTimer()
         g, d = self.spec, self.spec.defaults
         u = self.utilization(t)
         busy = u > _BUSY
@@ -316,6 +425,7 @@ class SimulatedGpu:
         def add(metric: C.MetricSpec, value: float, *labels: str) -> None:
             s.append(Sample(metric, float(value), tuple(labels)))
 
+        timer.lap("activity")
         # Processes: memory follows load a little (allocator caches stay), utilisation is a share.
         full: list[GpuProcess] = []
         per_mig: dict[str, list[GpuProcess]] = {m.uuid: [] for m in g.mig}
@@ -325,6 +435,7 @@ class SimulatedGpu:
                 per_mig[ref.mig.uuid].append(GpuProcess(proc.pid, mem, None))
             else:
                 full.append(GpuProcess(proc.pid, mem, round(u * proc.utilization, 4)))
+        timer.lap("processes")
 
         if not g.mig_enabled:  # NVML answers NOT_SUPPORTED for these in MIG mode
             add(C.UTILIZATION, round(u, 4))
@@ -341,6 +452,7 @@ class SimulatedGpu:
         add(C.MEMORY_RESERVED, reserved)
         add(C.BAR1_TOTAL, 128 * 1024 ** 3 if g.memory > 64 * 1024 ** 3 else 64 * 1024 ** 3)
         add(C.BAR1_USED, 32 * V.BYTES_PER_MIB + 8 * V.BYTES_PER_MIB * (len(full) + sum(map(len, per_mig.values()))))
+        timer.lap("activity")
 
         temp = self.temperature(t)
         add(C.TEMPERATURE, temp)
@@ -350,14 +462,17 @@ class SimulatedGpu:
             add(C.TEMPERATURE_THRESHOLD, d.thresholds_c[threshold], threshold)
         if d.fan:
             add(C.FAN_SPEED, round(min(1.0, max(0.3, 0.3 + 0.7 * (temp - 30) / 60)), 2))
+        timer.lap("thermal_power")
 
         totals = self.totals(t)
+        timer.lap("fields")
         add(C.POWER, round(self.power(t), 3))
         add(C.POWER_LIMIT, self.power_limit(t))
         add(C.POWER_LIMIT_DEFAULT, g.power_limit)
         add(C.POWER_LIMIT_MIN, round(g.power_limit * 0.4))
         add(C.POWER_LIMIT_MAX, g.power_limit)
         add(C.ENERGY, round(self.energy_base + totals.energy, 3))
+        timer.lap("thermal_power")
 
         sm = d.sm_clock_max_mhz if busy else d.sm_clock_idle_mhz
         if thermal:
@@ -381,9 +496,11 @@ class SimulatedGpu:
                   "sw_thermal_slowdown": thermal, "hw_thermal_slowdown": thermal}
         for reason, _bit in V.CLOCK_EVENT_REASONS:
             add(C.CLOCK_EVENT, int(events.get(reason, False)), reason)
+        timer.lap("clocks")
         for policy in V.VIOLATION_POLICIES:
             causes = [f for f in self.faults if f.kind in _VIOLATION_CAUSES.get(policy, ())]
             add(C.VIOLATION_TIME, round(_active_seconds(causes, t, self.period), 3), policy)
+        timer.lap("slow")
 
         add(C.PCIE_LINK_GENERATION, d.pcie_generation if busy else 1)  # links downshift when idle
         add(C.PCIE_LINK_MAX_GENERATION, d.pcie_generation)
@@ -393,6 +510,7 @@ class SimulatedGpu:
         pcie = {"rx": totals.pcie_rx, "tx": totals.pcie_tx}
         for direction in V.DIRECTIONS:
             add(C.PCIE_DATA, round(pcie[direction]), direction)
+        timer.lap("pcie")
 
         ecc = {"corrected": self._total("ecc", t, "corrected"), "uncorrected": self._total("ecc", t, "uncorrected")}
         ecc_before_boot = {"corrected": self.ecc_base, "uncorrected": 0}
@@ -406,6 +524,7 @@ class SimulatedGpu:
             add(C.REMAPPED_ROWS, rows[rtype], rtype)
         add(C.REMAPPED_ROWS_PENDING, int(any(f.pending and _active(f, t, self.period) for f in remaps)))
         add(C.REMAPPED_ROWS_FAILURE, int(any(f.failure and _active(f, t, self.period) for f in remaps)))
+        timer.lap("memory_errors")
 
         if g.nvlink_links:
             down = self.links_down(t)
@@ -419,6 +538,7 @@ class SimulatedGpu:
             nvlink = {"rx": totals.nvlink_rx, "tx": totals.nvlink_tx}
             for direction in V.DIRECTIONS:
                 add(C.NVLINK_DATA, round(nvlink[direction]), direction)
+        timer.lap("nvlink")
 
         add(C.PROCESSES, len(full) + sum(len(ps) for ps in per_mig.values()))
         profiling = self.profiling(t)
@@ -433,7 +553,7 @@ class SimulatedGpu:
             ps = per_mig[m.uuid]
             m_used = sum(p.used_memory_bytes or 0 for p in ps)
             busy_instance = m.gpu_instance_id in busy_instances
-            gpm = profiling_share(profiling, m.profile, busy_instance) if m.uuid in carriers else ()
+            gpm = self.instance_profiling(m, t, busy_instance, profiling) if m.uuid in carriers else ()
             migs.append(MigDevice(
                 uuid=m.uuid, gpu_instance_id=m.gpu_instance_id, compute_instance_id=m.compute_instance_id,
                 profile=m.profile, processes=tuple(ps), processes_read=True,
@@ -441,7 +561,9 @@ class SimulatedGpu:
                          Sample(C.MIG_MEMORY_FREE, float(max(0, m.memory - m_used))),
                          Sample(C.MIG_PROCESSES, float(len(ps))), *gpm),
             ))
+        timer.lap("profiling")
 
         i = self.identity
         return Gpu(index=i.index, uuid=i.uuid, up=True, minor_number=i.minor_number, info=i.info, samples=tuple(s),
-                   mig_devices=tuple(migs), processes=tuple(full), processes_read=True)
+                   mig_devices=tuple(migs), processes=tuple(full), processes_read=True,
+                   nvml_seconds=dict(timer.seconds))

@@ -153,6 +153,16 @@ def _position(data: Any, path: schema.Path) -> list[int]:
     return out
 
 
+def _load(p: _Problems, raw: Any, path: schema.Path) -> LoadSpec:
+    """A ``load`` (a GPU's or a MIG instance's): the shorthand or the mapping, with its defaults."""
+    if raw == "constant":  # the shorthand: no level to be constant at
+        p.add(path, "pattern constant needs a level: write load: {pattern: constant, level: <0..1>}")
+    load = schema.with_defaults({"pattern": raw} if isinstance(raw, str) else raw, "load")
+    if load["min"] > load["max"]:
+        p.add(path, f"min {load['min']:g} is above max {load['max']:g}")
+    return LoadSpec(**{"noise": 0.0 if load["pattern"] == "idle" else 0.02, **load})
+
+
 def _dotted(path: schema.Path) -> str:
     return "".join(f"[{k}]" if type(k) is int else f".{k}" for k in path).lstrip(".") or "(document)"
 
@@ -193,6 +203,7 @@ def _gpu(p: _Problems, g: dict, path: schema.Path, node: str, seed: int) -> GpuS
     mig: list[MigSpec] = []
     seen: dict[tuple[int, int], int] = {}
     instances: dict[int, tuple[int, int]] = {}  # gpu_instance_id -> (slices, memory)
+    instance_load: dict[int, tuple[LoadSpec, int]] = {}  # gpu_instance_id -> (its load, where given)
     profile = schema.pattern("mig", "properties", "profile")
     for j, m in enumerate(schema.with_defaults(m, "mig") for m in g.get("mig") or ()):
         slices, gigabytes, _ = profile.match(m["profile"]).groups()  # type: ignore[union-attr]
@@ -204,8 +215,14 @@ def _gpu(p: _Problems, g: dict, path: schema.Path, node: str, seed: int) -> GpuS
             continue
         seen[gi, ci] = j
         instances.setdefault(gi, (int(slices), mem))
+        mload = _load(p, m["load"], path + ("mig", j, "load")) if "load" in m else None
+        if mload is not None:  # compute instances share their GPU instance's SMs: one load
+            given = instance_load.setdefault(gi, (mload, j))
+            if given[0] != mload:
+                p.add(path + ("mig", j, "load"), f"differs from the load of gpu_instance_id {gi} at "
+                      f"{_dotted(path)}.mig[{given[1]}]: compute instances share their GPU instance's SMs")
         muuid = m["uuid"].removeprefix("MIG-") if "uuid" in m else _derived_uuid(seed, uuid, "mig", gi, ci)
-        mig.append(MigSpec(m["profile"], gi, ci, mem, "MIG-" + muuid))
+        mig.append(MigSpec(m["profile"], gi, ci, mem, "MIG-" + muuid, mload))
     if (slices := sum(s for s, _ in instances.values())) > 7:
         p.add(path + ("mig",), f"instances use {slices} compute slices; a GPU has 7")
     if (total := sum(m for _, m in instances.values())) > memory:
@@ -213,11 +230,7 @@ def _gpu(p: _Problems, g: dict, path: schema.Path, node: str, seed: int) -> GpuS
     sharing = SharingSpec(**schema.with_defaults(g["sharing"], "sharing")) if "sharing" in g else None
     if sharing and mig:
         p.add(path + ("sharing",), "a MIG-enabled GPU cannot also be shared in this simulator")
-    if g["load"] == "constant":  # the shorthand: no level to be constant at
-        p.add(path + ("load",), "pattern constant needs a level: write load: {pattern: constant, level: <0..1>}")
-    load = schema.with_defaults({"pattern": g["load"]} if isinstance(g["load"], str) else g["load"], "load")
-    if load["min"] > load["max"]:
-        p.add(path + ("load",), f"min {load['min']:g} is above max {load['max']:g}")
+    load = _load(p, g["load"], path + ("load",))
     bus = _PCI_BUSES[i] if i < len(_PCI_BUSES) else (0x100 + i) % 0xFF
     return GpuSpec(
         index=i, model=g["model"], uuid=uuid, pci_bus_id=f"00000000:{bus:02X}:00.0",
@@ -225,7 +238,7 @@ def _gpu(p: _Problems, g: dict, path: schema.Path, node: str, seed: int) -> GpuS
         vbios_version=g.get("vbios_version", d.vbios_version), memory=memory,
         power_limit=float(g.get("power_limit", d.power_limit)), nvlink_links=g.get("nvlink_links", d.nvlink_links),
         compute_mode=g["compute_mode"], persistence_mode=g["persistence_mode"],
-        load=LoadSpec(**{"noise": 0.0 if load["pattern"] == "idle" else 0.02, **load}),
+        load=load,
         mig=tuple(mig), sharing=sharing, defaults=d,
     )
 

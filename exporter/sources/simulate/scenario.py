@@ -107,6 +107,7 @@ class MigSpec:
     compute_instance_id: int
     memory: int
     uuid: str  # MIG-...
+    load: LoadSpec | None = None  # how busy its GPU instance is where it runs processes; None: as the GPU
 
     @property
     def slices(self) -> int:
