@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     # The guard exists with --once too: its (zero) counts are part of what a scrape shows.
-    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections))
+    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections,
+                                                idle_timeout=config.web_idle_timeout))
     try:
         agent = build_agent(config, guard=guard)
     except Exception as exc:  # noqa: BLE001 - a scenario file with problems, most likely
