@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .agent import Agent, Component
@@ -23,9 +23,11 @@ from .sources.backend import GpuBackend
 from .sources.base import Source
 from .sources.gpus import GpuSource
 from .sources.grace import KeptWhileDown
-from .sources.kube.source import Watch, pod_source, slice_source
 from .sources.kubelet.source import KubeletSource, PodResourcesLister
 from .sources.procfs import ProcfsSource
+
+if TYPE_CHECKING:  # the API server's modules load only with --kubernetes.enabled (start-up time)
+    from .sources.kube.source import Watch
 
 log = logging.getLogger("exporter")
 
@@ -79,10 +81,13 @@ def build_sources(
     sources: list[Source] = []
     if kubelet is not None:
         sources.append(KeptWhileDown(KubeletSource(kubelet), grace, kept="allocations"))
-    if pods is not None:
-        sources.append(KeptWhileDown(pod_source(pods), grace, kept="workloads"))
-    if slices is not None:
-        sources.append(KeptWhileDown(slice_source(slices), grace, kept="DRA devices"))
+    if pods is not None or slices is not None:
+        from .sources.kube.source import pod_source, slice_source
+
+        if pods is not None:
+            sources.append(KeptWhileDown(pod_source(pods), grace, kept="workloads"))
+        if slices is not None:
+            sources.append(KeptWhileDown(slice_source(slices), grace, kept="DRA devices"))
     if process_owners is not None:
         sources.append(ProcfsSource(process_owners, config.procfs))
     elif config.procfs:

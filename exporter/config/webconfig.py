@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -94,6 +92,8 @@ def load(path: str | Path) -> WebConfig:
 
     Relative file names inside it are relative to the file's own directory, as in exporter-toolkit.
     """
+    import yaml  # only with --web.config.file (start-up time)
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_bytes())  # bytes: YAML's own encoding rules and errors
