@@ -3,6 +3,8 @@ collection cycle (``render/``): a scrape never waits on NVML, the kubelet or the
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
@@ -16,7 +18,8 @@ AGENT = web.AppKey("agent", Agent)
 
 async def metrics(request: web.Request) -> web.Response:
     """The bytes rendered by the last cycle, in the format and encoding the scraper asked for
-    (content negotiation by client_python's own helpers)."""
+    (content negotiation by client_python's own helpers). OpenMetrics is rendered with the cycle;
+    the text format on its first request in the cycle (``render/exposition.py``)."""
     exposition = request.app[AGENT].exposition
     if exposition is None:
         return web.Response(status=503, text="no collection has finished yet\n")
@@ -27,6 +30,8 @@ async def metrics(request: web.Request) -> web.Response:
         body = exposition.openmetrics_gzip if use_gzip else exposition.openmetrics
         content_type = OPENMETRICS_CONTENT_TYPE
     else:
+        if not exposition.text_ready(use_gzip):  # its first request this cycle: written off the loop
+            await asyncio.to_thread(lambda: exposition.text_gzip if use_gzip else exposition.text)
         body = exposition.text_gzip if use_gzip else exposition.text
         content_type = TEXT_CONTENT_TYPE
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
