@@ -249,20 +249,17 @@ class Guard:
 
     async def _send(self, request: web.Request, response: web.StreamResponse) -> None:
         try:
-            await asyncio.wait_for(self._write(request, response), self.limits.write_timeout)
+            async with asyncio.timeout(self.limits.write_timeout):  # no task per response, as wait_for makes
+                await response.prepare(request)
+                await response.write_eof()
         except ConnectionError:  # the client went away: aiohttp sees it too and ends the connection
             log.debug("%s closed the connection before its response was sent", request.remote)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.rejected["write_timeout"] += 1
             log.debug("response to %s not taken within %gs: connection closed", request.remote,
                       self.limits.write_timeout)
             if request.transport is not None:
                 request.transport.abort()
-
-    @staticmethod
-    async def _write(request: web.Request, response: web.StreamResponse) -> None:
-        await response.prepare(request)
-        await response.write_eof()
 
 
 class _Refused(asyncio.Protocol):

@@ -4,6 +4,7 @@ collection cycle (``render/``): a scrape never waits on NVML, the kubelet or the
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -23,9 +24,7 @@ async def metrics(request: web.Request) -> web.Response:
     exposition = request.app[AGENT].exposition
     if exposition is None:
         return web.Response(status=503, text="no collection has finished yet\n")
-    _, negotiated = choose_encoder(request.headers.get("Accept", ""))
-    openmetrics = negotiated.startswith("application/openmetrics-text")
-    use_gzip = gzip_accepted(request.headers.get("Accept-Encoding", ""))
+    openmetrics, use_gzip = _negotiate(request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
     if openmetrics:
         body = exposition.openmetrics_gzip if use_gzip else exposition.openmetrics
         content_type = OPENMETRICS_CONTENT_TYPE
@@ -38,6 +37,12 @@ async def metrics(request: web.Request) -> web.Response:
     if use_gzip:
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
+
+
+@functools.lru_cache(maxsize=64)  # a scraper sends the same headers every time
+def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool]:
+    """(OpenMetrics?, gzip?) for these headers, as client_python negotiates them."""
+    return choose_encoder(accept)[1].startswith("application/openmetrics-text"), gzip_accepted(accept_encoding)
 
 
 def _health_response(health: Health) -> web.Response:
