@@ -9,7 +9,9 @@ besides (basic auth from a web config, an Alertmanager to push to). Each is star
 times one after the other and polled from here every 5 ms: a TCP connect (listening), then
 ``GET /healthz`` until 200, then ``GET /metrics`` until 200 (the first cycle's bytes). With
 ``--before``, the agent of that checkout (an earlier version) is started too, alternately with
-this one's, so that both see the same load.
+this one's, so that both see the same load. Beside each wall time, the CPU time the agent had
+used by then (all its threads, from /proc/<pid>/task/*/schedstat): on a busy machine the wall
+time grows with the load, the CPU time hardly, and on an idle one the two are close.
 
 Bytecode is compiled first (one run of each configuration writes it under a cache prefix), as in
 the image, where ``pip install --compile`` did it: what is measured is importing and starting, not
@@ -56,6 +58,17 @@ def status(port: int, path: str) -> int | None:
         connection.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (threads that ended are not counted)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 def start_once(argv: list[str], env: dict[str, str], port: int, *, cwd: Path, timeout: float = 60) -> dict[str, float]:
     """Seconds from exec to listening, to /healthz 200 and to /metrics 200."""
     started = time.monotonic()
@@ -77,6 +90,7 @@ def start_once(argv: list[str], env: dict[str, str], port: int, *, cwd: Path, ti
                     raise RuntimeError(f"no {mark} within {timeout:g} s")
                 time.sleep(POLL_SECONDS)
             marks[mark] = time.monotonic() - started
+            marks[mark.replace("_s", "_cpu_s")] = cpu_seconds(process.pid)
     finally:
         process.terminate()
         try:
@@ -135,14 +149,15 @@ def main() -> int:
                         runs[tree].append(marks)
             for tree in trees:
                 row = {"label": label, "tree": tree, "runs": runs[tree], "load_1m": round(os.getloadavg()[0], 2)}
-                for mark in ("listening_s", "healthz_s", "metrics_s"):
+                for mark in ("listening_s", "healthz_s", "metrics_s", "listening_cpu_s", "healthz_cpu_s",
+                             "metrics_cpu_s"):
                     values = [r[mark] for r in runs[tree]]
                     row[mark] = {"median": statistics.median(values), "max": max(values), "min": min(values)}
                 rows.append(row)
-                print(f"{label:38s} {tree:6s} listening {row['listening_s']['median']:.2f} s "
-                      f"(max {row['listening_s']['max']:.2f})  /healthz {row['healthz_s']['median']:.2f} s "
-                      f"(max {row['healthz_s']['max']:.2f})  /metrics {row['metrics_s']['median']:.2f} s "
-                      f"(max {row['metrics_s']['max']:.2f})  load {row['load_1m']}", flush=True)
+                print(f"{label:38s} {tree:6s} " + "  ".join(
+                    f"{what} {row[mark + '_s']['median']:.2f} s (CPU {row[mark + '_cpu_s']['median']:.2f})"
+                    for what, mark in (("listening", "listening"), ("/healthz", "healthz"), ("/metrics", "metrics")))
+                    + f"  load {row['load_1m']}", flush=True)
     finally:
         kubelet.close()
         api.stop()

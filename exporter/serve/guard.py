@@ -28,9 +28,9 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
-import math
 from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -107,11 +107,12 @@ class _Connection(RequestHandler):
     request's line and headers must be complete within ``read_timeout``: what the guard's
     middleware is told (``answering``) once aiohttp has parsed them."""
 
-    __slots__ = ("_read_timeout", "_read_deadline", "_answering", "idle_since")
+    __slots__ = ("_clock", "_read_timeout", "_read_deadline", "_answering", "idle_since")
 
     def __init__(self, server: web.Server, *, loop: asyncio.AbstractEventLoop, read_timeout: float,
                  **kwargs: Any) -> None:
         super().__init__(server, loop=loop, **kwargs)
+        self._clock = loop
         self._read_timeout = read_timeout
         self._read_deadline: asyncio.TimerHandle | None = None
         self._answering = False
@@ -136,10 +137,10 @@ class _Connection(RequestHandler):
         self._answering = yes
         self._stop_deadline()
         if not yes:
-            self.idle_since = self._loop.time()
+            self.idle_since = self._clock.time()
 
     def _expect_request(self) -> None:
-        self._read_deadline = self._loop.call_later(self._read_timeout, self._read_timed_out)
+        self._read_deadline = self._clock.call_later(self._read_timeout, self._read_timed_out)
 
     def _stop_deadline(self) -> None:
         if self._read_deadline is not None:
