@@ -408,6 +408,29 @@ async def test_a_flood_of_wrong_passwords_keeps_no_scraper_with_the_right_one_ou
     assert served.guard.rejected["connection_limit"] == 0
 
 
+async def test_a_connection_waiting_on_its_password_check_is_not_busy(tmp_path):
+    """At the connection cap, a request still waiting for bcrypt makes room; it is not refused."""
+    slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=13)).decode()  # ~0.5 s a check: they queue
+    config = webconfig.load(write_config(tmp_path, f'basic_auth_users: {{prometheus: "{slow}"}}\n'))
+    wrong = ("GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+             f"Authorization: {basic('prometheus', 'guess')['Authorization']}\r\n\r\n").encode()
+    async with Served(config, HttpLimits(max_connections=4)) as served:
+        waiting = []
+        for i in range(4):  # four peers, each with a check queued or running
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port,
+                                                           local_addr=(f"127.0.0.{i + 2}", 0))
+            writer.write(wrong)
+            waiting.append((reader, writer))
+        deadline = time.monotonic() + 10
+        while len(served.guard.authenticating) < 4:
+            assert time.monotonic() < deadline, "the checks did not queue"
+            await asyncio.sleep(0.01)
+        assert (await served.get("/healthz"))[0] == 200  # a fifth connection, at the cap
+        assert served.guard.rejected["connection_limit"] == 0
+        for _, writer in waiting:
+            writer.close()
+
+
 def test_failures_recover_one_per_interval_and_each_peer_has_its_own():
     budget = security.FailureBudget(burst=3, recovery=5.0)
     for _ in range(3):
