@@ -240,7 +240,9 @@ class Agent:
     """``python -m exporter`` (or a wrapper) on a loopback port."""
 
     def __init__(self, args: Iterable[str], *, env: dict[str, str] | None = None, fake_cpus: int = 0,
-                 interval: float = 1.0, command: list[str] | None = None, port: int | None = None) -> None:
+                 interval: float = 1.0, command: list[str] | None = None, port: int | None = None,
+                 tree: Path | None = None) -> None:
+        """``tree``: another checkout whose agent to run (an earlier version, to compare with)."""
         self.port = port or free_port()
         self.started = time.monotonic()
         base = command or [sys.executable, "-m", "exporter"]
@@ -251,7 +253,9 @@ class Agent:
         argv = [*base, "--web.listen-address", f"127.0.0.1:{self.port}",
                 "--collector.interval", str(interval), "--log.level", "warning", *args]
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=self._stderr, stdout=subprocess.DEVNULL)
+        if tree is not None:
+            env = {**(env or os.environ), "PYTHONPATH": str(tree)}
+        self.process = subprocess.Popen(argv, cwd=tree or ROOT, env=env, stderr=self._stderr, stdout=subprocess.DEVNULL)
         self.scraper = Scraper(self.port)
 
     def listening_after(self, timeout: float = 30) -> float:

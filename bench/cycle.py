@@ -54,7 +54,7 @@ from exporter.sources.nvml import NvmlBackend, fields  # noqa: E402
 
 SLOW_READS = ("utilization", "memory_v2", "memory", "power_mw", "temperature", "clock")
 class StaticPods:
-    """The API server's pods, fixed: what a pod watch answers (sources/kube/source.py), without one."""
+    """The API server's pods, fixed: what a pod watch answers (sources/watches.py), without one."""
 
     connected = True
 

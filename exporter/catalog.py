@@ -375,7 +375,8 @@ ALERTMANAGER_QUEUE_LENGTH = _metric(
 HTTP_REJECTED = _metric(
     "kube_gpu_exporter_http_rejected_total", "counter",
     "HTTP requests and connections the agent refused, by reason (method, path, body, unauthorized, "
-    "client_certificate, write_timeout, connection_limit); every reason present from the start (0).",
+    "auth_rate_limit, client_certificate, write_timeout, connection_limit); every reason present from the "
+    "start (0).",
     "agent", ("reason",),
 )
 

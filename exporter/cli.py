@@ -22,9 +22,10 @@ from .sources.backend import GpuBackend
 from .sources.base import Off, Source
 from .sources.gpus import GpuSource
 from .sources.grace import KeptWhileDown
-from .sources.kube.source import PodSource, SliceSource, Watch
 from .sources.kubelet.source import KubeletSource, PodResourcesLister
 from .sources.procfs import ProcfsSource
+# Light: naming the API server's watches loads none of their modules (only --kubernetes.enabled does).
+from .sources.watches import PodSource, SliceSource, Watch
 
 log = logging.getLogger("exporter")
 
@@ -235,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     # The guard exists with --once too: its (zero) counts are part of what a scrape shows.
-    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections))
+    guard = Guard(config.web_config, HttpLimits(max_connections=config.web_max_connections,
+                                                idle_timeout=config.web_idle_timeout))
     try:
         agent = build_agent(config, guard=guard)
     except Exception as exc:  # noqa: BLE001 - a scenario file with problems, most likely

@@ -256,7 +256,7 @@ def http_server():
         return web.Response(text="up 1\n")
 
     async def main() -> None:
-        guard = Guard(webconfig.WebConfig(), HttpLimits(idle_timeout=1.0, write_timeout=1.0))
+        guard = Guard(webconfig.WebConfig(), HttpLimits(idle_timeout=1.0, read_timeout=1.0, write_timeout=1.0))
         app = web.Application(middlewares=[guard.middleware])
         app.router.add_get("/metrics", metrics)
         state["runner"], site = await start_server(app, "127.0.0.1", 0, guard=guard)

@@ -1,16 +1,19 @@
 """HTTP that no client can wedge, tried with raw sockets as a hostile client would.
 
 In-process tests run the real listener (``exporter.serve.guard.start_server``) with small limits so that
-timeouts pass in a second or two; the end-to-end test runs the CLI with its defaults.
+timeouts pass in a second or two (the keep-alive test uses the defaults); the end-to-end tests run
+the CLI with its defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 from e2e import AgentProcess, value
@@ -18,7 +21,8 @@ from e2e import AgentProcess, value
 from exporter.serve.guard import Guard, HttpLimits, start_server
 from exporter.config.webconfig import WebConfig
 
-LIMITS = HttpLimits(max_connections=8, idle_timeout=1.0, write_timeout=1.0, tls_handshake_timeout=1.0)
+LIMITS = HttpLimits(max_connections=8, idle_timeout=3.0, read_timeout=1.0, write_timeout=1.0,
+                    tls_handshake_timeout=1.0)
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: node\r\nAccept: */*\r\n\r\n"
 BIG = b"x" * (32 << 20)  # larger than any socket buffer: a client that does not read blocks the write
 
@@ -32,6 +36,7 @@ class Served:
 
     async def __aenter__(self) -> "Served":
         async def metrics(request: web.Request) -> web.Response:
+            self.answered_on.append(request.protocol)
             return web.Response(text="up 1\n")
 
         async def slow(request: web.Request) -> web.Response:
@@ -42,6 +47,7 @@ class Served:
             return web.Response(body=BIG)
 
         self.guard = Guard(WebConfig(), self.limits)
+        self.answered_on: list[object] = []  # the connection (server side) each /metrics was answered on
         app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/slow", slow)
@@ -88,31 +94,68 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     return False
 
 
-async def test_idle_keep_alive_and_silent_connections_are_closed_after_the_idle_timeout():
+async def scrape_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """One scrape on an open connection: the response's head (its body is read too)."""
+    writer.write(SCRAPE)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    await asyncio.wait_for(reader.readexactly(length), 10)
+    return head
+
+
+async def test_a_keep_alive_connection_waits_the_idle_timeout_for_its_next_request():
     async with Served() as served:
         reader, writer = await served.connect()
-        writer.write(SCRAPE)
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert (await scrape_on(reader, writer)).startswith(b"HTTP/1.1 200")
+        # Idle for longer than a request may take to arrive: still open, and it serves the next one.
+        assert not await closed_within(reader, LIMITS.read_timeout + 0.5)
+        assert (await scrape_on(reader, writer)).startswith(b"HTTP/1.1 200")
+        assert served.answered_on[0] is served.answered_on[1]
+        assert await closed_within(reader, LIMITS.idle_timeout + 2)  # then closed, idle too long
+
+
+#: A long idle timeout: a connection closed within a few seconds was closed by the read deadline.
+PATIENT = dataclasses.replace(LIMITS, idle_timeout=60.0)
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout():
+    async with Served(PATIENT) as served:
         silent, _ = await served.connect()
-        assert not await closed_within(reader, 0.3)  # kept alive for a while...
-        assert await closed_within(reader, LIMITS.idle_timeout + 2)  # ...then closed
-        assert await closed_within(silent, LIMITS.idle_timeout + 2)
+        assert await closed_within(silent, PATIENT.read_timeout + 3)
+
+
+@pytest.mark.slow
+async def test_scrapes_15_s_apart_on_one_client_session_use_one_connection():
+    """The defaults: Prometheus' next scrape, an interval later, finds its connection open."""
+    async with Served(HttpLimits()) as served:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=300)) as session:
+            for i in range(2):
+                if i:
+                    await asyncio.sleep(15)
+                async with session.get(f"http://127.0.0.1:{served.site.port}/metrics") as response:
+                    assert response.status == 200 and await response.text() == "up 1\n"
+        assert served.site.connections_opened == 1
+        assert len(served.answered_on) == 2 and served.answered_on[0] is served.answered_on[1]
 
 
 async def test_a_request_sent_a_byte_at_a_time_is_dropped():
-    async with Served() as served:
-        reader, writer = await served.connect()
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\n")
-        deadline = time.monotonic() + LIMITS.idle_timeout + 3
-        dropped = False
-        while time.monotonic() < deadline and not dropped:
-            try:
-                writer.write(b"X")  # a header that never ends
-                await writer.drain()
-            except ConnectionError:
-                dropped = True
-            dropped = dropped or await closed_within(reader, 0.2)
-        assert dropped, "a slowloris connection was still held"
+    async with Served(PATIENT) as served:
+        for keep_alive_first in (False, True):  # on a new connection, and after a first response
+            reader, writer = await served.connect()
+            if keep_alive_first:
+                assert (await scrape_on(reader, writer)).startswith(b"HTTP/1.1 200")
+                await asyncio.sleep(PATIENT.read_timeout + 0.2)  # idle: its deadline starts at the next byte
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\n")
+            deadline = time.monotonic() + PATIENT.read_timeout + 3
+            dropped = False
+            while time.monotonic() < deadline and not dropped:
+                try:
+                    writer.write(b"X")  # a header that never ends
+                    await writer.drain()
+                except ConnectionError:
+                    dropped = True
+                dropped = dropped or await closed_within(reader, 0.2)
+            assert dropped, "a slowloris connection was still held"
         assert (await served.scrape()).startswith(b"HTTP/1.1 200")
 
 
@@ -122,6 +165,18 @@ async def test_at_the_cap_the_oldest_idle_connection_makes_room_for_a_scrape():
         assert (await served.scrape()).startswith(b"HTTP/1.1 200")
         assert await closed_within(idle[0][0], 2)  # the oldest idle one went
         assert not await closed_within(idle[-1][0], 0.1)  # the newest stays
+
+
+async def test_at_the_cap_the_connection_idle_the_longest_goes_not_the_scrapers():
+    async with Served() as served:
+        scraper = await served.connect()  # the oldest connection, but it scrapes
+        idle = [await served.connect() for _ in range(LIMITS.max_connections - 1)]
+        assert (await scrape_on(*scraper)).startswith(b"HTTP/1.1 200")
+        newcomer = await served.connect()
+        assert await closed_within(idle[0][0], 2)  # idle since it opened: it made room
+        assert (await scrape_on(*scraper)).startswith(b"HTTP/1.1 200")  # the scraper's connection stays
+        assert len(set(map(id, served.answered_on))) == 1
+        newcomer[1].close()
 
 
 async def test_when_every_connection_is_busy_a_new_one_is_refused_then_served_after():
@@ -217,7 +272,7 @@ def test_the_agent_sheds_idle_and_half_sent_connections_and_answers_scrapes_mean
             assert agent.get(path)[0] in (200, 503)
         assert agent.get("/nope")[0] == 404
         for s in idle + half:
-            s.settimeout(HttpLimits().idle_timeout + 5)
+            s.settimeout(HttpLimits().read_timeout + 5)  # no complete request: the read deadline
             try:
                 assert s.recv(1 << 16) == b""  # closed by the agent (a timeout here raises)
             except ConnectionResetError:

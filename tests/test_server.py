@@ -60,6 +60,31 @@ async def test_openmetrics_and_gzip_are_negotiated(client):
     assert (await response.read()).startswith(b"# HELP")
 
 
+PROMETHEUS = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+              "Accept-Encoding": "gzip"}
+TEXT_GZIP = {"Accept": "text/plain", "Accept-Encoding": "gzip"}
+
+
+async def test_a_cycle_writes_openmetrics_and_the_text_format_only_once_asked_for(client):
+    first = await client.agent.collect_once()
+    assert (await client.get("/metrics", headers=PROMETHEUS)).status == 200
+    assert not first.text_ready(gzipped=False) and not first.text_ready(gzipped=True)
+    second = await client.agent.collect_once()
+    assert not second.text_ready(gzipped=False)  # nobody asked in the last cycle either
+    response = await client.get("/metrics", headers=TEXT_GZIP, auto_decompress=False)  # written now
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert gzip.decompress(await response.read()) == second.text
+    assert second.text_ready(gzipped=True)
+    third = await client.agent.collect_once()
+    assert third.text_ready(gzipped=True)  # asked for in the last cycle: written with this one
+    fourth = await client.agent.collect_once()
+    assert not fourth.text_ready(gzipped=False)
+    # Both formats carry the same samples.
+    om_lines = fourth.openmetrics.decode().splitlines()
+    assert [line for line in fourth.text.decode().splitlines() if not line.startswith("#")] == [
+        line for line in om_lines if not line.startswith("#")]
+
+
 async def test_health_endpoints_and_landing_page(client):
     assert (await client.get("/healthz")).status == 200
     await client.agent.collect_once()

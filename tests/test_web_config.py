@@ -30,6 +30,7 @@ from e2e import AgentProcess
 
 from exporter import cli
 from exporter.config import webconfig
+from exporter.serve import security
 from exporter.serve.guard import Guard, HttpLimits, start_server
 
 HASH_OF_SECRET = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -119,11 +120,13 @@ class Served:
     async def __aexit__(self, *exc) -> None:
         await self.runner.cleanup()
 
-    async def get(self, path: str, *, context: ssl.SSLContext | None = None,
-                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP/1.1 request on a fresh connection (TLS when ``context``): status, headers, body."""
+    async def get(self, path: str, *, context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None,
+                  source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+        """One HTTP/1.1 request on a fresh connection (TLS when ``context``) from the loopback
+        address ``source``: status, headers, body."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.site.port, ssl=context,
-                                                       server_hostname="localhost" if context else None)
+                                                       server_hostname="localhost" if context else None,
+                                                       local_addr=(source, 0))
         try:
             lines = [f"GET {path} HTTP/1.1", "Host: localhost", "Connection: close"]
             lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -279,6 +282,19 @@ async def test_a_handshake_never_finished_is_dropped(pki):
         assert (await served.get("/metrics", context=pki.client_context()))[0] == 200
 
 
+async def test_a_tls_connection_is_kept_between_requests(pki):
+    limits = HttpLimits(read_timeout=1.0, idle_timeout=30.0)
+    async with Served(tls_config(pki), limits) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port, ssl=pki.client_context(),
+                                                       server_hostname="localhost")
+        for _ in range(2):
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"ok\n"), 10)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(limits.read_timeout + 0.5)  # idle longer than a request may take to arrive
+        writer.close()
+        assert served.site.connections_opened == 1  # one handshake for both
+
+
 async def test_min_version_refuses_an_older_client(pki):
     async with Served(tls_config(pki, min_version="TLS13")) as served:
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -393,6 +409,90 @@ async def test_verified_credentials_are_cached_and_wrong_ones_never(tmp_path, mo
         assert len(calls) == 4
 
 
+async def test_wrong_passwords_are_limited_per_peer_and_never_the_verified_pair(tmp_path):
+    async with Served(auth_config(tmp_path)) as served:
+        assert (await served.get("/metrics", headers=basic("prometheus", "s3cret")))[0] == 200
+        answers = [await served.get("/metrics", headers=basic("prometheus", f"guess {i}"))
+                   for i in range(security.AUTH_FAILURES_PER_PEER + 1)]
+        assert [status for status, _, _ in answers] == [401] * security.AUTH_FAILURES_PER_PEER + [429]
+        assert int(answers[-1][1]["Retry-After"]) >= 1
+        # the pair that verified is answered from the same peer; another peer's guess is still checked
+        assert (await served.get("/metrics", headers=basic("prometheus", "s3cret")))[0] == 200
+        assert (await served.get("/metrics", headers=basic("prometheus", "guess"), source="127.0.0.2"))[0] == 401
+        assert served.guard.rejected["auth_rate_limit"] == 1
+        assert served.guard.rejected["unauthorized"] == security.AUTH_FAILURES_PER_PEER + 1
+
+
+#: A real cost (bcrypt's default is 10, htpasswd -B's 5): a check takes tens of ms, so a flood queues.
+SLOW_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode()
+
+
+async def test_a_flood_of_wrong_passwords_keeps_no_scraper_with_the_right_one_out(tmp_path):
+    config = webconfig.load(write_config(tmp_path, f'basic_auth_users: {{prometheus: "{SLOW_HASH}"}}\n'))
+    wrong = ("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+             f"Authorization: {basic('prometheus', 'guess')['Authorization']}\r\n\r\n").encode()
+    async with Served(config) as served:  # the default limits: 256 connections
+        flood = []
+        for _ in range(256):  # in flight: sent, none of the answers read yet
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port, local_addr=("127.0.0.2", 0))
+            writer.write(wrong)
+            flood.append((reader, writer))
+        # A scraper whose password was never checked yet (a restart), from its own address.
+        status, _, _ = await asyncio.wait_for(served.get("/metrics", headers=basic("prometheus", "s3cret")), 30)
+        assert status == 200
+        answers = [await asyncio.wait_for(reader.read(), 30) for reader, _ in flood]
+        for _, writer in flood:
+            writer.close()
+    statuses = [int(answer.split()[1]) for answer in answers]
+    assert set(statuses) <= {401, 429}
+    assert statuses.count(429) >= 256 - security.AUTH_FAILURES_PER_PEER  # not checked: answered at once
+    assert served.guard.rejected["unauthorized"] + served.guard.rejected["auth_rate_limit"] == 256
+    assert served.guard.rejected["connection_limit"] == 0
+
+
+async def test_a_connection_waiting_on_its_password_check_is_not_busy(tmp_path):
+    """At the connection cap, a request still waiting for bcrypt makes room; it is not refused."""
+    slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=13)).decode()  # ~0.5 s a check: they queue
+    config = webconfig.load(write_config(tmp_path, f'basic_auth_users: {{prometheus: "{slow}"}}\n'))
+    wrong = ("GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+             f"Authorization: {basic('prometheus', 'guess')['Authorization']}\r\n\r\n").encode()
+    async with Served(config, HttpLimits(max_connections=4)) as served:
+        waiting = []
+        for i in range(4):  # four peers, each with a check queued or running
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port,
+                                                           local_addr=(f"127.0.0.{i + 2}", 0))
+            writer.write(wrong)
+            waiting.append((reader, writer))
+        deadline = time.monotonic() + 10
+        while len(served.guard.authenticating) < 4:
+            assert time.monotonic() < deadline, "the checks did not queue"
+            await asyncio.sleep(0.01)
+        assert (await served.get("/healthz"))[0] == 200  # a fifth connection, at the cap
+        assert served.guard.rejected["connection_limit"] == 0
+        for _, writer in waiting:
+            writer.close()
+
+
+def test_failures_recover_one_per_interval_and_each_peer_has_its_own():
+    budget = security.FailureBudget(burst=3, recovery=5.0)
+    for _ in range(3):
+        assert budget.wait("10.0.0.1", 100.0) == 0
+        budget.spend("10.0.0.1", 100.0)
+    assert budget.wait("10.0.0.1", 100.0) == 5.0
+    assert budget.wait("10.0.0.2", 100.0) == 0
+    assert budget.wait("10.0.0.1", 105.0) == 0
+    budget.spend("10.0.0.1", 105.0)
+    assert budget.wait("10.0.0.1", 105.0) == 5.0
+    assert budget.wait("10.0.0.1", 200.0) == 0
+
+
+def test_a_peer_is_its_address_and_an_ipv6_peer_its_64():
+    assert security.peer_of("10.1.2.3") == "10.1.2.3"
+    assert security.peer_of("::ffff:10.1.2.3") == "10.1.2.3"
+    assert security.peer_of("2001:db8:1:2::1") == security.peer_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert security.peer_of("2001:db8:1:3::1") != security.peer_of("2001:db8:1:2::1")
+
+
 async def test_configured_headers_on_every_response(tmp_path):
     async with Served(auth_config(tmp_path)) as served:
         for path, auth in (("/metrics", basic("prometheus", "s3cret")), ("/metrics", {}), ("/healthz", {})):
@@ -448,6 +548,15 @@ def test_the_example_in_docs_security_md_loads(pki):
     config = webconfig.load(write_config(pki.dir, example))
     assert config.tls.verify_mode == ssl.CERT_OPTIONAL and config.tls.client_allowed_sans
     assert bcrypt.checkpw(b"changeme", config.basic_auth_users["prometheus"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_a_bad_idle_timeout_is_named(value):
+    with pytest.raises(cli.ConfigError) as error:
+        cli.parse_config(["--web.idle-timeout", value, "--simulate"], environ={})
+    assert "--web.idle-timeout" in str(error.value)
+    assert cli.parse_config(["--simulate"], environ={}).web_idle_timeout == 120
+    assert cli.parse_config(["--simulate"], environ={"KUBE_GPU_EXPORTER_WEB_IDLE_TIMEOUT": "300"}).web_idle_timeout == 300
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "many", "1.5"])

@@ -72,6 +72,7 @@ class Config:
     web_config_file: str | None = None
     web_config: webconfig.WebConfig = field(default_factory=webconfig.WebConfig)  # what the file says
     web_max_connections: int = 256
+    web_idle_timeout: float = 120.0  # seconds a keep-alive connection waits for its next request
     collector_slow_interval: float = 30.0  # seconds between reads of slow NVML counters
     collector_profiling: bool = True  # GPM profiling metrics where the GPU supports them
     dra_drivers: tuple[str, ...] = vocabulary.DEFAULT_DRA_DRIVERS  # () = DRA claims not attributed
@@ -166,6 +167,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     else:
         max_connections = int(ns.web_max_connections)
 
+    idle_timeout = number("--web.idle-timeout", ns.web_idle_timeout)
     interval = number("--collector.interval", ns.collector_interval)
     if ns.collector_timeout is None:
         timeout = interval / 2
@@ -266,6 +268,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         web_config_file=ns.web_config_file or None,
         web_config=web_config,
         web_max_connections=max_connections,
+        web_idle_timeout=idle_timeout,
         dra_drivers=dra_drivers,
         **alertmanager_fields,
         alertmanager_timeout=alertmanager_timeout,

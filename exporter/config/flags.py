@@ -89,7 +89,10 @@ def get_parser() -> argparse.ArgumentParser:
     add("--web.config.file", dest="web_config_file", default=None,
         help="exporter-toolkit web config: TLS, basic auth, response headers (docs/security.md)")
     add("--web.max-connections", dest="web_max_connections", default="256",
-        help="open HTTP connections at most; at the cap the oldest idle one is closed (default %(default)s)")
+        help="open HTTP connections at most; at the cap the one idle the longest is closed (default %(default)s)")
+    add("--web.idle-timeout", dest="web_idle_timeout", default="120",
+        help="seconds a keep-alive connection waits for its next request: above the scrape interval, so that "
+        "each scrape reuses its connection; a request itself must arrive within 5 s (default %(default)s)")
     add("--collector.interval", dest="collector_interval", default="10",
         help="seconds between collection cycles (default %(default)s)")
     add("--collector.timeout", dest="collector_timeout", default=None,

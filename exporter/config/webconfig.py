@@ -19,10 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from . import yamlfile
-
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -100,6 +96,10 @@ def load(path: str | Path) -> WebConfig:
 
     Relative file names inside it are relative to the file's own directory, as in exporter-toolkit.
     """
+    import yaml  # only with --web.config.file (start-up time)
+
+    from . import yamlfile
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_bytes())  # bytes: YAML's own encoding rules and errors

@@ -1,5 +1,5 @@
 """The exposition: both formats written in one pass over a registry, byte for byte what
-client_python writes, and gzipped once per cycle (``Exposition``).
+client_python writes (``write``), and the bytes a scrape is answered with (``Exposition``).
 
 client_python's ``generate_latest`` (text) and ``openmetrics.generate_latest`` check every metric
 and label name character by character (UTF-8 name support, 0.22 and later) and collect the
@@ -13,6 +13,11 @@ names are legacy names, without timestamps, exemplars or native histograms. Anyt
 (a histogram, a UTF-8 name) makes :func:`write` hand the whole registry to client_python, so
 the output is always what client_python would write. ``tests/test_exposition.py`` holds the
 two to the same bytes.
+
+Each cycle writes and gzips OpenMetrics, what Prometheus asks for; the text format (and its gzip)
+is written on its first request in that cycle, from the same sample lines, and kept for the rest
+of it; a cycle after one whose text was asked for writes it at once too. A node that nobody scrapes
+in text pays for one format per cycle instead of two (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import gzip
 import math
 import re
-from dataclasses import dataclass
-from typing import Iterable
+import threading
+from itertools import chain
+from typing import Callable, Iterable
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -43,18 +49,64 @@ TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
 OPENMETRICS_CONTENT_TYPE = openmetrics.CONTENT_TYPE_LATEST
 
 
-@dataclass(frozen=True, slots=True)
 class Exposition:
-    """One rendering, in every form a scrape may ask for."""
+    """One rendering, in every form a scrape may ask for: OpenMetrics and its gzip at once; the
+    text format and its gzip when first asked for (``text_ready`` says whether that is done; the
+    first asker can do it off the event loop), then kept. Safe to share between threads."""
 
-    text: bytes
-    text_gzip: bytes
-    openmetrics: bytes
-    openmetrics_gzip: bytes
+    __slots__ = ("openmetrics", "openmetrics_gzip", "_write_text", "_text", "_text_gzip", "_asked", "_lock")
+
+    def __init__(self, openmetrics: bytes, write_text: Callable[[], bytes]) -> None:
+        self.openmetrics = openmetrics
+        self.openmetrics_gzip = _gzip(openmetrics)
+        self._write_text: Callable[[], bytes] | None = write_text
+        self._text: bytes | None = None
+        self._text_gzip: bytes | None = None
+        self._asked = {False: False, True: False}  # gzipped -> whether the text format was asked for
+        self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, text: bytes, om: bytes) -> "Exposition":
-        return cls(text, gzip.compress(text, GZIP_LEVEL, mtime=0), om, gzip.compress(om, GZIP_LEVEL, mtime=0))
+    def of(cls, registry: Collector, like: Exposition | None = None) -> Exposition:
+        """``registry`` rendered; ``like``: the last cycle's, whose forms asked for are written now too."""
+        exposition = cls(*_render(registry))
+        if like is not None and like._asked[True]:
+            exposition._written_text_gzip()  # now, in the cycle's thread
+        elif like is not None and like._asked[False]:
+            exposition._written_text()
+        return exposition
+
+    def text_ready(self, gzipped: bool) -> bool:
+        return (self._text_gzip if gzipped else self._text) is not None
+
+    @property
+    def text(self) -> bytes:
+        self._asked[False] = True
+        return self._written_text()
+
+    @property
+    def text_gzip(self) -> bytes:
+        self._asked[True] = True
+        return self._written_text_gzip()
+
+    def _written_text(self) -> bytes:
+        if self._text is None:
+            with self._lock:
+                if self._text is None:
+                    assert self._write_text is not None
+                    self._text, self._write_text = self._write_text(), None
+        return self._text
+
+    def _written_text_gzip(self) -> bytes:
+        if self._text_gzip is None:
+            text = self._written_text()
+            with self._lock:
+                if self._text_gzip is None:
+                    self._text_gzip = _gzip(text)
+        return self._text_gzip
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, GZIP_LEVEL, mtime=0)
 
 
 class _Fallback(Exception):
@@ -63,6 +115,12 @@ class _Fallback(Exception):
 
 def write(registry: Collector) -> tuple[bytes, bytes]:
     """(text format 0.0.4, OpenMetrics 1.0.0) of ``registry``, as client_python writes them."""
+    om, text = _render(registry)
+    return text(), om
+
+
+def _render(registry: Collector) -> tuple[bytes, Callable[[], bytes]]:
+    """OpenMetrics 1.0.0 of ``registry``, and how to write the text format 0.0.4 of the same."""
     global _label_cache, _previous_label_cache
     families = list(registry.collect())
     # Label sets repeat from cycle to cycle: each rendering reuses the strings of the one before
@@ -72,7 +130,7 @@ def write(registry: Collector) -> tuple[bytes, bytes]:
         return _write(families)
     except _Fallback:
         replay = _Replay(families)
-        return generate_latest(replay), openmetrics.generate_latest(replay)
+        return openmetrics.generate_latest(replay), lambda: generate_latest(replay)
 
 
 class _Replay:
@@ -85,8 +143,9 @@ class _Replay:
         return self._families
 
 
-def _write(families: list[Metric]) -> tuple[bytes, bytes]:
-    text: list[str] = []
+def _write(families: list[Metric]) -> tuple[bytes, Callable[[], bytes]]:
+    """Both formats share their sample lines: OpenMetrics is joined now, the text format when asked."""
+    text: list[str] = []  # each family's HELP and TYPE, then its sample lines (shared with om)
     om: list[str] = []
     for metric in families:
         mtype, name = metric.type, metric.name
@@ -98,6 +157,7 @@ def _write(families: list[Metric]) -> tuple[bytes, bytes]:
         om.append(f"# HELP {name} {_escape(doc)}\n# TYPE {name} {mtype}\n")
         if metric.unit:
             om.append(f"# UNIT {name} {metric.unit}\n")
+        lines: list[str] = []
         for sample in metric.samples:
             if (sample.timestamp is not None or sample.exemplar or sample.native_histogram
                     or not _legacy_name(sample.name) or sample.name.endswith(("_created", "_gsum", "_gcount"))):
@@ -112,10 +172,12 @@ def _write(families: list[Metric]) -> tuple[bytes, bytes]:
                 line = f"{sample.name}{{{label_str}}} {_go_float(sample.value)}\n"
             else:
                 line = f"{sample.name} {_go_float(sample.value)}\n"
-            text.append(line)
-            om.append(line)
+            lines.append(line)
+        block = "".join(lines)
+        text.append(block)
+        om.append(block)
     om.append("# EOF\n")
-    return "".join(text).encode(), "".join(om).encode()
+    return "".join(om).encode(), lambda: "".join(text).encode()
 
 
 _label_cache: dict[tuple[tuple[str, str], ...], str] = {}

@@ -23,7 +23,7 @@ from ..catalog import MetricSpec
 from ..model.gpu import Gpu, GpuSnapshot, MigDevice, Sample
 from ..model import xid
 from ..model.cycle import AgentStatus
-from .exposition import Exposition, write
+from .exposition import Exposition
 
 _CATALOG_ORDER = {spec: i for i, spec in enumerate(catalog.all_metrics())}
 
@@ -159,6 +159,7 @@ class Renderer:
 
     def __init__(self, *, process_metrics: bool = True) -> None:
         self._metrics: list[Metric] = []
+        self._last: Exposition | None = None  # the formats its scrapers asked for are written with the next
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         if process_metrics:
@@ -177,5 +178,6 @@ class Renderer:
 
     def render(self, snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus) -> Exposition:
         self._metrics = self.families(snapshot, attribution, status)
-        return Exposition.of(*write(self.registry))  # what generate_latest writes, faster
+        self._last = Exposition.of(self.registry, like=self._last)  # what generate_latest writes, faster
+        return self._last
 

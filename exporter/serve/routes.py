@@ -3,6 +3,9 @@ collection cycle (``render/``): a scrape never waits on NVML, the kubelet or the
 
 from __future__ import annotations
 
+import asyncio
+import functools
+
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
@@ -16,23 +19,30 @@ AGENT = web.AppKey("agent", Agent)
 
 async def metrics(request: web.Request) -> web.Response:
     """The bytes rendered by the last cycle, in the format and encoding the scraper asked for
-    (content negotiation by client_python's own helpers)."""
+    (content negotiation by client_python's own helpers). OpenMetrics is rendered with the cycle;
+    the text format on its first request in the cycle (``render/exposition.py``)."""
     exposition = request.app[AGENT].exposition
     if exposition is None:
         return web.Response(status=503, text="no collection has finished yet\n")
-    _, negotiated = choose_encoder(request.headers.get("Accept", ""))
-    openmetrics = negotiated.startswith("application/openmetrics-text")
-    use_gzip = gzip_accepted(request.headers.get("Accept-Encoding", ""))
+    openmetrics, use_gzip = _negotiate(request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
     if openmetrics:
         body = exposition.openmetrics_gzip if use_gzip else exposition.openmetrics
         content_type = OPENMETRICS_CONTENT_TYPE
     else:
+        if not exposition.text_ready(use_gzip):  # its first request this cycle: written off the loop
+            await asyncio.to_thread(lambda: exposition.text_gzip if use_gzip else exposition.text)
         body = exposition.text_gzip if use_gzip else exposition.text
         content_type = TEXT_CONTENT_TYPE
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
     if use_gzip:
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
+
+
+@functools.lru_cache(maxsize=64)  # a scraper sends the same headers every time
+def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool]:
+    """(OpenMetrics?, gzip?) for these headers, as client_python negotiates them."""
+    return choose_encoder(accept)[1].startswith("application/openmetrics-text"), gzip_accepted(accept_encoding)
 
 
 def _health_response(health: Health) -> web.Response:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import secrets
 import ssl
 import time
+from collections import OrderedDict
 from typing import Any, Mapping
 
 from ..config.webconfig import TlsConfig, tls_context
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 RELOAD_CHECK_SECONDS = 2.0
 #: Verified credentials kept so that a scrape does not pay bcrypt each time.
 AUTH_CACHE_SIZE = 64
+
 
 class ReloadingTls:
     """The listener's ``SSLContext``, whose handshakes use the newest good certificate.
@@ -87,15 +90,70 @@ def peer_allowed(tls: TlsConfig, peercert: Mapping[str, Any] | None) -> bool:
 
 # -- basic auth ----------------------------------------------------------------------------------
 
+#: Wrong passwords a peer may try at once; then one more every AUTH_FAILURE_RECOVERY_SECONDS.
+AUTH_FAILURES_PER_PEER = 10
+AUTH_FAILURE_RECOVERY_SECONDS = 5.0
+#: Password checks waiting for the checker at most, one per peer; any more are answered at once.
+MAX_PENDING_CHECKS = 16
+#: Peers whose failures are remembered (the least recent is forgotten first).
+PEERS_REMEMBERED = 4096
+
+
+class AuthThrottled(Exception):
+    """The credentials were not checked: the peer failed too often, or too many checks wait."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+def peer_of(remote: str | None) -> str:
+    """Whose failures a request counts against: its IP address, an IPv6 peer's /64."""
+    try:
+        ip = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return remote or ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class FailureBudget:
+    """Failed logins per peer as a leaky bucket (GCRA): ``burst`` at once, then one every
+    ``recovery`` seconds. One float per peer that failed lately, at most ``PEERS_REMEMBERED``."""
+
+    def __init__(self, burst: int = AUTH_FAILURES_PER_PEER, recovery: float = AUTH_FAILURE_RECOVERY_SECONDS) -> None:
+        self._recovery = recovery
+        self._tolerance = (burst - 1) * recovery
+        self._full_at: OrderedDict[str, float] = OrderedDict()  # peer -> when its budget is whole again
+
+    def wait(self, peer: str, now: float) -> float:
+        """Seconds until ``peer`` may fail again (0: now)."""
+        return max(0.0, self._full_at.get(peer, now) - now - self._tolerance)
+
+    def spend(self, peer: str, now: float) -> None:
+        self._full_at[peer] = max(self._full_at.get(peer, now), now) + self._recovery
+        self._full_at.move_to_end(peer)
+        while len(self._full_at) > PEERS_REMEMBERED:
+            self._full_at.popitem(last=False)
+
 
 class BasicAuth:
-    """Checks user and password against the bcrypt hashes.
+    """Checks user and password against the bcrypt hashes, so that no flood of wrong passwords
+    keeps a scraper with the right ones out.
 
     bcrypt is slow on purpose (tens of ms): it runs in a worker thread, one check at a time, so a
-    flood of wrong passwords cannot take the event loop or more than one core. A pair that verified
-    is remembered (as a salted SHA-256, never the password) so that Prometheus, scraping with the
-    same credentials every interval, is answered at once. An unknown user costs a bcrypt check too,
-    so that timing does not tell which users exist.
+    flood cannot take the event loop or more than one core. A pair that verified is remembered (as
+    a salted SHA-256, never the password) so that Prometheus, scraping with the same credentials
+    every interval, is answered at once, before any limit below. Any other request waits for the
+    checker only if its peer (IP address; an IPv6 /64) has no check waiting already, has failed
+    fewer than ``AUTH_FAILURES_PER_PEER`` times lately (one more allowed every
+    ``AUTH_FAILURE_RECOVERY_SECONDS``), and fewer than ``MAX_PENDING_CHECKS`` peers wait: else it
+    is answered at once (``AuthThrottled``: 429). So a new scraper with the right password waits
+    behind one check per other peer at most. An unknown user costs a bcrypt check too, so that
+    timing does not tell which users exist.
     """
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
@@ -107,21 +165,35 @@ class BasicAuth:
         self._verified: dict[bytes, None] = {}  # insertion-ordered: the oldest goes first
         self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
         self._one_at_a_time = asyncio.Lock()
+        self._pending: set[str] = set()  # peers with a check waiting or running
+        self.failures = FailureBudget()
 
     def _key(self, user: str, password: str) -> bytes:
         return hashlib.sha256(self._salt + user.encode() + b"\0" + password.encode("utf-8", "surrogatepass")).digest()
 
-    async def check(self, user: str, password: str) -> bool:
+    async def check(self, user: str, password: str, remote: str | None = None) -> bool:
+        """Whether the pair verifies; raises ``AuthThrottled`` when it was not checked."""
         key = self._key(user, password)
         if key in self._verified:
             return True
+        peer = peer_of(remote)
+        wait = self.failures.wait(peer, time.monotonic())
+        if wait > 0:
+            raise AuthThrottled(wait)
+        if peer in self._pending or len(self._pending) >= MAX_PENDING_CHECKS:
+            raise AuthThrottled(1.0)
         hashed = self._users.get(user)
-        async with self._one_at_a_time:
-            ok = await asyncio.to_thread(self._bcrypt.checkpw, password.encode("utf-8", "surrogatepass"),
-                                         hashed or self._dummy)
+        self._pending.add(peer)
+        try:
+            async with self._one_at_a_time:
+                ok = await asyncio.to_thread(self._bcrypt.checkpw, password.encode("utf-8", "surrogatepass"),
+                                             hashed or self._dummy)
+        finally:
+            self._pending.discard(peer)
         if ok and hashed is not None:
             if len(self._verified) >= AUTH_CACHE_SIZE:
                 del self._verified[next(iter(self._verified))]
             self._verified[key] = None
             return True
+        self.failures.spend(peer, time.monotonic())
         return False

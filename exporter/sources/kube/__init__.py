@@ -13,7 +13,7 @@ PodMeta`` map that the collection cycle reads. One module per concern:
   publish, to name the devices of ResourceClaims;
 * ``api``    -- the client: in-cluster credentials of its own (or a kubeconfig file through the
   ``kubernetes`` package), GETs and watches with aiohttp;
-* ``source`` -- both watches as sources of the cycle (``sources/base.py``).
+(``sources/watches.py`` makes both watches sources of the cycle.)
 
 The ``kubernetes`` package is imported only with ``--kubernetes.kubeconfig``.
 """

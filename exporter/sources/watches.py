@@ -1,5 +1,9 @@
 """The API server's watches as sources of the cycle: what a watch knows, while it is connected.
 
+Kept out of ``sources/kube/`` (the client and the watchers) so that the sources can be named,
+switched off and listed without importing the API server's modules (start-up imports only what the
+flags use).
+
 A watch (``PodWatcher``, ``SliceWatcher``, or the simulated node's stand-ins) lists and watches in
 the background, on the event loop; a read costs nothing and returns its current view while it is
 connected, nothing while it is not (the agent keeps the last view for as long as the API server
@@ -10,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
-from ...model.gpu import GpuSnapshot
-from ...model.kube import PodMeta, SliceDevices
-from ..base import Outcome, Source
+from ..model.gpu import GpuSnapshot
+from ..model.kube import PodMeta, SliceDevices
+from .base import Outcome, Source
 
 T = TypeVar("T")
 
