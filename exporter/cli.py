@@ -138,7 +138,7 @@ def build_agent(config: Config, *, guard: Guard | None = None) -> Agent:
         pods = PodWatcher(config.node_name, kubeconfig=config.kubeconfig, label_allowlist=config.pod_labels)
         if watch_slices:
             slices = SliceWatcher(config.node_name, config.dra_drivers, kubeconfig=config.kubeconfig)
-    backend = NvmlBackend(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling)
+    backend = NvmlBackend(slow_interval=config.collector_slow_interval, collectors=config.collectors)
     return Agent(config, *build_sources(config, backend, kubelet=kubelet, pods=pods, slices=slices),
                  components=_components(config, guard))
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import AbstractSet, Callable, TypeVar
 
 import pynvml
 
+from ... import catalog
 from ..backend import BackendUnavailable, GpuReadError
 from ...model.gpu import Gpu, GpuIdentity
 from .calls import LOST, NvmlCalls, error_kind
@@ -26,8 +27,9 @@ _Result = TypeVar("_Result", GpuIdentity, Gpu)
 class NvmlBackend:
     """``GpuBackend`` over NVML. Thread-safe: GPUs may be read in parallel.
 
-    ``slow_interval``: seconds between reads of the slow counters (``reader.py``); ``profiling``:
-    GPM metrics where the GPU serves them (``gpm.py``); ``monotonic``: the clock of that cadence.
+    ``slow_interval``: seconds between reads of the slow counters (``reader.py``); ``collectors``:
+    the collector groups to read (``catalog.GROUPS``, default every one; profiling is GPM, where
+    the GPU serves it: ``gpm.py``); ``monotonic``: the clock of that cadence.
     """
 
     simulated = False
@@ -37,12 +39,13 @@ class NvmlBackend:
         *,
         xid_event_timeout_ms: int = 1000,
         slow_interval: float = 30.0,
-        profiling: bool = True,
+        collectors: AbstractSet[str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
         self._log = logger or logging.getLogger("exporter.sources.nvml")
-        self._cadence = Cadence(slow_interval=slow_interval, profiling=profiling, monotonic=monotonic)
+        self._cadence = Cadence(slow_interval=slow_interval, monotonic=monotonic,
+                                collectors=catalog.all_collectors() if collectors is None else frozenset(collectors))
         self._calls = NvmlCalls(self._log)
         self._xid = XidWatcher(self._calls, timeout_ms=xid_event_timeout_ms)  # kept: counts survive restarts
         self._lock = threading.Lock()  # guards _gpus
