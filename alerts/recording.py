@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from alerts.params import Params
+from alerts.promql import one_of
+from exporter.push import definitions
 
 #: The labels of one allocatable device: a GPU, or one MIG instance of it.
 _DEVICE = "node, uuid, gpu_instance_id, compute_instance_id"
@@ -33,6 +35,20 @@ def _power_split(by: str) -> str:
             f"    )\n)")
 
 
+def xid_recent(p: Params) -> str:
+    """The recording of the codes GpuXidRecurring judges, per GPU and code, that had an event in
+    the event window: a series only while one did, so that a day of it costs what the events
+    cost, not what the fleet's GPUs cost."""
+    return f"node_gpu_xid:nvidia_gpu_xid_errors:increase{p.event_window}"
+
+
+def grew_since(counter: str, window: str) -> str:
+    """The counter is higher than ``window`` ago, or its series is newer and above 0: two instant
+    lookups instead of every sample of the window (``increase()``); a counter reset within the
+    window (an agent restart) hides the events before it."""
+    return f"({counter} > {counter} offset {window} or {counter} > 0 unless {counter} offset {window})"
+
+
 def recording_rules(p: Params) -> list[tuple[str, str]]:
     """(record, expr), in evaluation order (later rules read earlier ones)."""
     # Each allocation as its share of the device: 1/n of a device that n containers share.
@@ -46,9 +62,11 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
         "max by (node, gpu, uuid) (nvidia_gpu_remapped_rows_failure) == 1",
         "max by (node, gpu, uuid) (nvidia_gpu_remapped_rows_pending) == 1",
         "max by (node, gpu, uuid) (nvidia_gpu_retired_pages_pending) == 1",
-        'sum by (node, gpu, uuid) (increase(nvidia_gpu_ecc_errors_total{type="uncorrected"}[1h])) > 0',
-        'sum by (node, gpu, uuid) (increase(nvidia_gpu_xid_events_total{tier=~"reset|reboot"}[1h])) > 0',
+        "max by (node, gpu, uuid) " + grew_since('nvidia_gpu_ecc_errors_total{type="uncorrected"}', "1h"),
+        "max by (node, gpu, uuid) " + grew_since('nvidia_gpu_xid_events_total{tier=~"reset|reboot"}', "1h"),
     ])
+    recurring = f'nvidia_gpu_xid_errors_total{{xid=~"{one_of(definitions.XID_REPLACE_IF_RECURRING)}"}}'
+
     return [
         ("namespace:nvidia_gpu_allocated_devices:sum", f"sum by (namespace) (\n  {devices}\n)"),
         ("namespace_workload:nvidia_gpu_allocated_devices:sum",
@@ -74,6 +92,7 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
          f"(max by (node, gpu, uuid) (nvidia_gpu_up) * 0 + 1)\n  unless on (node, uuid) (\n    {unhealthy}\n  )\n"
          "or on (node, gpu, uuid) max by (node, gpu, uuid) (nvidia_gpu_up) * 0"),
         ("node:nvidia_gpu_gpus_healthy:sum", "sum by (node) (node_gpu:nvidia_gpu_healthy:bool)"),
+        (xid_recent(p), f"max by (node, gpu, uuid, xid) (increase({recurring}[{p.event_window}])) > 0"),
     ]
 
 
@@ -98,4 +117,7 @@ RECORDING_DOCS: Mapping[str, str] = {
         "Per GPU: 1 healthy, 0 when it is down, has a failed or pending row remap, pending page "
         "retirement, an uncorrectable ECC error or a reset/reboot-tier XID in the last hour.",
     "node:nvidia_gpu_gpus_healthy:sum": "Healthy GPUs per node; compare with `node:nvidia_gpu_gpus:count`.",
+    xid_recent(Params()):
+        "Per GPU and code of `XID_REPLACE_IF_RECURRING`, the events in the event window; present only then. "
+        "GpuXidRecurring reads a day of it, which costs what the events cost.",
 }
