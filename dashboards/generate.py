@@ -33,6 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from alerts.rules import Params, recording_rules  # noqa: E402 - the rule set's thresholds and rules
+from exporter import catalog  # noqa: E402 - the collector groups of the metrics a panel reads
 
 TAG = "kube-gpu-exporter"
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11.x
@@ -77,6 +78,21 @@ def workload_class(expr: str) -> str:
     other = f'label_replace({expr}, "class", "other", "workload_kind", ".*")'
     interactive = f'label_replace({other}, "class", "interactive", "workload_kind", "{INTERACTIVE_KINDS}")'
     return f'label_replace({interactive}, "class", "batch", "workload_kind", "{P.batch_kinds}")'
+
+
+def opt_in_metrics(exprs: Iterable[str]) -> dict[str, list[str]]:
+    """The metrics ``exprs`` read from collector groups that are off by default, by group."""
+    found: dict[str, list[str]] = {}
+    for spec in catalog.all_metrics():
+        if catalog.GROUPS[spec.group].default is False and any(re.search(rf"\b{spec.name}\b", e) for e in exprs):
+            found.setdefault(spec.group, []).append(spec.name)
+    return found
+
+
+def opt_in_note(exprs: Iterable[str]) -> str:
+    """What a panel's description says when it reads an opt-in group: the flag and the metrics."""
+    return " ".join(f"Needs {', '.join(names)} from --collector.{group} (off by default)."
+                    for group, names in opt_in_metrics(list(exprs)).items())
 
 
 def rule(name: str, selector: str) -> str:
@@ -157,8 +173,10 @@ class Panel:
             "state-timeline": {"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False}},
         }[self.kind] | self.options
+        note = opt_in_note(t.expr for t in self.targets)
+        description = f"{self.description} {note}".strip()
         panel: dict[str, Any] = {
-            "type": self.kind, "id": panel_id, "title": self.title, "description": self.description,
+            "type": self.kind, "id": panel_id, "title": self.title, "description": description,
             "datasource": DATASOURCE, "gridPos": grid, "options": options,
             "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
             "targets": [t.json(chr(ord("A") + i)) for i, t in enumerate(self.targets)],
@@ -392,7 +410,8 @@ def node() -> list[Panel]:
         timeseries("Energy", Target(f"increase(nvidia_gpu_energy_joules_total{{{GPU}}}[$__rate_interval])", by_gpu),
                    unit="joule", width=8, description="Energy used per interval."),
         timeseries("SM clock", Target(f'nvidia_gpu_clock_hertz{{{GPU}, clock="sm"}}', by_gpu),
-                   Target(f'max(nvidia_gpu_clock_max_hertz{{{GPU}, clock="sm"}})', "max"), unit="hertz", width=8),
+                   Target(f'max(nvidia_gpu_clock_max_hertz{{{GPU}, clock="sm"}})', "max"), unit="hertz", width=8,
+                   description="The SM clock of each GPU; the line \"max\" is the highest the GPUs allow."),
         row("Throttling"),
         Panel("state-timeline", "Clock-event reasons", [Target(
             f'nvidia_gpu_clock_event_active{{{GPU}, reason=~"{THROTTLE_REASONS}"}} and on (uuid, reason) '
@@ -428,7 +447,7 @@ def node() -> list[Panel]:
         timeseries("NVLink errors", Target(
             f"sum by (gpu, type) (increase(nvidia_gpu_nvlink_errors_total{{{GPU}}}[$__rate_interval]))",
             "GPU {{gpu}} {{type}}"), width=6),
-        row("Efficiency (profiling)"),
+        row("Efficiency (profiling: --collector.profiling)"),
         timeseries("SM active", Target(f"nvidia_gpu_sm_active_ratio{{{GPU}}}", by_gpu), **PERCENT, width=8,
                    description="Fraction of SMs busy (NVML GPM, Hopper and newer)."),
         timeseries("Tensor cores active", Target(f"nvidia_gpu_tensor_active_ratio{{{GPU}}}", by_gpu), **PERCENT,
@@ -508,14 +527,15 @@ def workload() -> list[Panel]:
         stat("Utilisation of held devices", f"({used}) / {allocated}", **PERCENT, width=4,
              thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")],
              description="Containers' utilisation, and for MIG instances (no utilisation in NVML) the "
-                         "instance's activity, over the devices held."),
+                         "instance's activity (GPM; without it they count 0), over the devices held."),
         stat("GPU memory used", memory, unit="bytes", width=4),
         stat("Power (even split)", f"sum({rule('namespace_workload:nvidia_gpu_power_watts:sum', PER_WORKLOAD)})",
              unit="watt", width=4, description="Board power split evenly between the holders of each board."),
         stat("Efficiency (time range)",
              f"sum_over_time(({used})[$__range:]) / sum_over_time(({allocated})[$__range:])", **PERCENT, width=4,
              thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")],
-             description="GPU-hours used (utilisation) / GPU-hours allocated, over the time range."),
+             description="GPU-hours used (utilisation; MIG instances' from GPM, as above) / GPU-hours allocated, "
+                         "over the time range."),
         table("Devices held", f"max by (node, gpu, gpu_instance_id, pod, container, resource, shared, workload_kind, "
                               f"workload) ({held})", hide=("Value",), width=24, height=6,
               overrides=[column_link("node", TO_NODE)]),
@@ -528,7 +548,8 @@ def workload() -> list[Panel]:
             with_workload("nvidia_gpu_container_memory_used_bytes", CONTAINER, WORKLOAD),
             "{{pod}}/{{container}} GPU {{gpu}}"), unit="bytes"),
         timeseries("Used vs allocated GPUs", Target(allocated, "allocated"), Target(used, "used (utilisation)"),
-                   description="The gap is allocated GPU time that did no work.", width=12, minimum=0),
+                   description="The gap is allocated GPU time that did no work (MIG instances' use from GPM).",
+                   width=12, minimum=0),
         timeseries("Efficiency (profiling)",
                    Target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_sm_active_ratio{{{CLUSTER}}})",
                           "SM active"),
@@ -627,6 +648,12 @@ def build(spec: Spec, multi_cluster: bool = False) -> dict[str, Any]:
         "templating": {"list": variables(spec.variables, set(spec.multi), multi_cluster)},
         "panels": layout(spec.panels()),
     }
+
+
+def opt_in_groups() -> list[str]:
+    """The groups off by default that some panel reads (the demo node turns them on)."""
+    exprs = [t.expr for spec in SPECS for panel in spec.panels() for t in panel.targets]
+    return sorted(opt_in_metrics(exprs))
 
 
 def render_all(multi_cluster: bool = False) -> dict[str, str]:

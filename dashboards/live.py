@@ -34,8 +34,10 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))  # generate.py, beside this file
 
 from alerts.generate import rule_groups  # noqa: E402
+import generate  # noqa: E402 - dashboards/generate.py, beside this file
 from alerts.rules import Params  # noqa: E402
 
 NODE_NAME = "gpu-node-h100-01"
@@ -148,9 +150,11 @@ class DemoNode:
         scenario = self.dir / "scenario.yaml"
         scenario.write_text(yaml.safe_dump(demo_scenario(), sort_keys=False))
         agent_port, prometheus_port = free_port(), free_port()
+        # The groups some panel reads that are off by default: on, so that every panel has its data.
+        opt_in = [f"--collector.{group}" for group in generate.opt_in_groups()]
         self._spawn("agent", [sys.executable, "-m", "exporter", "--simulate", str(scenario), "--kubernetes.enabled",
                               "--kubernetes.node-name", NODE_NAME, "--collector.interval", str(SCRAPE_SECONDS),
-                              "--web.listen-address", f"127.0.0.1:{agent_port}"])
+                              "--web.listen-address", f"127.0.0.1:{agent_port}", *opt_in])
         self.started = time.time()
         (self.dir / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(Params())}, sort_keys=False))
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump({

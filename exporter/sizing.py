@@ -49,6 +49,10 @@ class Node:
     series: tuple[Series, ...]
     gpus: tuple[str, ...]  # uuids
 
+    def per_node(self) -> int:
+        """Series of the node that name no device: the agent's own, allocatable and allocated devices."""
+        return sum(1 for s in self.series if "uuid" not in s.labels and "pod" not in s.labels)
+
     def per_gpu(self) -> dict[str, int]:
         """uuid -> the GPU's series (its MIG instances' included), the allocation join left out."""
         counts = Counter(s.labels["uuid"] for s in self.series if "uuid" in s.labels and s.group != "allocation")
@@ -91,8 +95,10 @@ def collect(flags: Sequence[str] = ()) -> Node:
     finally:
         log.setLevel(level)
     by_name = {spec.name: spec for spec in catalog.all_metrics()}
-    series = tuple(Series(sample.name, by_name[sample.name].group, dict(sample.labels))
-                   for family in agent.renderer.collect() for sample in family.samples)
+    # the registry: ours and client_python's process_* and python_* (the agent's too)
+    series = tuple(Series(sample.name, by_name[sample.name].group if sample.name in by_name else "agent",
+                          dict(sample.labels))
+                   for family in agent.renderer.registry.collect() for sample in family.samples)
     gpus = tuple(s.labels["uuid"] for s in series if s.name == catalog.GPU_INFO.name)
     return Node(series, gpus)
 
@@ -117,6 +123,9 @@ def markdown_table(default: Node, everything: Node) -> str:
     rows.append("| **everything on** | | | " + " | ".join(
         f"**{sum(units[unit].values())}**" for unit in ("gpu", "mig", "holder")) + " | |")
     lines = ["\n".join(rows), "",
+             f"Per node besides its devices: {default.per_node()} series with the default flags, "
+             f"{everything.per_node()} with every group on (the agent's own, with its process and Python "
+             "metrics; allocatable and allocated devices, 2 per resource name).", "",
              f"The built-in node's GPUs (series per GPU, its MIG instances included; budget {BUDGET_PER_GPU} "
              "with the default flags):", "",
              "| GPU | default flags | every group on |", "| --- | --- | --- |"]
