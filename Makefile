@@ -68,9 +68,10 @@ golden: test-deps test-venv
 clean:
 	rm -rf $(VENV) .pytest_cache tests/.build
 
-## docs: rewrite the generated metric table in docs/metrics.md
+## docs: rewrite the generated tables of docs/metrics.md (the metrics, the collector groups' sizes)
 docs: venv
 	$(PY) -m exporter.catalog docs/metrics.md
+	$(PY) -m exporter.sizing docs/metrics.md
 
 ## rules: regenerate the rule files, the PrometheusRule, their promtool tests and the alert docs
 ## from the rule set (alerts/rules.py lists its modules) and the runbooks (alerts/runbooks/*.md)
