@@ -52,7 +52,7 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/.created
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-## bench: every benchmark of bench/ (about 15 minutes): one table of targets against measurements,
+## bench: every benchmark of bench/ (about 70 minutes, the fleet 50 of them): one table of targets against measurements,
 ## bench/results/*.json and the plots of docs/performance.md; BENCH_ARGS='--quick' for a smoke run
 bench: test-deps test-venv
 	$(PY) bench/run.py $(BENCH_ARGS)
