@@ -33,6 +33,11 @@ class Params:
     """The rule set's parameters; the field name says which alert (``<what>_for`` is its ``for:``)."""
 
     job: str = "kube-gpu-exporter"  # the scrape job of the agent (for up / absent)
+    # How often each rule group is evaluated. A group costs what it selects, per node and evaluation
+    # (docs/scaling.md); the agent pushes the critical alerts itself within one cycle.
+    recording_interval: str = "1m"  # the recording rules: dashboards over hours and days
+    urgent_interval: str = "30s"  # gpu-xid, gpu-hardware: the alerts that page
+    alert_interval: str = "1m"  # the other alert groups, whose for: is minutes or hours
     runbook_base: str = definitions.RUNBOOK_BASE  # runbook_url = runbook_base#<alert name, lower case>
     # The selector of kube-state-metrics' GPU capacity, to find GPU nodes without an agent.
     gpu_capacity: str = 'kube_node_status_capacity{resource="nvidia_com_gpu"}'

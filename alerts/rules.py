@@ -32,7 +32,7 @@ from alerts.groups import agent, hardware, interconnect, thermal, usage, xid
 from alerts.params import Params
 from alerts.recording import recording_rules
 
-__all__ = ["GROUPS", "Params", "alerts", "groups", "recording_rules"]
+__all__ = ["GROUPS", "Params", "alerts", "groups", "interval", "recording_rules"]
 
 #: (rule group, the alerts of one module), in the order of the generated files. The interconnect
 #: alerts stay in the gpu-hardware group: an alert moved to another group loses its pending state
@@ -45,6 +45,16 @@ GROUPS: tuple[tuple[str, Callable[[Params], list[Alert]]], ...] = (
     ("gpu-usage", usage.alerts),
     ("kube-gpu-exporter", agent.alerts),
 )
+
+
+#: The groups of the alerts that page: evaluated every ``Params.urgent_interval``, the others
+#: every ``Params.alert_interval``.
+URGENT = frozenset({"gpu-xid", "gpu-hardware"})
+
+
+def interval(group: str, p: Params) -> str:
+    """How often the alert group ``group`` is evaluated."""
+    return p.urgent_interval if group in URGENT else p.alert_interval
 
 
 def groups(p: Params) -> dict[str, list[Alert]]:
