@@ -29,6 +29,8 @@ _HOLDING = f"{_CONTAINER_ON_DEVICE}, workload_kind, workload"
 #: allocations, read once per evaluation, with only the labels the other rules need.
 SHARE = "node_device_holder:nvidia_gpu_allocated_devices:share"
 _WORKLOAD = "namespace, workload_kind, workload"
+#: The GPUs in use, 1 each (present only for those): read by the two counts below.
+IN_USE = "node_uuid:nvidia_gpu_in_use:count"
 
 
 def _per_workload(metric: str) -> str:
@@ -61,12 +63,11 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
               "or (max by (node, uuid) (nvidia_gpu_processes) > 0\n"
               "    unless on (node, uuid) nvidia_gpu_utilization_ratio)")
     events = f'ALERTS{{alertstate="firing", alertname=~"{"|".join(EVENT_ALERTS)}"}}'
-    unhealthy = " or ".join([
-        "max by (node, gpu, uuid) (nvidia_gpu_up) == 0",
-        "max by (node, gpu, uuid) (nvidia_gpu_remapped_rows_failure) == 1",
-        "max by (node, gpu, uuid) (nvidia_gpu_remapped_rows_pending) == 1",
-        "max by (node, gpu, uuid) (nvidia_gpu_retired_pages_pending) == 1",
-        f"max by (node, gpu, uuid) ({events})",
+    unhealthy = "\n    or ".join([
+        "max by (node, uuid) (nvidia_gpu_remapped_rows_failure) == 1",
+        "max by (node, uuid) (nvidia_gpu_remapped_rows_pending) == 1",
+        "max by (node, uuid) (nvidia_gpu_retired_pages_pending) == 1",
+        f"max by (node, uuid) ({events})",
     ])
     recurring = f'nvidia_gpu_xid_errors_total{{xid=~"{one_of(definitions.XID_REPLACE_IF_RECURRING)}"}}'
     per_workload = {
@@ -93,12 +94,12 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
         ("namespace:nvidia_gpu_power_watts:sum", _per_namespace(per_workload["power"])),
         ("node:nvidia_gpu_gpus:count", "count by (node) (max by (node, uuid) (nvidia_gpu_info))"),
         ("node:nvidia_gpu_gpus_allocated:count", f"count by (node) (max by (node, uuid) ({SHARE}))"),
-        ("node:nvidia_gpu_gpus_in_use:count", f"count by (node) (\n  {in_use}\n)"),
+        (IN_USE, f"count by (node, uuid) (\n  {in_use}\n)"),
+        ("node:nvidia_gpu_gpus_in_use:count", f"count by (node) ({IN_USE})"),
         ("node:nvidia_gpu_gpus_idle_allocated:count",
-         f"count by (node) (\n  max by (node, uuid) ({SHARE})\n"
-         f"  unless on (node, uuid) (\n    {in_use}\n  )\n)"),
+         f"count by (node) (\n  max by (node, uuid) ({SHARE})\n  unless on (node, uuid) {IN_USE}\n)"),
         ("node_gpu:nvidia_gpu_healthy:bool",
-         f"(max by (node, gpu, uuid) (nvidia_gpu_up) * 0 + 1)\n  unless on (node, uuid) (\n    {unhealthy}\n  )\n"
+         f"max by (node, gpu, uuid) (nvidia_gpu_up)\n  unless on (node, uuid) (\n    {unhealthy}\n  )\n"
          "or on (node, gpu, uuid) max by (node, gpu, uuid) (nvidia_gpu_up) * 0"),
         ("node:nvidia_gpu_gpus_healthy:sum", "sum by (node) (node_gpu:nvidia_gpu_healthy:bool)"),
         (xid_recent(p), f"max by (node, gpu, uuid, xid) (increase({recurring}[{p.event_window}])) > 0"),
@@ -121,6 +122,8 @@ RECORDING_DOCS: Mapping[str, str] = {
     "namespace_workload:nvidia_gpu_power_watts:sum": "The same per workload.",
     "node:nvidia_gpu_gpus:count": "GPUs on the node (physical GPUs, whatever their state).",
     "node:nvidia_gpu_gpus_allocated:count": "GPUs of which at least something (whole, MIG instance, replica) is held.",
+    IN_USE: "Per GPU in use, 1 (absent when not in use): busy above `in_use_ratio`, or running processes where "
+            "NVML has no utilisation (MIG).",
     "node:nvidia_gpu_gpus_in_use:count":
         "GPUs busy above `in_use_ratio`, or (MIG GPUs, which report no utilisation) running processes.",
     "node:nvidia_gpu_gpus_idle_allocated:count": "GPUs held by a pod but not in use.",

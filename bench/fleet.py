@@ -387,6 +387,7 @@ def main() -> int:
     if not Path(PROMETHEUS).exists():
         print("fleet: no prometheus binary (apt-get install prometheus); skipped")
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop Prometheus and the agent on the way out
     result = measure(args)
     print(json.dumps(result, indent=1))
     save_as(args.key or ("everything" if args.everything else "default"), result, args.results)

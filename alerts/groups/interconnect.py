@@ -1,6 +1,6 @@
 """Interconnect alerts: NVLink errors and links down, PCIe replays and degraded links.
 
-They are evaluated in the ``gpu-hardware`` rule group (alerts/rules.py says why)."""
+They are evaluated in the ``gpu-interconnect`` rule group, every ``Params.alert_interval``."""
 
 from __future__ import annotations
 
