@@ -22,8 +22,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from alerts import runbooks
+from alerts import efficiency, runbooks
 from alerts.cases import promtool_tests
+from alerts.efficiency import EFFICIENCY_DOCS, efficiency_rules
 from alerts.params import Params
 from alerts.recording import RECORDING_DOCS
 from alerts.rules import alerts, groups, interval, recording_rules
@@ -56,10 +57,13 @@ def dump(data: Any) -> str:
 
 
 def rule_groups(p: Params = Params()) -> list[dict[str, Any]]:
-    """The rule groups: recording rules first (the alerts of later groups read them)."""
+    """The rule groups: recording rules first (the alerts of later groups read them), then the
+    efficiency rules (alerts/efficiency.py, at an interval of their own)."""
     out: list[dict[str, Any]] = [
         {"name": RECORDING_GROUP, "interval": p.recording_interval,
-         "rules": [{"record": r, "expr": e} for r, e in recording_rules(p)]}]
+         "rules": [{"record": r, "expr": e} for r, e in recording_rules(p)]},
+        {"name": efficiency.GROUP, "interval": p.efficiency_interval,
+         "rules": [{"record": r, "expr": e} for r, e in efficiency_rules(p)]}]
     for group, group_alerts in groups(p).items():
         rules = []
         for alert in group_alerts:
@@ -104,6 +108,7 @@ def alert_names(p: Params = Params()) -> str:
     """The tables at the top of docs/alerts.md: every recording rule and every alert."""
     lines = ["| recording rule | what |", "| --- | --- |"]
     lines += [f"| `{record}` | {RECORDING_DOCS[record]} |" for record, _ in recording_rules(p)]
+    lines += [f"| `{record}` | {EFFICIENCY_DOCS[record]} |" for record, _ in efficiency_rules(p)]
     lines += ["", "| alert | severity | threshold | for |", "| --- | --- | --- | --- |"]
     lines += [f"| [{a.name}](#{a.name.lower()}) | {a.severity} | {a.threshold} | {a.for_} |" for a in alerts(p)]
     return "\n".join(lines) + "\n"

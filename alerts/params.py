@@ -38,6 +38,9 @@ class Params:
     recording_interval: str = "1m"  # the recording rules: dashboards over hours and days
     urgent_interval: str = "30s"  # gpu-xid, gpu-hardware: the alerts that page
     alert_interval: str = "1m"  # the other alert groups, whose for: is minutes or hours
+    # The efficiency rules (alerts/efficiency.py): a range's GPU-hours are the sum of their samples
+    # times this interval, so `kube-gpu-exporter report --rules.interval` must be the same.
+    efficiency_interval: str = "1m"
     runbook_base: str = definitions.RUNBOOK_BASE  # runbook_url = runbook_base#<alert name, lower case>
     # The selector of kube-state-metrics' GPU capacity, to find GPU nodes without an agent.
     gpu_capacity: str = 'kube_node_status_capacity{resource="nvidia_com_gpu"}'
@@ -91,3 +94,4 @@ class Params:
     unknown_ids_for: str = "15m"
     notifications_for: str = "10m"
     in_use_ratio: float = 0.05  # a GPU counts as in use above this utilisation (recording rules)
+    mig_slices: int = 7  # a MIG GPU's compute slices (A100, H100, H200, B200; an A30 has 4): 3g.40gb is 3/7 of it

@@ -9,8 +9,9 @@ import subprocess
 import pytest
 import yaml
 
-from alerts import cases, generate, runbooks
+from alerts import cases, efficiency, generate, runbooks
 from alerts.groups.xid import XID_MATCHERS, XID_TIER_CODES
+from alerts.efficiency import efficiency_rules
 from alerts.rules import Params, alerts, recording_rules
 from exporter.push import definitions
 
@@ -39,7 +40,8 @@ def test_promtool_accepts_the_rule_file():
 
 
 def test_every_alert_and_recording_rule_holds_in_promtool():
-    tests = [str(ROOT / "tests" / "alerts" / name) for name in ("alerts.test.yaml", "recording.test.yaml")]
+    tests = [str(ROOT / "tests" / "alerts" / name) for name in ("alerts.test.yaml", "recording.test.yaml",
+                                                               "efficiency.test.yaml")]
     result = subprocess.run([_promtool(), "test", "rules", *tests], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
@@ -148,7 +150,7 @@ def test_the_xid_tiers_do_not_overlap():
 def test_docs_list_every_rule_and_every_alert_has_a_runbook_section():
     alerts_doc = (ROOT / "docs" / "alerts.md").read_text()
     runbooks = (ROOT / "docs" / "runbooks.md").read_text()
-    for record, _ in recording_rules(Params()):
+    for record, _ in recording_rules(Params()) + efficiency_rules(Params()):
         assert f"`{record}`" in alerts_doc
     for alert in alerts(Params()):
         assert f"### {alert.name}\n" in alerts_doc
@@ -277,12 +279,15 @@ def test_the_example_inhibitions_run_from_cause_to_symptom_without_a_cycle():
 
 
 def test_every_rule_reads_only_what_the_default_collector_groups_give():
-    """No shipped rule needs a group that is off by default (docs/metrics.md#collector-groups)."""
+    """No shipped rule needs a group that is off by default (docs/metrics.md#collector-groups):
+    the two efficiency rules that read profiling series where they exist are named, and read
+    nothing else of an opt-in group (without it, one falls back, the other has no series)."""
     from exporter import catalog
 
     opt_in = [m.name for m in catalog.all_metrics() if catalog.GROUPS[m.group].default is False]
     assert "nvidia_gpu_nvlink_link_errors_total" in opt_in  # the check can fail
     for group in generate.rule_groups(Params()):
         for rule in group["rules"]:
-            read = [name for name in opt_in if re.search(rf"\b{name}\b", rule["expr"])]
+            read = [name for name in opt_in if re.search(rf"\b{name}\b", rule["expr"])
+                    and name not in efficiency.READS_OPT_IN.get(rule.get("record"), ())]
             assert not read, f"{rule.get('alert') or rule.get('record')} reads {read}, off by default"
