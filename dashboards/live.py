@@ -10,7 +10,8 @@ through a backfill, instead of scraping the agent for as long:
 3. Recording rules do not evaluate over history by themselves: ``promtool tsdb create-blocks-from
    rules`` evaluates the recording rules of ``alerts/`` over the day, against a Prometheus serving
    the blocks, at ``STEP_SECONDS``; one pass per level (a rule reading another rule's series waits
-   for the pass that wrote them), each pass's blocks added to the data directory.
+   for the pass that wrote them), each pass's blocks added to the data directory, each pass
+   evaluating at the same instants.
 4. Prometheus serves the data directory with the whole rule set of ``alerts/`` loaded: it
    evaluates the recording rules and the alerts from now on (``ALERTS``: an alert with a ``for:``
    is pending, as after any restart of Prometheus; one without fires at once).
@@ -118,14 +119,24 @@ class DemoNode:
     ends at ``end``, once it is recorded: queries at the current time see its last samples for
     Prometheus' lookback, five minutes, and so does the evaluation of the alerts."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, *, history: Callable[[Path], Any] = record_history,
+                 span: float = HISTORY_SECONDS, step: float = STEP_SECONDS, end: float | None = None,
+                 groups: list[dict[str, Any]] | None = None, lookback: str | None = None,
+                 live_rules: bool = True) -> None:
+        """The demo node's day by default. Another history: ``history(workdir)`` gives its
+        ``Backfill`` (``span`` seconds of it, ending at ``end``, now by default), the recording
+        rules of ``groups`` (all of alerts/ by default) are backfilled every ``step`` seconds by a
+        Prometheus whose lookback is ``lookback`` (its default, 5m, by default), and the rule
+        set is loaded from now on unless ``live_rules`` is false (dashboards/week.py)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="gpu-dashboards-") if workdir is None else None
         self.dir = Path(self._tmp.name) if self._tmp else workdir
         self.data = self.dir / "data"
         self._processes: list[tuple[subprocess.Popen, Any]] = []
         self.prometheus = Prometheus("")
         self.end = 0.0  # unix time of the last cycle
-        self.span = float(HISTORY_SECONDS)
+        self.span = float(span)
+        self._history, self._step, self._end, self._groups = history, step, end, groups
+        self._lookback, self._live_rules = lookback, live_rules
 
     def __enter__(self) -> "DemoNode":
         try:
@@ -157,21 +168,25 @@ class DemoNode:
         promtool = shutil.which("promtool")
         if promtool is None or shutil.which("prometheus") is None:
             raise RuntimeError("prometheus or promtool is missing: `make test` installs the Debian package prometheus")
-        backfill = record_history(self.dir)
-        self.end = time.time()  # the last cycle is now
-        start = self.end - HISTORY_SECONDS
+        backfill = self._history(self.dir)
+        self.end = time.time() if self._end is None else self._end  # the last cycle is now
+        start = self.end - self.span
         self._run("promtool-openmetrics", [
             [promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(path), str(self.data)]
             for path in backfill.write(self.dir, start)])
-        groups = rule_groups(Params())
+        groups = rule_groups(Params()) if self._groups is None else self._groups
         for level, rules in enumerate(rule_levels(groups)):
-            rule_file = self.dir / f"rules-{level}.yaml"
-            rule_file.write_text(yaml.safe_dump({"groups": [{"name": f"level-{level}", "rules": rules}]}))
-            prometheus = self._start_prometheus(f"prometheus-{level}", [])  # the data so far, no rules
+            # One file and group name for every level: promtool evaluates a group at the times
+            # Prometheus would, offset within the interval by a hash of the two, so that each
+            # level reads the samples the level before wrote at the same instants (not an
+            # interval earlier).
+            rule_file = self.dir / "rules-backfill.yaml"
+            rule_file.write_text(yaml.safe_dump({"groups": [{"name": "backfill", "rules": rules}]}))
+            prometheus = self._start_prometheus(f"prometheus-{level}", [], self._lookback)  # the data so far
             try:
                 self._run(f"promtool-rules-{level}", [[
                     promtool, "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={prometheus.url}",
-                    f"--start={int(start)}", f"--end={int(self.end)}", f"--eval-interval={STEP_SECONDS}s",
+                    f"--start={int(start)}", f"--end={int(self.end)}", f"--eval-interval={self._step:g}s",
                     f"--output-dir={self.dir / 'rules'}", str(rule_file)]])
             finally:
                 self._stop_processes()
@@ -179,12 +194,15 @@ class DemoNode:
                 block.rename(self.data / block.name)
         # The whole rule set from now on, each group every second: the first evaluations come at
         # once (subqueries keep the global evaluation interval, 1m, as their resolution).
+        if not self._live_rules:
+            self.prometheus = self._start_prometheus("prometheus", [])
+            return
         rules_file = self.dir / "rules.yaml"
         rules_file.write_text(yaml.safe_dump({"groups": [dict(g, interval="1s") for g in groups]}, sort_keys=False))
         self.prometheus = self._start_prometheus("prometheus", [rules_file])
         self._wait_for_rules(len(groups))
 
-    def _start_prometheus(self, name: str, rule_files: list[Path]) -> Prometheus:
+    def _start_prometheus(self, name: str, rule_files: list[Path], lookback: str | None = None) -> Prometheus:
         """Prometheus on the data directory (no scrape: the data is there), once it is ready."""
         port = free_port()
         config = self.dir / f"{name}.yml"
@@ -195,6 +213,7 @@ class DemoNode:
             shutil.which("prometheus") or "prometheus", f"--config.file={config}",
             f"--storage.tsdb.path={self.data}",
             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+            *([f"--query.lookback-delta={lookback}"] if lookback else []),
         ], stdout=log, stderr=subprocess.STDOUT)
         self._processes.append((process, log))
         prometheus = Prometheus(f"http://127.0.0.1:{port}")

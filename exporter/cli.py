@@ -227,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .check import main as check
 
         return check(argv[1:], setup_logging=setup_logging)
+    if argv[:1] == ["report"]:  # kube-gpu-exporter report [flags]: exporter/report/
+        from .report import main as report
+
+        return report(argv[1:])
     try:
         config = parse_config(argv)
     except ConfigError as exc:

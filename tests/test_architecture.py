@@ -26,7 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "agent": {"model", "catalog", "config", "sources", "attribution", "render"},
     # kube-gpu-exporter check: reads the sources as the agent does, joins as attribution does
     "check": {"model", "catalog", "config", "sources", "attribution", "push"},
-    "cli": {"model", "catalog", "config", "sources", "attribution", "render", "serve", "push", "agent", "check"},
+    # kube-gpu-exporter report: reads Prometheus with the config's HTTP credentials, nothing of the agent
+    "report": {"config"},
+    "cli": {"model", "catalog", "config", "sources", "attribution", "render", "serve", "push", "agent", "check",
+            "report"},
     # docs/metrics.md's sizing table and the series budget: a simulated node collected by the agent
     "sizing": {"catalog", "config", "cli"},
     "__main__": {"cli"},

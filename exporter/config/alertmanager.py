@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
+
+from . import httpauth
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 #: Labels the agent sets itself on a pushed alert; --alertmanager.label may not override them.
@@ -56,23 +57,11 @@ def validate(ns: argparse.Namespace, source: Callable[[str], str], node_name: st
             problems.append(f"{source('--alertmanager.label')}: {name.strip()!r} is set by the agent itself")
         else:
             labels.append((name.strip(), value.strip()))
-    files = {}
-    for flag, dest in (("--alertmanager.basic-auth-file", "alertmanager_basic_auth_file"),
-                       ("--alertmanager.bearer-token-file", "alertmanager_bearer_token_file"),
-                       ("--alertmanager.tls-ca-file", "alertmanager_tls_ca_file")):
-        path = getattr(ns, dest) or None
-        if path is not None:
-            try:
-                text = Path(path).read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(f"{source(flag)}: cannot read {path!r}: {exc.strerror if isinstance(exc, OSError) else exc}")
-            else:
-                if dest == "alertmanager_basic_auth_file" and ":" not in text:
-                    problems.append(f"{source(flag)}: {path!r} must hold username:password")
-        files[dest] = path
-    if files["alertmanager_basic_auth_file"] and files["alertmanager_bearer_token_file"]:
-        problems.append(f"{source('--alertmanager.basic-auth-file')}/{source('--alertmanager.bearer-token-file')}: "
-                        "give one of them, not both")
+    files = {dest: getattr(ns, dest) or None for dest in
+             ("alertmanager_basic_auth_file", "alertmanager_bearer_token_file", "alertmanager_tls_ca_file")}
+    problems += httpauth.file_problems(("--alertmanager.basic-auth-file", files["alertmanager_basic_auth_file"]),
+                                       ("--alertmanager.bearer-token-file", files["alertmanager_bearer_token_file"]),
+                                       ("--alertmanager.tls-ca-file", files["alertmanager_tls_ca_file"]), source)
     if urls and not node_name and not simulate:
         problems.append(f"{source('--alertmanager.url')}: pushed alerts name the node: set --kubernetes.node-name "
                         "(or NODE_NAME)")

@@ -25,20 +25,17 @@ iteration" would fail the whole rendering).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import ssl
 import time
 from collections import deque
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 import aiohttp
 
 from .. import catalog
 from ..attribution import Attribution
-from ..config import Config
+from ..config import Config, httpauth
 from ..model.gpu import GpuSnapshot, Sample
 from .events import ActiveAlert, EventTracker, LabelSet
 
@@ -54,22 +51,12 @@ def _iso(unix: float) -> str:
 
 def auth_headers(config: Config) -> dict[str, str]:
     """The Authorization header the --alertmanager.*-file flags ask for, from the files as they are now."""
-    if config.alertmanager_bearer_token_file:
-        token = Path(config.alertmanager_bearer_token_file).read_text().strip()
-        return {"Authorization": f"Bearer {token}"}
-    if config.alertmanager_basic_auth_file:
-        credentials = Path(config.alertmanager_basic_auth_file).read_text().strip()
-        return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
-    return {}
+    return httpauth.auth_headers(config.alertmanager_basic_auth_file, config.alertmanager_bearer_token_file)
 
 
 def client_session(config: Config) -> aiohttp.ClientSession:
     """A session with --alertmanager.timeout and, for https://, --alertmanager.tls-ca-file."""
-    ssl_context: ssl.SSLContext | bool = True
-    if config.alertmanager_tls_ca_file:
-        ssl_context = ssl.create_default_context(cafile=config.alertmanager_tls_ca_file)
-    timeout = aiohttp.ClientTimeout(total=config.alertmanager_timeout)
-    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context))
+    return httpauth.client_session(config.alertmanager_tls_ca_file, config.alertmanager_timeout)
 
 
 def payload(alert: ActiveAlert, ends_at: float) -> dict[str, Any]:

@@ -1,0 +1,240 @@
+"""``kube-gpu-exporter report`` against a real Prometheus holding a simulated week
+(dashboards/week.py: backfilled, the efficiency rules over it backfilled too), every figure
+computed here by hand from the scenario's facts; its outputs' schemas; its errors and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+
+import jsonschema
+import pytest
+from e2e import ROOT
+
+from alerts import efficiency
+from alerts.params import Params, minutes
+from exporter.report import figures, output, prometheus, run
+
+sys.path.insert(0, str(ROOT / "dashboards"))
+import week  # noqa: E402
+
+END = (time.time() // 86400) * 86400  # the week ends at the last midnight (UTC): whole calendar days
+START = END - week.WEEK
+PRICES = ["--price", "*H100*=2.5", "--price", "NVIDIA A100-SXM4-80GB=1.2"]
+H100_PRICE, A100_PRICE = 2.5, 1.2
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@pytest.fixture(scope="module")
+def node():
+    with week.week_node(END) as node:
+        yield node
+
+
+def report(node, *flags: str, capsys=None) -> tuple[int, str, str]:
+    """The report command in-process: (exit status, stdout, stderr)."""
+    code = run.main([f"--prometheus.url={node.prometheus.url}", f"--from={_iso(START)}", f"--to={_iso(END)}",
+                     *PRICES, *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _minutes(window: tuple[int, int]) -> int:
+    return window[1] - window[0]
+
+
+def expected_week() -> dict[tuple[str, str], dict[str, float]]:
+    """The week's figures per (namespace, workload), by hand from dashboards/week.py's facts:
+    GPU-hours are held share x hours; a shared GPU counts 1/2 per replica, a MIG 3g instance 3/7
+    and a 2g one 2/7 of the A100."""
+    days = week.DAYS
+    notebook_busy_h = days * _minutes(week.NOTEBOOK_BUSY) / 60  # 16.8 h busy, the rest idle
+    train_h = days * _minutes(week.TRAIN_HOURS) / 60  # 28 h
+    night_h = days * _minutes(week.INFERENCE_NIGHT) / 60  # 42 h
+    day_h = days * 24 - night_h
+    hours = days * 24.0
+    day_util = sum(u[0] for u in week.INFERENCE_UTIL.values())
+    night_util = sum(u[1] for u in week.INFERENCE_UTIL.values())
+    busy_w, idle_w = week.NOTEBOOK_WATTS
+    return {
+        ("research", "notebook-alice"): dict(
+            held=hours, used=notebook_busy_h * week.NOTEBOOK_UTIL, idle=hours - notebook_busy_h,
+            kwh=(notebook_busy_h * busy_w + (hours - notebook_busy_h) * idle_w) / 1000, price=H100_PRICE, sm=None),
+        ("ml", "nightly-train"): dict(held=train_h, used=train_h * week.TRAIN_UTIL, idle=0.0,
+                                      kwh=train_h * week.TRAIN_WATTS / 1000, price=H100_PRICE, sm=train_h * week.TRAIN_SM),
+        # idle at night: both replicas below idle_ratio (0.02 < 0.05)
+        ("serving", "inference"): dict(held=hours, used=day_h * day_util + night_h * night_util, idle=night_h,
+                                       kwh=hours * week.INFERENCE_WATTS / 1000, price=H100_PRICE, sm=None),
+        ("ml", "eval"): dict(held=hours * 3 / 7, used=hours * 3 / 7, idle=0.0, kwh=hours * week.MIG_WATTS * 3 / 7 / 1000,
+                             price=A100_PRICE, sm=None),
+        ("research", "dev-bob"): dict(held=hours * 2 / 7, used=0.0, idle=hours * 2 / 7,
+                                      kwh=hours * week.MIG_WATTS * 2 / 7 / 1000, price=A100_PRICE, sm=None),
+    }
+
+
+def test_the_week_equals_the_hand_computed_figures(node, capsys):
+    code, out, err = report(node, "--output", "json", capsys=capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    expected = expected_week()
+    got = {(w["namespace"], w["workload"]): w for w in data["workloads"]}
+    assert set(got) == set(expected)
+    for key, e in expected.items():
+        w = got[key]
+        assert w["held_gpu_hours"] == pytest.approx(e["held"], abs=1e-6), key
+        assert w["used_gpu_hours"] == pytest.approx(e["used"], abs=1e-6), key
+        assert w["idle_gpu_hours"] == pytest.approx(e["idle"], abs=1e-6), key
+        assert w["energy_kwh"] == pytest.approx(e["kwh"], abs=1e-6), key
+        assert w["efficiency"] == pytest.approx(e["used"] / e["held"]), key
+        assert w["cost"] == pytest.approx(e["held"] * e["price"]), key
+        assert w["idle_cost"] == pytest.approx(e["idle"] * e["price"]), key
+        assert (w["sm_active_gpu_hours"] is None) == (e["sm"] is None), key
+        if e["sm"] is not None:
+            assert w["sm_active_gpu_hours"] == pytest.approx(e["sm"], abs=1e-6), key
+    assert got[("research", "notebook-alice")]["efficiency"] == pytest.approx(0.06)  # idle 90 % of the time
+    # the figures by hand: 168 + 28 + 168 + 72 + 48 GPU-hours held
+    assert data["total"]["held_gpu_hours"] == pytest.approx(484.0)
+    namespaces = {n["namespace"]: n for n in data["namespaces"]}
+    assert namespaces["research"]["held_gpu_hours"] == pytest.approx(168 + 48)
+    assert namespaces["research"]["idle_cost"] == pytest.approx(151.2 * 2.5 + 48 * 1.2)
+    assert [n["namespace"] for n in data["namespaces"]] == ["research", "serving", "ml"]  # most held first
+    assert data["range"] == {"from": _iso(START), "to": _iso(END), "seconds": week.WEEK}
+    assert data["interval_seconds"] == 60 and data["unpriced_models"] == []
+
+
+def test_each_day_of_the_trend_holds_a_seventh_of_the_week(node, capsys):
+    code, out, _ = report(node, "--output", "json", capsys=capsys)
+    days = json.loads(out)["days"]
+    assert [d["from"] for d in days] == [_iso(START + i * 86400) for i in range(7)]
+    for day in days:
+        research = {n["namespace"]: n for n in day["namespaces"]}["research"]
+        assert research["held_gpu_hours"] == pytest.approx(24 + 24 * 2 / 7)
+        assert research["used_gpu_hours"] == pytest.approx(2.4 * 0.6)
+
+
+def test_the_lists_name_the_idle_interactive_holders_and_the_batch_workloads(node, capsys):
+    code, out, _ = report(node, capsys=capsys)
+    assert code == 0
+    idle = out.split("Longest-idle interactive holders\n")[1].split("\n\n")[0].splitlines()[1:]
+    assert [line.split()[0] for line in idle] == ["research/notebook-alice", "research/dev-bob", "serving/inference"]
+    batch = out.split("Least efficient batch workloads\n")[1].splitlines()[1:]
+    assert [line.split()[0] for line in batch if line] == ["ml/nightly-train"]
+    assert re.search(r"^total\s+484\.00\s+173\.36\s+241\.20\s+35\.8%", out, re.M), out
+
+
+def test_csv_and_json_hold_to_their_committed_schemas(node, capsys):
+    code, out, _ = report(node, "--output", "json", capsys=capsys)
+    jsonschema.validate(json.loads(out), json.loads((ROOT / "docs" / "report.schema.json").read_text()))
+    schema = json.loads((ROOT / "docs" / "report-csv.schema.json").read_text())
+    code, out, _ = report(node, "--output", "csv", capsys=capsys)
+    reader = csv.DictReader(io.StringIO(out))
+    assert reader.fieldnames == schema["x-columns"] == list(output.CSV_COLUMNS)
+    rows = list(reader)
+    assert len(rows) == 5
+    for row in rows:
+        typed = {k: (None if v == "" else float(v)) if schema["properties"][k]["type"] != "string" else v
+                 for k, v in row.items()}
+        jsonschema.validate(typed, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the schema can fail
+        jsonschema.validate(dict(typed, held_gpu_hours=-1.0), schema)
+
+
+def test_a_range_before_the_data_is_no_data_exit_4(node, capsys):
+    code = run.main([f"--prometheus.url={node.prometheus.url}", f"--from={_iso(START - 3 * 86400)}",
+                     f"--to={_iso(START - 86400)}"])
+    assert code == run.EXIT_NO_DATA == 4
+    assert "no GPU was held in the range" in capsys.readouterr().err
+
+
+def test_an_unreachable_prometheus_is_exit_3(capsys):
+    code = run.main(["--prometheus.url=http://127.0.0.1:9", "--since=1d", "--prometheus.timeout=5s"])
+    assert code == run.EXIT_PROMETHEUS == 3
+    assert "http://127.0.0.1:9: unreachable" in capsys.readouterr().err
+
+
+def test_prometheus_without_the_rules_is_exit_5_naming_the_rule_file(tmp_path, capsys):
+    """The agent's series for an hour, and no efficiency rule over them."""
+    from live import DemoNode
+
+    def hour(_):
+        backfill = week.Backfill(week.TARGET)
+        for k in range(61):
+            backfill.scrape(week.exposition(k), float(k * 60))
+        return backfill
+
+    with DemoNode(tmp_path, history=hour, span=3600, end=END, groups=[], live_rules=False) as bare:
+        code = run.main([f"--prometheus.url={bare.prometheus.url}", f"--to={_iso(END)}", "--since=1d"])
+    err = capsys.readouterr().err
+    assert code == run.EXIT_MISSING_RULES == 5
+    assert "alerts/kube-gpu-exporter.rules.yaml" in err and efficiency.GROUP in err
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--since=7x"], "'7x' is not a duration"),
+    (["--from=2026-12-08", "--to=2026-12-01"], "--from must come before --to"),
+    (["--from=yesterday"], "'yesterday' is not a date"),
+    (["--price=H100"], "'H100' is not MODEL=PRICE"),
+    (["--price=H100=-1"], "is not MODEL=PRICE"),
+    (["--price-file=/nonexistent/prices.yaml"], "cannot read"),
+    (["--prometheus.bearer-token-file=/nonexistent/token"], "--prometheus.bearer-token-file: cannot read"),
+    (["--output=pdf"], ""),
+])
+def test_bad_flags_are_exit_2(flags, problem, capsys):
+    assert run.main(["--prometheus.url=http://127.0.0.1:9", *flags]) == run.EXIT_USAGE == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_the_price_file_and_globs(tmp_path):
+    path = tmp_path / "prices.yaml"
+    path.write_text("currency: EUR\nprices:\n  '*H100*': 2.5\n  NVIDIA A100-SXM4-80GB: 1.2\n")
+    prices, currency = run.load_prices(str(path), ["*h100*=3"])
+    assert currency == "EUR"
+    assert figures.price_of("NVIDIA H100 80GB HBM3", prices) == 3.0  # the flag wins, case-insensitively
+    assert figures.price_of("NVIDIA A100-SXM4-80GB", prices) == 1.2
+    assert figures.price_of("Tesla T4", prices) is None
+    path.write_text("H100: 2\n")
+    with pytest.raises(run.UsageError, match="prices:"):
+        run.load_prices(str(path), [])
+
+
+def test_progress_goes_to_a_terminal_only():
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    for tty in (True, False):
+        stream = Stream(tty)
+        show = run._progress(stream)
+        show(1, 2)
+        show(2, 2)
+        assert stream.getvalue() == ("\rkube-gpu-exporter report: querying Prometheus 1/2"
+                                     "\rkube-gpu-exporter report: querying Prometheus 2/2\n" if tty else "")
+
+
+def test_the_command_reads_what_the_rules_record():
+    """The report is part of the agent's package, the rules are not: the names must agree."""
+    assert prometheus.RECORDS == dict(zip(["held", "used", "sm_active", "idle", "power"], efficiency.INTEGRALS))
+    assert prometheus.GROUP == efficiency.GROUP
+    assert run.duration(run.DEFAULT_INTERVAL) == 60 * minutes(Params().efficiency_interval)
+    assert figures.BATCH_KINDS.pattern == Params().batch_kinds
+    assert (ROOT / prometheus.RULES_FILE).exists() and (ROOT / prometheus.PROMETHEUS_RULE).exists()
+
+
+def test_the_cli_runs_the_report(node):
+    result = subprocess.run([sys.executable, "-m", "exporter", "report", f"--prometheus.url={node.prometheus.url}",
+                             f"--from={_iso(START)}", f"--to={_iso(END)}", "--output=csv"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(",".join(output.CSV_COLUMNS) + "\n") and result.stderr == ""
