@@ -238,3 +238,59 @@ def test_the_cli_runs_the_report(node):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(",".join(output.CSV_COLUMNS) + "\n") and result.stderr == ""
+
+
+# -- The HTML page --------------------------------------------------------------------------------
+
+
+def _chromium(tmp_path, *args: str) -> str:
+    import shutil
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: `make test` installs the Debian package chromium"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_the_html_page_is_self_contained_and_chromium_draws_it(node, tmp_path, capsys):
+    import os
+    import shutil
+
+    import matplotlib.image
+
+    page = tmp_path / "report.html"
+    code, _, err = report(node, "--output", "html", "--out", str(page), capsys=capsys)
+    assert code == 0, err
+    html = page.read_text()
+    assert "<script" not in html.lower() and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "<svg" in html and "<style>" in html
+    # Chromium, offline: what it lays out is the page alone
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    for name in ("notebook-alice", "nightly-train", "inference", "eval", "dev-bob", "484.0 GPU-h"):
+        assert name in dom, name
+    # a bar per namespace, its parts in proportion: research holds 216 GPU-h of which 10.08 used
+    bars = re.findall(r'<rect class="(used|idle|rest)" x="([\d.]+)" y="(\d+)" width="([\d.]+)"', dom)
+    research = {part: float(width) for part, _, y, width in bars if y == "6"}  # the first bar
+    assert research["used"] / sum(research.values()) == pytest.approx(10.08 / 216, abs=1e-3)
+    assert research["idle"] / sum(research.values()) == pytest.approx(199.2 / 216, abs=1e-3)
+    assert len(re.findall(r'<rect class="used" x="\d+" y="[\d.]+" width="46"', dom)) == 7  # one per day
+    shot = tmp_path / "report.png"
+    _chromium(tmp_path, "--window-size=1400,1400", f"--screenshot={shot}", page.as_uri())
+    image = matplotlib.image.imread(shot)
+    assert image.shape[1] == 1400 and image.std() > 0.05, "the screenshot looks blank"
+    if os.environ.get("UPDATE_IMAGES"):
+        shutil.copyfile(shot, ROOT / "docs" / "images" / "report.png")
+
+
+def test_the_html_page_shows_markup_in_names_as_text():
+    from exporter.report.html import to_html
+
+    key = ("ns", "Deployment", "<script>alert(1)</script>", "<b>GPU</b>")
+    per_span = [{figure: ({key: 24.0} if figure in ("held", "idle") else {}) for figure in prometheus.RECORDS}]
+    html = to_html(figures.build(prometheus.days(0, 86400), per_span, {}, 60.0))
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;GPU&lt;/b&gt;" in html
