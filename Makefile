@@ -84,6 +84,6 @@ dashboards: test-venv
 	$(PY) dashboards/generate.py
 
 ## dashboards-png: redraw docs/images/ (the dashboards from a Prometheus holding a day of the simulated
-## demo node's history, the status page in headless Chromium) by running their tests with UPDATE_IMAGES=1
+## demo node's history, the status page and the report's HTML in headless Chromium) by running their tests with UPDATE_IMAGES=1
 dashboards-png: test-deps test-venv
-	UPDATE_IMAGES=1 $(PY) -m pytest tests/test_dashboards.py tests/test_status_page.py -q
+	UPDATE_IMAGES=1 $(PY) -m pytest tests/test_dashboards.py tests/test_status_page.py tests/test_report.py -q

@@ -41,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from alerts import efficiency  # noqa: E402 - the efficiency rules (GPU-hours)
+from alerts.params import minutes  # noqa: E402
 from alerts.rules import Params, recording_rules  # noqa: E402 - the rule set's thresholds and rules
 from panels import (  # noqa: E402 - dashboards/panels.py
     ACTIVE, DASHED, DATASOURCE, PERCENT, bargauge, column_link, dashboard_link, layout, override, red_from, row, stat,
@@ -56,8 +58,10 @@ CONFIGMAP = HERE / "configmap.yaml"
 
 #: The alert rules' parameters: every threshold a panel draws comes from here.
 P = Params()
-#: Recording rules of alerts/rules.py, by name.
-RULES = dict(recording_rules(P))
+#: Recording rules of alerts/rules.py and alerts/efficiency.py, by name.
+RULES = dict(recording_rules(P)) | dict(efficiency.efficiency_rules(P))
+#: The efficiency rules' interval in seconds: a sample of theirs stands for this long.
+EFFICIENCY_SECONDS = 60 * minutes(P.efficiency_interval)
 #: Clock-event reasons that hold a GPU below the clocks it wants (the others are normal operation).
 THROTTLE_REASONS = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
 #: Workload kinds, split into batch (the alerts' batch kinds), interactive and other.
@@ -94,6 +98,14 @@ def workload_class(expr: str) -> str:
     return f'label_replace({interactive}, "class", "batch", "workload_kind", "{P.batch_kinds}")'
 
 
+def hours_over_range(name: str, selector: str, by: str = "") -> str:
+    """GPU-hours (watt-hours for power) of an efficiency rule over the time range, summed (``by``
+    some labels): the sum of its samples times its interval (docs/efficiency.md); a workload that
+    held nothing for part of the range adds nothing for it."""
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (sum_over_time({rule(name, selector)}[$__range])) * {EFFICIENCY_SECONDS} / 3600"
+
+
 def rule(name: str, selector: str) -> str:
     """A recording rule of alerts/rules.py (a KeyError here means it was renamed there)."""
     if name not in RULES:
@@ -115,6 +127,48 @@ MARGIN = P.temperature_margin
 def alerts(extra: str = "") -> str:
     """Our alerts firing now (docs/alerts.md), with more matchers in ``extra``."""
     return f'ALERTS{{alertstate="firing", cluster=~"$cluster", alertname=~"{ALERT_NAMES}"{extra}}}'
+
+
+def efficiency_row(per_ns: str) -> list[Builder[Any]]:
+    """The figures of ``kube-gpu-exporter report`` (without prices) over the dashboard's time range,
+    from the efficiency rules (alerts/efficiency.py; docs/efficiency.md)."""
+    held = hours_over_range(efficiency.ALLOCATED, per_ns)
+    used = hours_over_range(efficiency.USED, per_ns)
+    workload_key = "namespace, workload_kind, workload"
+    ratio = [(None, "red"), (IDLE, "orange"), (0.5, "green")]
+    return [
+        row("GPU-hours held, used and idle (time range)"),
+        stat("GPU-hours held", held, unit="suffix: GPU-h", description="GPUs held times hours over the time range: "
+             "a shared GPU counts 1/n for each of its n holders, a MIG instance its compute slices of the GPU."),
+        stat("GPU-hours used", used, unit="suffix: GPU-h",
+             description="Held GPU-hours weighted by the holders' utilisation (MIG: docs/efficiency.md)."),
+        stat("GPU-hours idle", hours_over_range(efficiency.IDLE, per_ns), unit="suffix: GPU-h",
+             description=f"Held while the holder was busy below {IDLE:.0%} (GpuAllocatedIdle's threshold)."),
+        stat("Efficiency", f"({used}) / ({held})", **PERCENT, thresholds=ratio,
+             description="GPU-hours used / held over the time range."),
+        stat("SM-active GPU-hours", hours_over_range(efficiency.SM_ACTIVE, per_ns), unit="suffix: GPU-h",
+             description="Held GPU-hours weighted by SM activity: only GPUs with --collector.profiling."),
+        stat("Energy", f"{hours_over_range(efficiency.POWER, per_ns)} / 1000", unit="kwatth",
+             description="Board power times each holder's share of the board, over the time range."),
+        table("Idle GPU-hours per workload (time range)",
+              f"sort_desc({hours_over_range(efficiency.IDLE, per_ns, workload_key)} > 0)",
+              columns=("namespace", "workload_kind", "workload"), unit="suffix: GPU-h",
+              overrides=[override("byName", "Value", displayName="idle GPU-h")],
+              description="The workloads that held GPUs without using them, most idle first: kube-gpu-exporter "
+                          "report prices them (docs/efficiency.md)."),
+        table("Efficiency per workload (time range)",
+              f"sort({hours_over_range(efficiency.USED, per_ns, workload_key)}"
+              f" / {hours_over_range(efficiency.ALLOCATED, per_ns, workload_key)})",
+              columns=("namespace", "workload_kind", "workload"), **PERCENT, thresholds=ratio,
+              overrides=[override("byName", "Value", displayName="used / held",
+                                  custom__cellOptions=cm.TableColoredBackgroundCellOptions())],
+              description="GPU-hours used / held per workload, least efficient first."),
+        timeseries("GPUs held, used and idle",
+                   target(f"sum({rule(efficiency.ALLOCATED, per_ns)})", "held"),
+                   target(f"sum({rule(efficiency.USED, per_ns)})", "used"),
+                   target(f"sum({rule(efficiency.IDLE, per_ns)})", "idle"), width=24, minimum=0,
+                   description="The efficiency rules now: their integral over the time range is the row above."),
+    ]
 
 
 def fleet() -> list[Builder[Any]]:
@@ -182,6 +236,7 @@ def fleet() -> list[Builder[Any]]:
             f"sum by (class) ({workload_class(rule('namespace_workload:nvidia_gpu_container_utilization_ratio:sum', per_ns))})",
             "{{class}}"), stack=True, description="Sum of the utilisation of the devices each class holds.",
             width=12),
+        *efficiency_row(per_ns),
         row("Hardware health"),
         stat("Lost GPUs", f"count(nvidia_gpu_up{{{FLEET}}} == 0) or vector(0)", thresholds=red_from(1), height=8,
              description="GPUs whose NVML reads fail or hang (nvidia_gpu_up 0); GpuLost pages."),

@@ -28,6 +28,7 @@ import generate  # noqa: E402
 import live  # noqa: E402
 import validation  # noqa: E402
 from grafana_foundation_sdk.models import dashboard as dm  # noqa: E402
+from alerts.efficiency import efficiency_rules  # noqa: E402
 from alerts.rules import Params, alerts, recording_rules  # noqa: E402
 
 DASHBOARDS = live.dashboards()
@@ -192,7 +193,8 @@ def test_metric_names_are_found_in_queries():
 
 
 def test_every_metric_a_query_names_is_produced_by_the_agent_or_the_rules():
-    produced = {m.name for m in catalog.all_metrics()} | dict(recording_rules(Params())).keys() | OTHER_SERIES
+    produced = ({m.name for m in catalog.all_metrics()} | dict(recording_rules(Params())).keys()
+                | dict(efficiency_rules(Params())).keys() | OTHER_SERIES)
     for name, title, expr in all_exprs():
         unknown = metric_names(expr) - produced
         assert not unknown, f"{name} / {title}: {sorted(unknown)} is neither in exporter/catalog.py nor a rule"
@@ -212,6 +214,8 @@ def test_thresholds_and_units_are_the_alert_rules():
         ("node.json", f"Power violation time ({p.capping_window})"): p.power_capping_ratio,
         ("node.json", "Margin to slowdown temperature"): p.temperature_margin,
         ("fleet.json", "Most idle allocated pods"): p.idle_ratio,
+        ("fleet.json", "Efficiency"): p.idle_ratio,
+        ("fleet.json", "Efficiency per workload (time range)"): p.idle_ratio,
     }
     for (file, title), value in expected.items():
         steps = [s["value"] for s in _panel(file, title)["fieldConfig"]["defaults"]["thresholds"]["steps"]]
@@ -220,6 +224,7 @@ def test_thresholds_and_units_are_the_alert_rules():
         ("node.json", "Utilisation"): "percentunit", ("node.json", "Memory used"): "bytes",
         ("node.json", "Power"): "watt", ("node.json", "Temperature"): "celsius", ("node.json", "Energy"): "joule",
         ("node.json", "SM clock"): "hertz", ("fleet.json", "Energy by namespace (time range)"): "joule",
+        ("fleet.json", "Energy"): "kwatth", ("fleet.json", "Efficiency"): "percentunit",
         ("workload.json", "GPU memory per container"): "bytes",
         ("workload.json", "Utilisation per container"): "percentunit",
     }

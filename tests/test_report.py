@@ -294,3 +294,40 @@ def test_the_html_page_shows_markup_in_names_as_text():
     html = to_html(figures.build(prometheus.days(0, 86400), per_span, {}, 60.0))
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;GPU&lt;/b&gt;" in html
+
+
+# -- The Grafana row ------------------------------------------------------------------------------
+
+
+def _fleet_panel(title: str) -> list[str]:
+    import live
+
+    dashboard = live.dashboards()["fleet.json"]
+    panel = next(p for p in live.panels(dashboard) if p["title"] == title)
+    values = {"cluster": ".*", "namespace": ".*", "node": ".*"}
+    return [live.substitute(t["expr"], values, week.WEEK) for t in panel["targets"]]
+
+
+def test_the_fleet_dashboards_efficiency_row_shows_the_weeks_figures(node):
+    """The same figures as the report for a time range of the week, read the way Grafana does."""
+    def value(title: str) -> float:
+        (expr,) = _fleet_panel(title)
+        (sample,) = node.prometheus.query(expr, END)
+        return float(sample["value"][1])
+
+    expected = expected_week()
+    held = sum(e["held"] for e in expected.values())
+    used = sum(e["used"] for e in expected.values())
+    assert value("GPU-hours held") == pytest.approx(held)
+    assert value("GPU-hours used") == pytest.approx(used)
+    assert value("GPU-hours idle") == pytest.approx(sum(e["idle"] for e in expected.values()))
+    assert value("Efficiency") == pytest.approx(used / held)
+    assert value("SM-active GPU-hours") == pytest.approx(expected[("ml", "nightly-train")]["sm"])
+    assert value("Energy") == pytest.approx(sum(e["kwh"] for e in expected.values()))
+    (idle,) = _fleet_panel("Idle GPU-hours per workload (time range)")
+    ranked = [(r["metric"]["workload"], float(r["value"][1])) for r in node.prometheus.query(idle, END)]
+    assert [w for w, _ in ranked] == ["notebook-alice", "dev-bob", "inference"]
+    assert ranked[0][1] == pytest.approx(expected[("research", "notebook-alice")]["idle"])
+    (ratio,) = _fleet_panel("Efficiency per workload (time range)")
+    ranked = [r["metric"]["workload"] for r in node.prometheus.query(ratio, END)]
+    assert ranked[0] == "dev-bob" and ranked[-1] == "eval"
