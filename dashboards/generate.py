@@ -103,7 +103,7 @@ def hours_over_range(name: str, selector: str, by: str = "") -> str:
     some labels): the sum of its samples times its interval (docs/efficiency.md); a workload that
     held nothing for part of the range adds nothing for it."""
     grouping = f" by ({by})" if by else ""
-    return f"sum{grouping} (sum_over_time({rule(name, selector)}[$__range])) * {EFFICIENCY_SECONDS} / 3600"
+    return f"(sum{grouping} (sum_over_time({rule(name, selector)}[$__range])) * {EFFICIENCY_SECONDS} / 3600)"
 
 
 def rule(name: str, selector: str) -> str:
@@ -144,7 +144,7 @@ def efficiency_row(per_ns: str) -> list[Builder[Any]]:
              description="Held GPU-hours weighted by the holders' utilisation (MIG: docs/efficiency.md)."),
         stat("GPU-hours idle", hours_over_range(efficiency.IDLE, per_ns), unit="suffix: GPU-h",
              description=f"Held while the holder was busy below {IDLE:.0%} (GpuAllocatedIdle's threshold)."),
-        stat("Efficiency", f"({used}) / ({held})", **PERCENT, thresholds=ratio,
+        stat("Efficiency", f"{used} / {held}", **PERCENT, thresholds=ratio,
              description="GPU-hours used / held over the time range."),
         stat("SM-active GPU-hours", hours_over_range(efficiency.SM_ACTIVE, per_ns), unit="suffix: GPU-h",
              description="Held GPU-hours weighted by SM activity: only GPUs with --collector.profiling."),

@@ -11,7 +11,8 @@ through a backfill, instead of scraping the agent for as long:
    rules`` evaluates the recording rules of ``alerts/`` over the day, against a Prometheus serving
    the blocks, at ``STEP_SECONDS``; one pass per level (a rule reading another rule's series waits
    for the pass that wrote them), each pass's blocks added to the data directory, each pass
-   evaluating at the same instants.
+   evaluating at the same instants; the efficiency rules, whose samples are summed over time,
+   at their own interval (a minute).
 4. Prometheus serves the data directory with the whole rule set of ``alerts/`` loaded: it
    evaluates the recording rules and the alerts from now on (``ALERTS``: an alert with a ``for:``
    is pending, as after any restart of Prometheus; one without fires at once).
@@ -51,7 +52,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))  # generate.py, beside this file
 
+from alerts.efficiency import GROUP as EFFICIENCY_GROUP  # noqa: E402
 from alerts.generate import rule_groups  # noqa: E402
+from alerts.params import minutes  # noqa: E402
 import generate  # noqa: E402 - dashboards/generate.py, beside this file
 from alerts.rules import Params  # noqa: E402
 from history import DAY, HISTORY_SECONDS, HOUR, NODE_NAME, STEP_SECONDS, record_history  # noqa: E402,F401
@@ -175,23 +178,34 @@ class DemoNode:
             [promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(path), str(self.data)]
             for path in backfill.write(self.dir, start)])
         groups = rule_groups(Params()) if self._groups is None else self._groups
+        # The efficiency rules are summed over time (docs/efficiency.md): they are backfilled at
+        # their own interval, the others every step.
+        steps = {r["record"]: 60.0 * minutes(g["interval"]) if g["name"] == EFFICIENCY_GROUP else float(self._step)
+                 for g in groups for r in g["rules"] if "record" in r}
         for level, rules in enumerate(rule_levels(groups)):
-            # One file and group name for every level: promtool evaluates a group at the times
-            # Prometheus would, offset within the interval by a hash of the two, so that each
-            # level reads the samples the level before wrote at the same instants (not an
-            # interval earlier).
-            rule_file = self.dir / "rules-backfill.yaml"
-            rule_file.write_text(yaml.safe_dump({"groups": [{"name": "backfill", "rules": rules}]}))
+            by_step: dict[float, list[dict[str, Any]]] = {}
+            for r in rules:
+                by_step.setdefault(steps[r["record"]], []).append(r)
+            commands = []
+            for step, some in by_step.items():
+                # One file and group name for every level: promtool evaluates a group at the times
+                # Prometheus would, offset within the interval by a hash of the two, so that each
+                # level reads the samples the level before wrote at the same instants (not an
+                # interval earlier).
+                rule_file = self.dir / f"rules-backfill-{step:g}.yaml"
+                rule_file.write_text(yaml.safe_dump({"groups": [{"name": "backfill", "rules": some}]}))
+                commands.append([
+                    promtool, "tsdb", "create-blocks-from", "rules", "--quiet", "--url={url}",
+                    f"--start={int(start)}", f"--end={int(self.end)}", f"--eval-interval={step:g}s",
+                    f"--output-dir={self.dir / 'rules' / f'{step:g}'}", str(rule_file)])
             prometheus = self._start_prometheus(f"prometheus-{level}", [], self._lookback)  # the data so far
             try:
-                self._run(f"promtool-rules-{level}", [[
-                    promtool, "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={prometheus.url}",
-                    f"--start={int(start)}", f"--end={int(self.end)}", f"--eval-interval={self._step:g}s",
-                    f"--output-dir={self.dir / 'rules'}", str(rule_file)]])
+                self._run(f"promtool-rules-{level}", [[a.format(url=prometheus.url) for a in c] for c in commands])
             finally:
                 self._stop_processes()
-            for block in (self.dir / "rules").iterdir():
-                block.rename(self.data / block.name)
+            for blocks in (self.dir / "rules").iterdir():
+                for block in blocks.iterdir():
+                    block.rename(self.data / block.name)
         # The whole rule set from now on, each group every second: the first evaluations come at
         # once (subqueries keep the global evaluation interval, 1m, as their resolution).
         if not self._live_rules:

@@ -67,6 +67,8 @@ def fmt(value: float | None, unit: str) -> str:
         return _scaled(value, 1000, ["W", "kW", "MW"])
     if unit == "joule":
         return _scaled(value, 1000, ["J", "kJ", "MJ", "GJ"])
+    if unit == "kwatth":
+        return _scaled(value * 1000, 1000, ["Wh", "kWh", "MWh", "GWh"])
     if unit == "hertz":
         return _scaled(value, 1000, ["Hz", "kHz", "MHz", "GHz"], 2)
     if unit == "celsius":

@@ -329,5 +329,76 @@ def test_the_fleet_dashboards_efficiency_row_shows_the_weeks_figures(node):
     assert [w for w, _ in ranked] == ["notebook-alice", "dev-bob", "inference"]
     assert ranked[0][1] == pytest.approx(expected[("research", "notebook-alice")]["idle"])
     (ratio,) = _fleet_panel("Efficiency per workload (time range)")
-    ranked = [r["metric"]["workload"] for r in node.prometheus.query(ratio, END)]
-    assert ranked[0] == "dev-bob" and ranked[-1] == "eval"
+    ranked = [(r["metric"]["workload"], float(r["value"][1])) for r in node.prometheus.query(ratio, END)]
+    assert [w for w, _ in ranked][0] == "dev-bob" and ranked[-1][0] == "eval"
+    by_workload = {w: e for (_, w), e in expected.items()}
+    for workload, ratio_value in ranked:
+        assert ratio_value == pytest.approx(by_workload[workload]["used"] / by_workload[workload]["held"]), workload
+
+
+# -- Credentials ----------------------------------------------------------------------------------
+
+
+class _FakePrometheus:
+    """A query API that wants ``Authorization: Bearer s3cret`` and holds one held workload."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    async def query(self, request):
+        from aiohttp import web
+
+        self.seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            return web.json_response({"status": "error", "error": "unauthorized"}, status=401)
+        form = await request.post()
+        result = []
+        if efficiency.ALLOCATED in form["query"] or efficiency.IDLE in form["query"]:
+            result = [{"metric": {"namespace": "a", "workload_kind": "Pod", "workload": "p", "model": "M"},
+                       "value": [float(form["time"]), "2"]}]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+
+@pytest.fixture
+def fake_prometheus():
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    fake = _FakePrometheus()
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/prom/api/v1/query", fake.query)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield fake, f"http://127.0.0.1:{port}/prom"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.run_until_complete(runner.cleanup())
+    loop.close()
+
+
+def test_the_bearer_token_file_is_sent_and_a_refusal_is_exit_3(fake_prometheus, tmp_path, capsys):
+    fake, url = fake_prometheus
+    token = tmp_path / "token"
+    token.write_text("wrong\n")
+    flags = [f"--prometheus.url={url}", f"--prometheus.bearer-token-file={token}", "--since=2d", "--output=json"]
+    assert run.main(flags) == run.EXIT_PROMETHEUS
+    assert "HTTP 401: the credentials were refused" in capsys.readouterr().err
+    token.write_text("s3cret\n")  # read at each use: a rotated Secret needs no restart
+    assert run.main(flags) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total"]["held_gpu_hours"] == 4 and data["total"]["idle_gpu_hours"] == 4  # 2 per day, two days
+    assert set(fake.seen) == {"Bearer wrong", "Bearer s3cret"}
+
+
+def test_not_a_prometheus_is_exit_3(fake_prometheus, capsys):
+    _, url = fake_prometheus
+    assert run.main([f"--prometheus.url={url}/nothing-here", "--since=1d"]) == run.EXIT_PROMETHEUS
+    assert "not a Prometheus query API answer" in capsys.readouterr().err
