@@ -177,6 +177,30 @@ def test_prometheus_without_the_rules_is_exit_5_naming_the_rule_file(tmp_path, c
     assert "alerts/kube-gpu-exporter.rules.yaml" in err and efficiency.GROUP in err
 
 
+def test_rules_loaded_during_the_range_are_a_warning(tmp_path, capsys):
+    """Two days of the agent's series, the efficiency rules over the second only."""
+    from live import DemoNode
+
+    def two_days(_):
+        backfill = week.Backfill(week.TARGET)
+        for k in range(2 * 1440 + 1):
+            backfill.scrape(week.exposition(k), float(k * 60))
+        return backfill
+
+    groups = week.efficiency_groups()
+    with DemoNode(tmp_path, history=two_days, span=2 * 86400, end=END, groups=[], live_rules=False) as node:
+        node.stop()
+        late = DemoNode(tmp_path, history=lambda _: week.Backfill(week.TARGET), span=86400, end=END, step=60,
+                        groups=groups, lookback="59s", live_rules=False)
+        with late:
+            code = run.main([f"--prometheus.url={late.prometheus.url}", f"--to={_iso(END)}", "--since=2d",
+                             "--output=json"])
+            out, err = capsys.readouterr()
+    assert code == 0
+    assert f"no data before {_iso(END - 86400)} while the agent's allocations have" in err
+    assert json.loads(out)["total"]["held_gpu_hours"] == pytest.approx(24 + 4 + 24 + 24 * 5 / 7)
+
+
 @pytest.mark.parametrize("flags, problem", [
     (["--since=7x"], "'7x' is not a duration"),
     (["--from=2026-12-08", "--to=2026-12-01"], "--from must come before --to"),
@@ -186,6 +210,7 @@ def test_prometheus_without_the_rules_is_exit_5_naming_the_rule_file(tmp_path, c
     (["--price-file=/nonexistent/prices.yaml"], "cannot read"),
     (["--prometheus.bearer-token-file=/nonexistent/token"], "--prometheus.bearer-token-file: cannot read"),
     (["--output=pdf"], ""),
+    (["--rules.interval=0s"], "must be more than 0s"),
 ])
 def test_bad_flags_are_exit_2(flags, problem, capsys):
     assert run.main(["--prometheus.url=http://127.0.0.1:9", *flags]) == run.EXIT_USAGE == 2

@@ -157,6 +157,19 @@ async def integrals(prometheus: Prometheus, spans: list[Span], interval_seconds:
     return out
 
 
+async def rules_started_late(prometheus: Prometheus, spans: list[Span],
+                             per_span: list[dict[str, dict[Key, float]]]) -> Span | None:
+    """The first span with figures, when the spans before it have none while the agent's
+    allocations are there: the rules were loaded during the range, and the report covers only
+    what came after. None when the figures start with the range or there are none."""
+    first = next((i for i, figures in enumerate(per_span) if figures["held"]), None)
+    if not first:
+        return None
+    before = Span(spans[0].start, spans[first - 1].end)
+    seen = await prometheus.query(f"count(max_over_time({ALLOCATIONS}[{max(1, int(before.seconds))}s]))", before.end)
+    return spans[first] if seen else None
+
+
 async def explain_empty(prometheus: Prometheus, start: float, end: float) -> Exception:
     """Why nothing was held in the range: the rules are not loaded (the agent's allocations are
     there), or there is no data."""

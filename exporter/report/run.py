@@ -141,6 +141,11 @@ async def _fetch(connection: prometheus.Connection, spans: list[prometheus.Span]
         per_span = await prometheus.integrals(client, spans, interval, progress)
         if not any(per_span_figures["held"] for per_span_figures in per_span):
             raise await prometheus.explain_empty(client, spans[0].start, spans[-1].end)
+        late = await prometheus.rules_started_late(client, spans, per_span)
+    if late is not None:
+        print(f"{PROG}: warning: the efficiency rules have no data before {output.timestamp(late.start)} while the "
+              f"agent's allocations have: the figures start there (the rules record from when they are loaded)",
+              file=sys.stderr)
     return per_span
 
 
@@ -161,6 +166,8 @@ def main(argv: Sequence[str], *, now: Callable[[], float] = time.time) -> int:
         start, end = _range(args, now())
         interval = duration(args.interval)
         timeout = duration(args.timeout)
+        if not interval or not timeout:
+            raise UsageError("--rules.interval and --prometheus.timeout must be more than 0s")
         prices, currency = load_prices(args.price_file, args.prices)
         if args.top < 1:
             raise UsageError("--top must be at least 1")
