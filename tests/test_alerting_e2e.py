@@ -95,7 +95,7 @@ def start_stack(directory: Path, agent_args: list[str], env: dict[str, str], *, 
                           "--alertmanager.label", "cluster=e2e"], env=env, interval=0.5)
     started.append(agent)
     # every group at the evaluation interval below, not the shipped 30 s and 1 m
-    fast = dict.fromkeys(("recording_interval", "urgent_interval", "alert_interval"), "2s")
+    fast = dict.fromkeys(("recording_interval", "efficiency_interval", "urgent_interval", "alert_interval"), "2s")
     (directory / "rules.yaml").write_text(rules_file(Params(gpu_lost_for=gpu_lost_for, **fast)))
     prometheus = Prometheus(directory, f"""
 global: {{scrape_interval: 1s, evaluation_interval: 2s, external_labels: {{cluster: e2e}}}}
