@@ -211,6 +211,7 @@ def test_rules_loaded_during_the_range_are_a_warning(tmp_path, capsys):
     (["--prometheus.bearer-token-file=/nonexistent/token"], "--prometheus.bearer-token-file: cannot read"),
     (["--output=pdf"], ""),
     (["--rules.interval=0s"], "must be more than 0s"),
+    (["--from=2999-01-01"], "and before now"),
 ])
 def test_bad_flags_are_exit_2(flags, problem, capsys):
     assert run.main(["--prometheus.url=http://127.0.0.1:9", *flags]) == run.EXIT_USAGE == 2

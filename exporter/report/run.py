@@ -117,11 +117,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _range(args: argparse.Namespace, now: float) -> tuple[float, float]:
-    end = instant(args.end) if args.end else now
+    end = min(instant(args.end), now) if args.end else now
     start = instant(args.start) if args.start else end - duration(args.since)
     if start >= end:
-        raise UsageError("the range is empty: --from must come before --to")
-    return start, min(end, now)
+        raise UsageError("the range is empty: --from must come before --to, and before now")
+    return start, end
 
 
 def _progress(stream: Any) -> Callable[[int, int], None]:
