@@ -1,4 +1,5 @@
-# kube-gpu-exporter: `make run` (simulated node on :9400), `make test` (everything CI runs).
+# kube-gpu-exporter: `make run` (simulated node on :9400), `make check` (the fast tests, for the edit
+# loop), `make test` (everything CI runs).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,12 +9,17 @@ PY     := $(VENV)/bin/python
 RUN_DEB_PACKAGES  := python3-venv
 TEST_DEB_PACKAGES := $(RUN_DEB_PACKAGES) prometheus prometheus-alertmanager gcc libc6-dev chromium
 
-.PHONY: run test run-deps test-deps venv test-venv protos golden docs rules bench dashboards dashboards-png clean
+.PHONY: run check test run-deps test-deps venv test-venv protos golden docs rules bench dashboards dashboards-png clean
 
 ## run: set up (only what running needs) and serve the built-in simulated 4-GPU node, with its
 ## pods and workloads, at http://localhost:9400/metrics; more flags with ARGS='--collector.interval 2'
 run: run-deps venv
 	$(VENV)/bin/kube-gpu-exporter --simulate --kubernetes.enabled $(ARGS)
+
+## check: the fast tier, for the edit loop: every test not marked integration (no real server, no
+## waiting on real time; under a minute on two cores); it prints how long it took
+check: test-deps test-venv
+	$(PY) -m pytest -q -m 'not integration' $(PYTEST_ARGS)
 
 ## test: set up (Python and Debian packages, test extras included) and run the whole suite
 test: test-deps test-venv

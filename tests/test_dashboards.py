@@ -261,6 +261,7 @@ def demo():
         yield node
 
 
+@pytest.mark.integration
 def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
     """Every target of every panel, over a time range of a day ($__range), at the end of the
     history: the day-long and hour-long windows read the backfill."""
@@ -282,6 +283,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
     assert set(empty) == set(EMPTY_ON_PURPOSE), f"empty panels: {empty}"
 
 
+@pytest.mark.integration
 def test_the_demo_node_shows_its_faults(demo):
     q = demo.prometheus.query
     assert float(q('sum(nvidia_gpu_up{node="%s"})' % live.NODE_NAME)[0]["value"][1]) == 4  # GPU 4 is lost
@@ -307,6 +309,7 @@ def _by(label: str, results: list[dict]) -> dict[str, float]:
     return out
 
 
+@pytest.mark.integration
 def test_the_day_and_hour_windows_read_the_history(demo):
     """The backfill covers the day, the agent's series and the recording rules alike; the panels'
     1 h windows see the last hour of it and a time range of a day sees all of it."""
@@ -328,6 +331,7 @@ def test_the_day_and_hour_windows_read_the_history(demo):
     assert 23.5 < hours["ml-training"] < 24.5, hours
 
 
+@pytest.mark.integration
 def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
     """The demo's XIDs: 13 on GPU 0 20 hours and again 40 minutes before the end, then 79 once on
     GPU 4. Read per code, a code's series is born at 1 and increase() misses its first event: GPU
@@ -341,6 +345,7 @@ def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
     assert round(float(per_code[0]["value"][1])) < 3  # the trap the tier counts avoid
 
 
+@pytest.mark.integration
 def test_a_mig_only_workload_shows_its_instances_activity(demo):
     """ml-eval's only workload holds a MIG instance: NVML gives it no utilisation, so the workload's
     utilisation and efficiency come from the instance's activity (GPM), not a flat 0 %."""
@@ -355,6 +360,7 @@ def test_a_mig_only_workload_shows_its_instances_activity(demo):
         assert len(result) == 1 and 0 < float(result[0]["value"][1]) <= 1, (title, result)
 
 
+@pytest.mark.integration
 def test_render_png_draws_every_dashboard_from_prometheus(demo, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "dashboards" / "render_png.py"), "--prometheus", demo.prometheus.url,

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -40,6 +39,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from conftest import wait_until
 from e2e import free_port
 from exporter import __version__
 from exporter.config import ENV_PREFIX, parse_config
@@ -471,6 +471,7 @@ def test_image_entrypoint_with_the_manifest_args_is_a_command_line_the_agent_acc
     assert config.listen_port == _container_port(container, "metrics")
 
 
+@pytest.mark.integration
 def test_image_build_stage_has_what_the_package_needs(tmp_path):
     """The files the Dockerfile's build stage copies build the package, its built-in scenario
     included: the step `pip install .` has what it needs."""
@@ -511,17 +512,14 @@ def _get(url: str) -> tuple[int, str]:
         return 0, str(error)
 
 
-def _wait(what: str, probe: Callable[[], Any], timeout: float = 30.0, process: subprocess.Popen | None = None):
-    """Call ``probe`` until it returns something true; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"{what}: the process exited with {process.returncode}")
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+def _running(process: subprocess.Popen, probe: Callable[[], Any]) -> Callable[[], Any]:
+    """``probe``, for ``wait_until``: the wait fails at once when ``process`` has exited."""
+    def probed() -> Any:
+        if process.poll() is not None:
+            pytest.fail(f"the process exited with {process.returncode}")
+        return probe()
+
+    return probed
 
 
 def _start_agent_as_the_manifest_says(container: dict[str, Any], tmp_path: Path, port: int,
@@ -554,6 +552,7 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+@pytest.mark.integration
 def test_agent_answers_the_manifest_probes_on_the_service_port(manifest, pod, container, tmp_path):
     service_port = _one(manifest, "Service")["spec"]["ports"][0]["targetPort"]
     assert parse_config(container["args"], _environment(container)).listen_port == _container_port(
@@ -565,7 +564,8 @@ def test_agent_answers_the_manifest_probes_on_the_service_port(manifest, pod, co
             http = container[probe]["httpGet"]
             assert _container_port(container, http["port"]) == _container_port(container, service_port)
             url = f"http://127.0.0.1:{port}{http['path']}"
-            _wait(f"{probe} {http['path']} to answer 200", lambda url=url: _get(url)[0] == 200, process=process)
+            wait_until(_running(process, lambda url=url: _get(url)[0] == 200), timeout=30, interval=0.1,
+                       message=f"{probe} {http['path']} to answer 200")
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
         assert re.search(r'^nvidia_gpu_allocation_info\{.*workload_kind="\w+"', body, re.MULTILINE), \
@@ -594,6 +594,7 @@ def _prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
     return json.loads(body)["data"]["result"] if status == 200 else []
 
 
+@pytest.mark.integration
 def test_prometheus_scrapes_with_node_and_holder_labels(manifest, container, tmp_path):
     """Our scrape config and the ServiceMonitor's relabelling, run by a real Prometheus against
     the agent: Kubernetes service discovery is replaced by a static target carrying the labels
@@ -626,8 +627,9 @@ def test_prometheus_scrapes_with_node_and_holder_labels(manifest, container, tmp
                                        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
                                       stdout=subprocess.DEVNULL, stderr=stderr)
         for job in (plain["job_name"], "servicemonitor"):
-            held = _wait(f"allocation series from job {job}", lambda job=job: _prometheus_query(
-                url, f'nvidia_gpu_allocation_info{{job="{job}"}}'), process=server)
+            held = wait_until(_running(server, lambda job=job: _prometheus_query(
+                url, f'nvidia_gpu_allocation_info{{job="{job}"}}')), timeout=30, interval=0.1,
+                message=f"allocation series from job {job}")
             for series in (s["metric"] for s in held):
                 assert series["node"] == NODE_NAME and series["instance"] == NODE_NAME, series
                 assert series["namespace"] != namespace and series["pod"], series

@@ -14,7 +14,6 @@ import logging
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from conftest import wait_until, wait_until_async
 from e2e import AgentProcess
 
 from exporter import cli
@@ -238,6 +238,7 @@ def test_malformed_yaml_is_one_line_naming_file_line_and_column_as_for_a_scenari
     assert error.value.problems == [problem]
 
 
+@pytest.mark.integration
 def test_keys_accepted_but_ignored_warn_once_at_start(pki):
     path = write_config(pki.dir, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
                                  "  prefer_server_cipher_suites: false\nhttp_server_config: {http2: true}\n")
@@ -274,6 +275,7 @@ async def test_tls_serves_and_plain_http_gets_nothing(pki):
             await served.get("/metrics")  # the TLS listener does not speak plain HTTP
 
 
+@pytest.mark.integration
 async def test_a_handshake_never_finished_is_dropped(pki):
     async with Served(tls_config(pki), HttpLimits(tls_handshake_timeout=1.0)) as served:
         reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port)  # TCP only, no hello
@@ -282,6 +284,7 @@ async def test_a_handshake_never_finished_is_dropped(pki):
         assert (await served.get("/metrics", context=pki.client_context()))[0] == 200
 
 
+@pytest.mark.integration
 async def test_a_tls_connection_is_kept_between_requests(pki):
     limits = HttpLimits(read_timeout=1.0, idle_timeout=30.0)
     async with Served(tls_config(pki), limits) as served:
@@ -323,6 +326,7 @@ async def test_probes_without_a_certificate_when_one_is_verified_if_given(pki):
         assert (await served.get("/metrics", context=pki.client_context("client")))[0] == 200
 
 
+@pytest.mark.integration
 async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki, caplog):
     caplog.set_level(logging.INFO, logger="exporter.serve.security")
     config = tls_config(pki)
@@ -337,11 +341,18 @@ async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki
         pki.issue("server", "localhost", ["localhost"])
         rotated_key = (pki.dir / "server.key").read_bytes()
         (pki.dir / "server.key").write_bytes(new_key_bytes)
-        await wait_until(lambda: "does not load" in caplog.text, "the failed reload to be logged", served, context)
+        async def reload_failed() -> bool:
+            await served.certificate_serial(context)  # a handshake triggers the reload check
+            return "does not load" in caplog.text
+
+        await wait_until_async(reload_failed, interval=0.2, message="the failed reload to be logged")
         assert await served.certificate_serial(context) == first
 
         (pki.dir / "server.key").write_bytes(rotated_key)  # the rotation completes
-        await wait_until_async(lambda: served.certificate_serial(context), lambda s: s != first, "the new certificate")
+        async def rotated() -> bool:
+            return await served.certificate_serial(context) != first
+
+        await wait_until_async(rotated, interval=0.2, message="the new certificate")
         assert "TLS certificate reloaded" in caplog.text
         assert caplog.text.count("does not load") == 1  # logged once, not per handshake
 
@@ -349,25 +360,6 @@ async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200")
         writer.close()
-
-
-async def wait_until(condition, what: str, served: Served, context: ssl.SSLContext, timeout: float = 10.0) -> None:
-    """Make handshakes (they trigger the reload check) until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await served.certificate_serial(context)
-        await asyncio.sleep(0.2)
-
-
-async def wait_until_async(make, condition, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await make()
-        if condition(result):
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 # -- basic auth and headers -------------------------------------------------------------------------
@@ -450,6 +442,7 @@ async def test_a_flood_of_wrong_passwords_keeps_no_scraper_with_the_right_one_ou
     assert served.guard.rejected["connection_limit"] == 0
 
 
+@pytest.mark.integration
 async def test_a_connection_waiting_on_its_password_check_is_not_busy(tmp_path):
     """At the connection cap, a request still waiting for bcrypt makes room; it is not refused."""
     slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=13)).decode()  # ~0.5 s a check: they queue
@@ -463,10 +456,8 @@ async def test_a_connection_waiting_on_its_password_check_is_not_busy(tmp_path):
                                                            local_addr=(f"127.0.0.{i + 2}", 0))
             writer.write(wrong)
             waiting.append((reader, writer))
-        deadline = time.monotonic() + 10
-        while len(served.guard.authenticating) < 4:
-            assert time.monotonic() < deadline, "the checks did not queue"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(served.guard.authenticating) >= 4, interval=0.01,
+                               message="the checks to queue")
         assert (await served.get("/healthz"))[0] == 200  # a fifth connection, at the cap
         assert served.guard.rejected["connection_limit"] == 0
         for _, writer in waiting:
@@ -509,6 +500,7 @@ def test_the_logged_config_holds_no_password_hash(tmp_path, caplog):
     assert HASH_OF_SECRET not in str(config.as_log_dict())
 
 
+@pytest.mark.integration
 def test_the_agent_serves_tls_and_basic_auth_from_the_file(pki, fake_nvml):
     path = write_config(pki.dir, f"""
 tls_server_config: {{cert_file: server.crt, key_file: server.key}}
@@ -518,19 +510,19 @@ basic_auth_users: {{prometheus: "{HASH_OF_SECRET}"}}
     context = pki.client_context()
     url = f"https://localhost:{agent.port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def answered() -> bool:
+            assert agent.process.poll() is None, agent.stderr()
+            request = urllib.request.Request(url + "/metrics", headers=basic("prometheus", "s3cret"))
             try:
-                request = urllib.request.Request(url + "/metrics", headers=basic("prometheus", "s3cret"))
                 with urllib.request.urlopen(request, context=context, timeout=5) as response:
                     assert response.status == 200 and b"nvidia_gpu_up" in response.read()
-                break
-            except (urllib.error.URLError, ConnectionError) as error:
-                if isinstance(error, urllib.error.HTTPError) and error.code != 503:
-                    raise
-                assert agent.process.poll() is None, agent.stderr()
-                assert time.monotonic() < deadline, f"no TLS answer: {error}\n{agent.stderr()}"
-                time.sleep(0.2)
+                return True
+            except urllib.error.HTTPError as error:
+                assert error.code == 503, error  # not ready yet; any other status is an answer
+                return False
+
+        wait_until(answered, timeout=20, interval=0.2, ignore=(urllib.error.URLError, ConnectionError),
+                   message=lambda: f"a TLS answer\n{agent.stderr()}")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + "/metrics", context=context, timeout=5)
         assert refused.value.code == 401
