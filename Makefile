@@ -58,7 +58,7 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/.created
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-## bench: every benchmark of bench/ (about 25 minutes): one table of targets against measurements,
+## bench: every benchmark of bench/ (about 75 minutes, the fleet 50 of them): one table of targets against measurements,
 ## bench/results/*.json and the plots of docs/performance.md; BENCH_ARGS='--quick' for a smoke run
 bench: test-deps test-venv
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -75,9 +75,10 @@ golden: test-deps test-venv
 clean:
 	rm -rf $(VENV) .pytest_cache tests/.build
 
-## docs: rewrite the generated metric table in docs/metrics.md
+## docs: rewrite the generated tables of docs/metrics.md (the metrics, the collector groups' sizes)
 docs: venv
 	$(PY) -m exporter.catalog docs/metrics.md
+	$(PY) -m exporter.sizing docs/metrics.md
 
 ## rules: regenerate the rule files, the PrometheusRule, their promtool tests and the alert docs
 ## from the rule set (alerts/rules.py lists its modules) and the runbooks (alerts/runbooks/*.md)

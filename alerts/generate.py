@@ -26,7 +26,7 @@ from alerts import runbooks
 from alerts.cases import promtool_tests
 from alerts.params import Params
 from alerts.recording import RECORDING_DOCS
-from alerts.rules import alerts, groups, recording_rules
+from alerts.rules import alerts, groups, interval, recording_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "kube-gpu-exporter.rules.yaml"
@@ -58,7 +58,8 @@ def dump(data: Any) -> str:
 def rule_groups(p: Params = Params()) -> list[dict[str, Any]]:
     """The rule groups: recording rules first (the alerts of later groups read them)."""
     out: list[dict[str, Any]] = [
-        {"name": RECORDING_GROUP, "rules": [{"record": r, "expr": e} for r, e in recording_rules(p)]}]
+        {"name": RECORDING_GROUP, "interval": p.recording_interval,
+         "rules": [{"record": r, "expr": e} for r, e in recording_rules(p)]}]
     for group, group_alerts in groups(p).items():
         rules = []
         for alert in group_alerts:
@@ -68,7 +69,7 @@ def rule_groups(p: Params = Params()) -> list[dict[str, Any]]:
             rule["labels"] = {"severity": alert.severity}
             rule["annotations"] = alert.annotations(p)
             rules.append(rule)
-        out.append({"name": f"kube-gpu-exporter.{group}", "rules": rules})
+        out.append({"name": f"kube-gpu-exporter.{group}", "interval": interval(group, p), "rules": rules})
     return out
 
 

@@ -33,6 +33,11 @@ class Params:
     """The rule set's parameters; the field name says which alert (``<what>_for`` is its ``for:``)."""
 
     job: str = "kube-gpu-exporter"  # the scrape job of the agent (for up / absent)
+    # How often each rule group is evaluated. A group costs what it selects, per node and evaluation
+    # (docs/scaling.md); the agent pushes the critical alerts itself within one cycle.
+    recording_interval: str = "1m"  # the recording rules: dashboards over hours and days
+    urgent_interval: str = "30s"  # gpu-xid, gpu-hardware: the alerts that page
+    alert_interval: str = "1m"  # the other alert groups, whose for: is minutes or hours
     runbook_base: str = definitions.RUNBOOK_BASE  # runbook_url = runbook_base#<alert name, lower case>
     # The selector of kube-state-metrics' GPU capacity, to find GPU nodes without an agent.
     gpu_capacity: str = 'kube_node_status_capacity{resource="nvidia_com_gpu"}'
@@ -41,8 +46,7 @@ class Params:
     scrape_gap_tolerance: str = "5m"
     # An XID or ECC event keeps its alert active this long (the agent's --alertmanager.event-window).
     event_window: str = duration(definitions.EVENT_WINDOW_SECONDS)
-    xid_recurring_window: str = "24h"
-    xid_recurring_increase: int = 2  # increase() of reset-tier XIDs of one code in the window
+    xid_recurring_window: str = "24h"  # GpuXidRecurring: a second event of one code within this
     ecc_for: str = "0s"
     xid_for: str = "0s"
     gpu_lost_for: str = duration(definitions.GPU_LOST_FOR_SECONDS)  # the agent pushes GpuLost after as long
@@ -68,12 +72,10 @@ class Params:
     # Degrees below the slowdown / HBM maximum threshold; the status page warns from the same margin.
     temperature_margin: float = definitions.TEMPERATURE_MARGIN_CELSIUS
     temperature_for: str = "5m"
-    idle_ratio: float = 0.05  # GpuAllocatedIdle: peak utilisation below this is idle
-    idle_interactive_window: str = "1h"  # the window of that peak
-    idle_interactive_for: str = "3h"
-    idle_batch_ratio: float = 0.01  # GpuBatchJobStuck: peak utilisation below this is stuck
-    idle_batch_window: str = "30m"
-    idle_batch_for: str = "30m"
+    idle_ratio: float = 0.05  # GpuAllocatedIdle: utilisation below this at every scrape is idle
+    idle_interactive_for: str = "4h"  # ... for this long
+    idle_batch_ratio: float = 0.01  # GpuBatchJobStuck: utilisation below this at every scrape is stuck
+    idle_batch_for: str = "1h"  # ... for this long
     batch_kinds: str = "Job|CronJob"  # workload_kind regex of batch work; every other kind is interactive
     memory_full_ratio: float = 0.95  # of the memory of the container's GPU or MIG instance
     memory_full_for: str = "15m"

@@ -32,19 +32,30 @@ from alerts.groups import agent, hardware, interconnect, thermal, usage, xid
 from alerts.params import Params
 from alerts.recording import recording_rules
 
-__all__ = ["GROUPS", "Params", "alerts", "groups", "recording_rules"]
+__all__ = ["GROUPS", "Params", "alerts", "groups", "interval", "recording_rules"]
 
 #: (rule group, the alerts of one module), in the order of the generated files. The interconnect
-#: alerts stay in the gpu-hardware group: an alert moved to another group loses its pending state
-#: (its for: progress) at the next rule reload.
+#: alerts (warnings with a for: of minutes) have a group of their own, evaluated as seldom as the
+#: other non-paging ones; moving an alert to another group loses its pending state (its for:
+#: progress) once, at the rule reload that moves it.
 GROUPS: tuple[tuple[str, Callable[[Params], list[Alert]]], ...] = (
     ("gpu-xid", xid.alerts),
     ("gpu-hardware", hardware.alerts),
-    ("gpu-hardware", interconnect.alerts),
+    ("gpu-interconnect", interconnect.alerts),
     ("gpu-thermal", thermal.alerts),
     ("gpu-usage", usage.alerts),
     ("kube-gpu-exporter", agent.alerts),
 )
+
+
+#: The groups of the alerts that page: evaluated every ``Params.urgent_interval``, the others
+#: every ``Params.alert_interval``.
+URGENT = frozenset({"gpu-xid", "gpu-hardware"})
+
+
+def interval(group: str, p: Params) -> str:
+    """How often the alert group ``group`` is evaluated."""
+    return p.urgent_interval if group in URGENT else p.alert_interval
 
 
 def groups(p: Params) -> dict[str, list[Alert]]:

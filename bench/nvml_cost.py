@@ -72,10 +72,15 @@ class Clock:
 def make_backend(clock: Clock, args: argparse.Namespace) -> Any:
     from exporter.sources.nvml import NvmlBackend
 
+    from exporter import catalog
+
+    collectors = catalog.all_collectors() if args.all_collectors else catalog.default_collectors()
+    if args.profiling is not None:
+        collectors = collectors | {"profiling"} if args.profiling else collectors - {"profiling"}
     try:
-        return NvmlBackend(slow_interval=args.slow_interval, profiling=args.profiling, monotonic=clock)
-    except TypeError:  # an exporter from before the slow cadence
-        return NvmlBackend()
+        return NvmlBackend(slow_interval=args.slow_interval, collectors=collectors, monotonic=clock)
+    except TypeError:  # an exporter from before the collector groups
+        return NvmlBackend(slow_interval=args.slow_interval, profiling=bool(args.profiling), monotonic=clock)
 
 
 def timed_read(backend: Any, index: int) -> tuple[float, dict[str, float]]:
@@ -162,7 +167,10 @@ def main() -> None:
     parser.add_argument("--fake", action="store_true", help="the test fake with H200 latencies, not real NVML")
     parser.add_argument("--delays", choices=("h200", "none"), default="h200",
                         help="--fake: per-call latencies to inject (none: the fake's own overhead)")
-    parser.add_argument("--no-profiling", dest="profiling", action="store_false", help="without GPM")
+    parser.add_argument("--all-collectors", action="store_true",
+                        help="read every collector group (default: the agent's default groups)")
+    parser.add_argument("--profiling", action=argparse.BooleanOptionalAction, default=None,
+                        help="with or without GPM, whatever the groups say")
     parser.add_argument("--gpus", type=int, default=4, help="GPUs of the fake node (default %(default)s)")
     parser.add_argument("--cycles", type=int, default=31, help="(default %(default)s)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per cycle (default %(default)s)")

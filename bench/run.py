@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/run.py [--quick] [--only scrape,cycle,rss,fleet,kube] [--table]
 
-Runs bench/scrape.py, startup.py, connections.py, formats.py, cycle.py, agent_rss.py, fleet.py and
-kube_requests.py one after the other (each writes bench/results/<name>.json), then prints the table and
-writes docs/perf/*.png from those files.
+Runs bench/scrape.py, startup.py, connections.py, formats.py, cycle.py, agent_rss.py, fleet.py (the
+default collector groups, then every group on) and kube_requests.py one after the other (each
+writes bench/results/<name>.json), then prints the table and writes docs/perf/*.png from those files.
 ``--table`` only prints the table and redraws the plots from the results already there.
 ``--quick`` shortens every run (a smoke test of the suite, not figures to publish). The
 hour-long soak with pod churn is bench/soak.py, run on its own.
@@ -22,15 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PLOTS, ROOT, load  # noqa: E402
 
+_FLEET_QUICK = ["--nodes", "5", "--warmup", "15", "--seconds", "20", "--interval", "5"]
+#: name -> (runs in full, runs with --quick); each run is a command line of bench/.
 BENCHES = {
-    "scrape": (["scrape.py"], ["scrape.py", "--quick"]),
-    "startup": (["startup.py"], ["startup.py", "--runs", "2"]),
-    "connections": (["connections.py"], ["connections.py", "--seconds", "45"]),
-    "formats": (["formats.py"], ["formats.py", "--rounds", "10"]),
-    "cycle": (["cycle.py"], ["cycle.py", "--cycles", "10"]),
-    "rss": (["agent_rss.py"], ["agent_rss.py", "--seconds", "5"]),
-    "fleet": (["fleet.py"], ["fleet.py", "--agents", "5", "--seconds", "30", "--interval", "5"]),
-    "kube": (["kube_requests.py"], ["kube_requests.py", "--hours", "0.25"]),
+    "scrape": ([["scrape.py"]], [["scrape.py", "--quick"]]),
+    "startup": ([["startup.py"]], [["startup.py", "--runs", "2"]]),
+    "connections": ([["connections.py"]], [["connections.py", "--seconds", "45"]]),
+    "formats": ([["formats.py"]], [["formats.py", "--rounds", "10"]]),
+    "cycle": ([["cycle.py"]], [["cycle.py", "--cycles", "10"]]),
+    "rss": ([["agent_rss.py"]], [["agent_rss.py", "--seconds", "5"]]),
+    # the default groups, then every group on (about 25 minutes each)
+    "fleet": ([["fleet.py"], ["fleet.py", "--everything"]],
+              [["fleet.py", *_FLEET_QUICK], ["fleet.py", "--everything", *_FLEET_QUICK]]),
+    "kube": ([["kube_requests.py"]], [["kube_requests.py", "--hours", "0.25"]]),
 }
 
 
@@ -38,10 +42,10 @@ def run(names: list[str], quick: bool) -> dict[str, float]:
     took = {}
     for name in names:
         full, short = BENCHES[name]
-        args = short if quick else full
-        print(f"== bench/{' '.join(args)}", flush=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, str(ROOT / "bench" / args[0]), *args[1:]], check=True)
+        for args in short if quick else full:
+            print(f"== bench/{' '.join(args)}", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "bench" / args[0]), *args[1:]], check=True)
         took[name] = time.monotonic() - started
     return took
 
@@ -49,6 +53,40 @@ def run(names: list[str], quick: bool) -> dict[str, float]:
 def _page(case: dict) -> str:
     """The status page's share of a cycle (results from before bench/cycle.py measured it: none)."""
     return f"page {case['page_cpu_ms']:.1f}, " if "page_cpu_ms" in case else ""
+
+
+def fleet_rows(fleet: dict, add) -> None:  # noqa: ANN001
+    """The fleet's figures, each beside the previous one: the run of the code before the collector
+    groups (``runs.before``, same machine) where there is one, else the previous release's file."""
+    runs = fleet.get("runs", {})
+    before = runs.get("before")
+    old = fleet.get("previous")
+
+    def was(figure: str) -> str:
+        if before and figure in before:
+            return f" (before: {before[figure]})"
+        return ""
+
+    for key, label in (("default", "default flags"), ("everything", "every group on")):
+        r = runs.get(key)
+        if not r:
+            continue
+        built_in, node = r["series_per_gpu"]["built_in_node"], r["series_per_gpu"]["fleet_node"]
+        prior = before["series_per_gpu"]["built_in_node"] if before else None
+        add(f"series per GPU, built-in node, {label}", "<= 100" if key == "default" else "measure",
+            f"{built_in['max']} max, {built_in['mean']} mean; 8-GPU fleet node {node['max']} max"
+            + (f" (before: {prior['max']} max, {prior['mean']} mean)" if prior else ""),
+            built_in["max"] <= 100 if key == "default" else None)
+        old_rss = f" (previous release: {old['rss_per_node_mib']:.2f} MiB, {old['agents']} nodes)" if old else ""
+        add(f"Prometheus memory per node, {label}", "measure",
+            f"{r['rss_per_node_mib']:.2f} MiB RSS, {r['heap_inuse_per_node_mib']:.2f} MiB heap, "
+            f"{r['series_per_node']} series, {r['nodes']} nodes{was('rss_per_node_mib')}{old_rss}", None)
+        old_rules = (f" (previous release: {sum(old['rule_groups'].values()) / old['agents']:.1f} ms evaluation, "
+                     f"{old['agents']} nodes)") if old else ""
+        add(f"rule cost per node per round, {label}", "<= 3 ms",
+            f"{r['rule_cpu_ms_per_node']:.2f} ms CPU, {r['rule_ms_per_node']:.2f} ms evaluation, "
+            f"{r['nodes']} nodes, GOMAXPROCS={r['gomaxprocs']}{was('rule_cpu_ms_per_node')}{old_rules}",
+            r["rule_cpu_ms_per_node"] <= 3 and r["rule_ms_per_node"] <= 3)
 
 
 def rows() -> list[tuple[str, str, str, str]]:
@@ -162,10 +200,7 @@ def rows() -> list[tuple[str, str, str, str]]:
                 + f"{fleet['quorum_lists_per_second']:.0f} quorum lists/s, {fleet['watches_held']} watches", None)
     fleet = load("fleet")
     if fleet:
-        add(f"fleet: {fleet['agents']} nodes x {fleet['series_per_node']:.0f} series", "measure",
-            f"{fleet['samples_per_second']:.0f} samples/s, rules {sum(fleet['rule_groups'].values()):.0f} ms/eval "
-            f"({sum(fleet.get('rule_groups_agents_stopped', {}).values()):.0f} ms, agents stopped), "
-            f"Prometheus {fleet['rss_per_node_mib']:.2f} MiB/node", None)
+        fleet_rows(fleet, add)
     return out
 
 

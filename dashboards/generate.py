@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from alerts.rules import Params, recording_rules  # noqa: E402 - the rule set's thresholds and rules
 from panels import (  # noqa: E402 - dashboards/panels.py
     ACTIVE, DASHED, DATASOURCE, PERCENT, bargauge, column_link, dashboard_link, layout, override, red_from, row, stat,
-    state_timeline, states, table, target, timeseries,
+    opt_in_metrics, state_timeline, states, table, target, timeseries,
 )
 from validation import validate  # noqa: E402 - dashboards/validation.py
 
@@ -267,7 +267,8 @@ def node() -> list[Builder[Any]]:
         timeseries("Energy", target(f"increase(nvidia_gpu_energy_joules_total{{{GPU}}}[$__rate_interval])", by_gpu),
                    unit="joule", width=8, description="Energy used per interval."),
         timeseries("SM clock", target(f'nvidia_gpu_clock_hertz{{{GPU}, clock="sm"}}', by_gpu),
-                   target(f'max(nvidia_gpu_clock_max_hertz{{{GPU}, clock="sm"}})', "max"), unit="hertz", width=8),
+                   target(f'max(nvidia_gpu_clock_max_hertz{{{GPU}, clock="sm"}})', "max"), unit="hertz", width=8,
+                   description="The SM clock of each GPU; the line \"max\" is the highest the GPUs allow."),
         row("Throttling"),
         state_timeline("Clock-event reasons", target(
             f'nvidia_gpu_clock_event_active{{{GPU}, reason=~"{THROTTLE_REASONS}"}} and on (uuid, reason) '
@@ -302,7 +303,7 @@ def node() -> list[Builder[Any]]:
         timeseries("NVLink errors", target(
             f"sum by (gpu, type) (increase(nvidia_gpu_nvlink_errors_total{{{GPU}}}[$__rate_interval]))",
             "GPU {{gpu}} {{type}}"), width=6),
-        row("Efficiency (profiling)"),
+        row("Efficiency (profiling: --collector.profiling)"),
         timeseries("SM active", target(f"nvidia_gpu_sm_active_ratio{{{GPU}}}", by_gpu), **PERCENT, width=8,
                    description="Fraction of SMs busy (NVML GPM, Hopper and newer)."),
         timeseries("Tensor cores active", target(f"nvidia_gpu_tensor_active_ratio{{{GPU}}}", by_gpu), **PERCENT,
@@ -381,14 +382,15 @@ def workload() -> list[Builder[Any]]:
         stat("Utilisation of held devices", f"({used}) / {allocated}", **PERCENT, width=4,
              thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")],
              description="Containers' utilisation, and for MIG instances (no utilisation in NVML) the "
-                         "instance's activity, over the devices held."),
+                         "instance's activity (GPM; without it they count 0), over the devices held."),
         stat("GPU memory used", memory, unit="bytes", width=4),
         stat("Power (even split)", f"sum({rule('namespace_workload:nvidia_gpu_power_watts:sum', PER_WORKLOAD)})",
              unit="watt", width=4, description="Board power split evenly between the holders of each board."),
         stat("Efficiency (time range)",
              f"sum_over_time(({used})[$__range:]) / sum_over_time(({allocated})[$__range:])", **PERCENT, width=4,
              thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")],
-             description="GPU-hours used (utilisation) / GPU-hours allocated, over the time range."),
+             description="GPU-hours used (utilisation; MIG instances' from GPM, as above) / GPU-hours allocated, "
+                         "over the time range."),
         table("Devices held", f"max by (node, gpu, gpu_instance_id, pod, container, resource, shared, workload_kind, "
                               f"workload) ({held})", hide=("Value",), width=24, height=6,
               overrides=[column_link("node", TO_NODE)]),
@@ -401,7 +403,8 @@ def workload() -> list[Builder[Any]]:
             with_workload("nvidia_gpu_container_memory_used_bytes", CONTAINER, WORKLOAD),
             "{{pod}}/{{container}} GPU {{gpu}}"), unit="bytes"),
         timeseries("Used vs allocated GPUs", target(allocated, "allocated"), target(used, "used (utilisation)"),
-                   description="The gap is allocated GPU time that did no work.", width=12, minimum=0),
+                   description="The gap is allocated GPU time that did no work (MIG instances' use from GPM).",
+                   width=12, minimum=0),
         timeseries("Efficiency (profiling)",
                    target(f"avg({held} * on ({PROFILING_KEY}) group_left () nvidia_gpu_sm_active_ratio{{{CLUSTER}}})",
                           "SM active"),
@@ -492,6 +495,12 @@ def model(spec: Spec, multi_cluster: bool = False) -> dm.Dashboard:
 def build(spec: Spec, multi_cluster: bool = False) -> dict[str, Any]:
     """The dashboard's JSON, once the SDK's types accept it (``validation.validate``)."""
     return validate(model(spec, multi_cluster), SCHEMA_VERSION)
+
+
+def opt_in_groups() -> list[str]:
+    """The groups off by default that some panel reads (the demo node turns them on)."""
+    exprs = [t["expr"] for spec in SPECS for panel in build(spec)["panels"] for t in panel.get("targets", [])]
+    return sorted(opt_in_metrics(exprs))
 
 
 def render_all(multi_cluster: bool = False) -> dict[str, str]:

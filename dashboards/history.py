@@ -164,14 +164,19 @@ class Backfill:
 
 
 def _agent(scenario: Path, clock: Callable[[], float]) -> Any:
-    """The agent ``kube-gpu-exporter --simulate <scenario> --kubernetes.enabled`` runs, its
+    """The agent ``kube-gpu-exporter --simulate <scenario> --kubernetes.enabled`` runs (with the
+    collector groups that some panel reads), its
     simulated node reading ``clock`` (its scenario time, from 0 when the agent is made) instead of
     the monotonic clock."""
     from exporter.cli import build_agent
     from exporter.config import parse_config
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import generate  # dashboards/generate.py: the groups off by default that some panel reads, on here
+
+    opt_in = [f"--collector.{group}" for group in generate.opt_in_groups()]
     return build_agent(parse_config(["--simulate", str(scenario), "--kubernetes.enabled",
-                                     "--kubernetes.node-name", NODE_NAME], environ={}), simulated_clock=clock)
+                                     "--kubernetes.node-name", NODE_NAME, *opt_in], environ={}), simulated_clock=clock)
 
 
 def record_run(start: int, end: int, workdir: Path) -> Backfill:

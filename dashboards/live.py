@@ -48,8 +48,10 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))  # generate.py, beside this file
 
 from alerts.generate import rule_groups  # noqa: E402
+import generate  # noqa: E402 - dashboards/generate.py, beside this file
 from alerts.rules import Params  # noqa: E402
 from history import DAY, HISTORY_SECONDS, HOUR, NODE_NAME, STEP_SECONDS, record_history  # noqa: E402,F401
 

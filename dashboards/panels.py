@@ -25,6 +25,8 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
+from exporter import catalog  # the collector groups of the metrics a panel reads
+
 #: Every query's data source: the dashboard's ``datasource`` variable (no UID in the JSON).
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
@@ -46,7 +48,10 @@ def _panel(panel: Any, title: str, targets: Iterable[prom.Dataquery], *, width: 
            mappings: Iterable[dm.ValueMap] = (), overrides: Iterable[db.DashboardFieldConfigSourceOverrides] = (),
            ) -> Any:
     """What every panel has: title, queries, size, unit, thresholds and links; ``panel`` is the
-    SDK's builder of the panel's kind, with its options set."""
+    SDK's builder of the panel's kind, with its options set. A panel reading a collector group
+    that is off by default says so in its description."""
+    targets = list(targets)
+    description = f"{description} {opt_in_note(t.build().expr for t in targets)}".strip()
     panel.title(title).datasource(DATASOURCE).span(width).height(height).unit(unit).mappings(list(mappings))
     panel.targets([t.ref_id(ref) for ref, t in zip(string.ascii_uppercase, targets)])
     panel.thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
@@ -62,6 +67,21 @@ def _panel(panel: Any, title: str, targets: Iterable[prom.Dataquery], *, width: 
     if links:
         panel.data_links(list(links))
     return panel.overrides(list(overrides))
+
+
+def opt_in_metrics(exprs: Iterable[str]) -> dict[str, list[str]]:
+    """The metrics ``exprs`` read from collector groups that are off by default, by group."""
+    found: dict[str, list[str]] = {}
+    for spec in catalog.all_metrics():
+        if catalog.GROUPS[spec.group].default is False and any(re.search(rf"\b{spec.name}\b", e) for e in exprs):
+            found.setdefault(spec.group, []).append(spec.name)
+    return found
+
+
+def opt_in_note(exprs: Iterable[str]) -> str:
+    """What a panel's description says when it reads an opt-in group: the flag and the metrics."""
+    return " ".join(f"Needs {', '.join(names)} from --collector.{group} (off by default)."
+                    for group, names in opt_in_metrics(list(exprs)).items())
 
 
 def row(title: str) -> db.Row:

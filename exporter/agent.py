@@ -120,7 +120,7 @@ class Agent:
             raise ValueError(f"sources provide no field of Observations: {', '.join(unknown)}")
         self.components = tuple(components)
         self.errors = ErrorBook(self.sources)
-        self.renderer = Renderer()
+        self.renderer = Renderer(collectors=config.collectors)
         self.exposition: Exposition | None = None
         self.status_page: StatusPage | None = None  # / and /api/v1/status, rendered with the exposition
         self._collectors: dict[str, CollectorStatus] = {}

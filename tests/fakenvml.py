@@ -53,7 +53,8 @@ Config keys (values in NVML's own units; ``FakeNode`` writes them from Python va
                                 INVALID_ARGUMENT (beyond the highest), like the driver.
                                 ``nvlink_down`` list of inactive links; ``nvlink.<link>.<type>``
                                 error counters
-                                (replay/recovery/crc_flit/crc_data); ``nvlink_tx_kib``,
+                                (replay/recovery/crc_flit/crc_data), summed by the total
+                                fields (the read ``nvlink_totals``); ``nvlink_tx_kib``,
                                 ``nvlink_rx_kib`` totals over all links (KiB)
 ``gpu.<i>.processes``           ``pid:used_bytes:sm_percent,...`` on the full GPU; ``na`` for
                                 used_bytes (Python: ``None``) is NVML_VALUE_NOT_AVAILABLE, which
@@ -97,7 +98,7 @@ persistence_mode, compute_mode, utilization, encoder, decoder, memory, memory_v2
 memory_temp, temp_slowdown, temp_shutdown, temp_memory_max, temp_gpu_max, power_mw,
 power_limit_mw, energy, energy_mj, fan, clock, max_clock, pstate, clock_events, violation,
 pcie_gen, pcie_max_gen, pcie_width, pcie_max_width, pcie_replay, pcie_data (fields 197/198), ecc,
-retired_pages, remapped_rows, nvlink, nvlink_errors, nvlink_throughput, field_values, processes,
+retired_pages, remapped_rows, nvlink, nvlink_errors, nvlink_totals, nvlink_throughput, field_values, processes,
 mps_processes, mig_processes, mig_mps_processes (a MIG handle's own lists), process_utilization,
 minor, mig, events, architecture, compute_capability, board_part_number, bar1,
 power_limit_range, power_default_mw, app_clock, default_app_clock, gpm (support query),

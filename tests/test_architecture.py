@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "exporter"
 
 #: What each part of exporter/ may import from exporter/ besides itself (the package root, for
-#: __version__, is open to all). config is the entry's input: any stage may read it.
+#: __version__, is open to all). config is the entry's input: any stage may read it; it reads the
+#: catalog's collector groups (their flags).
 ALLOWED: dict[str, set[str]] = {
     "catalog": set(),
     "model": {"catalog"},
-    "config": {"model"},
+    "config": {"model", "catalog"},
     "sources": {"model", "catalog", "config"},
     "attribution": {"model", "catalog"},
     "render": {"model", "catalog", "attribution"},
@@ -26,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     # kube-gpu-exporter check: reads the sources as the agent does, joins as attribution does
     "check": {"model", "catalog", "config", "sources", "attribution", "push"},
     "cli": {"model", "catalog", "config", "sources", "attribution", "render", "serve", "push", "agent", "check"},
+    # docs/metrics.md's sizing table and the series budget: a simulated node collected by the agent
+    "sizing": {"catalog", "config", "cli"},
     "__main__": {"cli"},
 }
 

@@ -53,7 +53,7 @@ from exporter.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "check.schema.json").read_text())
 #: Every dependency but NVML off: the rows of one section decide the exit code.
-NVML_ONLY = ("--no-kubelet.enabled", "--path.procfs=")
+NVML_ONLY = ("--no-kubelet.enabled", "--path.procfs=", "--collector.profiling")  # profiling: an opt-in group
 #: A generous guard for the subprocess runs: a check that hangs fails the test instead of the suite.
 COMMAND_GUARD_SECONDS = 120
 
@@ -138,8 +138,10 @@ async def test_gpm_sampling_that_fails_otherwise_is_degraded(fake_nvml):
 
 
 async def test_profiling_off_is_skipped(fake_nvml):
-    row = rows(await check(*NVML_ONLY, "--no-collector.profiling"))["gpu.0.profiling"]
-    assert row.status == SKIPPED and "--no-collector.profiling" in row.seen
+    """Off by default (an opt-in collector group): the row says which flag turns it on."""
+    for flags in (("--no-collector.profiling",), ()):
+        row = rows(await check("--no-kubelet.enabled", "--path.procfs=", *flags))["gpu.0.profiling"]
+        assert row.status == SKIPPED and "off: --collector.profiling not set" in row.seen
 
 
 async def test_a_query_refused_or_failing_names_its_group(fake_nvml):

@@ -360,3 +360,31 @@ def test_make_run_installs_only_what_running_needs_and_serves_workloads(tmp_path
 
 def test_make_test_installs_the_test_extras(tmp_path):
     assert "pip install -q -e '.[test]'" in _make_dry_run("test", tmp_path)
+
+
+def test_collector_groups_switch_on_and_off_by_flag_and_variable():
+    from exporter import catalog
+
+    config = parse_config([], environ={})
+    assert config.collectors == catalog.default_collectors()
+    assert {"identity", "health", "allocation", "nvlink"} <= config.collectors
+    assert not {"profiling", "limits", "ecc", "nvlink.links"} & config.collectors
+    config = parse_config(["--collector.nvlink.links", "--no-collector.throttle", "--collector.profiling"],
+                          environ={env_name("--collector.limits"): "true", env_name("--collector.profiling"): "0"})
+    assert config.collectors == catalog.default_collectors() - {"throttle"} | {"nvlink.links", "limits", "profiling"}
+    assert env_name("--collector.nvlink.links") == "KUBE_GPU_EXPORTER_COLLECTOR_NVLINK_LINKS"
+
+
+def test_every_switchable_group_has_both_flags_and_the_always_on_none():
+    from exporter import catalog
+    from exporter.config import get_parser
+
+    flags = {f for a in get_parser()._actions for f in a.option_strings}
+    for group in catalog.GROUPS.values():
+        assert (group.flag in flags) == (f"--no-collector.{group.name}" in flags) == (group.default is not None)
+
+
+def test_a_bad_group_switch_in_the_environment_is_a_problem():
+    with pytest.raises(ConfigError) as caught:
+        parse_config([], environ={env_name("--collector.nvlink"): "sometimes"})
+    assert caught.value.problems == ["KUBE_GPU_EXPORTER_COLLECTOR_NVLINK: 'sometimes' is not a boolean (true/false)"]

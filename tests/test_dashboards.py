@@ -376,3 +376,17 @@ def test_render_png_draws_every_dashboard_from_prometheus(demo, tmp_path):
         if os.environ.get("UPDATE_IMAGES"):
             IMAGES.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, IMAGES / path.name)
+
+
+def test_a_panel_reading_an_opt_in_group_names_its_flag():
+    """A panel that reads a collector group off by default says which flag it needs (the
+    generator adds it from the catalog); the demo node turns exactly those groups on."""
+    needing = {}
+    for name, panel in all_panels():
+        exprs = [t["expr"] for t in panel.get("targets", ())]
+        for group in generate.opt_in_metrics(exprs):
+            assert f"--collector.{group} (off by default)" in panel["description"], (name, panel["title"])
+            needing.setdefault(group, []).append(panel["title"])
+    assert sorted(needing) == generate.opt_in_groups() == ["limits", "profiling"]
+    assert needing["limits"] == ["SM clock"]
+    assert {"SM active", "Tensor cores active", "Efficiency (profiling)"} <= set(needing["profiling"])

@@ -256,7 +256,7 @@ def test_losing_kubelet_or_api_server_costs_only_attribution_after_a_grace_perio
 
 
 def test_a_lost_gpu_keeps_every_other_gpus_series(cluster):
-    agent = cluster(kubernetes=False)
+    agent = cluster("--collector.profiling", kubernetes=False)
     # GPM profiling series come from the second cycle on (two samples): wait for them too.
     body = agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="2") == 1
                           and value(b, "nvidia_gpu_sm_active_ratio", gpu="0") is not None)
@@ -395,3 +395,25 @@ def test_once_prints_then_fails_clearly_without_nvml(cluster):
     no_library = {k: v for k, v in cluster.nvml.env.items() if k != "LD_LIBRARY_PATH"}
     result = subprocess.run(run, env=no_library, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "NVML could not start" in result.stderr
+
+
+def _groups(body: str) -> set[str]:
+    """The collector groups of the catalog metrics in an exposition."""
+    group_of = {re.sub(r"_total$", "", m.name): m.group for m in catalog.all_metrics()}
+    families = __import__("prometheus_client.parser").parser.text_string_to_metric_families(body)
+    return {group_of[f.name] for f in families if f.name in group_of and f.samples}
+
+
+def test_the_collector_groups_on_the_fake_nvml_node(cluster):
+    """The default flags give exactly the default groups; every group on gives every group, the
+    per-link NVLink series and GPM included (the agent, not the backend fixture, decides)."""
+    run = [sys.executable, "-m", "exporter", "--once", "--kubelet.pod-resources-socket", cluster.kubelet.socket_path]
+    result = subprocess.run(run, env=cluster.nvml.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert _groups(result.stdout) == catalog.default_collectors()
+    assert 'nvidia_gpu_nvlink_links_up{gpu="0",uuid="' + GPU[0] + '"} 18.0' in result.stdout
+
+    agent = cluster(*(g.flag for g in catalog.switchable_groups()), kubernetes=False)
+    body = agent.wait_for(lambda b: "nvidia_gpu_sm_active_ratio{" in b, what="GPM's second sample")
+    assert _groups(body) == catalog.all_collectors()
+    assert len(samples(body, "nvidia_gpu_nvlink_link_up", uuid=GPU[0])) == 18

@@ -14,7 +14,7 @@ from exporter.push import definitions
 GPU = Gpu(index=0, uuid="GPU-0", samples=(
     Sample(catalog.MEMORY_USED, 4e9), Sample(catalog.ECC_ERRORS, 1, ("corrected",)),
     Sample(catalog.ECC_ERRORS, 2, ("uncorrected",)), Sample(catalog.CLOCK_EVENT, 1, ("sw_power_cap",)),
-    Sample(catalog.CLOCK_EVENT, 0, ("gpu_idle",)), Sample(catalog.NVLINK_ERRORS, 3, ("0", "replay")),
+    Sample(catalog.CLOCK_EVENT, 0, ("gpu_idle",)), Sample(catalog.NVLINK_LINK_ERRORS, 3, ("0", "replay")),
 ))
 
 
@@ -23,8 +23,8 @@ def test_readings_by_metric_and_label_names():
     assert r.get(catalog.MEMORY_USED) == 4e9
     assert r.get(catalog.POWER) is None  # not read
     assert r.get(catalog.ECC_ERRORS, type="uncorrected") == 2
-    assert r.get(catalog.NVLINK_ERRORS, link="0", type="replay") == 3
-    assert r.get(catalog.NVLINK_ERRORS, link="1", type="replay") is None
+    assert r.get(catalog.NVLINK_LINK_ERRORS, link="0", type="replay") == 3
+    assert r.get(catalog.NVLINK_LINK_ERRORS, link="1", type="replay") is None
     assert r.by(catalog.ECC_ERRORS, "type") == {"corrected": 1, "uncorrected": 2}
     assert r.by(catalog.CLOCK_EVENT, "reason") == {"sw_power_cap": 1, "gpu_idle": 0}
     assert r.by(catalog.PIPE_ACTIVE, "pipe") == {}
@@ -34,8 +34,8 @@ def test_readings_by_metric_and_label_names():
     lambda r: r.get(catalog.ECC_ERRORS, tpye="uncorrected"),  # a typo
     lambda r: r.get(catalog.ECC_ERRORS),  # a label left out
     lambda r: r.get(catalog.MEMORY_USED, type="x"),  # a label the metric does not have
-    lambda r: r.get(catalog.NVLINK_ERRORS, link="0"),
-    lambda r: r.by(catalog.NVLINK_ERRORS, "link"),  # two labels: not one value per link
+    lambda r: r.get(catalog.NVLINK_LINK_ERRORS, link="0"),
+    lambda r: r.by(catalog.NVLINK_LINK_ERRORS, "link"),  # two labels: not one value per link
     lambda r: r.by(catalog.ECC_ERRORS, "kind"),
 ])
 def test_a_wrong_label_name_raises_instead_of_reading_as_absent(read):

@@ -100,8 +100,10 @@ def test_reads_several_gpus_with_units(started: NvmlBackend) -> None:
     assert v[(catalog.REMAPPED_ROWS.name, ("correctable",))] == 1
     assert v[(catalog.REMAPPED_ROWS_PENDING.name, ())] == 0
     assert v[(catalog.REMAPPED_ROWS_FAILURE.name, ())] == 0
-    assert len([k for k in v if k[0] == catalog.NVLINK_UP.name]) == 18
-    assert v[(catalog.NVLINK_ERRORS.name, ("17", "crc_flit"))] == 0
+    assert len([k for k in v if k[0] == catalog.NVLINK_LINK_UP.name]) == 18  # the fixture reads every group
+    assert v[(catalog.NVLINK_LINK_ERRORS.name, ("17", "crc_flit"))] == 0
+    assert v[(catalog.NVLINK_ERRORS.name, ("crc_flit",))] == 0
+    assert (v[(catalog.NVLINK_LINKS_UP.name, ())], v[(catalog.NVLINK_LINKS.name, ())]) == (18, 18)
     assert v[(catalog.NVLINK_DATA.name, ("tx",))] == 1_000_000 * 1024  # KiB -> bytes
     assert v[(catalog.NVLINK_DATA.name, ("rx",))] == 2_000_000 * 1024
     assert v[(catalog.PROCESSES.name, ())] == 1
@@ -575,8 +577,7 @@ def test_custom_node_without_nvlink_or_mig(fake_nvml: FakeNode, started: NvmlBac
     assert started.device_count() == 1
     g = started.read_gpu(0)
     assert g.info["mig_mode"] == ""
-    assert catalog.NVLINK_UP.name not in names(g)
-    assert catalog.NVLINK_DATA.name not in names(g)
+    assert not names(g) & {m.name for m in catalog.metrics_of("nvlink") + catalog.metrics_of("nvlink.links")}
     assert value(g, catalog.FAN_SPEED) == pytest.approx(0.55)
     assert started.error_counts() == {}
 
@@ -656,7 +657,8 @@ def test_label_values_come_from_the_vocabulary(started: NvmlBackend) -> None:
     assert labels[catalog.CLOCK_EVENT.name] == {(r,) for r, _ in vocabulary.CLOCK_EVENT_REASONS}
     assert labels[catalog.VIOLATION_TIME.name] == {(p,) for p in vocabulary.VIOLATION_POLICIES}
     assert labels[catalog.TEMPERATURE_THRESHOLD.name] == {(t,) for t in vocabulary.TEMPERATURE_THRESHOLDS}
-    assert {t for _, t in labels[catalog.NVLINK_ERRORS.name]} == set(vocabulary.NVLINK_ERROR_TYPES)
+    assert labels[catalog.NVLINK_ERRORS.name] == {(t,) for t in vocabulary.NVLINK_ERROR_TYPES}
+    assert {t for _, t in labels[catalog.NVLINK_LINK_ERRORS.name]} == set(vocabulary.NVLINK_ERROR_TYPES)
     assert labels[catalog.ECC_ERRORS.name] == {(t,) for t in vocabulary.ECC_ERROR_TYPES}
     assert labels[catalog.ECC_AGGREGATE_ERRORS.name] == {(t,) for t in vocabulary.ECC_ERROR_TYPES}
     assert labels[catalog.REMAPPED_ROWS.name] == {(t,) for t in vocabulary.REMAPPED_ROW_TYPES}
@@ -693,12 +695,94 @@ def test_pcie_traffic_is_read_as_counters_without_sampling(
 
 def test_sparse_nvlink_links_are_all_read(fake_nvml: FakeNode, started: NvmlBackend) -> None:
     """Links 2 and 3 do not exist (NOT_SUPPORTED); reading used to stop there."""
-    fake_nvml.update_gpu(0, nvlink_links=[0, 1, 4, 5], nvlink_down=[4], nvlink={"5": {"replay": 7}})
+    fake_nvml.update_gpu(0, nvlink_links=[0, 1, 4, 5], nvlink_down=[4], nvlink={"5": {"replay": 7}, "0": {"replay": 2}})
     g = started.read_gpu(0)
-    up = {labels[0]: v for (name, labels), v in values(g).items() if name == catalog.NVLINK_UP.name}
+    up = {labels[0]: v for (name, labels), v in values(g).items() if name == catalog.NVLINK_LINK_UP.name}
     assert up == {"0": 1, "1": 1, "4": 0, "5": 1}
-    assert value(g, catalog.NVLINK_ERRORS, "5", "replay") == 7
+    assert value(g, catalog.NVLINK_LINK_ERRORS, "5", "replay") == 7
+    assert (value(g, catalog.NVLINK_LINKS_UP), value(g, catalog.NVLINK_LINKS)) == (3, 4)
+    assert value(g, catalog.NVLINK_ERRORS, "replay") == 9 and value(g, catalog.NVLINK_ERRORS, "crc_data") == 0
     assert started.error_counts() == {}
+
+
+def _backend(fake_nvml: FakeNode, collectors: frozenset[str]) -> NvmlBackend:
+    b = NvmlBackend(xid_event_timeout_ms=100, collectors=collectors)
+    b.start()
+    return b
+
+
+def test_nvlink_by_default_is_per_gpu_from_the_total_fields(fake_nvml: FakeNode) -> None:
+    """The default groups: per GPU, the error totals from one field per type (no per-link
+    counter call), links up and present from the links' states; no per-link series."""
+    fake_nvml.update_gpu(0, nvlink_down=[3], nvlink={"3": {"crc_flit": 5}, "11": {"crc_flit": 2, "recovery": 1}})
+    b = _backend(fake_nvml, catalog.default_collectors())
+    try:
+        for _ in range(2):
+            g = b.read_gpu(0)
+    finally:
+        b.stop()
+    assert {labels: v for (name, labels), v in values(g).items() if name == catalog.NVLINK_ERRORS.name} == {
+        ("replay",): 0, ("recovery",): 1, ("crc_flit",): 7, ("crc_data",): 0}
+    assert (value(g, catalog.NVLINK_LINKS_UP), value(g, catalog.NVLINK_LINKS)) == (17, 18)
+    assert not names(g) & {catalog.NVLINK_LINK_UP.name, catalog.NVLINK_LINK_ERRORS.name}
+    assert _calls(fake_nvml, "calls.nvlink_errors") == 0
+    assert _calls(fake_nvml, f"field.{pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL}") == 2
+
+
+def test_nvlink_totals_a_driver_lacks_are_summed_over_the_links(fake_nvml: FakeNode) -> None:
+    """A driver without the total fields: the GPU's totals are its links' counters summed; a
+    GPU whose links have no counters either is not asked for them again."""
+    fake_nvml.update_gpu(0, nvlink_links=[0, 1], nvlink={"1": {"replay": 4}}, unsupported=["fan", "nvlink_totals"])
+    fake_nvml.update_gpu(1, nvlink_links=[0, 1], unsupported=["fan", "nvlink_totals", "nvlink_errors"])
+    b = _backend(fake_nvml, catalog.default_collectors())
+    try:
+        assert value(b.read_gpu(0), catalog.NVLINK_ERRORS, "replay") == 4
+        b.read_gpu(1)
+        asked = fake_nvml.stat(1, "calls.nvlink_errors")
+        assert asked == 8  # 4 types x 2 links, once
+        g1 = b.read_gpu(1)
+        assert fake_nvml.stat(1, "calls.nvlink_errors") == asked
+        fake_nvml.update_gpu(0, nvlink={"1": {"replay": 5}})
+        assert value(b.read_gpu(0), catalog.NVLINK_ERRORS, "replay") == 5
+    finally:
+        b.stop()
+    assert catalog.NVLINK_ERRORS.name not in names(g1) and value(g1, catalog.NVLINK_LINKS) == 2
+    assert b.error_counts() == {}
+
+
+#: The fake's read ("calls.<what>") of one metric of each group that a group off spares.
+_READ_OF = {
+    "utilization": "calls.encoder", "memory": "calls.bar1", "thermal": "calls.temperature", "power": "calls.power_mw",
+    "clocks": "calls.clock", "throttle": "calls.violation", "pcie": "calls.pcie_gen",
+    "nvlink": f"field.{pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL}",
+    "nvlink.links": "calls.nvlink_errors", "ecc": f"field.{pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL}",
+    "limits": "calls.max_clock", "profiling": "calls.gpm",
+}
+
+
+def _calls(fake_nvml: FakeNode, read: str) -> int:
+    """The fake's count of ``read`` on GPU 0 (0 before its first call)."""
+    try:
+        return fake_nvml.stat(0, read)
+    except ValueError:
+        return 0
+
+
+@pytest.mark.parametrize("group", sorted(_READ_OF))
+def test_a_group_off_is_neither_read_nor_served(fake_nvml: FakeNode, group: str) -> None:
+    everything = catalog.all_collectors()
+    for collectors, expect_reads in ((everything - {group}, False), (everything, True)):
+        before = _calls(fake_nvml, _READ_OF[group])
+        b = _backend(fake_nvml, collectors)
+        try:
+            g = b.read_gpu(0)
+        finally:
+            b.stop()
+        assert (_calls(fake_nvml, _READ_OF[group]) > before) == expect_reads, (group, collectors == everything)
+        if not expect_reads:  # nothing of the group read; what others need may be (the renderer drops it)
+            shared = {catalog.UTILIZATION.name, catalog.MEMORY_UTILIZATION.name, catalog.PROCESSES.name,
+                      *(m.name for m in catalog.metrics_of("memory") if m.name.startswith("nvidia_gpu_memory_"))}
+            assert not (names(g) & {m.name for m in catalog.metrics_of(group)}) - shared
 
 
 def _count_nvlink_state_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -723,7 +807,7 @@ def test_links_are_probed_once_per_handle(
     assert len(calls) == pynvml.NVML_NVLINK_MAX_LINKS  # every possible link asked once
     calls.clear()
     g = started.read_gpu(1)
-    assert calls == [] and catalog.NVLINK_UP.name not in names(g)  # no cost on later reads
+    assert calls == [] and catalog.NVLINK_LINKS.name not in names(g)  # no cost on later reads
     assert [r.getMessage() for r in caplog.records if "nvlink not" in r.getMessage()] == [
         "GPU 1: nvlink not supported (no link answered)"]
     started.read_gpu(0)
@@ -735,7 +819,7 @@ def test_links_are_probed_once_per_handle(
     with pytest.raises(GpuReadError):
         started.read_gpu(1)
     fake_nvml.update_gpu(1, lost=None, nvlink_links=[2, 3])
-    assert {labels for (name, labels) in values(started.read_gpu(1)) if name == catalog.NVLINK_UP.name} == {
+    assert {labels for (name, labels) in values(started.read_gpu(1)) if name == catalog.NVLINK_LINK_UP.name} == {
         ("2",), ("3",)}
 
 

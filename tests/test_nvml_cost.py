@@ -221,7 +221,7 @@ def test_every_read_reports_its_nvml_time_by_group(fake_nvml: FakeNode, started:
 
 
 def test_slow_interval_and_profiling_flags() -> None:
-    config = parse_config(["--collector.slow-interval", "60", "--no-collector.profiling"], environ={})
-    assert (config.collector_slow_interval, config.collector_profiling) == (60, False)
+    config = parse_config(["--collector.slow-interval", "60", "--collector.profiling"], environ={})
+    assert (config.collector_slow_interval, "profiling" in config.collectors) == (60, True)
     config = parse_config([], environ={"KUBE_GPU_EXPORTER_COLLECTOR_SLOW_INTERVAL": "45"})
-    assert (config.collector_slow_interval, config.collector_profiling) == (45, True)
+    assert (config.collector_slow_interval, "profiling" in config.collectors) == (45, False)

@@ -102,7 +102,7 @@ def test_one_metric_not_supported_loses_only_its_series(fake_nvml: FakeNode, bac
 
 
 def test_profiling_off_makes_no_gpm_call(fake_nvml: FakeNode) -> None:
-    backend = NvmlBackend(xid_event_timeout_ms=100, profiling=False)
+    backend = NvmlBackend(xid_event_timeout_ms=100, collectors=catalog.all_collectors() - {"profiling"})
     backend.start()
     try:
         for _ in range(2):

@@ -373,8 +373,9 @@ def test_label_values_are_exactly_the_vocabulary_s(clock):
         (catalog.ECC_AGGREGATE_ERRORS.name, "type"): set(V.ECC_ERROR_TYPES),
         (catalog.REMAPPED_ROWS.name, "type"): set(V.REMAPPED_ROW_TYPES),
         (catalog.NVLINK_ERRORS.name, "type"): set(V.NVLINK_ERROR_TYPES),
-        (catalog.NVLINK_ERRORS.name, "link"): links,
-        (catalog.NVLINK_UP.name, "link"): links,
+        (catalog.NVLINK_LINK_ERRORS.name, "type"): set(V.NVLINK_ERROR_TYPES),
+        (catalog.NVLINK_LINK_ERRORS.name, "link"): links,
+        (catalog.NVLINK_LINK_UP.name, "link"): links,
     }
     for g in gpus:
         assert g.info["mig_mode"] in (V.ENABLED, V.DISABLED)
@@ -564,3 +565,30 @@ def test_every_read_reports_its_own_time_in_the_nvml_query_groups(clock):
         assert set(seconds) == set(GROUPS)
         assert all(seconds[group] > 0 for group in ("activity", "thermal_power", "fields", "clocks", "profiling"))
         assert seconds["identity"] == seconds["static"] == seconds["modes"] == 0
+
+
+def test_nvlink_faults_show_per_gpu_and_per_link(clock):
+    """An nvlink_down fault takes links out of the GPU's links_up (not out of its links); an
+    nvlink_errors fault counts on its link and in the GPU's total of its type."""
+    backend = SimulatedBackend(scenario("""
+        node: {name: n1}
+        gpus:
+          - model: NVIDIA H100 80GB HBM3
+        faults:
+          events:
+            - {kind: nvlink_down, at: 10, gpu: 0, link: 5, duration: 20}
+            - {kind: nvlink_errors, at: 10, gpu: 0, link: 5, type: crc_data, count: 3}
+            - {kind: nvlink_errors, at: 10, gpu: 0, link: 7, type: crc_data, count: 2}
+    """), clock=clock)
+    clock.at(0)
+    g = backend.read_gpu(0)
+    assert (value(g, catalog.NVLINK_LINKS_UP), value(g, catalog.NVLINK_LINKS)) == (18, 18)
+    assert value(g, catalog.NVLINK_ERRORS, "crc_data") == 0
+    clock.at(15)
+    g = backend.read_gpu(0)
+    assert (value(g, catalog.NVLINK_LINKS_UP), value(g, catalog.NVLINK_LINKS)) == (17, 18)
+    assert value(g, catalog.NVLINK_LINK_UP, "5") == 0
+    assert value(g, catalog.NVLINK_ERRORS, "crc_data") == 5
+    assert value(g, catalog.NVLINK_LINK_ERRORS, "7", "crc_data") == 2
+    clock.at(40)
+    assert value(backend.read_gpu(0), catalog.NVLINK_LINKS_UP) == 18

@@ -1,6 +1,6 @@
 """Interconnect alerts: NVLink errors and links down, PCIe replays and degraded links.
 
-They are evaluated in the ``gpu-hardware`` rule group (alerts/rules.py says why)."""
+They are evaluated in the ``gpu-interconnect`` rule group, every ``Params.alert_interval``."""
 
 from __future__ import annotations
 
@@ -21,23 +21,30 @@ def alerts(p: Params) -> list[Alert]:
              f") > {p.nvlink_errors}",
         threshold=f"> {p.nvlink_errors} errors (all links and types) per {p.nvlink_window}",
         why="A few CRC errors are corrected by replays and are normal; a sustained rate points at a bad "
-            "link, cable or bridge.",
-        cases=(one_faulty_gpu("nvidia_gpu_nvlink_errors_total", "0x4 0+10x40", "0+1x45", 11,
-                              {"link": "3", "type": "crc_flit"}),)))
+            "link, cable or bridge. Read from the GPU's totals over its links (4 series, one per type), not "
+            "from the per-link counters of --collector.nvlink.links: the runbook says how to find the link.",
+        cases=(one_faulty_gpu("nvidia_gpu_nvlink_errors_total", "0x4 0+10x40", "0+1x45", 11, {"type": "crc_flit"}),
+               Case({series("nvidia_gpu_nvlink_errors_total", gpu(0, type=t)): "0x4 0+4x40"
+                     for t in ("replay", "crc_flit", "crc_data")}, 10, expect_gpu(0),
+                    name="errors of several types add up"))))
 
+    links_up = f"max by ({BY_GPU}) ({last_value('nvidia_gpu_nvlink_links_up', p)})"
     rules.append(Alert(
         device_alert=True, name="GpuNvlinkLinkDown", severity="warning", for_=p.nvlink_down_for,
-        summary="An NVLink link of a GPU is down while its other links are up.",
-        description=GPU_DESCRIPTION + " has NVLink link {{ $labels.link }} down while its other links are up.",
-        expr=f"max by ({BY_GPU}, link) ({last_value('nvidia_gpu_nvlink_up', p)}) == 0\n"
-             f"  and on (node, uuid) max by (node, uuid) (nvidia_gpu_nvlink_up) == 1",
-        threshold="nvidia_gpu_nvlink_up == 0 on one link, 1 on another",
-        why="A GPU with all links down is not using NVLink (or is lost): only a partial loss is a fault.",
-        cases=(Case({series("nvidia_gpu_nvlink_up", gpu(0, link="0")): "1x45",
-                     series("nvidia_gpu_nvlink_up", gpu(0, link="1")): "1x4 0x40",
-                     series("nvidia_gpu_nvlink_up", gpu(1, link="0")): "0x45",
-                     series("nvidia_gpu_nvlink_up", gpu(1, link="1")): "0x45"},
-                    5, expect_gpu(0, link="1")),)))
+        summary="A GPU has fewer NVLink links up than it has, some still up.",
+        description=GPU_DESCRIPTION + " has NVLink links down while others are up.",
+        expr=f"({links_up} > 0)\n  < on (node, uuid) group_left () max by (node, uuid) (nvidia_gpu_nvlink_links)",
+        threshold="0 < nvidia_gpu_nvlink_links_up < nvidia_gpu_nvlink_links",
+        why="A GPU with no link up is not using NVLink (a board without its bridge, or a lost GPU): only a "
+            "partial loss is a fault. Per GPU from two gauges; which link is down: the runbook, or "
+            "--collector.nvlink.links.",
+        cases=(Case({series("nvidia_gpu_nvlink_links_up", gpu(0)): "18x4 17x40",
+                     series("nvidia_gpu_nvlink_links", gpu(0)): "18x45",
+                     series("nvidia_gpu_nvlink_links_up", gpu(1)): "0x45",
+                     series("nvidia_gpu_nvlink_links", gpu(1)): "12x45",
+                     series("nvidia_gpu_nvlink_links_up", gpu(2)): "12x45",
+                     series("nvidia_gpu_nvlink_links", gpu(2)): "12x45"},
+                    5, expect_gpu(0)),)))
 
     rules.append(Alert(
         device_alert=True, name="GpuPcieReplaysRising", severity="warning", for_=p.pcie_replay_for,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from alerts.alert import Alert
 from alerts.cases import NODE, Case, agent, allocation, container, expect_gpu, gpu, series
-from alerts.params import Params, duration, minutes
+from alerts.params import Params
 from alerts.promql import BY_GPU, last_value
 from exporter.push.definitions import GPU_DESCRIPTION
 
@@ -20,17 +20,19 @@ CONTAINER_DESCRIPTION = ("Container {{ $labels.namespace }}/{{ $labels.pod }}/{{
                          "({{ $labels.uuid }}) on node {{ $labels.node }}")
 
 
-def idle_expr(kind_matcher: str, ratio: float, window: str) -> str:
-    """Containers of the workload kinds ``kind_matcher`` selects whose peak utilisation over
-    ``window`` stayed below ``ratio`` (whole GPUs only: MIG instances report no utilisation)."""
+def idle_expr(kind_matcher: str, ratio: float, p: Params) -> str:
+    """Containers of the workload kinds ``kind_matcher`` selects whose utilisation is below
+    ``ratio`` now (whole GPUs only: MIG instances report no utilisation); the alert's ``for:``
+    makes it every scrape of a stretch, and ``last_value`` keeps a missed scrape from restarting it."""
+    util = 'nvidia_gpu_container_utilization_ratio{gpu_instance_id=""}'
     return (f"(\n  max by (node, namespace, pod, container, gpu, uuid) (\n"
-            f"    max_over_time(nvidia_gpu_container_utilization_ratio{{gpu_instance_id=\"\"}}[{window}])\n"
+            f"    {last_value(util, p)}\n"
             f"  ) < {ratio}\n)\n* on ({_HOLDER}) group_left (workload_kind, workload)\n"
             f"  max by ({_HOLDER}, workload_kind, workload) (\n"
             f"    nvidia_gpu_allocation_info{{{kind_matcher}}}\n  )")
 
 
-def idle_cases(kind: str, workload: str, busy_kind: str, window: str) -> tuple[Case, ...]:
+def idle_cases(kind: str, workload: str, busy_kind: str) -> tuple[Case, ...]:
     """An exclusive holder idle after busy; idle holders of a time-sliced and of an MPS-shared GPU
     beside a busy one (the agent exports utilisation 0 for a holder without a process once it
     has read the device's process list; a holder with no usage series is unknown, not idle)."""
@@ -49,7 +51,7 @@ def idle_cases(kind: str, workload: str, busy_kind: str, window: str) -> tuple[C
     return (
         Case({holder(0, "nb-0"): "1x400", holder(1, "nb-1", on=busy_kind): "1x400",
               used(0, "nb-0"): "0.6x10 0x100 stale 0x289", used(1, "nb-1"): "0.6x10 0x390"},
-             11 + minutes(window), labels(0, "nb-0"),
+             11, labels(0, "nb-0"),
              name="idle after busy, a failed scrape in between does not restart the for:; "
                   "the other tier's holder is silent"),
         Case({holder(2, "nb-a", **sliced): "1x400", holder(2, "nb-b", **sliced): "1x400",
@@ -64,33 +66,33 @@ def idle_cases(kind: str, workload: str, busy_kind: str, window: str) -> tuple[C
 
 def alerts(p: Params) -> list[Alert]:
     rules: list[Alert] = []
-    idle_in_all = duration(60 * (minutes(p.idle_interactive_window) + minutes(p.idle_interactive_for)))
     rules.append(Alert(
         name="GpuAllocatedIdle", severity="info", for_=p.idle_interactive_for,
         summary="An interactive or serving pod holds a GPU it has not used for hours.",
-        description=CONTAINER_DESCRIPTION + " and has not used it for " + p.idle_interactive_window + " and more.",
-        expr=idle_expr(f'workload_kind!~"{p.batch_kinds}"', p.idle_ratio, p.idle_interactive_window),
-        threshold=f"peak utilisation < {p.idle_ratio} over {p.idle_interactive_window}, for "
-                  f"{p.idle_interactive_for} (idle {idle_in_all} in all)",
+        description=CONTAINER_DESCRIPTION + " and has not used it for " + p.idle_interactive_for + ".",
+        expr=idle_expr(f'workload_kind!~"{p.batch_kinds}"', p.idle_ratio, p),
+        threshold=f"utilisation < {p.idle_ratio} at every scrape for {p.idle_interactive_for}",
         why="A notebook or dev pod that sits on a GPU costs as much as a busy one. Judged on the "
             "container's own utilisation, per holder: on a shared GPU (time-slicing, MPS, a shared DRA "
             "claim) a holder with no process gets utilisation 0 from the agent, and a busy neighbour "
             "does not hide it; a holder whose usage is unknown (the process list could not be read) has "
-            "no series and is not judged. MIG instances report no utilisation and are not judged. The "
-            "peak over a window is robust to missed scrapes. Info: a cost signal for the namespace "
-            "owner, not a page.",
-        cases=idle_cases("Deployment", "notebook", "Job", p.idle_interactive_window)))
+            "no series and is not judged. MIG instances report no utilisation and are not judged. Each "
+            "evaluation reads the last scrape (a missed one does not restart the for:), and the for: "
+            "makes it every scrape of the stretch: the peak over hours at the cost of one sample per "
+            "holder, where max_over_time() over the window read every sample of it at each evaluation. "
+            "Info: a cost signal for the namespace owner, not a page.",
+        cases=idle_cases("Deployment", "notebook", "Job")))
 
     rules.append(Alert(
         name="GpuBatchJobStuck", severity="warning", for_=p.idle_batch_for,
         summary="A batch Job holds a GPU at zero utilisation.",
-        description=CONTAINER_DESCRIPTION + " and has computed nothing on it for " + p.idle_batch_window
+        description=CONTAINER_DESCRIPTION + " and has computed nothing on it for " + p.idle_batch_for
                     + ": the job is probably stuck.",
-        expr=idle_expr(f'workload_kind=~"{p.batch_kinds}"', p.idle_batch_ratio, p.idle_batch_window),
-        threshold=f"peak utilisation < {p.idle_batch_ratio} over {p.idle_batch_window}, for {p.idle_batch_for}",
+        expr=idle_expr(f'workload_kind=~"{p.batch_kinds}"', p.idle_batch_ratio, p),
+        threshold=f"utilisation < {p.idle_batch_ratio} at every scrape for {p.idle_batch_for}",
         why="A Job exists to compute: one at zero for an hour is usually hung (a dead NCCL peer, a "
-            "deadlock, waiting on storage) and burns GPU-hours.",
-        cases=idle_cases("Job", "train", "Deployment", p.idle_batch_window)))
+            "deadlock, waiting on storage) and burns GPU-hours. Judged as GpuAllocatedIdle is.",
+        cases=idle_cases("Job", "train", "Deployment")))
 
     container_memory = ("max by (node, namespace, pod, container, gpu, uuid, gpu_instance_id, compute_instance_id) "
                         f"({last_value('nvidia_gpu_container_memory_used_bytes', p)})")

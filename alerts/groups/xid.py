@@ -11,8 +11,9 @@ from typing import Mapping
 
 from alerts.alert import Alert, pushed_text
 from alerts.cases import EXCLUSIVE, TWO_MIG_HOLDERS, Case, expect_gpu, gpu, series
-from alerts.params import Params
+from alerts.params import Params, minutes
 from alerts.promql import one_of
+from alerts.recording import xid_recent
 from exporter.push import definitions
 from exporter.push.definitions import GPU_DESCRIPTION
 
@@ -130,20 +131,25 @@ def alerts(p: Params) -> list[Alert]:
             cases=tier_cases("other", 998, 999, ("application", 13))),
     ]
 
-    recurring = f'nvidia_gpu_xid_errors_total{{xid=~"{one_of(definitions.XID_REPLACE_IF_RECURRING)}"}}'
+    recent = xid_recent(p)
     rules.append(Alert(
         device_alert=True, name="GpuXidRecurring", severity="warning", for_="0s",
         summary="A GPU keeps reporting the same hardware XID: replace it.",
         description=GPU_DESCRIPTION + " reported XID {{ $labels.xid }} again within " + p.xid_recurring_window
                     + ": resets do not cure it; the GPU should be replaced.",
-        expr=f"max by (node, gpu, uuid, xid) (\n  increase({recurring}[{p.xid_recurring_window}])\n"
-             f") >= {p.xid_recurring_increase}",
-        threshold=f"{p.xid_recurring_increase} events of one of "
-                  f"{', '.join(map(str, definitions.XID_REPLACE_IF_RECURRING))} in {p.xid_recurring_window}",
+        expr=f"{recent} >= 2\nor\n  {recent}\n  and on (node, uuid, xid)\n"
+             f"    count_over_time({recent}[{p.xid_recurring_window}] offset {p.event_window})",
+        threshold=f"an event of one of {', '.join(map(str, definitions.XID_REPLACE_IF_RECURRING))} in "
+                  f"{p.event_window} with another of the same code in the {p.xid_recurring_window} before "
+                  "(or two at once)",
         why="The agent exports the per-code series of these codes at 0 from the start "
-            "(`XID_ZERO_CODES`), so `increase()` counts every event: 2 is the second event within the "
-            "window, also across an agent restart between the two (a counter reset). A ticket, not a "
-            "page: GpuXidResetRequired already paged.",
+            "(`XID_ZERO_CODES`), so `increase()` over the event window sees every event, also the first after "
+            f"an agent restart (a counter reset). The recording `{recent}` holds a GPU's code only while it "
+            f"had an event in the window: the {p.xid_recurring_window} before it cost what the events cost, "
+            f"where `increase()` over {p.xid_recurring_window} of every GPU's counters read "
+            f"{minutes(p.xid_recurring_window) * 6:,} samples per series at 10 s scrapes, each evaluation "
+            "(docs/scaling.md). Active for the event window after the second event, as the XID alerts are. A "
+            "ticket, not a page: GpuXidResetRequired already paged.",
         cases=(Case({**code_series(0, 48, 5, "1x9 2x30"), **code_series(1, 48, 5, "1x40"), **EXCLUSIVE},
                     15, expect_gpu(0, xid="48"), name="the second event within the window; one event is silent"),
                Case({**code_series(0, 64, 5, "1x9 stale 0x3 1x20"), **code_series(1, 64, 5, "1x9 stale 0x25")},

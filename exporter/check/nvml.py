@@ -314,8 +314,8 @@ def _xid_check(gpu: Gpu, registration: tuple[str, str] | None, simulated: bool) 
 def _profiling_check(gpu: Gpu, second: Gpu | BaseException | None, calls: list[Call], config: Config,
                      simulated: bool) -> Check:
     id_, title = f"gpu.{gpu.index}.profiling", f"gpu {gpu.index} profiling"
-    if not config.collector_profiling:
-        return Check(id_, title, SKIPPED, "off: --no-collector.profiling", simulated=simulated)
+    if "profiling" not in config.collectors:
+        return Check(id_, title, SKIPPED, "off: --collector.profiling not set", simulated=simulated)
     if not gpu.up:
         return Check(id_, title, SKIPPED, "not read: the GPU is down", simulated=simulated)
     gpm = [c for c in calls if c.what.startswith(_GPM_READS)]

@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .. import catalog
 from ..model import vocabulary
 from ..model.health import EVENT_WINDOW_SECONDS
 from . import alertmanager, webconfig
 from .flags import (
-    ENV_PREFIX, LOG_FORMATS, LOG_LEVELS, apply_environment, env_name, flag_actions, get_parser,
+    ENV_PREFIX, LOG_FORMATS, LOG_LEVELS, apply_environment, collector_dest, env_name, flag_actions, get_parser,
     given_on_command_line, unknown_variables,
 )
 
@@ -74,7 +75,8 @@ class Config:
     web_max_connections: int = 256
     web_idle_timeout: float = 120.0  # seconds a keep-alive connection waits for its next request
     collector_slow_interval: float = 30.0  # seconds between reads of slow NVML counters
-    collector_profiling: bool = True  # GPM profiling metrics where the GPU supports them
+    # The collector groups on (catalog.GROUPS): always-on ones included; --collector.<group> flags.
+    collectors: frozenset[str] = field(default_factory=catalog.default_collectors)
     dra_drivers: tuple[str, ...] = vocabulary.DEFAULT_DRA_DRIVERS  # () = DRA claims not attributed
     alertmanager_urls: tuple[str, ...] = ()  # the push path (exporter/push); () = off
     alertmanager_labels: tuple[tuple[str, str], ...] = ()
@@ -87,6 +89,7 @@ class Config:
 
     def as_log_dict(self) -> dict[str, Any]:
         values = asdict(self)
+        values["collectors"] = sorted(self.collectors)
         del values["warnings"]
         del values["web_config"]  # hashes and paths; web_config_file names it
         return values
@@ -205,7 +208,9 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
             problems.append(f"{source('--simulate')}: scenario file {scenario!r} does not exist")
 
     once = boolean("--once", ns.once, False)
-    profiling = boolean("--collector.profiling", ns.collector_profiling, True)
+    collectors = {g.name for g in catalog.GROUPS.values() if g.default is None} | {
+        g.name for g in catalog.switchable_groups()
+        if boolean(g.flag, getattr(ns, collector_dest(g.name)), bool(g.default))}
     kubelet_enabled = boolean("--kubelet.enabled", ns.kubelet_enabled, True)
     kubernetes_enabled = boolean("--kubernetes.enabled", ns.kubernetes_enabled, False)
     node_name = ns.node_name or environ.get("NODE_NAME", "")
@@ -248,7 +253,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         collector_interval=interval,
         collector_timeout=timeout,
         collector_slow_interval=slow_interval,
-        collector_profiling=profiling,
+        collectors=frozenset(collectors),
         simulate=simulate,
         scenario=scenario,
         once=once,

@@ -14,7 +14,7 @@ import difflib
 import re
 from typing import Iterable, NoReturn, Sequence
 
-from .. import __version__
+from .. import __version__, catalog
 from ..model import vocabulary
 from ..model.health import EVENT_WINDOW_SECONDS
 from .alertmanager import Repeatable
@@ -72,6 +72,11 @@ class FlagParser(argparse.ArgumentParser):
         return "; ".join(told)
 
 
+def collector_dest(group: str) -> str:
+    """``nvlink.links`` -> ``collector_nvlink_links``: the destination of its flag."""
+    return "collector_" + group.replace(".", "_")
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = FlagParser(
         prog="kube-gpu-exporter",
@@ -101,9 +106,10 @@ def get_parser() -> argparse.ArgumentParser:
     add("--collector.slow-interval", dest="collector_slow_interval", default="30",
         help="seconds between reads of the slow NVML counters (energy, violation times, fields that "
         "prove slow on a GPU); served from their last reading in between (default %(default)s)")
-    add("--collector.profiling", dest="collector_profiling", action=argparse.BooleanOptionalAction,
-        default=None, help="read GPM profiling metrics (SM, tensor, DRAM activity) where the GPU "
-        "supports them, Hopper and newer (default true)")
+    for group in catalog.switchable_groups():  # --collector.<group> / --no-collector.<group>
+        add(group.flag, dest=collector_dest(group.name), action=argparse.BooleanOptionalAction, default=None,
+            help=f"collector group {group.name}: {group.help} (default {'on' if group.default else 'off'}; "
+            "docs/metrics.md#collector-groups)")
     add("--simulate", dest="simulate", nargs="?", const="", default=None, metavar="SCENARIO.yaml",
         help="read a simulated node instead of NVML; without a file, the built-in 4-GPU node")
     add("--once", dest="once", action="store_true", default=None,

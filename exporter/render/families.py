@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
-from typing import Iterable, Mapping
+from typing import AbstractSet, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.metrics_core import Metric
@@ -29,12 +29,16 @@ _CATALOG_ORDER = {spec: i for i, spec in enumerate(catalog.all_metrics())}
 
 
 class _Families:
-    """Metric families of one cycle, in catalog order, built from ``(spec, labels, value)``."""
+    """Metric families of one cycle, in catalog order, built from ``(spec, labels, value)``; the
+    samples of a collector group that is off are dropped here, whatever a source read."""
 
-    def __init__(self) -> None:
+    def __init__(self, collectors: AbstractSet[str]) -> None:
         self._by_spec: dict[MetricSpec, Metric] = {}
+        self._collectors = collectors
 
     def add(self, spec: MetricSpec, labels: Mapping[str, str], value: float) -> None:
+        if spec.group not in self._collectors:
+            return
         family = self._by_spec.get(spec)
         if family is None:
             name = spec.name[: -len("_total")] if spec.kind == "counter" else spec.name
@@ -155,9 +159,11 @@ def _agent_families(out: _Families, status: AgentStatus, attribution: Attributio
 
 
 class Renderer:
-    """Holds the registry (ours plus client_python's process metrics) and renders it."""
+    """Holds the registry (ours plus client_python's process metrics) and renders it, with the
+    metrics of the collector groups ``collectors`` (``catalog.GROUPS``; default: every group)."""
 
-    def __init__(self, *, process_metrics: bool = True) -> None:
+    def __init__(self, *, process_metrics: bool = True, collectors: AbstractSet[str] | None = None) -> None:
+        self.collectors = catalog.all_collectors() if collectors is None else frozenset(collectors)
         self._metrics: list[Metric] = []
         self._last: Exposition | None = None  # the formats its scrapers asked for are written with the next
         self.registry = CollectorRegistry(auto_describe=False)
@@ -171,7 +177,7 @@ class Renderer:
         return self._metrics
 
     def families(self, snapshot: GpuSnapshot, attribution: Attribution, status: AgentStatus) -> list[Metric]:
-        out = _Families()
+        out = _Families(self.collectors)
         _device_families(out, snapshot, attribution)
         _agent_families(out, status, attribution)
         return out.metrics()

@@ -23,7 +23,8 @@
  *                           answers the sizing call with INSUFFICIENT_SIZE when it is not empty
  *   gpu.<i>.nvlink_links=0,1,4,5   the links that exist (sparse numbering; empty: no NVLink);
  *                           other links answer NOT_SUPPORTED (a gap) or INVALID_ARGUMENT
- *                           (beyond the highest)
+ *                           (beyond the highest); the total fields (NVML_FI_DEV_NVLINK_*_ERROR_
+ *                           COUNT_TOTAL, the read "nvlink_totals") sum gpu.<i>.nvlink.<link>.<type>
  *   gpu.<i>.pcie_tx_bytes, pcie_rx_bytes   fields 197/198 (NVML_FI_DEV_PCIE_COUNT_*_BYTES)
  *   xid.<seq>=<gpu>:<code>[:<gi>:<ci>][,...]   events raised once per seq (seq > last seen),
  *                           when the library next notices the file changed. As in NVML, an
@@ -1022,6 +1023,30 @@ static nvmlReturn_t field(int gpu, nvmlFieldValue_t *f)
     case NVML_FI_DEV_RETIRED_SBE: what = "retired_pages"; key = "retired_sbe"; break;
     case NVML_FI_DEV_RETIRED_DBE: what = "retired_pages"; key = "retired_dbe"; break;
     case NVML_FI_DEV_RETIRED_PENDING: what = "retired_pages"; key = "retired_pending"; break;
+    case NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL:
+    case NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL:
+    case NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL:
+    case NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: {
+        /* every link's nvlink.<link>.<type> at once (the read "nvlink_totals") */
+        const char *type = f->fieldId == NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL ? "replay"
+                         : f->fieldId == NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL ? "recovery"
+                         : f->fieldId == NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL ? "crc_flit" : "crc_data";
+        if (links_of(gpu, &highest) == 0)
+            return NVML_ERROR_NOT_SUPPORTED;
+        nvmlReturn_t r = configured_result(gpu, "nvlink_totals");
+        if (r != NVML_SUCCESS)
+            return r;
+        unsigned long long sum = 0;
+        for (int link = 0; link <= highest; link++) {
+            if (!link_present(gpu, (unsigned)link))
+                continue;
+            snprintf(buf, sizeof buf, "nvlink.%d.%s", link, type);
+            sum += gnum(gpu, buf, 0);
+        }
+        f->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        f->value.ullVal = sum;
+        return NVML_SUCCESS;
+    }
     case NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX:
     case NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX:
         what = "nvlink_throughput";

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, TypeVar
 
 import pynvml
 
+from ... import catalog
 from ..backend import BackendUnavailable, GpuReadError
 from ...model.gpu import Gpu, GpuIdentity
 from .calls import LOST, NvmlCalls, Observer, error_kind
@@ -29,9 +30,10 @@ _Result = TypeVar("_Result", GpuIdentity, Gpu)
 class NvmlBackend:
     """``GpuBackend`` over NVML. Thread-safe: GPUs may be read in parallel.
 
-    ``slow_interval``: seconds between reads of the slow counters (``reader.py``); ``profiling``:
-    GPM metrics where the GPU serves them (``gpm.py``); ``monotonic``: the clock of that cadence;
-    ``observer``: told of every optional read that did not answer (``calls.py``).
+    ``slow_interval``: seconds between reads of the slow counters (``reader.py``); ``collectors``:
+    the collector groups to read (``catalog.GROUPS``, default every one; profiling is GPM, where
+    the GPU serves it: ``gpm.py``); ``monotonic``: the clock of that cadence; ``observer``: told of
+    every optional read that did not answer (``calls.py``).
     """
 
     simulated = False
@@ -41,13 +43,14 @@ class NvmlBackend:
         *,
         xid_event_timeout_ms: int = 1000,
         slow_interval: float = 30.0,
-        profiling: bool = True,
+        collectors: AbstractSet[str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
         observer: Observer | None = None,
     ) -> None:
         self._log = logger or logging.getLogger("exporter.sources.nvml")
-        self._cadence = Cadence(slow_interval=slow_interval, profiling=profiling, monotonic=monotonic)
+        self._cadence = Cadence(slow_interval=slow_interval, monotonic=monotonic,
+                                collectors=catalog.all_collectors() if collectors is None else frozenset(collectors))
         self._calls = NvmlCalls(self._log, observer)
         self._xid = XidWatcher(self._calls, timeout_ms=xid_event_timeout_ms)  # kept: counts survive restarts
         self._lock = threading.Lock()  # guards _gpus
@@ -60,7 +63,7 @@ class NvmlBackend:
     @classmethod
     def configured(cls, config: Config, **kwargs: Any) -> "NvmlBackend":
         """The backend as the config asks for it (the agent's and ``check``'s)."""
-        return cls(slow_interval=config.collector_slow_interval, profiling=config.collector_profiling, **kwargs)
+        return cls(slow_interval=config.collector_slow_interval, collectors=config.collectors, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:

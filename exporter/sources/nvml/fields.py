@@ -22,13 +22,15 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable
 
 import pynvml
 
 from ... import catalog
 from ...catalog import MetricSpec
-from ...model.vocabulary import BYTES_PER_KIB, DIRECTIONS, ECC_ERROR_TYPES, JOULES_PER_MILLIJOULE, NOT_MIG, RETIREMENT_CAUSES
+from ...model.vocabulary import (
+    BYTES_PER_KIB, DIRECTIONS, ECC_ERROR_TYPES, JOULES_PER_MILLIJOULE, NOT_MIG, NVLINK_ERROR_TYPES, RETIREMENT_CAUSES,
+)
 from .calls import ABSENT
 from .cost import FAST_BATCH_BUDGET_SECONDS, FIELD_TIMINGS, SLOW_FIELD_SECONDS
 
@@ -60,6 +62,7 @@ def _ecc(error_type: int, counter: int) -> Callable[[Any], float]:
 _CORRECTED, _UNCORRECTED = ECC_ERROR_TYPES
 _SINGLE_BIT, _DOUBLE_BIT = RETIREMENT_CAUSES
 _RX, _TX = DIRECTIONS
+_REPLAY, _RECOVERY, _CRC_FLIT, _CRC_DATA = NVLINK_ERROR_TYPES
 _CORR = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
 _UNCORR = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 _VOL = pynvml.NVML_VOLATILE_ECC
@@ -91,6 +94,15 @@ GPU_FIELDS: tuple[FieldSpec, ...] = (
               fallback=_retired_count(pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)),
     FieldSpec(pynvml.NVML_FI_DEV_RETIRED_PENDING, "retired_pages", catalog.RETIRED_PAGES_PENDING,
               fallback=pynvml.nvmlDeviceGetRetiredPagesPendingStatus),
+    # NVLink errors of every link at once, one field per type (no fallback: the reader sums the
+    # links' own counters where a driver lacks these).
+    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL, "nvlink_errors", catalog.NVLINK_ERRORS, (_REPLAY,)),
+    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL, "nvlink_errors", catalog.NVLINK_ERRORS,
+              (_RECOVERY,)),
+    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL, "nvlink_errors", catalog.NVLINK_ERRORS,
+              (_CRC_FLIT,)),
+    FieldSpec(pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL, "nvlink_errors", catalog.NVLINK_ERRORS,
+              (_CRC_DATA,)),
     # NVLink payload over all links (scopeId UINT_MAX = sum of links), KiB -> bytes.
     FieldSpec(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, "nvlink_throughput", catalog.NVLINK_DATA, (_RX,),
               scale=BYTES_PER_KIB, scope_id=NOT_MIG),
@@ -100,6 +112,15 @@ GPU_FIELDS: tuple[FieldSpec, ...] = (
 
 
 Batch = tuple[FieldSpec, ...]
+
+#: The fields of a GPU with NVLink only.
+_NVLINK_GROUPS = frozenset({catalog.NVLINK_ERRORS.group, catalog.NVLINK_DATA.group})
+
+
+def of_groups(specs: Batch, collectors: AbstractSet[str], *, nvlink: bool) -> Batch:
+    """The fields of the collector groups read (``collectors``); NVLink's only on a GPU that has
+    links (``nvlink``), so that a PCIe board exports no NVLink series even if a driver answers 0."""
+    return tuple(s for s in specs if s.metric.group in collectors and (nvlink or s.metric.group not in _NVLINK_GROUPS))
 
 
 def split(specs: Batch, slow_ids: frozenset[int]) -> tuple[Batch, Batch]:
@@ -162,8 +183,11 @@ class FieldTimes:
                 f"median {statistics.median(window or [0.0]) * 1000:.1f} ms")
 
 
-def read_fast(reader: GpuReader, specs: Batch) -> None:
-    """The fast batch, timed: a field that proves slow on this GPU moves to the slow batch."""
+def read_fast(reader: GpuReader, specs: Batch) -> bool:
+    """The fast batch, timed: a field that proves slow on this GPU moves to the slow batch.
+    Whether the batch answered (each field with its own result)."""
+    if not specs:
+        return True
     times = reader.state.field_times
     if times.returning:  # back from the slow batch: read here from now on, no longer served
         _unserve(reader, {(s.metric, s.labels) for s in specs if s.field_id in times.returning})
@@ -172,7 +196,7 @@ def read_fast(reader: GpuReader, specs: Batch) -> None:
     values = read_batch(reader, specs)
     elapsed = time.perf_counter() - started
     if not values:
-        return
+        return False
     now = reader.cadence.monotonic()
     due = times.probed_at is None or now - times.probed_at >= reader.cadence.slow_interval
     probe = specs if elapsed > FAST_BATCH_BUDGET_SECONDS and due else ()
@@ -182,6 +206,7 @@ def read_fast(reader: GpuReader, specs: Batch) -> None:
     slow = {field_id for field_id, s in seconds.items() if times.note(field_id, s)}
     if slow:
         _move_to_slow(reader, specs, slow)
+    return True
 
 
 def read_slow(reader: GpuReader, specs: Batch) -> None:

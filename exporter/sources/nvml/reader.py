@@ -10,13 +10,17 @@ Three cadences, because real NVML queries differ in cost by a factor of 1000 (``
 * slow counters (violation times, the energy field, fields that prove slow on this GPU) once
   per ``slow_interval``, served from their last reading in between;
 * everything else on every read.
+
+A collector group that is off (``--no-collector.<group>``, ``Cadence.collectors``) is not read
+where that saves calls; what another consumer needs is read anyway (memory and utilisation for
+the containers' usage, the process lists for attribution) and dropped by the renderer.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import AbstractSet, Any, Callable, Mapping
 
 import pynvml
 
@@ -60,6 +64,9 @@ class GpuState:
     handle: Any
     identity: GpuIdentity | None = None  # read once: identify(), or the first read
     nvlink_links: tuple[int, ...] | None = None  # links that exist; None until probed
+    # Error types whose total over links the field batch does not serve on this GPU, summed from the
+    # per-link counters instead; None until the first read with links has decided.
+    nvlink_summed: tuple[str, ...] | None = None
     util_since: int = 0  # NVML timestamp (us) of the newest process utilisation sample seen
     static: tuple[Sample, ...] | None = None  # facts that cannot change while the driver is loaded
     slow: tuple[Sample, ...] = ()  # the last reading of the slow counters, served in between
@@ -78,10 +85,10 @@ class GpuState:
 
 @dataclass(frozen=True, slots=True)
 class Cadence:
-    """When the slow counters are due, and whether profiling is read at all."""
+    """When the slow counters are due, and which collector groups are read at all (default: every one)."""
 
     slow_interval: float = 30.0
-    profiling: bool = True
+    collectors: AbstractSet[str] = catalog.all_collectors()
     monotonic: Callable[[], float] = time.monotonic
 
 
@@ -96,6 +103,10 @@ class GpuReader:
         self.h = state.handle
         self.samples: list[Sample] = []
         self.timer = QueryTimer()
+
+    def on(self, group: str) -> bool:
+        """Whether the collector group ``group`` is read."""
+        return group in self.cadence.collectors
 
     def opt(self, what: str, fn: Any, *args: Any) -> Any:
         return self.calls.optional(self.index, what, fn, *args)
@@ -177,24 +188,30 @@ class GpuReader:
             self._utilization()
             self._memory()
         with group("thermal_power"):
-            self._thermals()
-            self._power()
+            if self.on("thermal"):
+                self._thermals()
+            if self.on("power"):
+                self._power()
         with group("clocks"):
             self._clocks()
         with group("pcie"):
-            self._pcie()
+            if self.on("pcie"):
+                self._pcie()
         with group("memory_errors"):
             self._remapped_rows()
         with group("nvlink"):
-            self._nvlink()
+            if self.on("nvlink") or self.on("nvlink.links"):
+                self._nvlink()
         with group("fields"):
-            fields.read_fast(self, fields.split(fields.GPU_FIELDS, self.state.slow_fields)[0])
+            answered = fields.read_fast(self, fields.split(self._fields(), self.state.slow_fields)[0])
+        with group("nvlink"):
+            self._nvlink_summed(decide=answered)
         self.samples.extend(self._slow_counters())
         # XID counters are not read here: the collector adds them (GpuBackend.xid_counts).
-        with group("processes"):
+        with group("processes"):  # read whatever the groups: attribution needs them
             migs, procs, procs_read = self._devices_and_processes(identity.info.get("model", ""), mig_enabled)
         self.add(catalog.PROCESSES, len(procs) + sum(len(m.processes) for m in migs))
-        if self.cadence.profiling:
+        if self.on("profiling"):
             with group("profiling"):
                 migs = self._profiling(migs)
         return Gpu(index=self.index, uuid=identity.uuid, up=True, minor_number=identity.minor_number,
@@ -214,13 +231,17 @@ class GpuReader:
             self.state.static = static
         return static
 
+    def _fields(self) -> fields.Batch:
+        """The fields of the groups read, NVLink's only where the GPU has links."""
+        return fields.of_groups(fields.GPU_FIELDS, self.cadence.collectors, nvlink=bool(self.state.nvlink_links))
+
     def _slow_counters(self) -> tuple[Sample, ...]:
         """The slow counters: read when ``slow_interval`` has passed since their last reading,
         served from that reading in between."""
         now = self.cadence.monotonic()
         last = self.state.slow_read_at
         if last is None or now - last >= self.cadence.slow_interval:
-            slow = fields.split(fields.GPU_FIELDS, self.state.slow_fields)[1]  # with any field just found slow
+            slow = fields.split(self._fields(), self.state.slow_fields)[1]  # with any field just found slow
             with self.timer.group("slow"):
                 self.state.slow = self._collect(lambda: self._slow(slow))
             self.state.slow_read_at = now
@@ -228,19 +249,24 @@ class GpuReader:
 
     def _static(self) -> None:
         """What cannot change while the driver is loaded: read once per handle."""
-        for label, clock in _CLOCK_TYPES.items():
+        if self.on("thermal"):
+            for label, threshold in _THRESHOLDS.items():
+                value = self.opt(f"temp_threshold_{label}", pynvml.nvmlDeviceGetTemperatureThreshold, self.h, threshold)
+                self.add(catalog.TEMPERATURE_THRESHOLD, value, (label,))
+        if self.on("pcie"):
+            self.add(catalog.PCIE_LINK_MAX_GENERATION,
+                     self.opt("pcie_max_gen", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, self.h))
+            self.add(catalog.PCIE_LINK_MAX_WIDTH,
+                     self.opt("pcie_max_width", pynvml.nvmlDeviceGetMaxPcieLinkWidth, self.h))
+        if not self.on("limits"):
+            return
+        for label, clock in _CLOCK_TYPES.items():  # 2.5 ms each on an H200
             self.add(catalog.CLOCK_MAX, self.opt(f"max_clock_{label}", pynvml.nvmlDeviceGetMaxClockInfo, self.h, clock),
                      (label,), HERTZ_PER_MEGAHERTZ)
         for label, clock in _APP_CLOCK_TYPES.items():
             default = self.opt(f"default_app_clock_{label}", pynvml.nvmlDeviceGetDefaultApplicationsClock,
                                self.h, clock)
             self.add(catalog.APPLICATION_CLOCK_DEFAULT, default, (label,), HERTZ_PER_MEGAHERTZ)
-        for label, threshold in _THRESHOLDS.items():
-            value = self.opt(f"temp_threshold_{label}", pynvml.nvmlDeviceGetTemperatureThreshold, self.h, threshold)
-            self.add(catalog.TEMPERATURE_THRESHOLD, value, (label,))
-        self.add(catalog.PCIE_LINK_MAX_GENERATION,
-                 self.opt("pcie_max_gen", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, self.h))
-        self.add(catalog.PCIE_LINK_MAX_WIDTH, self.opt("pcie_max_width", pynvml.nvmlDeviceGetMaxPcieLinkWidth, self.h))
         limits = self.opt("power_limit_range", pynvml.nvmlDeviceGetPowerManagementLimitConstraints, self.h)
         if limits is not None:
             self.add(catalog.POWER_LIMIT_MIN, limits[0], factor=WATTS_PER_MILLIWATT)
@@ -251,25 +277,31 @@ class GpuReader:
 
     def _slow(self, slow_fields: tuple[fields.FieldSpec, ...]) -> None:
         """Counters that cost a millisecond or more each on real drivers."""
-        for label, policy in _POLICIES.items():  # 0.85 ms per reason on an H200
-            v = self.opt(f"violation_{label}", pynvml.nvmlDeviceGetViolationStatus, self.h, policy)
-            self.add(catalog.VIOLATION_TIME, None if v is None else v.violationTime, (label,), SECONDS_PER_NANOSECOND)
+        if self.on("throttle"):
+            for label, policy in _POLICIES.items():  # 0.85 ms per reason on an H200
+                v = self.opt(f"violation_{label}", pynvml.nvmlDeviceGetViolationStatus, self.h, policy)
+                self.add(catalog.VIOLATION_TIME, None if v is None else v.violationTime, (label,),
+                         SECONDS_PER_NANOSECOND)
         if slow_fields:
             fields.read_slow(self, slow_fields)
 
     # -- activity and memory -----------------------------------------------------------------
     def _utilization(self) -> None:
-        """NOT_SUPPORTED on a MIG-enabled GPU (nvml.h): its instances have no such reading."""
+        """NOT_SUPPORTED on a MIG-enabled GPU (nvml.h): its instances have no such reading. Read
+        whatever the groups: a container holding the GPU alone has the GPU's utilisation."""
         u = self.opt("utilization", pynvml.nvmlDeviceGetUtilizationRates, self.h)
         if u is not None:
             self.add(catalog.UTILIZATION, u.gpu, factor=RATIO_PER_PERCENT)
             self.add(catalog.MEMORY_UTILIZATION, u.memory, factor=RATIO_PER_PERCENT)
+        if not self.on("utilization"):
+            return
         for what, fn, metric in (("encoder", pynvml.nvmlDeviceGetEncoderUtilization, catalog.ENCODER_UTILIZATION),
                                  ("decoder", pynvml.nvmlDeviceGetDecoderUtilization, catalog.DECODER_UTILIZATION)):
             codec = self.opt(what, fn, self.h)  # (percent, sampling period in us)
             self.add(metric, None if codec is None else codec[0], factor=RATIO_PER_PERCENT)
 
     def _memory(self) -> None:
+        """Read whatever the groups: a container holding the GPU alone uses the GPU's memory."""
         mem = self.memory(self.h)
         if mem is None:
             return
@@ -278,6 +310,8 @@ class GpuReader:
         self.add(catalog.MEMORY_USED, used)
         self.add(catalog.MEMORY_FREE, free)
         self.add(catalog.MEMORY_RESERVED, reserved)
+        if not self.on("memory"):
+            return
         bar1 = self.opt("bar1", pynvml.nvmlDeviceGetBAR1MemoryInfo, self.h)
         if bar1 is not None:
             self.add(catalog.BAR1_TOTAL, bar1.bar1Total)
@@ -287,24 +321,27 @@ class GpuReader:
     def _thermals(self) -> None:
         self.add(catalog.TEMPERATURE,
                  self.opt("temperature", pynvml.nvmlDeviceGetTemperature, self.h, pynvml.NVML_TEMPERATURE_GPU))
+        self.add(catalog.FAN_SPEED, self.opt("fan", pynvml.nvmlDeviceGetFanSpeed, self.h), factor=RATIO_PER_PERCENT)
 
     def _power(self) -> None:
         self.add(catalog.POWER, self.opt("power", pynvml.nvmlDeviceGetPowerUsage, self.h), factor=WATTS_PER_MILLIWATT)
         self.add(catalog.POWER_LIMIT, self.opt("power_limit", pynvml.nvmlDeviceGetEnforcedPowerLimit, self.h),
                  factor=WATTS_PER_MILLIWATT)
-        self.add(catalog.FAN_SPEED, self.opt("fan", pynvml.nvmlDeviceGetFanSpeed, self.h), factor=RATIO_PER_PERCENT)
 
     def _clocks(self) -> None:
-        for label, clock in _CLOCK_TYPES.items():
-            self.add(catalog.CLOCK, self.opt(f"clock_{label}", pynvml.nvmlDeviceGetClockInfo, self.h, clock),
-                     (label,), HERTZ_PER_MEGAHERTZ)
-        for label, clock in _APP_CLOCK_TYPES.items():  # an operator may set them at run time (nvidia-smi -ac)
-            self.add(catalog.APPLICATION_CLOCK,
-                     self.opt(f"app_clock_{label}", pynvml.nvmlDeviceGetApplicationsClock, self.h, clock),
-                     (label,), HERTZ_PER_MEGAHERTZ)
-        pstate = self.opt("pstate", pynvml.nvmlDeviceGetPerformanceState, self.h)
-        self.add(catalog.PERFORMANCE_STATE, None if pstate == pynvml.NVML_PSTATE_UNKNOWN else pstate)
-        self._clock_events()
+        if self.on("clocks"):
+            for label, clock in _CLOCK_TYPES.items():
+                self.add(catalog.CLOCK, self.opt(f"clock_{label}", pynvml.nvmlDeviceGetClockInfo, self.h, clock),
+                         (label,), HERTZ_PER_MEGAHERTZ)
+            pstate = self.opt("pstate", pynvml.nvmlDeviceGetPerformanceState, self.h)
+            self.add(catalog.PERFORMANCE_STATE, None if pstate == pynvml.NVML_PSTATE_UNKNOWN else pstate)
+        if self.on("limits"):
+            for label, clock in _APP_CLOCK_TYPES.items():  # an operator may set them at run time (nvidia-smi -ac)
+                self.add(catalog.APPLICATION_CLOCK,
+                         self.opt(f"app_clock_{label}", pynvml.nvmlDeviceGetApplicationsClock, self.h, clock),
+                         (label,), HERTZ_PER_MEGAHERTZ)
+        if self.on("throttle"):
+            self._clock_events()
 
     def _clock_events(self) -> None:
         """Clock event reasons; drivers before r535 only have the "throttle reasons" name."""
@@ -338,7 +375,9 @@ class GpuReader:
         self.add(catalog.REMAPPED_ROWS_FAILURE, 1.0 if failure else 0.0)
 
     def _nvlink(self) -> None:
-        """Per link: up, error counters.
+        """The links' states: per GPU, how many are up of how many there are; per link (group
+        ``nvlink.links``) each one's state and error counters. The GPU's error totals come from
+        the field batch (``fields.py``), one field per type for every link at once.
 
         Link numbers are not dense (a board may have links 0, 1, 4, 5): the first read probes
         every possible link and keeps those that exist in the GPU's state, so that later reads
@@ -346,23 +385,58 @@ class GpuReader:
         """
         known = self.state.nvlink_links
         present: list[int] = []
+        states: list[bool] = []  # of the links whose state was read
+        per_link = self.on("nvlink.links")
         for link in range(pynvml.NVML_NVLINK_MAX_LINKS) if known is None else known:
             try:
-                active = pynvml.nvmlDeviceGetNvLinkState(self.h, link)
+                active = pynvml.nvmlDeviceGetNvLinkState(self.h, link) == pynvml.NVML_FEATURE_ENABLED
             except pynvml.NVMLError as e:
                 if e.value not in _NO_LINK:
                     self.calls.failed(self.index, "nvlink", e)
                     present.append(link)  # it exists; the error may pass
                 continue
             present.append(link)
-            self.add(catalog.NVLINK_UP, 1.0 if active == pynvml.NVML_FEATURE_ENABLED else 0.0, (str(link),))
-            for label, counter in _NVLINK_COUNTERS.items():
-                n = self.opt(f"nvlink_errors_{label}", pynvml.nvmlDeviceGetNvLinkErrorCounter, self.h, link, counter)
-                self.add(catalog.NVLINK_ERRORS, n, (str(link), label))
+            states.append(active)
+            if per_link:
+                self.add(catalog.NVLINK_LINK_UP, 1.0 if active else 0.0, (str(link),))
+                for label, counter in _NVLINK_COUNTERS.items():
+                    n = self.opt(f"nvlink_errors_{label}", pynvml.nvmlDeviceGetNvLinkErrorCounter, self.h, link,
+                                 counter)
+                    self.add(catalog.NVLINK_LINK_ERRORS, n, (str(link), label))
         if known is None:
             self.state.nvlink_links = tuple(present)
             if not present:
                 self.calls.absent(self.index, "nvlink", "no link answered")
+        if self.on("nvlink") and present and len(states) == len(present):  # a link unread: no false "down"
+            self.add(catalog.NVLINK_LINKS_UP, sum(states))
+            self.add(catalog.NVLINK_LINKS, len(present))
+
+    def _nvlink_summed(self, decide: bool) -> None:
+        """The GPU's error totals that the field batch does not serve (a driver without the
+        total fields), summed over its links' own counters: decided on the first read with
+        links whose batch answered (``decide``), so that a GPU without any error counter is not
+        asked again on every read. A sum with a link missing is no sample (it would read as a
+        counter reset)."""
+        links = self.state.nvlink_links
+        if not links or not self.on("nvlink"):
+            return
+        summed = self.state.nvlink_summed
+        if summed is None:
+            served = {s.labels[0] for s in (*self.samples, *self.state.slow) if s.metric is catalog.NVLINK_ERRORS}
+            summed = tuple(t for t in _NVLINK_COUNTERS if t not in served)
+        per_link = {s.labels: s.value for s in self.samples if s.metric is catalog.NVLINK_LINK_ERRORS}
+        found = []
+        for label in summed:
+            counts = [per_link.get((str(link), label)) for link in links]
+            if None in counts and not self.on("nvlink.links"):
+                counts = [self.opt(f"nvlink_errors_{label}", pynvml.nvmlDeviceGetNvLinkErrorCounter, self.h, link,
+                                   _NVLINK_COUNTERS[label]) for link in links]
+            if any(c is not None for c in counts):
+                found.append(label)
+            if None not in counts:
+                self.add(catalog.NVLINK_ERRORS, sum(counts), (label,))  # type: ignore[arg-type]
+        if self.state.nvlink_summed is None and decide:
+            self.state.nvlink_summed = tuple(found)
 
     # -- MIG and processes -----------------------------------------------------------------------
     def _devices_and_processes(

@@ -529,12 +529,18 @@ class SimulatedGpu:
         if g.nvlink_links:
             down = self.links_down(t)
             errors = [f for f in self.faults if f.kind == "nvlink_errors"]
+            summed = dict.fromkeys(V.NVLINK_ERROR_TYPES, 0)
             for link in range(g.nvlink_links):
-                add(C.NVLINK_UP, int(link not in down), str(link))
+                add(C.NVLINK_LINK_UP, int(link not in down), str(link))
                 for etype in V.NVLINK_ERROR_TYPES:
                     n = sum(_count(f, t, self.period, f.count) for f in errors
                             if f.link == link and f.error_type == etype)
-                    add(C.NVLINK_ERRORS, n, str(link), etype)
+                    add(C.NVLINK_LINK_ERRORS, n, str(link), etype)
+                    summed[etype] += n
+            for etype, n in summed.items():  # NVML's total fields: every link at once
+                add(C.NVLINK_ERRORS, n, etype)
+            add(C.NVLINK_LINKS_UP, g.nvlink_links - len(down & set(range(g.nvlink_links))))
+            add(C.NVLINK_LINKS, g.nvlink_links)
             nvlink = {"rx": totals.nvlink_rx, "tx": totals.nvlink_tx}
             for direction in V.DIRECTIONS:
                 add(C.NVLINK_DATA, round(nvlink[direction]), direction)
