@@ -188,6 +188,20 @@ def test_guide_shows_the_tested_files(container):
     assert f"s|image: {container['image']}|" in guide, "docs/deploy.md: the image replaced by the sed"
 
 
+def test_one_scrape_job_for_a_plain_prometheus():
+    """The scrape job is deploy/prometheus-scrape-config.yaml: the docs that tell a plain Prometheus
+    how to scrape the agent (the guide, the alerts' setup, the fleet's settings) point at that file,
+    and no doc shows a scrape job of its own (the guide shows the file itself, checked above)."""
+    relative = SCRAPE_CONFIG_FILE.relative_to(ROOT).as_posix()
+    for name in ("deploy.md", "alerts.md", "scaling.md"):
+        assert relative in (ROOT / "docs" / name).read_text(), f"docs/{name} does not point at {relative}"
+    file_job = yaml.safe_load(SCRAPE_CONFIG_FILE.read_text())
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```ya?ml\n(.*?)```", doc.read_text(), re.DOTALL):
+            if "job_name:" in block:
+                assert yaml.safe_load(block) == file_job, f"{doc.relative_to(ROOT)}: a scrape job other than {relative}"
+
+
 def test_guide_links_resolve():
     """Every relative link of docs/deploy.md names a file that exists, and every #anchor within
     the guide a heading of it (GitHub's slugs)."""
