@@ -176,6 +176,32 @@ def test_kustomization_lists_the_generated_rules_and_dashboards():
             assert relative in resources, f"kustomization.yaml: add {relative} under resources"
 
 
+#: kubectl's client-side apply keeps each object, as JSON, in this annotation; the API server
+#: refuses an object whose annotations pass 256 KiB together (TotalAnnotationSizeLimitB).
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+ANNOTATIONS_LIMIT_BYTES = 256 * 1024
+
+
+def _last_applied_annotations_bytes(doc: dict[str, Any]) -> int:
+    """The annotations' size once a client-side apply has added its copy of ``doc``: Go's
+    json.Marshal, compact, with <, > and & escaped (6 bytes each), as kubectl writes it."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    copy = len(text.encode()) + 5 * sum(text.count(c) for c in "<>&")
+    annotations = doc["metadata"].get("annotations", {})
+    return len(LAST_APPLIED) + copy + sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+
+
+def test_every_object_fits_a_client_side_apply(kustomized):
+    """docs/deploy.md applies the kustomization without --server-side: each object's copy in the
+    last-applied annotation must fit the API server's 256 KiB. The dashboards' ConfigMap is the
+    largest (its JSON escaped a second time inside the copy)."""
+    sizes = {f"{d['kind']} {d['metadata']['name']}": _last_applied_annotations_bytes(d) for d in kustomized}
+    assert max(sizes.values()) < ANNOTATIONS_LIMIT_BYTES, sizes
+    configmap = sizes["ConfigMap kube-gpu-exporter-dashboards"]
+    assert configmap == max(sizes.values()) and configmap > 64 * 1024, "the measure is of the real object"
+    assert "apply --server-side" not in (ROOT / "docs" / "deploy.md").read_text()
+
+
 def test_guide_shows_the_tested_files(container):
     guide = (ROOT / "docs" / "deploy.md").read_text()
     blocks = []
