@@ -185,8 +185,9 @@ def bound_default_executor() -> None:
 
 
 async def run_once(agent: Agent) -> int:
-    """One cycle, printed. The pod watch (if enabled) gets one list before the cycle, within the
-    kubelet timeout, so that ``--once --kubernetes.enabled`` shows workloads too."""
+    """One cycle, printed. The pod watch (if enabled) gets one list before the cycle, within
+    ``ONCE_SYNC_TIMEOUT_SECONDS`` (whatever ``--kubelet.timeout`` says), so that
+    ``--once --kubernetes.enabled`` shows workloads too."""
     bound_default_executor()
     await agent.start_sources(sync_timeout=ONCE_SYNC_TIMEOUT_SECONDS)
     exposition = await agent.collect_once()

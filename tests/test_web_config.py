@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import ipaddress
+import json
 import logging
 import ssl
 import subprocess
@@ -63,13 +65,14 @@ class Pki:
                      .sign(self.key, hashes.SHA256()))
         (directory / "ca.crt").write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, stem: str, cn: str, sans: list[str]) -> x509.Certificate:
+    def issue(self, stem: str, cn: str, sans: list[str | x509.GeneralName]) -> x509.Certificate:
+        """A certificate named ``cn`` with these SANs (a string is a DNS name)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(s) if isinstance(s, str) else s for s in sans]), critical=False)
                 .sign(self.key, hashes.SHA256()))
         _write_pair(self.dir, stem, cert, key)
         return cert
@@ -316,6 +319,26 @@ async def test_client_certificates_required_verified_and_their_names_allowed(pki
         assert (await served.get("/healthz", context=pki.client_context("other")))[0] == 200
 
 
+async def test_client_allowed_sans_match_a_san_of_any_type(pki):
+    """As in exporter-toolkit: a DNS name, an IP address (written as Go prints it), an email address
+    or a URI of the client's certificate allows it; a certificate with none of them is refused."""
+    allowed = ["prometheus.monitoring", "10.0.0.7", "2001:db8::7", "prometheus@example.com",
+               "spiffe://cluster.local/ns/monitoring/sa/prometheus"]
+    pki.issue("by-ipv4", "a", [x509.IPAddress(ipaddress.ip_address("10.0.0.7"))])
+    pki.issue("by-ipv6", "b", [x509.IPAddress(ipaddress.ip_address("2001:db8:0::7"))])
+    pki.issue("by-email", "c", [x509.RFC822Name("prometheus@example.com")])
+    pki.issue("by-uri", "d", [x509.UniformResourceIdentifier("spiffe://cluster.local/ns/monitoring/sa/prometheus")])
+    pki.issue("by-none", "prometheus.monitoring", [x509.IPAddress(ipaddress.ip_address("10.0.0.8")),
+                                                   x509.RFC822Name("intruder@example.com")])
+    config = tls_config(pki, client_ca_file="ca.crt", client_auth_type="RequireAndVerifyClientCert",
+                        client_allowed_sans=json.dumps(allowed))
+    async with Served(config) as served:
+        for client in ("client", "by-ipv4", "by-ipv6", "by-email", "by-uri"):
+            assert (await served.get("/metrics", context=pki.client_context(client)))[0] == 200, client
+        # the common name is not a SAN, and other SANs of the same types do not match
+        assert (await served.get("/metrics", context=pki.client_context("by-none")))[0] == 403
+
+
 async def test_probes_without_a_certificate_when_one_is_verified_if_given(pki):
     config = tls_config(pki, client_ca_file="ca.crt", client_auth_type="VerifyClientCertIfGiven",
                         client_allowed_sans="[prometheus.monitoring]")
@@ -440,6 +463,33 @@ async def test_a_flood_of_wrong_passwords_keeps_no_scraper_with_the_right_one_ou
     assert statuses.count(429) >= 256 - security.AUTH_FAILURES_PER_PEER  # not checked: answered at once
     assert served.guard.rejected["unauthorized"] + served.guard.rejected["auth_rate_limit"] == 256
     assert served.guard.rejected["connection_limit"] == 0
+
+
+@pytest.mark.integration
+async def test_a_flood_from_many_peers_delays_only_a_scraper_not_verified_yet(tmp_path):
+    """The limit of a flood from more peers than ``MAX_PENDING_CHECKS`` (docs/security.md): the
+    checker's queue is full, so a scraper whose pair was never checked is answered 429 with
+    Retry-After (Prometheus tries again at its next scrape), while one whose pair verified before
+    is answered 200 at once."""
+    slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=12)).decode()  # ~0.25 s a check: they queue
+    config = webconfig.load(write_config(tmp_path, f'basic_auth_users: {{prometheus: "{slow}", grafana: "{slow}"}}\n'))
+    wrong = ("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+             f"Authorization: {basic('prometheus', 'guess')['Authorization']}\r\n\r\n").encode()
+    async with Served(config) as served:
+        assert (await served.get("/metrics", headers=basic("prometheus", "s3cret")))[0] == 200
+        flood = []
+        for i in range(security.MAX_PENDING_CHECKS + 8):  # one guess from each of 24 peers
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port,
+                                                           local_addr=(f"127.0.1.{i + 1}", 0))
+            writer.write(wrong)
+            flood.append((reader, writer))
+        await wait_until_async(lambda: len(served.guard.authenticating) >= security.MAX_PENDING_CHECKS,
+                               timeout=20, interval=0.01, message="the checks to queue")
+        assert (await served.get("/metrics", headers=basic("prometheus", "s3cret")))[0] == 200
+        status, headers, _ = await served.get("/metrics", headers=basic("grafana", "s3cret"))
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        for _, writer in flood:
+            writer.close()
 
 
 @pytest.mark.integration
