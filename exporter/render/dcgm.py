@@ -420,7 +420,8 @@ def _last_xids(snapshot: GpuSnapshot) -> dict[str, int]:
 def _line(name: str, labels: list[tuple[str, str]], value: float, integer: bool) -> str:
     text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels if v)
     if integer:
-        number = str(int(round(value))) if math.isfinite(value) else _special(value)
+        # half up, as PromQL's round() (the recording rules) does: NVML's own integers never fall on .5
+        number = str(math.floor(value + 0.5)) if math.isfinite(value) else _special(value)
     else:
         number = f"{value:f}" if math.isfinite(value) else _special(value)
     return f"{name}{{{text}}} {number}\n"
