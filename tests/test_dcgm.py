@@ -306,3 +306,30 @@ async def test_served_at_metrics_dcgm_in_text_format_whatever_is_accepted_and_on
         await off.collect_once()
         assert (await client.get("/metrics/dcgm")).status == 404
     await off.stop()
+
+
+# -- docs and rules -------------------------------------------------------------------------------
+
+def test_the_migration_guide_lists_every_field_and_the_readme_points_to_it():
+    root = Path(__file__).resolve().parent.parent
+    guide = (root / "docs" / "migrate-from-dcgm-exporter.md").read_text()
+    table = guide.partition("## The fields")[2].partition("## Recording rules")[0]
+    for name in dcgm.field_names():
+        short = name.rsplit("_", 2)  # rows that list variants name them by their distinct part
+        assert f"`{name}`" in table or f"_{short[1]}_" in table, name
+    assert "needs no dashboard change" in (root / "README.md").read_text()
+
+
+def test_promtool_accepts_the_dcgm_compat_rule_files(tmp_path):
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    promtool = shutil.which("promtool")
+    assert promtool
+    check = subprocess.run([promtool, "check", "rules", str(root / "alerts" / "dcgm-compat.rules.yaml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    spec = yaml.safe_load((root / "alerts" / "dcgm-compat.prometheusrule.yaml").read_text())["spec"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "spec.yaml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
