@@ -6,7 +6,6 @@ exclusive GPU, a time-sliced one, a MIG one, an idle DRA-held one) from this run
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil

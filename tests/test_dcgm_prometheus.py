@@ -10,8 +10,6 @@ same cycle, so that the native and compat series of one moment are compared.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml

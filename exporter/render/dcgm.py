@@ -216,7 +216,6 @@ FIELDS: tuple[Field, ...] = (
                                ("REPLAY", "retries", "replay"), ("RECOVERY", "recovery", "recovery"))),
 )
 
-_BY_NAME = {f.name: f for f in FIELDS}
 _MIG_READS: Mapping[str, Read] = {  # an instance field on a MIG GPU instance: its own memory metric
     "DCGM_FI_DEV_FB_FREE": _get(C.MIG_MEMORY_FREE, _MIB, floor=True),
     "DCGM_FI_DEV_FB_USED": _get(C.MIG_MEMORY_USED, _MIB, floor=True),
@@ -435,7 +434,3 @@ def _escape(value: str) -> str:
     if "\\" in value or "\n" in value or '"' in value:
         return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return value
-
-
-def field(name: str) -> Field:
-    return _BY_NAME[name]
