@@ -68,9 +68,10 @@ bench: test-deps test-venv
 protos: test-venv
 	PYTHON=$(PY) sh exporter/sources/kubelet/podresources/generate.sh
 
-## golden: rewrite tests/fixtures/e2e-output.txt from the current code (review the diff!)
+## golden: rewrite tests/fixtures/e2e-output.txt and dcgm-output.txt from the current code (review the diff!)
 golden: test-deps test-venv
 	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_e2e.py
+	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_dcgm.py -k golden
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/.build
