@@ -14,7 +14,7 @@ import math
 import pytest
 import yaml
 from e2e import ROOT, AgentProcess, free_port
-from test_alertmanager import eventually
+from conftest import wait_until
 from test_alerting_e2e import Prometheus
 
 from alerts import dcgm as dcgm_rules
@@ -24,7 +24,7 @@ NODE = "gpu-node-h100-01"  # the built-in scenario's node
 DCGM_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION", "GPU_I_ID",
                "GPU_I_PROFILE", "pod", "namespace", "container")
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +53,11 @@ scrape_configs:
 """)
     try:
         agent.wait_for(lambda body: "nvidia_gpu_up" in body, what="the agent's first cycle")
-        eventually(lambda: prometheus.query('DCGM_FI_DEV_GPU_UTIL{job="direct"}')
+        wait_until(lambda: prometheus.query('DCGM_FI_DEV_GPU_UTIL{job="direct"}')
                    and prometheus.query('DCGM_FI_DEV_POWER_USAGE{job="dcgm"}')
                    and prometheus.query("nvidia_gpu_power_watts")
                    and prometheus.query('DCGM_FI_DEV_POWER_USAGE{job=""}'),
-                   "Prometheus scraping all three and recording", timeout=40)
+                   timeout=40, message="Prometheus scraping all three and recording")
         yield prometheus
     finally:
         prometheus.stop()
@@ -159,7 +159,7 @@ def _restricted(samples: dict[tuple[tuple[str, str], ...], float]) -> dict[tuple
 
 
 def test_the_recording_rules_give_the_agents_values(stack):
-    eventually(lambda: stack.last_evaluation() > 0, "a rule evaluation")
+    wait_until(lambda: stack.last_evaluation() > 0, message="a rule evaluation")
     compared = 0
     for name, _ in dcgm_rules.fields():
         if name == "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL":  # a rate over the rules' window: its own semantics
