@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# `make test` runs a worker per core (pytest-xdist), a test file's tests in one worker, so that a
+# file's shared Prometheus or agent starts once; most integration tests wait on real servers, so
+# two workers on two cores take about half the time of one. PYTEST_PARALLEL= runs them in one.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 # python3-venv gives Debian's Python its venv; gcc + libc6-dev build the fake libnvidia-ml.so.1
 # for the tests, and prometheus brings promtool; prometheus-alertmanager (alertmanager, amtool) for
 # the alerting tests; chromium loads the status page in tests/test_status_page.py.
@@ -23,7 +27,7 @@ check: test-deps test-venv
 
 ## test: set up (Python and Debian packages, test extras included) and run the whole suite
 test: test-deps test-venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # Installs the Debian packages of $(1) that are missing (nothing when all are there).
 define apt_install
