@@ -1,23 +1,33 @@
-# kube-gpu-exporter: `make run` (simulated node on :9400), `make test` (everything CI runs).
+# kube-gpu-exporter: `make run` (simulated node on :9400), `make check` (the fast tests, for the edit
+# loop), `make test` (everything CI runs).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# `make test` runs a worker per core (pytest-xdist), a test file's tests in one worker, so that a
+# file's shared Prometheus or agent starts once; most integration tests wait on real servers, so
+# two workers on two cores take about half the time of one. PYTEST_PARALLEL= runs them in one.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 # python3-venv gives Debian's Python its venv; gcc + libc6-dev build the fake libnvidia-ml.so.1
 # for the tests, and prometheus brings promtool; prometheus-alertmanager (alertmanager, amtool) for
 # the alerting tests; chromium loads the status page in tests/test_status_page.py.
 RUN_DEB_PACKAGES  := python3-venv
 TEST_DEB_PACKAGES := $(RUN_DEB_PACKAGES) prometheus prometheus-alertmanager gcc libc6-dev chromium
 
-.PHONY: run test run-deps test-deps venv test-venv protos golden docs rules bench dashboards dashboards-png clean
+.PHONY: run check test run-deps test-deps venv test-venv protos golden docs rules bench dashboards dashboards-png clean
 
 ## run: set up (only what running needs) and serve the built-in simulated 4-GPU node, with its
 ## pods and workloads, at http://localhost:9400/metrics; more flags with ARGS='--collector.interval 2'
 run: run-deps venv
 	$(VENV)/bin/kube-gpu-exporter --simulate --kubernetes.enabled $(ARGS)
 
+## check: the fast tier, for the edit loop: every test not marked integration (no real server, no
+## waiting on real time; under a minute on two cores); it prints how long it took
+check: test-deps test-venv
+	$(PY) -m pytest -q -m 'not integration' $(PYTEST_ARGS)
+
 ## test: set up (Python and Debian packages, test extras included) and run the whole suite
 test: test-deps test-venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # Installs the Debian packages of $(1) that are missing (nothing when all are there).
 define apt_install
@@ -62,9 +72,10 @@ bench: test-deps test-venv
 protos: test-venv
 	PYTHON=$(PY) sh exporter/sources/kubelet/podresources/generate.sh
 
-## golden: rewrite tests/fixtures/e2e-output.txt from the current code (review the diff!)
+## golden: rewrite tests/fixtures/e2e-output.txt and dcgm-output.txt from the current code (review the diff!)
 golden: test-deps test-venv
 	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_e2e.py
+	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_dcgm.py -k golden
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/.build

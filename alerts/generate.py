@@ -7,6 +7,8 @@ Outputs, all from the rule set (``alerts/rules.py`` lists its modules) with the 
 
 - ``alerts/kube-gpu-exporter.rules.yaml``: plain Prometheus rule groups (``rule_files:``);
 - ``alerts/kube-gpu-exporter.prometheusrule.yaml``: the same as a prometheus-operator PrometheusRule;
+- ``alerts/dcgm-compat.rules.yaml`` and ``alerts/dcgm-compat.prometheusrule.yaml``: the opt-in rules
+  giving dcgm-exporter's ``DCGM_FI_*`` names from the native series (``alerts/dcgm.py``);
 - ``tests/alerts/alerts.test.yaml``: promtool tests for every alert, with the thresholds of ``Params``;
 - the generated tables of ``docs/alerts.md``, and ``docs/runbooks.md`` from ``alerts/runbooks/*.md``.
 
@@ -22,7 +24,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from alerts import efficiency, runbooks
+from alerts import dcgm, efficiency, runbooks
 from alerts.cases import promtool_tests
 from alerts.efficiency import EFFICIENCY_DOCS, efficiency_rules
 from alerts.params import Params
@@ -33,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "kube-gpu-exporter.rules.yaml"
 PROMETHEUS_RULE = ROOT / "alerts" / "kube-gpu-exporter.prometheusrule.yaml"
 TESTS = ROOT / "tests" / "alerts" / "alerts.test.yaml"
+DCGM_RULES = ROOT / "alerts" / "dcgm-compat.rules.yaml"  # opt-in: DCGM_FI_* names from the native series
+DCGM_PROMETHEUS_RULE = ROOT / "alerts" / "dcgm-compat.prometheusrule.yaml"
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
 RUNBOOKS_DOC = ROOT / "docs" / "runbooks.md"
 RUNBOOKS = runbooks.DIRECTORY  # the Markdown sources of RUNBOOKS_DOC
@@ -87,6 +91,21 @@ def prometheus_rule(p: Params = Params()) -> str:
         "kind": "PrometheusRule",
         "metadata": {"name": "kube-gpu-exporter", "labels": {"app.kubernetes.io/name": "kube-gpu-exporter"}},
         "spec": {"groups": rule_groups(p)},
+    })
+
+
+def dcgm_rules_file() -> str:
+    """The opt-in rule set giving dcgm-exporter's names from the native series (alerts/dcgm.py)."""
+    return HEADER + dump({"groups": [dcgm.rule_group()]})
+
+
+def dcgm_prometheus_rule() -> str:
+    return HEADER + dump({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "kube-gpu-exporter-dcgm-compat",
+                     "labels": {"app.kubernetes.io/name": "kube-gpu-exporter"}},
+        "spec": {"groups": [dcgm.rule_group()]},
     })
 
 
@@ -159,6 +178,8 @@ def outputs(p: Params = Params()) -> dict[Path, str]:
         RULES: rules_file(p),
         PROMETHEUS_RULE: prometheus_rule(p),
         TESTS: test_file(p),
+        DCGM_RULES: dcgm_rules_file(),
+        DCGM_PROMETHEUS_RULE: dcgm_prometheus_rule(),
         ALERTS_DOC: _with_generated(_with_generated(ALERTS_DOC.read_text(encoding="utf-8"), NAMES, alert_names(p)),
                                     DETAILS, alert_details(p)),
         RUNBOOKS_DOC: runbooks_page(p),

@@ -126,8 +126,17 @@ dir=$1 procfs=$2 python=$3 seconds=$4 port=$5 cost_args=$6; shift 6
 agent=$!
 sleep "$seconds"
 { grep -E "^(VmRSS|VmHWM|Threads)" "/proc/$agent/status"; echo "after: $seconds s"; } > "$dir/rss.txt" 2>&1
-"$python" -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())" \
-  "http://127.0.0.1:$port/metrics" > "$dir/metrics.prom" 2>> "$dir/agent.log"
+# The agent may still be starting on a busy node: ask again for up to a minute.
+"$python" -c "
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+while True:
+    try:
+        sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()); break
+    except OSError:
+        if time.monotonic() > deadline: raise
+        time.sleep(0.5)
+" "http://127.0.0.1:$port/metrics" > "$dir/metrics.prom" 2>> "$dir/agent.log"
 kill "$agent"; wait "$agent" 2>/dev/null
 true
 '

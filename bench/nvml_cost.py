@@ -32,7 +32,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import pynvml  # noqa: E402
 
-#: Seconds per call measured on an H200 (driver 580.159.04, /work/shared/reference.md), by the
+#: Seconds per call measured on an H200 (driver 580.159.04, GSP firmware, a VM with one GPU), by the
 #: fake's read names (``delay.<name>``) and field ids (``delay.field.<id>``).
 H200_CALL_SECONDS: dict[str, float] = {
     "utilization": 21e-6, "memory_v2": 10e-6, "power_mw": 11e-6, "temperature": 5e-6, "clock": 5e-6,

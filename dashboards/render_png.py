@@ -17,6 +17,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -107,6 +108,60 @@ def live_template(legend: str, metric: dict[str, str]) -> str:
     return out.strip()
 
 
+# -- The time range -------------------------------------------------------------------------------
+
+#: Points a range query draws across the panel's width, as Grafana's default max data points do.
+POINTS = 150
+#: A series every agent exports whatever its flags: where it has samples, the dashboards have data.
+PRESENT = "count(kube_gpu_exporter_build_info)"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The time range drawn: ``start`` to ``end`` (unix seconds) by ``step``; ``asked`` the range
+    asked for, longer when the Prometheus holds less history than that."""
+
+    start: float
+    end: float
+    step: float
+    asked: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def fitted(self) -> bool:
+        return self.seconds < self.asked
+
+    def no_data(self) -> str:
+        """A panel's words for no series: with a range cut short, no series may just mean too
+        little history (a rate needs two samples, an opt-in group may be off: it cannot tell)."""
+        return f"No data in the {_duration(self.seconds)} there is" if self.fitted else "No data"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return " ".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or "0s"
+
+
+def fit_range(prometheus: live.Prometheus, range_seconds: float, end: float | None = None) -> Frame:
+    """The last ``range_seconds`` up to ``end`` (now), cut to where the agent's series begin when
+    the Prometheus holds less than that (a Prometheus started a minute ago): drawn over an hour,
+    a minute of data is a few points at the right edge, and a rate over a window longer than the
+    data is empty. The step follows the range drawn (``POINTS`` points), at least 1 s."""
+    end = time.time() if end is None else end
+    start = end - range_seconds
+    probe_step = max(1.0, range_seconds / (2 * POINTS))
+    probe = prometheus.query_range(PRESENT, start, end, probe_step)
+    first = min((float(t) for series in probe for t, _ in series["values"]), default=start)
+    if first - start > probe_step:  # within one probe step of the start, the data covers the range
+        start = min(first, end - 1.0)
+    return Frame(start, end, max(1.0, (end - start) / POINTS), range_seconds)
+
+
 # -- Panels ------------------------------------------------------------------------------------
 
 
@@ -167,18 +222,18 @@ def _series(results: list[dict[str, Any]]) -> list[tuple[dict[str, str], list[fl
     return out
 
 
-def _no_data(ax: Any, why: str = "No data") -> None:
+def _no_data(ax: Any, why: str) -> None:
     ax.set_axis_off()
     ax.text(0.5, 0.5, why, color=MUTED, fontsize=11, ha="center", va="center", transform=ax.transAxes)
 
 
-def draw_timeseries(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]]) -> None:
+def draw_timeseries(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]], frame: Frame) -> None:
     defaults = panel["fieldConfig"]["defaults"]
     unit = defaults.get("unit", "short")
     lines = [(legend_name(target["legendFormat"], metric), times, values)
              for target, results in data for metric, times, values in _series(results)]
     if not lines:
-        return _no_data(ax)
+        return _no_data(ax, frame.no_data())
     stacked = defaults.get("custom", {}).get("stacking", {}).get("mode") == "normal"
     lines.sort(key=lambda line: line[0])
     if stacked:
@@ -200,8 +255,10 @@ def draw_timeseries(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[d
         ax.set_ylim(top=defaults["max"] * 1.02)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v, unit)))
     ax.yaxis.set_major_locator(MaxNLocator(4))
+    # The frame's range, whatever the data covers: a lone point would get a day around it.
+    ax.set_xlim(datetime.fromtimestamp(frame.start), datetime.fromtimestamp(frame.end))
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=6))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.grid(color=GRID, linewidth=0.6)
     shown = min(len(lines), max(2, panel["gridPos"]["w"] // 2))
     handles, labels = ax.get_legend_handles_labels()
@@ -212,12 +269,12 @@ def draw_timeseries(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[d
                 transform=ax.transAxes)
 
 
-def draw_stat(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]]) -> None:
+def draw_stat(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]], frame: Frame) -> None:
     defaults = panel["fieldConfig"]["defaults"]
     series = [s for _, results in data for s in _series(results)]
     ax.set_axis_off()
     if not series:
-        return _no_data(ax)
+        return _no_data(ax, frame.no_data())
     _, times, values = series[0]
     colour = threshold_colour(values[-1], defaults)
     if len(values) > 1:
@@ -228,14 +285,14 @@ def draw_stat(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]]
             ha="center", va="center", transform=ax.transAxes)
 
 
-def draw_bargauge(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]]) -> None:
+def draw_bargauge(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]], frame: Frame) -> None:
     defaults = panel["fieldConfig"]["defaults"]
     unit = defaults.get("unit", "short")
     bars = [(legend_name(target["legendFormat"], metric), values[-1])
             for target, results in data for metric, _, values in _series(results)]
     ax.set_axis_off()
     if not bars:
-        return _no_data(ax)
+        return _no_data(ax, frame.no_data())
     top = max(v for _, v in bars) or 1
     for i, (name, value) in enumerate(bars[:10]):
         y = 1 - (i + 0.5) / max(len(bars[:10]), 4)
@@ -246,7 +303,7 @@ def draw_bargauge(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dic
         ax.text(1.0, y, fmt(value, unit), color=TEXT, fontsize=8, va="center", ha="right", transform=ax.transAxes)
 
 
-def draw_table(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]]) -> None:
+def draw_table(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]], frame: Frame) -> None:
     defaults = panel["fieldConfig"]["defaults"]
     unit = defaults.get("unit", "short")
     hidden, order = set(), {}
@@ -258,7 +315,7 @@ def draw_table(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]
     rows = [(metric, values[-1]) for _, results in data for metric, _, values in _series(results)]
     ax.set_axis_off()
     if not rows:
-        return _no_data(ax)
+        return _no_data(ax, frame.no_data())
     columns = [c for c in dict.fromkeys(k for metric, _ in rows for k in metric) if c not in hidden]
     columns.sort(key=lambda c: order.get(c, len(order)))
     show_value = "Value" not in hidden
@@ -283,22 +340,20 @@ def draw_table(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]
                 transform=ax.transAxes)
 
 
-def draw_state_timeline(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]]) -> None:
+def draw_state_timeline(ax: Any, panel: dict[str, Any], data: list[tuple[Any, list[dict]]], frame: Frame) -> None:
     defaults = panel["fieldConfig"]["defaults"]
     states = {k: v for m in defaults.get("mappings", ()) for k, v in m["options"].items()}
     lanes = sorted(((legend_name(target["legendFormat"], metric), times, values)
                     for target, results in data for metric, times, values in _series(results)), key=lambda x: x[0])
     if not lanes:
-        return _no_data(ax)
+        return _no_data(ax, frame.no_data())
     step = min((b - a for _, times, _ in lanes for a, b in zip(times, times[1:])), default=1.0)
     for i, (name, times, values) in enumerate(lanes):
         for t, v in zip(times, values):
             state = states.get(str(int(v)), {})
             colour = COLOURS.get(state.get("color", "blue"), state.get("color", PALETTE[2]))
             ax.add_patch(Rectangle((t, i + 0.1), step, 0.8, color=colour, linewidth=0))
-    start = min(t for _, times, _ in lanes for t in times)
-    end = max(t for _, times, _ in lanes for t in times) + step
-    ax.set_xlim(start, end)
+    ax.set_xlim(frame.start, frame.end)
     ax.set_ylim(0, len(lanes))
     ax.set_yticks([i + 0.5 for i in range(len(lanes))], [name for name, _, _ in lanes], fontsize=7, color=TEXT)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: datetime.fromtimestamp(t).strftime("%H:%M:%S")))
@@ -307,18 +362,20 @@ def draw_state_timeline(ax: Any, panel: dict[str, Any], data: list[tuple[Any, li
     ax.set_title(labels, color=MUTED, fontsize=7, loc="right")
 
 
-DRAW: dict[str, Callable[[Any, dict[str, Any], list[tuple[Any, list[dict]]]], None]] = {
+DRAW: dict[str, Callable[[Any, dict[str, Any], list[tuple[Any, list[dict]]], Frame], None]] = {
     "timeseries": draw_timeseries, "stat": draw_stat, "bargauge": draw_bargauge, "table": draw_table,
     "state-timeline": draw_state_timeline,
 }
 
 
 def render(dashboard: dict[str, Any], prometheus: live.Prometheus, out: Path, range_seconds: float,
-           values: dict[str, str] | None = None) -> dict[str, int]:
-    """Draw one dashboard to ``out``; returns the number of series each panel drew, by title."""
+           values: dict[str, str] | None = None, frame: Frame | None = None) -> tuple[Frame, dict[str, int]]:
+    """Draw one dashboard to ``out`` over the last ``range_seconds``, or as much of them as the
+    Prometheus holds (``fit_range``); returns the range drawn and the number of series each panel
+    drew, by title."""
     values = values if values is not None else live.resolve_variables(dashboard, prometheus)
-    end = time.time()
-    start, step = end - range_seconds, max(1.0, range_seconds / 150)
+    frame = frame or fit_range(prometheus, range_seconds)
+    start, end, step, range_seconds = frame.start, frame.end, frame.step, frame.seconds
     canvas = Canvas(dashboard)
     drawn: dict[str, int] = {}
     for panel in live.panels(dashboard):
@@ -332,24 +389,28 @@ def render(dashboard: dict[str, Any], prometheus: live.Prometheus, out: Path, ra
             else:
                 expr = live.substitute(target["expr"], values, range_seconds, step)
                 data.append((target, prometheus.query_range(expr, start, end, step)))
-        DRAW[panel["type"]](ax, panel, data)
+        DRAW[panel["type"]](ax, panel, data, frame)
         drawn[panel["title"]] = sum(len(results) for _, results in data)
     subtitle = " · ".join(f"{k}={v if len(v) < 40 else v[:37] + '...'}" for k, v in values.items())
+    subtitle += f" · last {_duration(frame.seconds)}"
+    if frame.fitted:
+        subtitle += f" (all the data there is; asked {_duration(frame.asked)})"
     canvas.fig.text(0.005, 1 - 1.4 / canvas.rows, subtitle, color=MUTED, fontsize=9, va="center")
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.fig.savefig(out, facecolor=BACKGROUND)
     plt.close(canvas.fig)
-    return drawn
+    return frame, drawn
 
 
 def render_all(prometheus: live.Prometheus, out_dir: Path, range_seconds: float,
                overrides: dict[str, str] | None = None) -> dict[str, Path]:
     written = {}
+    frame = fit_range(prometheus, range_seconds)  # one range for the three
     for name, dashboard in live.dashboards().items():
         values = live.resolve_variables(dashboard, prometheus)
         values.update({k: v for k, v in (overrides or {}).items() if k in values})
         path = out_dir / f"dashboard-{Path(name).stem}.png"
-        render(dashboard, prometheus, path, range_seconds, values)
+        render(dashboard, prometheus, path, range_seconds, values, frame)
         written[name] = path
     return written
 
@@ -361,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--demo", action="store_true", help="run the simulated demo node and a Prometheus")
     parser.add_argument("--out", type=Path, default=live.ROOT / "docs" / "images", help="directory for the PNGs")
     parser.add_argument("--seconds", type=float, default=6 * 3600,
-                        help="time range to draw, ending now (with --demo: its whole history)")
+                        help="time range to draw, ending now (with --demo: its whole history); cut to the "
+                             "data there is when the Prometheus holds less")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a variable's value")
     args = parser.parse_args(argv)
     overrides = dict(v.split("=", 1) for v in args.var)

@@ -24,7 +24,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, fields
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkable
 
 from .attribution import Attribution, attribute
 from .config import Config
@@ -36,6 +36,9 @@ from .render.status import StatusPage
 from .render.status import render as render_status_page
 from .sources.base import Outcome, Source
 from .sources.gpus import GpuSource
+
+if TYPE_CHECKING:
+    from .render.dcgm import DcgmExposition, DcgmRenderer
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,14 @@ class Agent:
         self.errors = ErrorBook(self.sources)
         self.renderer = Renderer(collectors=config.collectors)
         self.exposition: Exposition | None = None
+        # --compat.dcgm-exporter: the same cycle written under dcgm-exporter's names (/metrics/dcgm)
+        self.dcgm: DcgmRenderer | None = None
+        self.dcgm_exposition: DcgmExposition | None = None
+        if config.compat_dcgm:
+            from .render.dcgm import DcgmRenderer, Options  # only with the flag
+            self.dcgm = DcgmRenderer(Options(
+                hostname=config.node_name, hostname_label=config.compat_dcgm_hostname_label,
+                exported_holder_labels=config.compat_dcgm_exported_holder_labels, pod_uid=config.compat_dcgm_pod_uid))
         self.status_page: StatusPage | None = None  # / and /api/v1/status, rendered with the exposition
         self._collectors: dict[str, CollectorStatus] = {}
         self._last_success: dict[str, float] = {}  # source name -> unix time of its last full success
@@ -162,6 +173,8 @@ class Agent:
                 log.exception("computing the alerts to push failed")
         exposition = await asyncio.to_thread(self.renderer.render, snapshot, attribution, status)
         self.exposition = exposition
+        if self.dcgm is not None:  # the same snapshot and attribution: no second read of anything
+            self.dcgm_exposition = await asyncio.to_thread(self.dcgm.render, snapshot, attribution)
         if not self.config.once:  # --once prints the exposition: no page (and Jinja2 is never loaded)
             self.status_page = await asyncio.to_thread(
                 render_status_page, snapshot, attribution, status, node=self.config.node_name,

@@ -53,6 +53,7 @@ class Holder:
     workload_kind: str
     workload: str
     pod_labels: tuple[tuple[str, str], ...] = ()  # (sanitised label name, value)
+    pod_uid: str = ""  # from the API server; "" without it (the dcgm-exporter compatible output's pod_uid)
     claim_namespace: str = ""
     claim_name: str = ""
     driver: str = ""
@@ -195,6 +196,7 @@ def attribute(
             namespace=namespace, pod=pod, container=container, resource=resource, shared=False,
             workload_kind=meta.workload_kind if meta else "",
             workload=meta.workload if meta else "",
+            pod_uid=meta.uid if meta else "",
             pod_labels=tuple(
                 (sanitize_label_name(k), meta.labels.get(k, "") if meta else "") for k in wanted_labels
             ),

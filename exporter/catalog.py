@@ -143,7 +143,8 @@ GPU_INFO = _metric(
 )
 GPU_UP = _metric(
     "nvidia_gpu_up", "gauge",
-    "1 when every NVML read of this GPU worked in the last cycle, 0 when the GPU is lost, failed or hangs.", "gpu",
+    "1 when the last cycle read this GPU (a query that failed alone is omitted and counted in "
+    "kube_gpu_exporter_collector_errors_total), 0 when the GPU is lost or its read failed or hung.", "gpu",
     group="identity",
 )
 UTILIZATION = _metric(

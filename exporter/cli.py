@@ -17,7 +17,7 @@ from .agent import Agent, Component
 from .config import Config, ConfigError, parse_config
 from .model.kube import ProcessOwners
 from .serve.guard import Guard, HttpLimits, start_server
-from .serve.routes import make_app
+from .serve.routes import make_app, make_dcgm_app
 from .sources.backend import GpuBackend
 from .sources.base import Off, Source
 from .sources.gpus import GpuSource
@@ -158,9 +158,18 @@ def build_agent(config: Config, *, guard: Guard | None = None,
         pods = PodWatcher(config.node_name, api=api, label_allowlist=config.pod_labels)
         if watch_slices:
             slices = SliceWatcher(config.node_name, config.dra_drivers, api=api)
-    backend = NvmlBackend.configured(config)
+    backend = NvmlBackend.configured(config, collectors=read_collectors(config))
     return Agent(config, *build_sources(config, backend, kubelet=kubelet, pods=pods, slices=slices),
                  components=_components(config, guard))
+
+
+def read_collectors(config: Config) -> frozenset[str]:
+    """The collector groups read from NVML: those on, and with --compat.dcgm-exporter the groups its
+    DCGM_FI_* fields are read from (their native series stay as --collector.<group> says)."""
+    if not config.compat_dcgm:
+        return config.collectors
+    from .render.dcgm import READ_GROUPS  # only with the flag: the compat renderer is not loaded otherwise
+    return config.collectors | READ_GROUPS
 
 
 def _components(config: Config, guard: Guard | None) -> list[Component]:
@@ -185,8 +194,9 @@ def bound_default_executor() -> None:
 
 
 async def run_once(agent: Agent) -> int:
-    """One cycle, printed. The pod watch (if enabled) gets one list before the cycle, within the
-    kubelet timeout, so that ``--once --kubernetes.enabled`` shows workloads too."""
+    """One cycle, printed. The pod watch (if enabled) gets one list before the cycle, within
+    ``ONCE_SYNC_TIMEOUT_SECONDS`` (whatever ``--kubelet.timeout`` says), so that
+    ``--once --kubernetes.enabled`` shows workloads too."""
     bound_default_executor()
     await agent.start_sources(sync_timeout=ONCE_SYNC_TIMEOUT_SECONDS)
     exposition = await agent.collect_once()
@@ -212,12 +222,26 @@ async def serve(agent: Agent, guard: Guard, config: Config) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
         return EXIT_USAGE
+    runners = [runner]
+    if config.compat_dcgm_listen_port is not None:
+        try:
+            dcgm_runner, dcgm_site = await start_server(make_dcgm_app(agent, guard), config.compat_dcgm_listen_host
+                                                        or None, config.compat_dcgm_listen_port, guard=guard)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", config.compat_dcgm_listen_host, config.compat_dcgm_listen_port,
+                      exc)
+            await runner.cleanup()
+            return EXIT_USAGE
+        runners.append(dcgm_runner)
+        log.info("serving the dcgm-exporter compatible output on %s/metrics", dcgm_site.name)
     await agent.start()
-    log.info("serving on %s/metrics%s", site.name, " (basic auth)" if guard.auth else "")
+    log.info("serving on %s/metrics%s%s", site.name, " (basic auth)" if guard.auth else "",
+             " and /metrics/dcgm" if config.compat_dcgm else "")
     await stop.wait()
     log.info("shutting down")
     await agent.stop()
-    await runner.cleanup()
+    for r in runners:
+        await r.cleanup()
     return 0
 
 

@@ -19,8 +19,8 @@ import asyncio
 import logging
 import sys
 from collections import Counter
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 from . import catalog
 from .cli import build_agent
@@ -48,6 +48,9 @@ class Node:
 
     series: tuple[Series, ...]
     gpus: tuple[str, ...]  # uuids
+    # with --compat.dcgm-exporter: uuid -> the GPU's DCGM_FI_* series at /metrics/dcgm (its MIG
+    # instances' and its holders' included)
+    dcgm: Mapping[str, int] = field(default_factory=dict)
 
     def per_node(self) -> int:
         """Series of the node that name no device: the agent's own, allocatable and allocated devices."""
@@ -100,13 +103,18 @@ def collect(flags: Sequence[str] = ()) -> Node:
                           dict(sample.labels))
                    for family in agent.renderer.registry.collect() for sample in family.samples)
     gpus = tuple(s.labels["uuid"] for s in series if s.name == catalog.GPU_INFO.name)
-    return Node(series, gpus)
+    dcgm: Counter[str] = Counter()
+    if agent.dcgm_exposition is not None:
+        for line in agent.dcgm_exposition.text.decode().splitlines():
+            if not line.startswith("#") and 'UUID="' in line:
+                dcgm[line.split('UUID="', 1)[1].split('"', 1)[0]] += 1
+    return Node(series, gpus, dict(dcgm))
 
 
-def markdown_table(default: Node, everything: Node) -> str:
+def markdown_table(default: Node, everything: Node, compat: Node | None = None) -> str:
     """The sizing table of docs/metrics.md: each group's series per GPU, MIG instance and holder
-    (counted with every group on), and the built-in node's GPUs with the default flags and with
-    every group on."""
+    (counted with every group on), and the built-in node's GPUs with the default flags, with
+    every group on, and (``compat``) the DCGM_FI_* series of --compat.dcgm-exporter."""
     units = {unit: everything.by_group(unit) for unit in ("gpu", "mig", "holder")}
     rows = ["| group | default | what | per GPU | per MIG instance | per holder | NVML reads it costs (spared when off) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -128,16 +136,18 @@ def markdown_table(default: Node, everything: Node) -> str:
              "metrics; allocatable and allocated devices, 2 per resource name).", "",
              f"The built-in node's GPUs (series per GPU, its MIG instances included; budget {BUDGET_PER_GPU} "
              "with the default flags):", "",
-             "| GPU | default flags | every group on |", "| --- | --- | --- |"]
+             "| GPU | default flags | every group on | `--compat.dcgm-exporter`: `/metrics/dcgm` (besides) |",
+             "| --- | --- | --- | --- |"]
     migs = Counter(s.labels["uuid"] for s in everything.series if s.name == catalog.MIG_INFO.name)
     for i, uuid in enumerate(default.gpus):
         what = f"{i} (MIG, {migs[uuid]} instances)" if migs[uuid] else str(i)
-        lines.append(f"| {what} | {default.per_gpu()[uuid]} | {everything.per_gpu()[uuid]} |")
+        dcgm = compat.dcgm.get(uuid, "") if compat is not None else ""
+        lines.append(f"| {what} | {default.per_gpu()[uuid]} | {everything.per_gpu()[uuid]} | {dcgm} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str]) -> int:
-    table = markdown_table(collect(), collect(EVERYTHING))
+    table = markdown_table(collect(), collect(EVERYTHING), collect(["--compat.dcgm-exporter"]))
     if not argv:
         sys.stdout.write(table)
         return 0

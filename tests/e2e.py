@@ -12,13 +12,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,19 +136,16 @@ class AgentProcess:
 
     def wait_for(self, condition: Callable[[str], bool], timeout: float = 15.0, what: str = "") -> str:
         """Scrape until ``condition(body)`` holds; fail with the last body if it never does."""
-        deadline = time.monotonic() + timeout
-        body = ""
-        while time.monotonic() < deadline:
+        last = [""]
+
+        def scraped() -> str | None:
             if self.process.poll() is not None:
                 raise AssertionError(f"agent exited: {self.process.returncode}\n{self.stderr()}")
-            try:
-                status, body = self.get("/metrics")
-                if status == 200 and condition(body):
-                    return body
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what or condition}; last scrape:\n{body[-3000:]}")
+            status, last[0] = self.get("/metrics")
+            return last[0] if status == 200 and condition(last[0]) else None
+
+        return wait_until(scraped, timeout=timeout, interval=0.1, ignore=(OSError,),
+                          message=lambda: f"{what or condition}; last scrape:\n{last[0][-3000:]}")
 
     def after_cycles(self, n: int = 2) -> str:
         """The first scrape from the n-th cycle that started after this call.

@@ -249,3 +249,21 @@ def test_simulated_sources_follow_the_kubelet_and_kubernetes_flags(flag):
         assert names == {"nvml", "procfs"}
     else:
         assert names == {"nvml", "kubelet", "kubernetes", "resourceslices", "procfs"}
+
+
+class LostGpu(OneGpu):
+    def read_gpu(self, index: int) -> Gpu:
+        raise RuntimeError("GPU is lost")
+
+
+async def test_ready_once_a_cycle_with_nvml_has_finished_whatever_the_gpus_and_the_kubelet():
+    """docs/reliability.md: /readyz fails while NVML is not initialised and until the first cycle
+    with NVML up has finished; a GPU that cannot be read or a kubelet away does not make it fail."""
+    kubelet = Kubelet()
+    kubelet.down = True
+    agent = make_agent("60", LostGpu(), kubelet=kubelet)
+    assert not agent.readiness().ok
+    body = await scrape(agent)
+    assert value(body, "nvidia_gpu_up", uuid=GPU) == 0
+    assert value(body, "kube_gpu_exporter_collector_success", collector="kubelet") == 0
+    assert agent.readiness().ok and agent.readiness().reason == "ok"

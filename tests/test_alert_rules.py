@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ def test_promtool_accepts_the_rule_file():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_every_alert_and_recording_rule_holds_in_promtool():
     tests = [str(ROOT / "tests" / "alerts" / name) for name in ("alerts.test.yaml", "recording.test.yaml",
                                                                "efficiency.test.yaml")]
@@ -57,13 +59,19 @@ def test_the_prometheus_rule_object_carries_the_same_groups_and_promtool_accepts
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@functools.cache
+def _rule_tests() -> list[dict]:
+    """The generated promtool tests, parsed once: a third of a second each time, asked for per alert."""
+    return yaml.safe_load(generate.TESTS.read_text())["tests"]
+
+
 def _firing(alert_name: str) -> list[dict]:
-    tests = yaml.safe_load(generate.TESTS.read_text())["tests"]
+    tests = _rule_tests()
     return [a for t in tests for c in t["alert_rule_test"] if c["alertname"] == alert_name for a in c["exp_alerts"]]
 
 
 def test_every_alert_is_tested_silent_then_firing_with_its_labels_and_annotations():
-    tests = yaml.safe_load(generate.TESTS.read_text())["tests"]
+    tests = _rule_tests()
     for alert in alerts(Params()):
         checks = [c for t in tests for c in t["alert_rule_test"] if c["alertname"] == alert.name]
         assert any(c["exp_alerts"] == [] for c in checks), f"{alert.name}: never checked silent"

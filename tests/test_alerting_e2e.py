@@ -30,8 +30,11 @@ import pytest
 
 from alerts.generate import rules_file
 from alerts.rules import Params
+from conftest import wait_until
 from e2e import GPU, ROOT, AgentProcess, free_port, value
-from test_alertmanager import Alertmanager, Webhook, eventually, stop_process
+from test_alertmanager import Alertmanager, Webhook, stop_process
+
+pytestmark = pytest.mark.integration  # the agent, Prometheus and Alertmanager as processes
 
 NODE = "gpu-node-e2e"
 SCENARIO = ROOT / "tests" / "alerts" / "e2e-scenario.yaml"
@@ -154,7 +157,7 @@ def test_rules_and_pushes_meet_in_alertmanager(stack):
 
     # 1. The push path: each pushed alert's first notification carries the agent's copy.
     for name in PUSHED:
-        first = eventually(lambda name=name: notified(webhook, name), f"a notification of {name}", timeout=40)[0]
+        first = wait_until(lambda name=name: notified(webhook, name), message=f"a notification of {name}", timeout=40)[0]
         assert first["generatorURL"] == "", f"{name}: Prometheus' copy arrived first: {first}"
     xid = notified(webhook, "GpuXidResetRequired")[0]
     # The device is the identity; the holder and the codes are annotations.
@@ -167,8 +170,8 @@ def test_rules_and_pushes_meet_in_alertmanager(stack):
 
     # 2. The rules fire the same alerts (the node's first XID included), with the same labels and holders.
     expected = (*PUSHED, "GpuXidApplicationError")
-    rule_made = eventually(lambda: (f := firing(prometheus)) and all(n in f for n in expected) and f,
-                           f"Prometheus firing {expected}", timeout=40)
+    rule_made = wait_until(lambda: (f := firing(prometheus)) and all(n in f for n in expected) and f,
+                           message=f"Prometheus firing {expected}", timeout=40)
     for name, pushed in (("GpuXidResetRequired", xid), ("GpuLost", lost)):
         (made,) = rule_made[name]
         assert made["labels"] == without_cluster(pushed["labels"]), name
@@ -182,11 +185,11 @@ def test_rules_and_pushes_meet_in_alertmanager(stack):
         copies = am.alerts(alertname="GpuXidResetRequired")
         return len(copies) == 1 and copies[0]["generatorURL"].startswith(prometheus.url)
 
-    eventually(merged, "the rule-made copy merged into the pushed alert", timeout=20)
+    wait_until(merged, message="the rule-made copy merged into the pushed alert", timeout=20)
     # ... and one notification: wait for an alert that reached Alertmanager after the merge (the
     # application-tier XID at 18 s comes from the rules only); by then a second group of the XID
     # alert would have been notified too.
-    eventually(lambda: notified(webhook, "GpuXidApplicationError"), "the later rule-made alert's notification",
+    wait_until(lambda: notified(webhook, "GpuXidApplicationError"), message="the later rule-made alert's notification",
                timeout=30)
     for name in PUSHED:
         assert len(notified(webhook, name)) == 1, f"{name}: {notified(webhook, name)}"
@@ -200,13 +203,13 @@ def test_a_hung_read_pages_nobody_and_a_lost_gpu_pages_once(stacks, fake_nvml, t
     agent, prometheus, am, webhook = stacks(tmp_path, ["--no-kubelet.enabled", "--collector.timeout", "0.3"],
                                             fake_nvml.env, gpu_lost_for="10s")
     agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 1, what="the first cycle", timeout=30)
-    eventually(lambda: prometheus.query('nvidia_gpu_up{gpu="1"} == 1'), "Prometheus scraping GPU 1", timeout=30)
+    wait_until(lambda: prometheus.query('nvidia_gpu_up{gpu="1"} == 1'), message="Prometheus scraping GPU 1", timeout=30)
 
     fake_nvml.update_gpu(1, hang_seconds=120)
     try:
         agent.wait_for(lambda b: value(b, "nvidia_gpu_up", gpu="1") == 0, what="GPU 1's read hanging")
         # Until Prometheus has seen it down too: the rule gets its chance to go pending.
-        eventually(lambda: prometheus.query('nvidia_gpu_up{gpu="1"} == 0'), "Prometheus seeing GPU 1 down",
+        wait_until(lambda: prometheus.query('nvidia_gpu_up{gpu="1"} == 0'), message="Prometheus seeing GPU 1 down",
                    timeout=30)
     finally:
         fake_nvml.update_gpu(1, hang_seconds=None)  # the hung call returns
@@ -216,15 +219,15 @@ def test_a_hung_read_pages_nobody_and_a_lost_gpu_pages_once(stacks, fake_nvml, t
     back = time.time()
 
     fake_nvml.update_gpu(0, lost=1)
-    pushed = eventually(lambda: notified(webhook, "GpuLost", gpu="0"), "GPU 0's GpuLost pushed", timeout=30)[0]
+    pushed = wait_until(lambda: notified(webhook, "GpuLost", gpu="0"), message="GPU 0's GpuLost pushed", timeout=30)[0]
     assert pushed["generatorURL"] == "" and pushed["labels"]["uuid"] == GPU[0]
-    (made,) = eventually(lambda: firing(prometheus).get("GpuLost"), "the GpuLost rule firing", timeout=40)
+    (made,) = wait_until(lambda: firing(prometheus).get("GpuLost"), message="the GpuLost rule firing", timeout=40)
     assert made["labels"] == without_cluster(pushed["labels"])
     # Every rule group evaluated past the point where a GpuLost of the hang would have fired.
-    eventually(lambda: prometheus.last_evaluation() > back + 10, "a rule evaluation after the for: of the hang",
+    wait_until(lambda: prometheus.last_evaluation() > back + 10, message="a rule evaluation after the for: of the hang",
                timeout=40)
-    eventually(lambda: len(am.alerts(alertname="GpuLost")) == 1 and am.alerts(alertname="GpuLost")[0][
-        "generatorURL"].startswith(prometheus.url), "the rule's copy merged into the pushed one", timeout=20)
+    wait_until(lambda: len(am.alerts(alertname="GpuLost")) == 1 and am.alerts(alertname="GpuLost")[0][
+        "generatorURL"].startswith(prometheus.url), message="the rule's copy merged into the pushed one", timeout=20)
 
     assert not notified(webhook, "GpuLost", gpu="1"), "a hung read paged"
     assert not [a for a in prometheus.alerts() if a["labels"]["alertname"] == "GpuLost" and a["labels"]["gpu"] == "1"]

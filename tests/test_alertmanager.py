@@ -20,12 +20,13 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import bcrypt
 import pytest
 from aiohttp import web
 
+from conftest import wait_until, wait_until_async
 from e2e import AgentProcess, free_port, samples
 from exporter import catalog
 from exporter.push.events import EventTracker
@@ -40,27 +41,6 @@ GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000
 
 
 # -- real binaries -------------------------------------------------------------------------------
-
-
-def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll until ``condition()`` is truthy; fail naming ``what`` if it never is."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-async def until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
-    """``eventually`` for a coroutine function run on the event loop (the notifier lives there)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -94,7 +74,7 @@ class Alertmanager:
             command.append(f"--web.config.file={directory / 'am-web.yml'}")
         self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, text=True)
-        eventually(lambda: self._get("/-/ready") is not None, "alertmanager to be ready")
+        wait_until(lambda: self._get("/-/ready") is not None, message="alertmanager to be ready")
 
     def _get(self, path: str) -> Any:
         if self.process.poll() is not None:
@@ -331,6 +311,7 @@ def xid_now() -> GpuSnapshot:
     return xids((gpu(0, GPU0),), {(GPU0, 62): 1}, {(GPU0, 62): time.time()})
 
 
+@pytest.mark.integration
 async def test_a_pushed_alert_reaches_a_real_alertmanager_and_resolves_there(alertmanager):
     am = alertmanager()
     notifier = AlertmanagerNotifier(notifier_config(am.url))
@@ -338,23 +319,23 @@ async def test_a_pushed_alert_reaches_a_real_alertmanager_and_resolves_there(ale
     xid = xid_now()
     try:
         notifier.update(xid, Attribution())
-        (alert,) = await asyncio.to_thread(eventually, lambda: am.alerts(alertname="GpuXidResetRequired"),
-                                           "the pushed alert in Alertmanager")
+        (alert,) = await asyncio.to_thread(wait_until, lambda: am.alerts(alertname="GpuXidResetRequired"),
+                                           message="the pushed alert in Alertmanager")
         assert alert["labels"] == {"alertname": "GpuXidResetRequired", "severity": "critical", "node": NODE,
                                    "gpu": "0", "uuid": GPU0, "cluster": "test"}
         assert alert["annotations"]["summary"] == "A GPU reported an XID error that needs a GPU reset."
         assert (alert["annotations"]["xids"], alert["annotations"]["holders"]) == ("62", "")
 
-        await asyncio.to_thread(eventually, lambda: counts(notifier) == {"sent": 1, "failed": 0, "dropped": 0},
-                                "the batch counted as sent")
+        await asyncio.to_thread(wait_until, lambda: counts(notifier) == {"sent": 1, "failed": 0, "dropped": 0},
+                                message="the batch counted as sent")
 
         async def resolved() -> bool:
             notifier.update(xid, Attribution())  # the same count: no new event; resolves after the 2 s window
             return not await asyncio.to_thread(am.alerts, alertname="GpuXidResetRequired")
 
-        await until(resolved, "the alert resolved in Alertmanager")
-        await asyncio.to_thread(eventually, lambda: counts(notifier) == {"sent": 2, "failed": 0, "dropped": 0},
-                                "the resolving batch counted as sent")
+        await wait_until_async(resolved, message="the alert resolved in Alertmanager")
+        await asyncio.to_thread(wait_until, lambda: counts(notifier) == {"sent": 2, "failed": 0, "dropped": 0},
+                                message="the resolving batch counted as sent")
     finally:
         await notifier.stop()
 
@@ -426,6 +407,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
+@pytest.mark.integration
 async def test_basic_auth_and_a_private_ca_from_files(alertmanager, tmp_path):
     cert, key = _self_signed(tmp_path)
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -444,11 +426,11 @@ async def test_basic_auth_and_a_private_ca_from_files(alertmanager, tmp_path):
         await n.start()
     try:
         wrong.update(xid_now(), Attribution())
-        await asyncio.to_thread(eventually, lambda: counts(wrong)["failed"] == 1, "a 401 counted as failed")
+        await asyncio.to_thread(wait_until, lambda: counts(wrong)["failed"] == 1, message="a 401 counted as failed")
         assert am.alerts() == []
         right.update(xid_now(), Attribution())
-        await asyncio.to_thread(eventually, lambda: am.alerts(alertname="GpuXidResetRequired"), "the alert over TLS")
-        await asyncio.to_thread(eventually, lambda: counts(right)["sent"] == 1, "the batch counted as sent")
+        await asyncio.to_thread(wait_until, lambda: am.alerts(alertname="GpuXidResetRequired"), message="the alert over TLS")
+        await asyncio.to_thread(wait_until, lambda: counts(right)["sent"] == 1, message="the batch counted as sent")
     finally:
         for n in (right, wrong):
             await n.stop()
@@ -476,10 +458,10 @@ async def test_a_bearer_token_is_read_from_its_file_at_each_post(tmp_path):
     await notifier.start()
     try:
         notifier.update(xid_now(), Attribution())
-        await asyncio.to_thread(eventually, lambda: len(seen) == 1, "the first post")
+        await asyncio.to_thread(wait_until, lambda: len(seen) == 1, message="the first post")
         token.write_text("rotated\n")
         notifier.update(GpuSnapshot((gpu(0, GPU0, up=False),), 0.0), Attribution())  # a new alert: a new batch
-        await asyncio.to_thread(eventually, lambda: len(seen) >= 2, "the next post")
+        await asyncio.to_thread(wait_until, lambda: len(seen) >= 2, message="the next post")
         assert seen[0] == "Bearer first" and seen[-1] == "Bearer rotated"
     finally:
         await notifier.stop()
@@ -501,7 +483,7 @@ async def test_a_hanging_alertmanager_fills_a_bounded_queue_then_drops_and_fails
         for n in range(6):  # every update changes the set: six batches of one alert
             notifier.update(GpuSnapshot((gpu(0, GPU0, up=n % 2 == 0),), 0.0), Attribution())
         assert counts(notifier)["dropped"] >= 3  # at most two wait, one may be on the wire
-        await asyncio.to_thread(eventually, lambda: counts(notifier)["failed"] >= 1, "a batch failed after retries")
+        await asyncio.to_thread(wait_until, lambda: counts(notifier)["failed"] >= 1, message="a batch failed after retries")
         ((_, queued),) = queue_lengths(notifier)
         assert queued <= 2
     finally:
@@ -511,6 +493,7 @@ async def test_a_hanging_alertmanager_fills_a_bounded_queue_then_drops_and_fails
             writer.close()
 
 
+@pytest.mark.integration
 def test_the_agent_collects_and_serves_while_alertmanager_hangs(tmp_path):
     """The agent process, pushing to an Alertmanager that accepts and never answers: cycles go on,
     scrapes are served, and the failures show in the self-metric."""
@@ -554,6 +537,7 @@ def test_credentials_in_the_url_are_refused_without_showing_them(url, capsys):
         parse_config([], environ={"NODE_NAME": NODE, "KUBE_GPU_EXPORTER_ALERTMANAGER_URL": url})
 
 
+@pytest.mark.integration
 def test_a_simulated_node_pushes_under_its_scenario_name_without_a_node_name(alertmanager, tmp_path):
     am = alertmanager()
     scenario = tmp_path / "xid.yaml"
@@ -563,7 +547,7 @@ def test_a_simulated_node_pushes_under_its_scenario_name_without_a_node_name(ale
     env = {k: v for k, v in os.environ.items() if k != "NODE_NAME" and not k.startswith("KUBE_GPU_EXPORTER_")}
     agent = AgentProcess(["--simulate", str(scenario), "--alertmanager.url", am.url], env=env, interval=0.2)
     try:
-        alerts = eventually(lambda: am.alerts(alertname="GpuXidRebootRequired"), "the pushed alert in Alertmanager")
+        alerts = wait_until(lambda: am.alerts(alertname="GpuXidRebootRequired"), message="the pushed alert in Alertmanager")
         assert {a["labels"]["node"] for a in alerts} == {"sim-node-3"}
     finally:
         agent.stop()
@@ -592,6 +576,7 @@ def test_the_example_configuration_is_valid_and_routes_by_severity():
         assert route.stdout.strip().splitlines()[-1] == receiver, route.stdout + route.stderr
 
 
+@pytest.mark.integration
 def test_the_example_inhibitions_in_a_real_alertmanager(alertmanager):
     """The cause silences the symptom, never the reverse: XID 79 and GpuLost on one GPU notify the
     XID alone; GpuLost silences what follows from it on its GPU, not what may explain it."""
@@ -619,7 +604,7 @@ def test_the_example_inhibitions_in_a_real_alertmanager(alertmanager):
                 ("GpuBatchJobStuck", "0"): "suppressed", ("GpuThermalCapping", "0"): "active",
                 ("GpuLost", "1"): "active", ("GpuXidApplicationError", "1"): "suppressed",
                 ("GpuXidInformational", "1"): "active"}
-    eventually(lambda: states() == expected, f"inhibitions {expected}")
+    wait_until(lambda: states() == expected, message=f"inhibitions {expected}")
 
 
 # -- flags -------------------------------------------------------------------------------------------

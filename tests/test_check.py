@@ -32,14 +32,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from conftest import wait_until
 from e2e import free_port
 from fakekubeapi import FakeKubeApi
 from fakekubelet import pod
 from fakenvml import a100_mig
-from test_alertmanager import alertmanager, eventually, stop_process  # noqa: F401 - alertmanager: a fixture
+from test_alertmanager import alertmanager, stop_process  # noqa: F401 - alertmanager: a fixture
 from test_procfs import CASES, UID, write_proc
 
 from exporter.check import apiserver, output
+from exporter.check import nvml as check_nvml
 from exporter.check.apiserver import ACCESS, SLICES, in_cluster
 from exporter.sources.kube import api as api_client
 from exporter.check.kubelet import id_form
@@ -54,6 +56,13 @@ SCHEMA = json.loads((ROOT / "docs" / "check.schema.json").read_text())
 NVML_ONLY = ("--no-kubelet.enabled", "--path.procfs=", "--collector.profiling")  # profiling: an opt-in group
 #: A generous guard for the subprocess runs: a check that hangs fails the test instead of the suite.
 COMMAND_GUARD_SECONDS = 120
+
+
+@pytest.fixture(autouse=True)
+def _short_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second read of the GPUs 50 ms after the first, not half a second: the fake NVML's GPM
+    values do not depend on the time between two samples (the commands, as processes, keep 0.5 s)."""
+    monkeypatch.setattr(check_nvml, "GAP_SECONDS", 0.05)
 
 
 async def check(*args: str, environ: dict[str, str] | None = None) -> Report:
@@ -199,6 +208,7 @@ async def test_mig_mode_without_instances_or_refused_is_degraded(fake_nvml):
     assert row.status == DEGRADED and "refused: mig (processes)" in row.seen and "/dev/nvidia-caps" in row.fix
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("hang", [{"gpu": {"hang_seconds": 600}}, {"system": {"init_seconds": 600}}],
                          ids=["a GPU read", "nvmlInit"])
 def test_a_hung_nvml_call_costs_its_row_not_the_exit(fake_nvml, hang):
@@ -215,6 +225,7 @@ def test_a_hung_nvml_call_costs_its_row_not_the_exit(fake_nvml, hang):
         assert got["nvml"]["status"] == FAILED and "nvmlInit did not return within 1s" in got["nvml"]["seen"]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(ctypes.util.find_library("nvidia-ml") is not None, reason="this machine has a real NVML")
 def test_no_nvml_library_at_all_names_the_runtime():
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "FAKE_NVML_CONFIG")}
@@ -379,6 +390,7 @@ def _drop_capabilities_works() -> bool:
         [setpriv, "--inh-caps=-all", "--bounding-set=-all", "true"], capture_output=True).returncode == 0)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not _drop_capabilities_works(), reason="needs root and setpriv able to drop capabilities")
 def test_kubelet_socket_that_uid_0_without_capabilities_may_not_open(fake_nvml, fake_kubelet):
     """The DaemonSet's constraints (uid 0, no capability) against a socket whose owner bits say no."""
@@ -391,6 +403,7 @@ def test_kubelet_socket_that_uid_0_without_capabilities_may_not_open(fake_nvml, 
     assert done.returncode == 1
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not _drop_capabilities_works() or shutil.which("unshare") is None,
                     reason="needs root, setpriv and unshare")
 def test_the_field_script_runs_both_modes_and_packs_one_file(fake_nvml, tmp_path):
@@ -538,6 +551,7 @@ def test_the_shipped_cluster_role_grants_everything_the_check_asks_for():
 # -- Alertmanager --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_alertmanager_reachable_names_its_version(fake_nvml, alertmanager):  # noqa: F811
     am = alertmanager()
     row = rows(await check(*NVML_ONLY, f"--alertmanager.url={am.url}", "--kubernetes.node-name=n"))["alertmanager.0"]
@@ -639,6 +653,7 @@ async def test_simulated_node_rows_are_marked_and_ok():
     valid_json(report)
 
 
+@pytest.mark.integration
 def test_text_has_one_line_per_check_and_the_cause_and_fix_under_what_is_not_ok(fake_nvml):
     fake_nvml.update_gpu(0, fail={"gpm_sample": 4})
     done = command(*NVML_ONLY, env=fake_nvml.env)
@@ -651,6 +666,7 @@ def test_text_has_one_line_per_check_and_the_cause_and_fix_under_what_is_not_ok(
     assert lines[-1].endswith("exit 0 (everything required works)") and done.returncode == 0
 
 
+@pytest.mark.integration
 def test_exit_codes(fake_nvml):
     assert command("--simulate", env=fake_nvml.env).returncode == 0
     assert command("--collector.interval=-1", env=fake_nvml.env).returncode == 2
@@ -660,6 +676,7 @@ def test_exit_codes(fake_nvml):
     assert helped.returncode == 0 and "--output" in helped.stdout and "--path.procfs" in helped.stdout
 
 
+@pytest.mark.integration
 def test_json_output_validates_against_the_schema(fake_nvml, kubelet_socket_path):
     fake_nvml.update_gpu(1, lost=1)
     done = command("--path.procfs=", f"--kubelet.pod-resources-socket={kubelet_socket_path}", "--output=json",
@@ -733,6 +750,7 @@ def test_under_host_pid_the_agent_is_the_one_in_this_mount_namespace(tmp_path):
     assert running_agent_args(str(tmp_path)) == (["--path.procfs=/host/proc"], 4000)
 
 
+@pytest.mark.integration
 def test_without_flags_in_the_agents_container_it_checks_the_running_configuration(fake_nvml):
     """The agent is pid 1 of a pid namespace (as in its container); the check entered into that
     namespace with no flag takes the agent's flags. Needs root, unshare and nsenter (util-linux)."""
@@ -745,7 +763,7 @@ def test_without_flags_in_the_agents_container_it_checks_the_running_configurati
     pid = ""
     try:
         children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children")
-        pid = eventually(lambda: children.read_text().split(), "the agent to start")[0]
+        pid = wait_until(lambda: children.read_text().split(), message="the agent to start")[0]
         enter = ["nsenter", "--target", pid, "--pid", "--mount", f"--wd={ROOT}"]  # this tree's exporter
         done = subprocess.run([*enter, sys.executable, "-m", "exporter", "check", "--output=json"], env=fake_nvml.env,
                               capture_output=True, text=True, timeout=COMMAND_GUARD_SECONDS)

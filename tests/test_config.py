@@ -71,6 +71,7 @@ def test_bad_boolean_in_environment_is_a_problem():
         parse_config([], environ={env_name("--kubelet.enabled"): "maybe"})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -113,6 +114,7 @@ def test_help_still_shows_the_usage(capsys):
     assert capsys.readouterr().out.startswith("usage: kube-gpu-exporter")
 
 
+@pytest.mark.integration
 def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
     scenario = tmp_path / "bad.yaml"
     scenario.write_text("node:\n  drivr_version: '1'\ngpus:\n  - model: X\n    memry: 1GiB\npods: 7\n")
@@ -126,6 +128,7 @@ def test_a_bad_scenario_file_exits_2_listing_every_problem(tmp_path):
         assert fragment in result.stderr
 
 
+@pytest.mark.integration
 def test_json_logs_are_one_object_per_line_and_include_the_resolved_config_as_fields():
     import json
 
@@ -214,6 +217,7 @@ def test_a_bad_value_on_the_command_line_names_the_flag_even_when_the_variable_i
     assert parse_config(["--kubelet.timeout", "1"], environ=environ).kubelet_timeout == 1.0
 
 
+@pytest.mark.integration
 def test_the_cli_names_the_variable_and_exits_2():
     import os
 

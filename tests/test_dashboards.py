@@ -18,6 +18,7 @@ from itertools import combinations
 import matplotlib.image
 import pytest
 import yaml
+from conftest import wait_until
 from e2e import ROOT
 
 from exporter import catalog
@@ -26,6 +27,7 @@ from exporter.push import definitions
 sys.path.insert(0, str(ROOT / "dashboards"))
 import generate  # noqa: E402
 import live  # noqa: E402
+import render_png  # noqa: E402
 import validation  # noqa: E402
 from grafana_foundation_sdk.models import dashboard as dm  # noqa: E402
 from alerts.efficiency import efficiency_rules  # noqa: E402
@@ -266,6 +268,7 @@ def demo():
         yield node
 
 
+@pytest.mark.integration
 def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
     """Every target of every panel, over a time range of a day ($__range), at the end of the
     history: the day-long and hour-long windows read the backfill."""
@@ -287,6 +290,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(demo):
     assert set(empty) == set(EMPTY_ON_PURPOSE), f"empty panels: {empty}"
 
 
+@pytest.mark.integration
 def test_the_demo_node_shows_its_faults(demo):
     q = demo.prometheus.query
     assert float(q('sum(nvidia_gpu_up{node="%s"})' % live.NODE_NAME)[0]["value"][1]) == 4  # GPU 4 is lost
@@ -312,6 +316,7 @@ def _by(label: str, results: list[dict]) -> dict[str, float]:
     return out
 
 
+@pytest.mark.integration
 def test_the_day_and_hour_windows_read_the_history(demo):
     """The backfill covers the day, the agent's series and the recording rules alike; the panels'
     1 h windows see the last hour of it and a time range of a day sees all of it."""
@@ -333,6 +338,7 @@ def test_the_day_and_hour_windows_read_the_history(demo):
     assert 23.5 < hours["ml-training"] < 24.5, hours
 
 
+@pytest.mark.integration
 def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
     """The demo's XIDs: 13 on GPU 0 20 hours and again 40 minutes before the end, then 79 once on
     GPU 4. Read per code, a code's series is born at 1 and increase() misses its first event: GPU
@@ -346,6 +352,7 @@ def test_the_first_xid_of_a_node_shows_in_the_xid_panels(demo):
     assert round(float(per_code[0]["value"][1])) < 3  # the trap the tier counts avoid
 
 
+@pytest.mark.integration
 def test_a_mig_only_workload_shows_its_instances_activity(demo):
     """ml-eval's only workload holds a MIG instance: NVML gives it no utilisation, so the workload's
     utilisation and efficiency come from the instance's activity (GPM), not a flat 0 %."""
@@ -360,6 +367,7 @@ def test_a_mig_only_workload_shows_its_instances_activity(demo):
         assert len(result) == 1 and 0 < float(result[0]["value"][1]) <= 1, (title, result)
 
 
+@pytest.mark.integration
 def test_render_png_draws_every_dashboard_from_prometheus(demo, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "dashboards" / "render_png.py"), "--prometheus", demo.prometheus.url,
@@ -389,3 +397,89 @@ def test_a_panel_reading_an_opt_in_group_names_its_flag():
     assert sorted(needing) == generate.opt_in_groups() == ["limits", "profiling"]
     assert needing["limits"] == ["SM clock"]
     assert {"SM active", "Tensor cores active", "Efficiency (profiling)"} <= set(needing["profiling"])
+
+
+# -- A Prometheus with a minute of data ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def a_minute_of_data(tmp_path_factory):
+    """A real Prometheus holding the last minute of the simulated agent's output (four scrapes,
+    15 s apart, ending now), as a Prometheus started a minute ago would: backfilled with promtool."""
+    import asyncio
+    import time
+
+    import history
+    from exporter.cli import build_agent
+    from exporter.config import parse_config
+
+    async def exposition() -> str:
+        agent = build_agent(parse_config(["--simulate", "--kubernetes.node-name", history.NODE_NAME], environ={}))
+        await agent.start_sources()
+        try:
+            return (await agent.collect_once()).openmetrics.decode()
+        finally:
+            await agent.stop()
+
+    directory = tmp_path_factory.mktemp("a-minute")
+    text = asyncio.run(exposition())
+    backfill = history.Backfill(history.TARGET)
+    for t in (0, 15, 30, 45, 60):
+        backfill.scrape(text, t)
+    end = time.time()
+    for path in backfill.write(directory, end - 60):
+        subprocess.run([shutil.which("promtool") or "promtool", "tsdb", "create-blocks-from", "openmetrics",
+                        "--quiet", str(path), str(directory / "data")], check=True, capture_output=True, timeout=120)
+    (directory / "prometheus.yml").write_text("global: {}\n")
+    port = live.free_port()
+    with open(directory / "prometheus.log", "w") as log:
+        process = subprocess.Popen([shutil.which("prometheus") or "prometheus", f"--config.file={directory / 'prometheus.yml'}",
+                                    f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                    "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    prometheus = live.Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        def ready() -> bool:
+            assert process.poll() is None, (directory / "prometheus.log").read_text()
+            return bool(prometheus.query(render_png.PRESENT))
+
+        wait_until(ready, timeout=60, interval=0.2, ignore=(OSError, live.QueryError),
+                   message=lambda: (directory / "prometheus.log").read_text())
+        yield prometheus, end
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_render_png_draws_the_minute_there_is_when_asked_for_an_hour(a_minute_of_data, tmp_path):
+    """`render_png.py --seconds 3600` against a Prometheus with a minute of data draws that minute
+    (the step fitted to it), with time ticks inside it, and says so; a panel with nothing says
+    how little data there is, not just "No data"."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    prometheus, end = a_minute_of_data
+    frame = render_png.fit_range(prometheus, 3600, end)
+    assert frame.fitted and 45 <= frame.seconds <= 75 and frame.step == 1.0, frame
+    assert frame.no_data() == f"No data in the {render_png._duration(frame.seconds)} there is"
+    assert not render_png.fit_range(prometheus, 30, end).fitted  # the data covers the last 30 s
+
+    dashboard = DASHBOARDS["node.json"]
+    drawn_frame, drawn = render_png.render(dashboard, prometheus, tmp_path / "node.png", 3600, frame=frame)
+    assert drawn_frame == frame
+    timeseries = [p for p in live.panels(dashboard) if p["type"] == "timeseries"]
+    assert sum(drawn[p["title"]] > 0 for p in timeseries) >= len(timeseries) // 2, drawn
+
+    panel = next(p for p in timeseries if drawn[p["title"]] > 0)
+    values = live.resolve_variables(dashboard, prometheus)
+    data = [(target, prometheus.query_range(live.substitute(target["expr"], values, frame.seconds, frame.step),
+                                            frame.start, frame.end, frame.step)) for target in panel["targets"]]
+    fig, ax = plt.subplots()
+    try:
+        render_png.draw_timeseries(ax, panel, data, frame)
+        fig.canvas.draw()
+        ticks = [mdates.num2date(x).timestamp() for x in ax.get_xticks()]
+    finally:
+        plt.close(fig)
+    inside = [t for t in ticks if frame.start - 1 <= t <= frame.end + 1]
+    assert len(inside) >= 3, (ticks, frame)

@@ -88,3 +88,17 @@ def test_the_path_check_finds_paths():
     assert named.findall("see `exporter/render/exposition.py`, and tests/test_docs.py.") == [
         "exporter/render/exposition.py", "tests/test_docs.py"]
     assert not named.findall("/etc/kube-gpu-exporter/web.yml and kube-gpu-exporter/blob/main")
+
+
+def test_no_file_names_a_path_of_the_development_machine():
+    """What is committed stands on its own: no file cites a path outside the repository of the
+    machine it was written on (its workspace and shared notes)."""
+    workspace = "/" + "work" + "/"  # spelt in two parts so that this file does not name it
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    naming = []
+    for name in filter(None, tracked.stdout.split("\0")):
+        path = ROOT / name
+        if path.is_file() and path.suffix in {".md", ".py", ".yaml", ".yml", ".json", ".sh", ".c", ".toml", ""}:
+            if workspace in path.read_text(errors="replace"):
+                naming.append(name)
+    assert not naming, f"files naming {workspace}...: {naming}"

@@ -7,8 +7,6 @@ The kubelet is the real gRPC fake (tests/fakekubelet.py), the API server the aio
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Callable
 
 import pytest
 
@@ -18,6 +16,7 @@ from exporter.sources.kube import SliceWatcher, slice_devices
 from exporter.sources.kubelet.client import KubeletError, PodResourcesClient
 from exporter.model.gpu import Gpu, GpuSnapshot, MigDevice
 from exporter.model.kube import ClaimDevice, PodMeta, PodResources, SliceDevices
+from conftest import wait_until_async
 from fakekubeapi import make_resource_slice
 from fakekubelet import Container, Pod, claim, claim_device
 
@@ -183,14 +182,6 @@ def test_only_the_newest_generation_of_a_pool_counts():
 # -- the ResourceSlice watch --------------------------------------------------------------------
 
 
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def slice_watcher(fake_kube_api):
     watchers: list[SliceWatcher] = []
@@ -225,11 +216,11 @@ async def test_slices_of_this_node_and_driver_are_listed_once_then_watched(fake_
 
     # a slice that changes (the driver re-publishes after a MIG reconfiguration) ...
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_0, MIG_3G_NAME: MIG_3G}))
-    await wait_until(lambda: (DRIVER, NODE, MIG_3G_NAME) in watcher.devices().uuids, "the changed slice")
+    await wait_until_async(lambda: (DRIVER, NODE, MIG_3G_NAME) in watcher.devices().uuids, message="the changed slice")
     assert (DRIVER, NODE, MIG_1G_NAME) not in watcher.devices().uuids
     # ... and one that goes
     fake_kube_api.delete_object("ResourceSlice", "", make_resource_slice(NODE, {})["metadata"]["name"])
-    await wait_until(lambda: not watcher.devices().uuids, "the deleted slice")
+    await wait_until_async(lambda: not watcher.devices().uuids, message="the deleted slice")
     assert len(slice_calls(fake_kube_api, "list")) == 1
     assert all(c.query["allowWatchBookmarks"] == "true" for c in slice_calls(fake_kube_api, "watch"))
 
@@ -238,27 +229,27 @@ async def test_a_410_relists_and_an_outage_keeps_the_last_slices(fake_kube_api, 
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_0}))
     watcher = await slice_watcher()
     assert await watcher.wait_synced(10)
-    await wait_until(lambda: fake_kube_api.watching_slices_since(fake_kube_api.resource_version), "the watch")
+    await wait_until_async(lambda: fake_kube_api.watching_slices_since(fake_kube_api.resource_version), message="the watch")
 
     fake_kube_api.expire_watches()  # the history is compacted: the next watch gets 410 Gone
     fake_kube_api.add_object(make_resource_slice(NODE, {"gpu-0": GPU_1}))
-    await wait_until(lambda: watcher.devices().uuids.get((DRIVER, NODE, "gpu-0")) == GPU_1, "the relist")
+    await wait_until_async(lambda: watcher.devices().uuids.get((DRIVER, NODE, "gpu-0")) == GPU_1, message="the relist")
     assert watcher.error_counts()["gone"] >= 1
     assert len(slice_calls(fake_kube_api, "list")) == 2
 
     fake_kube_api.set_down(True)
-    await wait_until(lambda: not watcher.connected, "the outage")
+    await wait_until_async(lambda: not watcher.connected, message="the outage")
     assert watcher.devices().uuids == {(DRIVER, NODE, "gpu-0"): GPU_1}  # kept
     assert watcher.error_counts()["unavailable"] >= 1
     fake_kube_api.set_down(False)
-    await wait_until(lambda: watcher.connected, "the recovery")
+    await wait_until_async(lambda: watcher.connected, message="the recovery")
     assert len(slice_calls(fake_kube_api, "list")) == 2  # the watch resumed: no list
 
 
 async def test_forbidden_is_counted_and_retried(fake_kube_api, slice_watcher):
     fake_kube_api.set_resource_error("resourceslices", 403)
     watcher = await slice_watcher()
-    await wait_until(lambda: watcher.error_counts()["forbidden"] >= 2, "retries")
+    await wait_until_async(lambda: watcher.error_counts()["forbidden"] >= 2, message="retries")
     assert not watcher.connected
     fake_kube_api.set_resource_error("resourceslices", None)
     assert await watcher.wait_synced(10)

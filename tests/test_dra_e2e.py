@@ -14,6 +14,8 @@ from fakekubeapi import make_pod, make_resource_slice
 from fakekubelet import FakeKubelet
 from fakenvml import h100
 
+pytestmark = pytest.mark.integration  # the agent as a process, every test
+
 DRIVER = "gpu.nvidia.com"
 GPU_3 = "GPU-7c2e4f10-0000-4000-8000-000000000003"
 MIG_1G_NAME = "gpu-2-mig-19-6-1"  # NVIDIA's name of the A100's 1g.5gb instance (gpu-<minor>-mig-...)

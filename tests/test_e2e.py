@@ -21,6 +21,8 @@ from fakekubelet import FakeKubelet
 
 from exporter import catalog
 
+pytestmark = pytest.mark.integration  # the agent as a process, every test
+
 GOLDEN = Path(__file__).parent / "fixtures" / "e2e-output.txt"
 # Values that change from run to run; their label sets are still compared.
 VOLATILE = (

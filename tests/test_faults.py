@@ -27,9 +27,12 @@ import time
 import urllib.request
 
 import grpc
+import pytest
 from e2e import GPU, PODS, kubelet_pods, samples, value
 from fakekubeapi import make_pod
 from test_e2e import cluster, settled  # noqa: F401 - the shared fixture of the fake node
+
+pytestmark = pytest.mark.integration  # the agent as a process, every test
 
 #: How long the concurrent scrapers run (the issue's 30 s: ``FAULT_SCRAPE_SECONDS=30``).
 SCRAPE_SECONDS = float(os.environ.get("FAULT_SCRAPE_SECONDS", "8"))

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until_async
 
 from exporter import catalog
 from exporter.config import parse_config
@@ -96,14 +97,15 @@ class ScriptedBackend:
         self.stop_hang.wait(10)
 
 
-async def collect_until(collector, condition, attempts: int = 50):
+async def collect_until(collector, condition):
     """Collect until ``condition(snapshot)``: a released thread needs a moment on a busy machine."""
-    for _ in range(attempts):
-        snapshot = await collector.snapshot()
-        if condition(snapshot):
-            return snapshot
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition never held; last snapshot {snapshot}")
+    last = []
+
+    async def collected():
+        last[:] = [await collector.snapshot()]
+        return last[0] if condition(last[0]) else None
+
+    return await wait_until_async(collected, message=lambda: f"the condition; last snapshot {last}")
 
 
 def temps(snapshot):
@@ -453,6 +455,7 @@ async def test_a_failed_xid_read_keeps_the_last_counts_and_is_counted():
 PHASE_SECONDS = 0.6  # each phase alone fits the 1 s timeout; any two together do not
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("slow", [("init", "count"), ("count", "read"), ("init", "read")], ids="+".join)
 async def test_the_timeout_bounds_the_whole_cycle_not_each_nvml_phase(fake_nvml, slow):
     """nvmlInit, the device count and a GPU's read take 0.6 s each where told to: with a 1 s

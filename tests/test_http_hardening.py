@@ -16,6 +16,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import wait_until_async
 from e2e import AgentProcess, value
 
 from exporter.serve.guard import Guard, HttpLimits, start_server
@@ -103,6 +104,7 @@ async def scrape_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     return head
 
 
+@pytest.mark.integration
 async def test_a_keep_alive_connection_waits_the_idle_timeout_for_its_next_request():
     async with Served() as served:
         reader, writer = await served.connect()
@@ -118,13 +120,14 @@ async def test_a_keep_alive_connection_waits_the_idle_timeout_for_its_next_reque
 PATIENT = dataclasses.replace(LIMITS, idle_timeout=60.0)
 
 
+@pytest.mark.integration
 async def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout():
     async with Served(PATIENT) as served:
         silent, _ = await served.connect()
         assert await closed_within(silent, PATIENT.read_timeout + 3)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 async def test_scrapes_15_s_apart_on_one_client_session_use_one_connection():
     """The defaults: Prometheus' next scrape, an interval later, finds its connection open."""
     async with Served(HttpLimits()) as served:
@@ -138,6 +141,7 @@ async def test_scrapes_15_s_apart_on_one_client_session_use_one_connection():
         assert len(served.answered_on) == 2 and served.answered_on[0] is served.answered_on[1]
 
 
+@pytest.mark.integration
 async def test_a_request_sent_a_byte_at_a_time_is_dropped():
     async with Served(PATIENT) as served:
         for keep_alive_first in (False, True):  # on a new connection, and after a first response
@@ -146,16 +150,17 @@ async def test_a_request_sent_a_byte_at_a_time_is_dropped():
                 assert (await scrape_on(reader, writer)).startswith(b"HTTP/1.1 200")
                 await asyncio.sleep(PATIENT.read_timeout + 0.2)  # idle: its deadline starts at the next byte
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: node\r\n")
-            deadline = time.monotonic() + PATIENT.read_timeout + 3
-            dropped = False
-            while time.monotonic() < deadline and not dropped:
+
+            async def dropped() -> bool:
                 try:
                     writer.write(b"X")  # a header that never ends
                     await writer.drain()
                 except ConnectionError:
-                    dropped = True
-                dropped = dropped or await closed_within(reader, 0.2)
-            assert dropped, "a slowloris connection was still held"
+                    return True
+                return await closed_within(reader, 0.2)
+
+            await wait_until_async(dropped, timeout=PATIENT.read_timeout + 3, interval=0,
+                                   message="the slowloris connection to be dropped")
         assert (await served.scrape()).startswith(b"HTTP/1.1 200")
 
 
@@ -186,7 +191,7 @@ async def test_when_every_connection_is_busy_a_new_one_is_refused_then_served_af
             reader, writer = await served.connect()
             writer.write(b"GET /slow HTTP/1.1\r\nHost: node\r\n\r\n")
             busy.append((reader, writer))
-        await wait_for(lambda: len(served.guard.busy) == LIMITS.max_connections, "every connection busy")
+        await wait_until_async(lambda: len(served.guard.busy) == LIMITS.max_connections, message="every connection busy")
         extra, _ = await served.connect()
         assert await closed_within(extra, 2)
         assert served.guard.rejected["connection_limit"] >= 1
@@ -196,6 +201,7 @@ async def test_when_every_connection_is_busy_a_new_one_is_refused_then_served_af
         assert (await served.scrape()).startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.integration
 async def test_a_client_that_does_not_read_is_cut_off_after_the_write_timeout():
     async with Served() as served:
         sock = socket.socket()
@@ -204,7 +210,7 @@ async def test_a_client_that_does_not_read_is_cut_off_after_the_write_timeout():
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(b"GET /big HTTP/1.1\r\nHost: node\r\n\r\n")
-        await wait_for(lambda: served.guard.rejected["write_timeout"] == 1, "the write deadline", 10)
+        await wait_until_async(lambda: served.guard.rejected["write_timeout"] == 1, message="the write deadline")
         received = 0
         try:
             while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
@@ -248,16 +254,10 @@ async def test_head_is_answered_without_a_body():
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n")
 
 
-async def wait_for(condition, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 # -- end to end: the CLI with its defaults ------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_agent_sheds_idle_and_half_sent_connections_and_answers_scrapes_meanwhile(fake_nvml):
     agent = AgentProcess(["--simulate", "--web.max-connections", "40"], fake_nvml.env)
     try:
@@ -283,6 +283,7 @@ def test_the_agent_sheds_idle_and_half_sent_connections_and_answers_scrapes_mean
     assert "Traceback" not in stderr, stderr
 
 
+@pytest.mark.integration
 def test_refused_requests_are_counted_by_reason_in_the_exposition(fake_nvml):
     agent = AgentProcess(["--simulate"], fake_nvml.env)
     try:

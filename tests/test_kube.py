@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,22 +15,12 @@ import pytest
 
 from exporter.sources.kube import POD_WATCH_ERROR_KINDS, KubeApi, PodWatcher, pod_meta_from_dict, strip_runtime_prefix
 from exporter.sources.kube.api import InCluster, in_cluster_server
+from conftest import wait_until_async
 from fakekubeapi import FakeKubeApi, make_pod
 
 NODE = "gpu-node-1"
 ROOT = Path(__file__).resolve().parent.parent
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
-
-async def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 # Short backoffs and watches for tests; owner lookups retried only after a minute unless a test
@@ -144,9 +133,9 @@ async def test_every_request_is_one_the_cluster_role_allows(fake_kube_api: FakeK
     slices = SliceWatcher(NODE, ("gpu.nvidia.com",), api=w.api, backoff_initial=0.05)
     await slices.start()
     try:
-        await wait_for(lambda: len(pod_calls(api, "list")) >= 2 and api.count("watch", "resourceslices") >= 1)
+        await wait_until_async(lambda: len(pod_calls(api, "list")) >= 2 and api.count("watch", "resourceslices") >= 1)
         api.expire_watches()  # and a list after a 410
-        await wait_for(lambda: w.error_counts()["gone"] >= 1 and w.connected)
+        await wait_until_async(lambda: w.error_counts()["gone"] >= 1 and w.connected)
     finally:
         await slices.stop()
     used = {(c.verb, c.resource) for c in api.calls}
@@ -160,16 +149,16 @@ async def test_one_owner_lookup_per_replicaset_or_job_not_per_pod(fake_kube_api:
     for i in range(5):
         api.add_pod(make_pod("ml", f"web-5f6d7c-{i}", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
     w = await make_watcher()
-    await wait_for(lambda: len(w.pods()) == 5)
+    await wait_until_async(lambda: len(w.pods()) == 5)
     for i in range(5, 10):  # churn through the watch
         api.add_pod(make_pod("ml", f"web-5f6d7c-{i}", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
-    await wait_for(lambda: len(w.pods()) == 10)
+    await wait_until_async(lambda: len(w.pods()) == 10)
     for i in range(10):  # every pod replaced: the answer outlives them (owner_linger)
         api.delete_pod("ml", f"web-5f6d7c-{i}")
     api.add_pod(make_pod("ml", "web-5f6d7c-new", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
-    await wait_for(lambda: set(by_name(w)) == {"web-5f6d7c-new"})
+    await wait_until_async(lambda: set(by_name(w)) == {"web-5f6d7c-new"})
     api.expire_watches()  # and a list again (410)
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     assert set(by_name(w).values()) == {("Deployment", "web")}
     assert api.request_count("/apis/apps/v1/namespaces/ml/replicasets/web-5f6d7c") == 1
 
@@ -184,7 +173,7 @@ async def test_labels_and_container_ids(fake_kube_api: FakeKubeApi, make_watcher
     )
     fake_kube_api.add_pod(pod)
     w = await make_watcher(label_allowlist=("app", "team", "absent"))
-    meta = await wait_for(lambda: w.pods().get("11111111-2222-3333-4444-555555555555"))
+    meta = await wait_until_async(lambda: w.pods().get("11111111-2222-3333-4444-555555555555"))
     assert dict(meta.labels) == {"app": "trainer", "team": "vision"}
     assert dict(meta.container_ids) == {
         "abc123": "main", "def456": "sidecar", "0a0b": "init", "dbg1": "debug",
@@ -196,21 +185,21 @@ async def test_watch_adds_modifies_and_deletes(fake_kube_api: FakeKubeApi, make_
     api = fake_kube_api
     api.add_pod(make_pod("ml", "first", uid="u-first", node=NODE))
     w = await make_watcher(label_allowlist=("v",))
-    await wait_for(lambda: w.connected and "u-first" in w.pods())
+    await wait_until_async(lambda: w.connected and "u-first" in w.pods())
     before = w.pods()
 
     api.add_pod(make_pod("ml", "second", uid="u-second", node=NODE, owner=("DaemonSet", "ds")))
     api.add_pod(make_pod("ml", "other-node", uid="u-other", node="gpu-node-2"))
-    await wait_for(lambda: "u-second" in w.pods())
+    await wait_until_async(lambda: "u-second" in w.pods())
     assert w.pods()["u-second"].workload_kind == "DaemonSet"
     assert "u-first" in before and "u-second" not in before  # earlier views are not changed
 
     api.update_pod(make_pod("ml", "second", uid="u-second", node=NODE, owner=("DaemonSet", "ds"),
                             labels={"v": "2"}))
-    await wait_for(lambda: w.pods()["u-second"].labels.get("v") == "2")
+    await wait_until_async(lambda: w.pods()["u-second"].labels.get("v") == "2")
 
     api.delete_pod("ml", "first")
-    await wait_for(lambda: "u-first" not in w.pods())
+    await wait_until_async(lambda: "u-first" not in w.pods())
     assert set(w.pods()) == {"u-second"}
     assert sum(w.error_counts().values()) == 0
 
@@ -222,7 +211,7 @@ async def test_lists_once_from_the_watch_cache_then_watches_with_bookmarks(fake_
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher()
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     (listed,) = pod_calls(api, "list")
     assert listed.resource_version == "0"  # from the API server's cache, no quorum read of etcd
     assert listed.query["fieldSelector"] == f"spec.nodeName={NODE}"
@@ -234,7 +223,7 @@ async def test_lists_once_from_the_watch_cache_then_watches_with_bookmarks(fake_
     # Bookmarks move the watcher's resourceVersion on, even when no event of this node comes.
     api.add_pod(make_pod("ml", "elsewhere", node="gpu-node-2"))
     newest = str(api.resource_version)
-    await wait_for(lambda: w.resource_version == newest)
+    await wait_until_async(lambda: w.resource_version == newest)
     assert api.bookmarks_sent >= 1 and set(w.pods()) == {"u-a"}
 
 
@@ -243,28 +232,29 @@ async def test_a_cut_watch_resumes_from_the_last_bookmark_without_a_list(fake_ku
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher()
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     for i in range(3):  # other nodes' pods: no event here, but bookmarks
         api.add_pod(make_pod("ml", f"elsewhere-{i}", node="gpu-node-2"))
     bookmark = str(api.resource_version)
-    await wait_for(lambda: w.resource_version == bookmark)
+    await wait_until_async(lambda: w.resource_version == bookmark)
 
     api.drop_watches()  # a disconnect (an API server restarting, a load balancer)
     api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))  # meanwhile
-    await wait_for(lambda: "u-b" in w.pods())
+    await wait_until_async(lambda: "u-b" in w.pods())
     assert len(pod_calls(api, "list")) == 1
     assert [c.resource_version for c in pod_calls(api, "watch")][1] == bookmark
     assert w.connected
 
 
+@pytest.mark.integration
 async def test_watches_the_server_ends_are_renewed_without_a_list(fake_kube_api: FakeKubeApi,
                                                                   make_watcher) -> None:
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher(watch_timeout_seconds=(1, 1))
-    await wait_for(lambda: len(pod_calls(api, "watch")) >= 4)  # each ended by timeoutSeconds=1
+    await wait_until_async(lambda: len(pod_calls(api, "watch")) >= 4)  # each ended by timeoutSeconds=1
     api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
-    await wait_for(lambda: "u-b" in w.pods())
+    await wait_until_async(lambda: "u-b" in w.pods())
     assert len(pod_calls(api, "list")) == 1
     assert sum(w.error_counts().values()) == 0 and w.connected
 
@@ -279,36 +269,38 @@ async def test_watch_timeouts_are_spread(fake_kube_api: FakeKubeApi, make_watche
     for _ in range(3):
         w = PodWatcher(NODE, kubeconfig=str(fake_kube_api.kubeconfig_path))
         await w.start()
-        await wait_for(lambda: len(pod_calls(fake_kube_api, "watch")) > len(timeouts))
+        await wait_until_async(lambda: len(pod_calls(fake_kube_api, "watch")) > len(timeouts))
         await w.stop()
         timeouts = {int(c.query["timeoutSeconds"]) for c in pod_calls(fake_kube_api, "watch")}
     assert all(300 <= t <= 600 for t in timeouts)
 
 
+@pytest.mark.integration
 async def test_a_silent_watch_is_cut_after_the_read_timeout_and_resumed(fake_kube_api: FakeKubeApi,
                                                                         make_watcher) -> None:
     api = fake_kube_api
     api.bookmark_seconds = 0.1
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher(read_timeout=0.5)
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     await asyncio.sleep(1.5)
     assert w.error_counts()["unavailable"] == 0  # bookmarks keep a quiet watch alive
     api.stall_watches(True)  # a connection that died without a word
-    await wait_for(lambda: w.error_counts()["unavailable"] >= 1)
+    await wait_until_async(lambda: w.error_counts()["unavailable"] >= 1)
     api.stall_watches(False)
     api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
-    await wait_for(lambda: w.connected and "u-b" in w.pods())
+    await wait_until_async(lambda: w.connected and "u-b" in w.pods())
     assert len(pod_calls(api, "list")) == 1
 
 
+@pytest.mark.integration
 async def test_watches_that_end_at_once_are_backed_off(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     """A proxy that ends every stream at once must not make the agent spin: such a watch counts as
     an error and the next one waits a backoff."""
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher(backoff_initial=0.2, backoff_max=0.4)
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     api.end_watches_at_once(True)
     api.drop_watches()
     await asyncio.sleep(2)
@@ -316,19 +308,19 @@ async def test_watches_that_end_at_once_are_backed_off(fake_kube_api: FakeKubeAp
     assert len(pod_calls(api, "watch")) <= 14 and len(pod_calls(api, "list")) == 1
     api.end_watches_at_once(False)
     api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
-    await wait_for(lambda: w.connected and "u-b" in w.pods())
+    await wait_until_async(lambda: w.connected and "u-b" in w.pods())
 
 
 async def test_gone_relists_from_the_last_version(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher()
-    await wait_for(lambda: w.connected and "u-a" in w.pods() and api.bookmarks_sent >= 1)  # a watch well on
+    await wait_until_async(lambda: w.connected and "u-a" in w.pods() and api.bookmarks_sent >= 1)  # a watch well on
     known = w.resource_version
     api.expire_watches()  # history compacted; the watch ends; re-watch from old rv -> 410
-    await wait_for(lambda: w.error_counts()["gone"] >= 1)
+    await wait_until_async(lambda: w.error_counts()["gone"] >= 1)
     api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
-    await wait_for(lambda: "u-b" in w.pods())
+    await wait_until_async(lambda: "u-b" in w.pods())
     assert w.connected
     assert w.error_counts()["unavailable"] == 0
     # The list again is from the cache too, not older than what the watcher knew.
@@ -343,7 +335,7 @@ async def test_the_safety_list_is_from_the_cache_and_not_older_than_what_is_know
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher(relist_seconds=0.5, watch_timeout_seconds=(1, 1))
-    await wait_for(lambda: len(pod_calls(api, "list")) >= 2)
+    await wait_until_async(lambda: len(pod_calls(api, "list")) >= 2)
     first, second = pod_calls(api, "list")[:2]
     assert first.resource_version == "0" and int(second.resource_version) >= 1000
     assert set(w.pods()) == {"u-a"} and sum(w.error_counts().values()) == 0
@@ -353,25 +345,25 @@ async def test_api_server_down_and_back(fake_kube_api: FakeKubeApi, make_watcher
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE, owner=("StatefulSet", "s")))
     w = await make_watcher()
-    await wait_for(lambda: w.connected and "u-a" in w.pods())
+    await wait_until_async(lambda: w.connected and "u-a" in w.pods())
 
     api.set_down(True)  # connections dropped, the open watch cut
-    await wait_for(lambda: not w.connected)
-    await wait_for(lambda: w.error_counts()["unavailable"] >= 2)  # retried, still failing
+    await wait_until_async(lambda: not w.connected)
+    await wait_until_async(lambda: w.error_counts()["unavailable"] >= 2)  # retried, still failing
     assert set(w.pods()) == {"u-a"}  # last known metadata kept
     assert w.pods()["u-a"].workload == "s"
 
     api.set_down(False)
     api.add_pod(make_pod("ml", "b", uid="u-b", node=NODE))
-    await wait_for(lambda: w.connected and "u-b" in w.pods())
+    await wait_until_async(lambda: w.connected and "u-b" in w.pods())
     assert set(w.pods()) == {"u-a", "u-b"}
 
     # pods deleted while the watcher was cut off go away when its watch resumes
     api.set_down(True, status=500)
-    await wait_for(lambda: not w.connected)
+    await wait_until_async(lambda: not w.connected)
     api.delete_pod("ml", "a")
     api.set_down(False)
-    await wait_for(lambda: w.connected and set(w.pods()) == {"u-b"})
+    await wait_until_async(lambda: w.connected and set(w.pods()) == {"u-b"})
     assert len(pod_calls(api, "list")) == 1  # resumed twice, never listed again
 
 
@@ -381,11 +373,11 @@ async def test_error_statuses_counted(fake_kube_api: FakeKubeApi, make_watcher, 
     api = fake_kube_api
     api.set_down(True, status=status)
     w = await make_watcher()
-    await wait_for(lambda: w.error_counts()[kind] >= 2)
+    await wait_until_async(lambda: w.error_counts()[kind] >= 2)
     assert not w.connected
     assert w.pods() == {}
     api.set_down(False)
-    await wait_for(lambda: w.connected)
+    await wait_until_async(lambda: w.connected)
 
 
 # -- owners, without holding up the watch ------------------------------------------------------
@@ -395,31 +387,31 @@ async def test_pods_are_published_while_their_owner_is_looked_up(fake_kube_api: 
     api = fake_kube_api
     api.add_job("ml", "nightly-1", owner=("CronJob", "nightly"))
     w = await make_watcher()
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     api.hold("jobs")  # the Job's GET waits
     api.add_pod(make_pod("ml", "nightly-1-a", uid="u-a", node=NODE, owner=("Job", "nightly-1")))
-    await wait_for(lambda: "u-a" in w.pods())
+    await wait_until_async(lambda: "u-a" in w.pods())
     assert by_name(w) == {"nightly-1-a": ("Job", "nightly-1")}  # at once, with its direct owner
     api.add_pod(make_pod("ml", "db-0", uid="u-db", node=NODE, owner=("StatefulSet", "db")))
-    await wait_for(lambda: "u-db" in w.pods())  # the watch goes on meanwhile
+    await wait_until_async(lambda: "u-db" in w.pods())  # the watch goes on meanwhile
     api.release("jobs")
-    await wait_for(lambda: by_name(w)["nightly-1-a"] == ("CronJob", "nightly"))
+    await wait_until_async(lambda: by_name(w)["nightly-1-a"] == ("CronJob", "nightly"))
     assert api.request_count("/apis/batch/v1/namespaces/ml/jobs/nightly-1") == 1
 
 
 async def test_owner_lookups_run_a_few_at_a_time(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     api = fake_kube_api
     w = await make_watcher(owner_concurrency=2)
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     api.hold("jobs")
     for i in range(8):
         api.add_job("ml", f"nightly-{i}", owner=("CronJob", "nightly"))
         api.add_pod(make_pod("ml", f"nightly-{i}-a", node=NODE, owner=("Job", f"nightly-{i}")))
-    await wait_for(lambda: len(w.pods()) == 8)
+    await wait_until_async(lambda: len(w.pods()) == 8)
     await asyncio.sleep(0.2)
     assert api.max_in_flight["jobs"] == 2
     api.release("jobs")
-    await wait_for(lambda: set(by_name(w).values()) == {("CronJob", "nightly")})
+    await wait_until_async(lambda: set(by_name(w).values()) == {("CronJob", "nightly")})
     assert api.max_in_flight["jobs"] == 2 and api.count("get", "jobs") == 8
 
 
@@ -439,10 +431,10 @@ async def test_a_failed_owner_lookup_is_retried_and_the_workload_changes_once(fa
                 seen.append(workload)
         return bool(seen) and seen[-1] == ("CronJob", "nightly")
 
-    await wait_for(lambda: record() or w.error_counts()["owner_lookup"] >= 3, interval=0.005)
+    await wait_until_async(lambda: record() or w.error_counts()["owner_lookup"] >= 3, interval=0.005)
     assert seen == [("Job", "nightly-1")]  # failing: the direct owner, steadily
     api.set_resource_error("jobs", None)
-    await wait_for(record, interval=0.005)
+    await wait_until_async(record, interval=0.005)
     await asyncio.sleep(0.5)
     record()
     assert seen == [("Job", "nightly-1"), ("CronJob", "nightly")]  # one change
@@ -494,11 +486,11 @@ async def test_an_answered_owner_is_not_asked_again_whatever_fails_later(fake_ku
                             owner=("ReplicaSet", "web-5f6d7c"), phase="Succeeded"))
     api.update_pod(make_pod("ml", "nightly-a", uid="u-job", node=NODE,
                             owner=("Job", "nightly-1"), phase="Succeeded"))
-    await wait_for(lambda: w.pods()["u-web"].phase == "Succeeded" and w.pods()["u-job"].phase == "Succeeded")
+    await wait_until_async(lambda: w.pods()["u-web"].phase == "Succeeded" and w.pods()["u-job"].phase == "Succeeded")
     api.expire_watches()  # -> 410 -> a list
-    await wait_for(relisted(api))
+    await wait_until_async(relisted(api))
     api.add_pod(make_pod("ml", "web-b", uid="u-web-b", node=NODE, owner=("ReplicaSet", "web-5f6d7c")))
-    await wait_for(lambda: "u-web-b" in w.pods())
+    await wait_until_async(lambda: "u-web-b" in w.pods())
     assert by_name(w) == {**expected, "web-b": ("Deployment", "web")}
     assert w.error_counts()["owner_lookup"] == 0
     assert api.count("get") == 3
@@ -514,15 +506,15 @@ async def test_an_owner_is_forgotten_after_its_pods(fake_kube_api: FakeKubeApi, 
     assert await w.wait_synced(10)
     api.set_resource_error("jobs", 403)
     api.add_pod(make_pod("ml", "nightly-b", uid="u-b", node=NODE, owner=("Job", "nightly-1")))
-    await wait_for(lambda: "u-b" in w.pods())
+    await wait_until_async(lambda: "u-b" in w.pods())
     assert by_name(w) == {"nightly-a": ("CronJob", "nightly"), "nightly-b": ("CronJob", "nightly")}
     api.delete_pod("ml", "nightly-a")
     api.delete_pod("ml", "nightly-b")
-    await wait_for(lambda: not w.pods())
+    await wait_until_async(lambda: not w.pods())
     api.add_pod(make_pod("ml", "nightly-c", uid="u-c", node=NODE, owner=("Job", "nightly-1")))
-    await wait_for(lambda: "u-c" in w.pods())
+    await wait_until_async(lambda: "u-c" in w.pods())
     assert by_name(w) == {"nightly-c": ("Job", "nightly-1")}
-    await wait_for(lambda: w.error_counts()["owner_lookup"] == 1)
+    await wait_until_async(lambda: w.error_counts()["owner_lookup"] == 1)
 
 
 async def test_missing_owner_object_falls_back(fake_kube_api: FakeKubeApi, make_watcher) -> None:
@@ -538,7 +530,7 @@ async def test_missing_owner_object_falls_back(fake_kube_api: FakeKubeApi, make_
 async def test_stop_ends_a_waiting_watch(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     fake_kube_api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
     w = await make_watcher(watch_timeout_seconds=(300, 300))
-    await wait_for(relisted(fake_kube_api))  # the watch waits for events (for up to 300 s)
+    await wait_until_async(relisted(fake_kube_api))  # the watch waits for events (for up to 300 s)
     await asyncio.wait_for(w.stop(), 2)
     assert not watch_tasks()
     assert not w.connected
@@ -548,7 +540,7 @@ async def test_stop_ends_a_waiting_watch(fake_kube_api: FakeKubeApi, make_watche
 async def test_stop_ends_a_backoff(fake_kube_api: FakeKubeApi, make_watcher) -> None:
     fake_kube_api.set_down(True)
     w = await make_watcher(backoff_initial=20, backoff_max=30)
-    await wait_for(lambda: w.error_counts()["unavailable"] >= 1)  # now in a backoff of 10 s or more
+    await wait_until_async(lambda: w.error_counts()["unavailable"] >= 1)  # now in a backoff of 10 s or more
     await asyncio.wait_for(w.stop(), 2)
     assert not watch_tasks()
 
@@ -557,7 +549,7 @@ async def test_errors_logged_once_per_kind(fake_kube_api: FakeKubeApi, make_watc
     fake_kube_api.set_down(True)
     with caplog.at_level("DEBUG", logger="exporter.sources.kube"):
         w = await make_watcher()
-        await wait_for(lambda: w.error_counts()["unavailable"] >= 4)
+        await wait_until_async(lambda: w.error_counts()["unavailable"] >= 4)
         await w.stop()
     warnings = [r for r in caplog.records
                 if r.levelname == "WARNING" and r.name.startswith("exporter.sources.kube")]
@@ -624,12 +616,12 @@ async def test_phase_follows_the_watch(fake_kube_api: FakeKubeApi, make_watcher)
     api = fake_kube_api
     api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE, phase="Pending"))
     w = await make_watcher()
-    await wait_for(lambda: "u-a" in w.pods())
+    await wait_until_async(lambda: "u-a" in w.pods())
     assert w.pods()["u-a"].phase == "Pending"
     api.update_pod(make_pod("ml", "a", uid="u-a", node=NODE, phase="Running"))
-    await wait_for(lambda: w.pods()["u-a"].phase == "Running")
+    await wait_until_async(lambda: w.pods()["u-a"].phase == "Running")
     api.update_pod(make_pod("ml", "a", uid="u-a", node=NODE, phase="Succeeded"))
-    await wait_for(lambda: w.pods()["u-a"].finished)
+    await wait_until_async(lambda: w.pods()["u-a"].finished)
 
 
 # -- authentication, and the client --------------------------------------------------------------
@@ -642,9 +634,9 @@ def _auth_pods(api: FakeKubeApi) -> None:
 
 
 async def _check_authenticated(api: FakeKubeApi, w: PodWatcher, token: str) -> None:
-    await wait_for(lambda: w.connected and len(w.pods()) == 2)
+    await wait_until_async(lambda: w.connected and len(w.pods()) == 2)
     api.add_pod(make_pod("ml", "c", uid="u-c", node=NODE))  # through the watch
-    await wait_for(lambda: "u-c" in w.pods())
+    await wait_until_async(lambda: "u-c" in w.pods())
     assert by_name(w) == {"web-5f6d7c-a": ("Deployment", "web"),
                           "nightly-1-b": ("CronJob", "nightly"), "c": ("Pod", "c")}
     assert sum(w.error_counts().values()) == 0
@@ -661,7 +653,7 @@ async def test_kubeconfig_bearer_token(tmp_path, start_watcher) -> None:
         w = await start_watcher(str(api.write_kubeconfig(tmp_path / "good", token="s3cret")))
         await _check_authenticated(api, w, "s3cret")
         w = await start_watcher(str(api.write_kubeconfig(tmp_path / "bad", token="wrong")))
-        await wait_for(lambda: w.error_counts()["forbidden"] >= 2)  # 401
+        await wait_until_async(lambda: w.error_counts()["forbidden"] >= 2)  # 401
         assert not w.connected and w.pods() == {}
     finally:
         api.stop()
@@ -736,14 +728,14 @@ async def test_in_cluster_token_is_read_again_as_it_rotates(tmp_path, start_watc
         client = KubeApi(credentials=InCluster(_in_cluster_env(api), account, refresh_seconds=0.2),
                          request_timeout=2)
         w = await start_watcher(api=client, watch_timeout_seconds=(1, 1))
-        await wait_for(lambda: w.connected)
+        await wait_until_async(lambda: w.connected)
         # The kubelet writes the next token; both are valid for a while, as bound tokens are.
         api.accept_tokens("token-1", "token-2")
         (account / "token").write_text("token-2")
-        await wait_for(lambda: "Bearer token-2" in api.authorizations)  # at the next watch, after 0.2 s
+        await wait_until_async(lambda: "Bearer token-2" in api.authorizations)  # at the next watch, after 0.2 s
         api.accept_tokens("token-2")
         api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
-        await wait_for(lambda: "u-a" in w.pods())
+        await wait_until_async(lambda: "u-a" in w.pods())
         assert sum(w.error_counts().values()) == 0
     finally:
         api.stop()
@@ -757,12 +749,12 @@ async def test_a_401_reads_the_token_again_at_once(tmp_path, start_watcher) -> N
         client = KubeApi(credentials=InCluster(_in_cluster_env(api), account, refresh_seconds=3600),
                          request_timeout=2)
         w = await start_watcher(api=client)
-        await wait_for(lambda: w.connected)
+        await wait_until_async(lambda: w.connected)
         (account / "token").write_text("token-2")
         api.accept_tokens("token-2")  # the old one expired before the minute was up
         api.drop_watches()
         api.add_pod(make_pod("ml", "a", uid="u-a", node=NODE))
-        await wait_for(lambda: "u-a" in w.pods())
+        await wait_until_async(lambda: "u-a" in w.pods())
         assert api.authorizations.count("Bearer token-1") >= 2  # the list, the first watch; then one 401
         assert api.authorizations[-1] == "Bearer token-2"
         assert w.error_counts()["forbidden"] == 0  # retried at once with the new token

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +33,7 @@ def test_in_cluster_imports_nothing_of_the_kubernetes_package(tmp_path):
     """)
 
 
+@pytest.mark.integration
 def test_a_kubeconfig_imports_the_package_normally(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(textwrap.dedent("""\

@@ -291,6 +291,7 @@ async def test_slow_server_times_out_promptly(fake_kubelet):
         await c.close()
 
 
+@pytest.mark.integration
 async def test_both_calls_share_one_deadline(fake_kubelet):
     # 2 s per call, 3 s for the cycle: List fits (1 s to spare), GetAllocatableResources does
     # not; with a deadline of its own it would succeed at 4 s. The call returns at the shared

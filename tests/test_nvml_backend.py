@@ -8,9 +8,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pynvml
 import pytest
@@ -22,6 +21,7 @@ from exporter.sources.nvml import GpuReadError, NvmlBackend
 from exporter.sources.nvml.processes import merge_processes
 from exporter.sources.nvml.mig import mig_profile
 from exporter.model.gpu import Gpu, GpuProcess
+from conftest import wait_until
 from fakenvml import GIB, FakeNode, h100
 
 MIB = 1 << 20
@@ -39,15 +39,6 @@ def value(gpu: Gpu, metric: catalog.MetricSpec, *labels: str) -> float | None:
 
 def names(gpu: Gpu) -> set[str]:
     return {s.metric.name for s in gpu.samples}
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture
@@ -225,13 +216,13 @@ def test_xid_events_counted_per_code(fake_nvml: FakeNode, started: NvmlBackend) 
     fake_nvml.add_xid(0, 79, 79)
     fake_nvml.add_xid(0, 13)
     fake_nvml.add_xid(1, 48)
-    assert wait_for(lambda: sum(started.xid_counts().values()) == 4)
+    wait_until(lambda: sum(started.xid_counts().values()) == 4)
     assert started.xid_counts() == {(uuid0, 79): 2, (uuid0, 13): 1, (uuid1, 48): 1}
     # Rewriting the config (other changes) does not replay old events: once a later event is
     # counted (events come in order), a replay would have been counted before it.
     fake_nvml.update_gpu(0, temperature=60)
     fake_nvml.add_xid(1, 31)
-    assert wait_for(lambda: (uuid1, 31) in started.xid_counts())
+    wait_until(lambda: (uuid1, 31) in started.xid_counts())
     assert started.xid_counts() == {(uuid0, 79): 2, (uuid0, 13): 1, (uuid1, 48): 1, (uuid1, 31): 1}
 
 
@@ -239,14 +230,14 @@ def test_read_gpu_has_no_xid_samples(fake_nvml: FakeNode, started: NvmlBackend) 
     """The collector adds XID series from xid_counts(), also for a GPU that is down."""
     started.identify(0)
     fake_nvml.add_xid(0, 79)
-    assert wait_for(lambda: started.xid_counts() != {})
+    wait_until(lambda: started.xid_counts() != {})
     assert catalog.XID_ERRORS.name not in names(started.read_gpu(0))
 
 
 def test_xid_counts_stay_readable_while_the_gpu_is_lost(fake_nvml: FakeNode, started: NvmlBackend) -> None:
     uuid1 = started.read_gpu(1).uuid
     fake_nvml.add_xid(1, 79)
-    assert wait_for(lambda: started.xid_counts() != {})
+    wait_until(lambda: started.xid_counts() != {})
     fake_nvml.update_gpu(1, lost=1)
     with pytest.raises(GpuReadError):
         started.read_gpu(1)
@@ -258,7 +249,7 @@ def test_xid_on_a_mig_instance_counts_on_the_gpu_and_logs_the_instance(
 ) -> None:
     uuid2 = started.read_gpu(2).uuid
     fake_nvml.add_xid(2, 31, mig=(7, 0))
-    assert wait_for(lambda: started.xid_counts() == {(uuid2, 31): 1})
+    wait_until(lambda: started.xid_counts() == {(uuid2, 31): 1})
     assert "MIG GPU instance 7 compute instance 0" in caplog.text
 
 
@@ -268,7 +259,7 @@ def test_xid_gpu_refusing_registration_leaves_others_watched(fake_nvml: FakeNode
     uuid1 = started.identify(1).uuid
     fake_nvml.add_xid(0, 31)
     fake_nvml.add_xid(1, 31)
-    assert wait_for(lambda: sum(started.xid_counts().values()) == 1)
+    wait_until(lambda: sum(started.xid_counts().values()) == 1)
     assert started.xid_counts() == {(uuid1, 31): 1}
     assert started.error_counts() == {}  # NOT_SUPPORTED: the GPU has no XID events, no error
 
@@ -279,12 +270,12 @@ def test_xid_registration_failed_is_retried_at_the_next_good_read(
     """Registration used to happen once per start: a GPU that failed it was never watched."""
     fake_nvml.update_gpu(0, fail={"events": 999})  # NVML_ERROR_UNKNOWN when registering
     uuid0 = started.identify(0).uuid
-    assert wait_for(lambda: started.error_counts() == {"unknown": 1})  # tried, failed, counted
+    wait_until(lambda: started.error_counts() == {"unknown": 1})  # tried, failed, counted
     fake_nvml.update_gpu(0, fail=None)
     assert started.read_gpu(0).up  # submits the GPU again
-    assert wait_for(lambda: fake_nvml.stat(0, "calls.events") == 2)  # registered this time
+    wait_until(lambda: fake_nvml.stat(0, "calls.events") == 2)  # registered this time
     fake_nvml.add_xid(0, 79)
-    assert wait_for(lambda: started.xid_counts() == {(uuid0, 79): 1})
+    wait_until(lambda: started.xid_counts() == {(uuid0, 79): 1})
 
 
 def test_a_gpu_lost_at_start_is_watched_once_it_is_back(fake_nvml: FakeNode, started: NvmlBackend) -> None:
@@ -295,7 +286,7 @@ def test_a_gpu_lost_at_start_is_watched_once_it_is_back(fake_nvml: FakeNode, sta
     fake_nvml.update_gpu(1, lost=None)
     uuid1 = started.identify(1).uuid
     fake_nvml.add_xid(1, 48)
-    assert wait_for(lambda: started.xid_counts() == {(uuid1, 48): 1})
+    wait_until(lambda: started.xid_counts() == {(uuid1, 48): 1})
 
 
 @pytest.mark.parametrize("identified_first", [False, True])
@@ -311,11 +302,11 @@ def test_an_xid_during_the_first_read_of_a_gpu_is_counted(
     result: list[Gpu] = []
     reader = threading.Thread(target=lambda: result.append(started.read_gpu(0)), daemon=True)
     reader.start()
-    assert wait_for(lambda: fake_nvml.stat(0, "delayed") == 1)  # the read is in its temperature call
+    wait_until(lambda: fake_nvml.stat(0, "delayed") == 1)  # the read is in its temperature call
     fake_nvml.add_xid(0, 48)
     reader.join(timeout=10)
     assert result and result[0].up
-    assert wait_for(lambda: started.xid_counts() == {(result[0].uuid, 48): 1})
+    wait_until(lambda: started.xid_counts() == {(result[0].uuid, 48): 1})
     assert fake_nvml.stat(0, "xid_dropped") == 0
 
 
@@ -560,7 +551,7 @@ def test_stop_ends_the_thread_and_is_idempotent(fake_nvml: FakeNode) -> None:
     b.start()  # restartable; XID counts survive a restart
     uuid0 = b.identify(0).uuid
     fake_nvml.add_xid(0, 79)
-    assert wait_for(lambda: b.xid_counts() != {})
+    wait_until(lambda: b.xid_counts() != {})
     b.stop()
     b.start()
     assert b.xid_counts() == {(uuid0, 79): 1}
@@ -572,7 +563,7 @@ def test_hanging_gpu_blocks_only_its_calls(fake_nvml: FakeNode, started: NvmlBac
     result: list[Gpu] = []
     worker = threading.Thread(target=lambda: result.append(started.read_gpu(2)), daemon=True)
     worker.start()
-    assert wait_for(lambda: fake_nvml.stat(2, "hanging") == 1)  # GPU 2's call is stuck (for 60 s)
+    wait_until(lambda: fake_nvml.stat(2, "hanging") == 1)  # GPU 2's call is stuck (for 60 s)
     assert started.read_gpu(0).up  # another GPU reads meanwhile: it does not wait for GPU 2
     assert worker.is_alive() and not result
     fake_nvml.update_gpu(2, hang_seconds=None)  # the driver "comes back"

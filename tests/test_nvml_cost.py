@@ -22,8 +22,9 @@ from exporter.config import parse_config
 from exporter.sources.nvml import GpuReadError, NvmlBackend
 from exporter.sources.nvml.cost import GROUPS
 from exporter.model.gpu import Gpu
+from conftest import wait_until
 from fakenvml import FakeNode
-from test_nvml_backend import value, wait_for
+from test_nvml_backend import value
 
 REPLAY = pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER
 ENERGY = pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
@@ -194,13 +195,14 @@ def test_a_driver_without_field_latencies_has_its_fast_batch_taken_apart_once_pe
     assert calls == [1 + 2, 4, 5 + 2, 8 + 2 + 1 + 2, 13]
 
 
+@pytest.mark.integration
 def test_a_slow_query_on_one_gpu_does_not_hold_up_another(fake_nvml: FakeNode, started: NvmlBackend) -> None:
     read(started, 0, 1)
     fake_nvml.update_gpu(0, delay={"temperature": 1.5})
     result: list[Gpu] = []
     worker = threading.Thread(target=lambda: result.append(started.read_gpu(0)), daemon=True)
     worker.start()
-    assert wait_for(lambda: fake_nvml.stat(0, "delayed") == 1)  # GPU 0's temperature call is in flight
+    wait_until(lambda: fake_nvml.stat(0, "delayed") == 1)  # GPU 0's temperature call is in flight
     g1 = started.read_gpu(1)
     assert g1.up and fake_nvml.stat(0, "delayed") == 1 and not result  # GPU 1 read while it was
     worker.join(timeout=10)

@@ -164,6 +164,7 @@ def test_text_that_is_not_utf8_names_the_file_line_and_byte(tmp_path):
     assert err.value.problems == [f"{path}: line 2: byte 0xe9 at offset 35 is not UTF-8 text (save the file as UTF-8)"]
 
 
+@pytest.mark.integration
 def test_the_cli_reports_a_file_that_is_not_utf8_and_exits_2(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"node: {name: n\xe9}\ngpus: [{model: NVIDIA H200}]\n")

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import wait_until
 from e2e import free_port
 
 from exporter.cli import build_agent
@@ -104,21 +104,17 @@ async def test_the_same_bytes_are_served_until_the_next_cycle(client):
     assert third != first  # the collection timestamp moved at least
 
 
-def wait_http(url: str, deadline: float = 20.0) -> tuple[int, bytes]:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            if time.monotonic() > end:
-                return error.code, error.read()
-        except OSError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.1)
+def answered(url: str) -> bytes:
+    """``url``'s body once it answers 200 (the agent starts, then answers 503 until its first cycle)."""
+    def get() -> bytes:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            assert response.status == 200, response.status
+            return response.read()
+
+    return wait_until(get, timeout=20, interval=0.1, ignore=(OSError,), message=f"a 200 from {url}")
 
 
+@pytest.mark.integration
 def test_cli_serves_the_simulated_node_and_exits_cleanly_on_sigterm():
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody reads until the end
@@ -128,10 +124,9 @@ def test_cli_serves_the_simulated_node_and_exits_cleanly_on_sigterm():
         stderr=log, text=True,
     )
     try:
-        status, body = wait_http(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
+        body = answered(f"http://127.0.0.1:{port}/metrics")
         assert b'nvidia_gpu_allocation_info{' in body and b'workload_kind="CronJob"' in body
-        assert wait_http(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        answered(f"http://127.0.0.1:{port}/readyz")
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=5)
     finally:
@@ -142,6 +137,7 @@ def test_cli_serves_the_simulated_node_and_exits_cleanly_on_sigterm():
     assert "SIMULATED" in stderr and "shutting down" in stderr
 
 
+@pytest.mark.integration
 def test_once_prints_the_exposition():
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--simulate", "--once"], capture_output=True, text=True, timeout=60

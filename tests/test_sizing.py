@@ -23,6 +23,11 @@ def everything() -> sizing.Node:
     return sizing.collect(sizing.EVERYTHING)
 
 
+@pytest.fixture(scope="module")
+def compat() -> sizing.Node:
+    return sizing.collect(["--compat.dcgm-exporter"])
+
+
 def groups_shown(node: sizing.Node) -> set[str]:
     return {s.group for s in node.series}
 
@@ -76,8 +81,18 @@ def test_nvlink_is_per_gpu_by_default_and_per_link_on_request(default: sizing.No
     assert nvlink(everything)["nvidia_gpu_nvlink_link_up"] == 18
 
 
-def test_the_sizing_table_in_the_docs_is_the_nodes(default: sizing.Node, everything: sizing.Node) -> None:
+def test_the_compat_output_is_counted_beside_and_changes_nothing_native(default: sizing.Node,
+                                                                         compat: sizing.Node) -> None:
+    assert default.dcgm == {} and set(compat.dcgm) == set(compat.gpus)
+    assert compat.per_gpu() == default.per_gpu()  # the native series: the same with the compat output on
+    # a time-sliced GPU has its holders' GPU_UTIL and FB_USED besides its device series; a MIG GPU its instances'
+    assert compat.dcgm[compat.gpus[1]] == compat.dcgm[compat.gpus[0]] + 4
+    assert compat.dcgm[compat.gpus[2]] > compat.dcgm[compat.gpus[3]]
+
+
+def test_the_sizing_table_in_the_docs_is_the_nodes(default: sizing.Node, everything: sizing.Node,
+                                                   compat: sizing.Node) -> None:
     text = (ROOT / "docs" / "metrics.md").read_text()
     documented = text.partition(sizing.BEGIN_MARK)[2].partition(sizing.END_MARK)[0]
-    assert documented.strip() == sizing.markdown_table(default, everything).strip(), (
+    assert documented.strip() == sizing.markdown_table(default, everything, compat).strip(), (
         "docs/metrics.md's sizing table is out of date: run `make docs`")

@@ -165,6 +165,7 @@ async def test_a_source_switched_off_is_listed_and_never_started_read_or_counted
         "resourceslices": ("API server ResourceSlice watch", False, None), "procfs": ("procfs", False, None)}
 
 
+@pytest.mark.integration
 def test_once_and_the_server_render_the_same_self_metrics(tmp_path):
     """The HTTP guard and the Alertmanager notifier are components of the agent, built from the
     flags for both: ``--once`` prints the self-metrics a scrape shows."""

@@ -486,6 +486,7 @@ def _agent(args: list[str]) -> AgentProcess:
     return agent
 
 
+@pytest.mark.integration
 def test_chromium_shows_the_gpus_and_pods_and_takes_the_screenshot(tmp_path):
     agent = _agent(["--simulate", "--kubernetes.enabled", "--kubernetes.node-name", "gpu-node-h100-01"])
     try:
@@ -538,6 +539,7 @@ addEventListener("DOMContentLoaded", () => {
 </script>"""
 
 
+@pytest.mark.integration
 async def test_chromium_lays_each_gauge_on_one_line_from_a_phone_to_a_wide_screen(built_in, tmp_path):
     """Values such as "69.6 / 79.6 GiB" and "70 °C (slowdown 87)" never break: a card's gauges read
     on one row at common desktop widths, and two by two on a phone; no text leaves its card."""
@@ -555,6 +557,7 @@ async def test_chromium_lays_each_gauge_on_one_line_from_a_phone_to_a_wide_scree
                 assert round(text["lines"], 1) == 1 and text["inside"], (width, text)
 
 
+@pytest.mark.integration
 def test_chromium_shows_html_in_pod_names_as_text(tmp_path):
     scenario = tmp_path / "evil.yaml"
     scenario.write_text(EVIL_SCENARIO)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import ipaddress
+import json
 import logging
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from conftest import wait_until, wait_until_async
 from e2e import AgentProcess
 
 from exporter import cli
@@ -63,13 +65,14 @@ class Pki:
                      .sign(self.key, hashes.SHA256()))
         (directory / "ca.crt").write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, stem: str, cn: str, sans: list[str]) -> x509.Certificate:
+    def issue(self, stem: str, cn: str, sans: list[str | x509.GeneralName]) -> x509.Certificate:
+        """A certificate named ``cn`` with these SANs (a string is a DNS name)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(s) if isinstance(s, str) else s for s in sans]), critical=False)
                 .sign(self.key, hashes.SHA256()))
         _write_pair(self.dir, stem, cert, key)
         return cert
@@ -238,6 +241,7 @@ def test_malformed_yaml_is_one_line_naming_file_line_and_column_as_for_a_scenari
     assert error.value.problems == [problem]
 
 
+@pytest.mark.integration
 def test_keys_accepted_but_ignored_warn_once_at_start(pki):
     path = write_config(pki.dir, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
                                  "  prefer_server_cipher_suites: false\nhttp_server_config: {http2: true}\n")
@@ -274,6 +278,7 @@ async def test_tls_serves_and_plain_http_gets_nothing(pki):
             await served.get("/metrics")  # the TLS listener does not speak plain HTTP
 
 
+@pytest.mark.integration
 async def test_a_handshake_never_finished_is_dropped(pki):
     async with Served(tls_config(pki), HttpLimits(tls_handshake_timeout=1.0)) as served:
         reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port)  # TCP only, no hello
@@ -282,6 +287,7 @@ async def test_a_handshake_never_finished_is_dropped(pki):
         assert (await served.get("/metrics", context=pki.client_context()))[0] == 200
 
 
+@pytest.mark.integration
 async def test_a_tls_connection_is_kept_between_requests(pki):
     limits = HttpLimits(read_timeout=1.0, idle_timeout=30.0)
     async with Served(tls_config(pki), limits) as served:
@@ -313,6 +319,26 @@ async def test_client_certificates_required_verified_and_their_names_allowed(pki
         assert (await served.get("/healthz", context=pki.client_context("other")))[0] == 200
 
 
+async def test_client_allowed_sans_match_a_san_of_any_type(pki):
+    """As in exporter-toolkit: a DNS name, an IP address (written as Go prints it), an email address
+    or a URI of the client's certificate allows it; a certificate with none of them is refused."""
+    allowed = ["prometheus.monitoring", "10.0.0.7", "2001:db8::7", "prometheus@example.com",
+               "spiffe://cluster.local/ns/monitoring/sa/prometheus"]
+    pki.issue("by-ipv4", "a", [x509.IPAddress(ipaddress.ip_address("10.0.0.7"))])
+    pki.issue("by-ipv6", "b", [x509.IPAddress(ipaddress.ip_address("2001:db8:0::7"))])
+    pki.issue("by-email", "c", [x509.RFC822Name("prometheus@example.com")])
+    pki.issue("by-uri", "d", [x509.UniformResourceIdentifier("spiffe://cluster.local/ns/monitoring/sa/prometheus")])
+    pki.issue("by-none", "prometheus.monitoring", [x509.IPAddress(ipaddress.ip_address("10.0.0.8")),
+                                                   x509.RFC822Name("intruder@example.com")])
+    config = tls_config(pki, client_ca_file="ca.crt", client_auth_type="RequireAndVerifyClientCert",
+                        client_allowed_sans=json.dumps(allowed))
+    async with Served(config) as served:
+        for client in ("client", "by-ipv4", "by-ipv6", "by-email", "by-uri"):
+            assert (await served.get("/metrics", context=pki.client_context(client)))[0] == 200, client
+        # the common name is not a SAN, and other SANs of the same types do not match
+        assert (await served.get("/metrics", context=pki.client_context("by-none")))[0] == 403
+
+
 async def test_probes_without_a_certificate_when_one_is_verified_if_given(pki):
     config = tls_config(pki, client_ca_file="ca.crt", client_auth_type="VerifyClientCertIfGiven",
                         client_allowed_sans="[prometheus.monitoring]")
@@ -323,6 +349,7 @@ async def test_probes_without_a_certificate_when_one_is_verified_if_given(pki):
         assert (await served.get("/metrics", context=pki.client_context("client")))[0] == 200
 
 
+@pytest.mark.integration
 async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki, caplog):
     caplog.set_level(logging.INFO, logger="exporter.serve.security")
     config = tls_config(pki)
@@ -337,11 +364,18 @@ async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki
         pki.issue("server", "localhost", ["localhost"])
         rotated_key = (pki.dir / "server.key").read_bytes()
         (pki.dir / "server.key").write_bytes(new_key_bytes)
-        await wait_until(lambda: "does not load" in caplog.text, "the failed reload to be logged", served, context)
+        async def reload_failed() -> bool:
+            await served.certificate_serial(context)  # a handshake triggers the reload check
+            return "does not load" in caplog.text
+
+        await wait_until_async(reload_failed, interval=0.2, message="the failed reload to be logged")
         assert await served.certificate_serial(context) == first
 
         (pki.dir / "server.key").write_bytes(rotated_key)  # the rotation completes
-        await wait_until_async(lambda: served.certificate_serial(context), lambda s: s != first, "the new certificate")
+        async def rotated() -> bool:
+            return await served.certificate_serial(context) != first
+
+        await wait_until_async(rotated, interval=0.2, message="the new certificate")
         assert "TLS certificate reloaded" in caplog.text
         assert caplog.text.count("does not load") == 1  # logged once, not per handshake
 
@@ -349,25 +383,6 @@ async def test_a_rotated_certificate_is_served_without_dropping_the_listener(pki
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200")
         writer.close()
-
-
-async def wait_until(condition, what: str, served: Served, context: ssl.SSLContext, timeout: float = 10.0) -> None:
-    """Make handshakes (they trigger the reload check) until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await served.certificate_serial(context)
-        await asyncio.sleep(0.2)
-
-
-async def wait_until_async(make, condition, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await make()
-        if condition(result):
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 # -- basic auth and headers -------------------------------------------------------------------------
@@ -450,6 +465,34 @@ async def test_a_flood_of_wrong_passwords_keeps_no_scraper_with_the_right_one_ou
     assert served.guard.rejected["connection_limit"] == 0
 
 
+@pytest.mark.integration
+async def test_a_flood_from_many_peers_delays_only_a_scraper_not_verified_yet(tmp_path):
+    """The limit of a flood from more peers than ``MAX_PENDING_CHECKS`` (docs/security.md): the
+    checker's queue is full, so a scraper whose pair was never checked is answered 429 with
+    Retry-After (Prometheus tries again at its next scrape), while one whose pair verified before
+    is answered 200 at once."""
+    slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=12)).decode()  # ~0.25 s a check: they queue
+    config = webconfig.load(write_config(tmp_path, f'basic_auth_users: {{prometheus: "{slow}", grafana: "{slow}"}}\n'))
+    wrong = ("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+             f"Authorization: {basic('prometheus', 'guess')['Authorization']}\r\n\r\n").encode()
+    async with Served(config) as served:
+        assert (await served.get("/metrics", headers=basic("prometheus", "s3cret")))[0] == 200
+        flood = []
+        for i in range(security.MAX_PENDING_CHECKS + 8):  # one guess from each of 24 peers
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.site.port,
+                                                           local_addr=(f"127.0.1.{i + 1}", 0))
+            writer.write(wrong)
+            flood.append((reader, writer))
+        await wait_until_async(lambda: len(served.guard.authenticating) >= security.MAX_PENDING_CHECKS,
+                               timeout=20, interval=0.01, message="the checks to queue")
+        assert (await served.get("/metrics", headers=basic("prometheus", "s3cret")))[0] == 200
+        status, headers, _ = await served.get("/metrics", headers=basic("grafana", "s3cret"))
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        for _, writer in flood:
+            writer.close()
+
+
+@pytest.mark.integration
 async def test_a_connection_waiting_on_its_password_check_is_not_busy(tmp_path):
     """At the connection cap, a request still waiting for bcrypt makes room; it is not refused."""
     slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=13)).decode()  # ~0.5 s a check: they queue
@@ -463,10 +506,8 @@ async def test_a_connection_waiting_on_its_password_check_is_not_busy(tmp_path):
                                                            local_addr=(f"127.0.0.{i + 2}", 0))
             writer.write(wrong)
             waiting.append((reader, writer))
-        deadline = time.monotonic() + 10
-        while len(served.guard.authenticating) < 4:
-            assert time.monotonic() < deadline, "the checks did not queue"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(served.guard.authenticating) >= 4, interval=0.01,
+                               message="the checks to queue")
         assert (await served.get("/healthz"))[0] == 200  # a fifth connection, at the cap
         assert served.guard.rejected["connection_limit"] == 0
         for _, writer in waiting:
@@ -509,6 +550,7 @@ def test_the_logged_config_holds_no_password_hash(tmp_path, caplog):
     assert HASH_OF_SECRET not in str(config.as_log_dict())
 
 
+@pytest.mark.integration
 def test_the_agent_serves_tls_and_basic_auth_from_the_file(pki, fake_nvml):
     path = write_config(pki.dir, f"""
 tls_server_config: {{cert_file: server.crt, key_file: server.key}}
@@ -518,19 +560,19 @@ basic_auth_users: {{prometheus: "{HASH_OF_SECRET}"}}
     context = pki.client_context()
     url = f"https://localhost:{agent.port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def answered() -> bool:
+            assert agent.process.poll() is None, agent.stderr()
+            request = urllib.request.Request(url + "/metrics", headers=basic("prometheus", "s3cret"))
             try:
-                request = urllib.request.Request(url + "/metrics", headers=basic("prometheus", "s3cret"))
                 with urllib.request.urlopen(request, context=context, timeout=5) as response:
                     assert response.status == 200 and b"nvidia_gpu_up" in response.read()
-                break
-            except (urllib.error.URLError, ConnectionError) as error:
-                if isinstance(error, urllib.error.HTTPError) and error.code != 503:
-                    raise
-                assert agent.process.poll() is None, agent.stderr()
-                assert time.monotonic() < deadline, f"no TLS answer: {error}\n{agent.stderr()}"
-                time.sleep(0.2)
+                return True
+            except urllib.error.HTTPError as error:
+                assert error.code == 503, error  # not ready yet; any other status is an answer
+                return False
+
+        wait_until(answered, timeout=20, interval=0.2, ignore=(urllib.error.URLError, ConnectionError),
+                   message=lambda: f"a TLS answer\n{agent.stderr()}")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + "/metrics", context=context, timeout=5)
         assert refused.value.code == 401

@@ -85,6 +85,13 @@ class Config:
     alertmanager_tls_ca_file: str | None = None
     alertmanager_timeout: float = 5.0
     alertmanager_event_window: float = float(EVENT_WINDOW_SECONDS)
+    # The dcgm-exporter compatible output (render/dcgm.py): /metrics/dcgm, and a listener of its own
+    compat_dcgm: bool = False
+    compat_dcgm_listen_host: str = ""
+    compat_dcgm_listen_port: int | None = None  # None: no listener of its own
+    compat_dcgm_hostname_label: str = "Hostname"  # or "hostname", or "" (none)
+    compat_dcgm_exported_holder_labels: bool = False
+    compat_dcgm_pod_uid: bool = False
     warnings: tuple[str, ...] = ()  # for the caller to log; not configuration
 
     def as_log_dict(self) -> dict[str, Any]:
@@ -144,19 +151,18 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         problems.append(f"{source(flag)}: {raw!r} is not a boolean (true/false)")
         return default
 
-    host, port = "", 9400
-    address = str(ns.listen_address)
-    if ":" not in address:
-        problems.append(f"{source('--web.listen-address')}: {address!r} is not host:port")
-    else:
+    def listen_address(flag: str, address: str) -> tuple[str, int]:
+        if ":" not in address:
+            problems.append(f"{source(flag)}: {address!r} is not host:port")
+            return "", 0
         host, _, port_text = address.rpartition(":")
-        host = host.strip("[]")
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            problems.append(
-                f"{source('--web.listen-address')}: port {port_text!r} is not a number from 1 to 65535"
-            )
-        else:
-            port = int(port_text)
+            problems.append(f"{source(flag)}: port {port_text!r} is not a number from 1 to 65535")
+            return host.strip("[]"), 0
+        return host.strip("[]"), int(port_text)
+
+    host, port = listen_address("--web.listen-address", str(ns.listen_address))
+    port = port or 9400
 
     web_config = webconfig.WebConfig()
     if ns.web_config_file:
@@ -238,6 +244,28 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         problems.append(f"{source('--kubelet.resource-names')}/{source('--kubelet.resource-prefixes')}: "
                         "both empty, no device would match")
 
+    compat_dcgm = boolean("--compat.dcgm-exporter", ns.compat_dcgm, False)
+    compat_host, compat_port = "", None
+    if ns.compat_dcgm_listen_address:
+        compat_host, compat_port = listen_address("--compat.dcgm-exporter.listen-address",
+                                                  str(ns.compat_dcgm_listen_address))
+        if compat_port == port and compat_port:
+            problems.append(f"{source('--compat.dcgm-exporter.listen-address')}: port {compat_port} is "
+                            f"{source('--web.listen-address')}'s: /metrics/dcgm serves the same bytes there")
+    hostname_label = str(ns.compat_dcgm_hostname_label)
+    if hostname_label not in ("Hostname", "hostname", "none"):
+        problems.append(f"{source('--compat.dcgm-exporter.hostname-label')}: {hostname_label!r} is not one of "
+                        "Hostname, hostname, none")
+    compat_exported = boolean("--compat.dcgm-exporter.exported-holder-labels", ns.compat_dcgm_exported, False)
+    compat_pod_uid = boolean("--compat.dcgm-exporter.pod-uid", ns.compat_dcgm_pod_uid, False)
+    if not compat_dcgm:
+        given = [flag for flag, value in (("--compat.dcgm-exporter.listen-address", ns.compat_dcgm_listen_address),
+                                          ("--compat.dcgm-exporter.exported-holder-labels", ns.compat_dcgm_exported),
+                                          ("--compat.dcgm-exporter.pod-uid", ns.compat_dcgm_pod_uid))
+                 if value not in (None, "")]
+        given += ["--compat.dcgm-exporter.hostname-label"] if hostname_label != "Hostname" else []
+        problems += [f"{source(flag)}: needs --compat.dcgm-exporter" for flag in given]
+
     alertmanager_fields, alertmanager_problems = alertmanager.validate(ns, source, node_name, simulate)
     problems += alertmanager_problems
     alertmanager_timeout = number("--alertmanager.timeout", ns.alertmanager_timeout)
@@ -278,5 +306,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         **alertmanager_fields,
         alertmanager_timeout=alertmanager_timeout,
         alertmanager_event_window=alertmanager_event_window,
+        compat_dcgm=compat_dcgm,
+        compat_dcgm_listen_host=compat_host,
+        compat_dcgm_listen_port=compat_port,
+        compat_dcgm_hostname_label="" if hostname_label == "none" else hostname_label,
+        compat_dcgm_exported_holder_labels=compat_exported,
+        compat_dcgm_pod_uid=compat_pod_uid,
         warnings=warnings,
     )

@@ -110,6 +110,23 @@ def get_parser() -> argparse.ArgumentParser:
         add(group.flag, dest=collector_dest(group.name), action=argparse.BooleanOptionalAction, default=None,
             help=f"collector group {group.name}: {group.help} (default {'on' if group.default else 'off'}; "
             "docs/metrics.md#collector-groups)")
+    add("--compat.dcgm-exporter", dest="compat_dcgm", action=argparse.BooleanOptionalAction, default=None,
+        help="serve NVIDIA dcgm-exporter's names, units and labels (DCGM_FI_*) at /metrics/dcgm, from the same "
+        "cycle; reads the collector groups they need even where their native series are off (default false; "
+        "docs/migrate-from-dcgm-exporter.md)")
+    add("--compat.dcgm-exporter.listen-address", dest="compat_dcgm_listen_address", default="",
+        help="host:port serving the same DCGM_FI_* bytes at /metrics, for scrapers that expect dcgm-exporter's "
+        ":9400/metrics; empty: only /metrics/dcgm on --web.listen-address (default empty)")
+    add("--compat.dcgm-exporter.hostname-label", dest="compat_dcgm_hostname_label", default="Hostname",
+        help="name of the node label of the DCGM_FI_* series: Hostname (dcgm-exporter 4.5 and before), hostname "
+        "(its later releases) or none (its --no-hostname) (default %(default)s)")
+    add("--compat.dcgm-exporter.exported-holder-labels", dest="compat_dcgm_exported", default=None,
+        action=argparse.BooleanOptionalAction,
+        help="name the holder labels exported_pod, exported_namespace, exported_container, as consumers built "
+        "for dcgm-exporter scraped with honorLabels: false read them (default false)")
+    add("--compat.dcgm-exporter.pod-uid", dest="compat_dcgm_pod_uid", default=None,
+        action=argparse.BooleanOptionalAction,
+        help="add pod_uid to the holder labels of the DCGM_FI_* series (needs --kubernetes.enabled) (default false)")
     add("--simulate", dest="simulate", nargs="?", const="", default=None, metavar="SCENARIO.yaml",
         help="read a simulated node instead of NVML; without a file, the built-in 4-GPU node")
     add("--once", dest="once", action="store_true", default=None,

@@ -65,7 +65,9 @@ class GpuProcess:
 
     pid: int
     used_memory_bytes: int | None = None
-    # SM utilisation of this process over the last cycle (0..1); None when NVML has no sample.
+    # SM utilisation of this process in NVML's newest sample of it since the previous read (0..1):
+    # one sample, not an average over the cycle; 0 when NVML has none (it did not use the SMs);
+    # None when NVML cannot tell (exporter/sources/nvml/processes.py: with_utilization).
     utilization_ratio: float | None = None
 
 

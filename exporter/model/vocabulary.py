@@ -30,7 +30,8 @@ CLOCK_EVENT_REASONS: tuple[tuple[str, int], ...] = (
 )
 
 #: ``reason`` label of nvidia_gpu_violation_seconds_total, in nvmlPerfPolicyType_t order
-#: (NVML_PERF_POLICY_POWER = 0 ... NVML_PERF_POLICY_TOTAL_BASE_CLOCKS = 7).
+#: (NVML_PERF_POLICY_POWER = 0 ... NVML_PERF_POLICY_RELIABILITY = 5, then TOTAL_APP_CLOCKS = 10 and
+#: TOTAL_BASE_CLOCKS = 11; 6-9 are not defined).
 VIOLATION_POLICIES: tuple[str, ...] = (
     "power", "thermal", "sync_boost", "board_limit", "low_utilization", "reliability",
     "total_app_clocks", "total_base_clocks",

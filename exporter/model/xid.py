@@ -35,3 +35,54 @@ def xid_tier(code: int) -> str:
 #: Codes whose nvidia_gpu_xid_errors_total{xid} series exists at 0 from the start (GpuXidRecurring
 #: counts their second event); other codes' series appear with their first event.
 XID_ZERO_CODES = XID_REPLACE_IF_RECURRING
+
+
+#: What each XID code means in a few words: the ``err_msg`` label of the dcgm-exporter compatible
+#: ``DCGM_FI_DEV_XID_ERRORS`` (render/dcgm.py). Written here from NVIDIA's public XID catalogue
+#: (docs.nvidia.com/deploy/xid-errors); a code not listed reads "Unknown Error", 0 "No Error".
+XID_MESSAGES: Mapping[int, str] = {
+    0: "No Error",
+    8: "GPU stopped processing",
+    13: "Graphics engine exception",
+    31: "GPU memory page fault",
+    32: "Invalid or corrupted push buffer stream",
+    38: "Driver firmware error",
+    43: "GPU stopped processing (the application hit a software-induced fault)",
+    44: "Graphics engine fault during context switch",
+    45: "Preemptive cleanup, due to a previous error",
+    46: "GPU stopped processing (a watchdog timeout)",
+    48: "Double-bit ECC error",
+    54: "Auxiliary power is not connected to the GPU board",
+    56: "Display engine error",
+    57: "Error programming video memory interface",
+    58: "Unstable video memory interface detected",
+    61: "Internal micro-controller breakpoint or warning",
+    62: "Internal micro-controller halt",
+    63: "ECC page retirement or row remapping recording event",
+    64: "ECC page retirement or row remapping recording failure",
+    65: "Video processor exception",
+    68: "Video processor exception (NVDEC)",
+    69: "Graphics engine class error",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "High single-bit ECC error rate",
+    94: "Contained ECC error",
+    95: "Uncontained ECC error",
+    109: "Context switch timeout",
+    110: "Security fault",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+    121: "C2C link corrected error",
+    136: "Link training failure",
+    140: "Unrecovered ECC error",
+    143: "GPU initialisation failure",
+    154: "GPU recovery action changed",
+    155: "NVLink link down",
+    156: "Resource retirement event",
+    158: "GPU fatal timeout",
+}
+
+
+def xid_message(code: int) -> str:
+    """The ``err_msg`` of an XID code (``XID_MESSAGES``)."""
+    return XID_MESSAGES.get(code, "Unknown Error")

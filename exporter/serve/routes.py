@@ -39,6 +39,20 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers=headers)
 
 
+async def dcgm_metrics(request: web.Request) -> web.Response:
+    """The dcgm-exporter compatible output of the last cycle (--compat.dcgm-exporter; render/dcgm.py):
+    text format 0.0.4 whatever the Accept header says, as dcgm-exporter never serves OpenMetrics
+    (its counters have no _total, which OpenMetrics requires)."""
+    exposition = request.app[AGENT].dcgm_exposition
+    if exposition is None:
+        return web.Response(status=503, text="no collection has finished yet\n")
+    use_gzip = _negotiate("", request.headers.get("Accept-Encoding", ""))[1]
+    headers = {"Content-Type": TEXT_CONTENT_TYPE, "Vary": "Accept-Encoding"}
+    if use_gzip:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=exposition.text_gzip if use_gzip else exposition.text, headers=headers)
+
+
 @functools.lru_cache(maxsize=64)  # a scraper sends the same headers every time
 def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool]:
     """(OpenMetrics?, gzip?) for these headers, as client_python negotiates them."""
@@ -85,9 +99,23 @@ def make_app(agent: Agent, guard: Guard | None = None) -> web.Application:
     app = web.Application(middlewares=[guard.middleware] if guard else [])
     app[AGENT] = agent
     app.router.add_get("/metrics", metrics)
+    if agent.dcgm is not None:
+        app.router.add_get("/metrics/dcgm", dcgm_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", status_page)
     app.router.add_get("/api/v1/status", status_json)
     app.router.add_get("/favicon.ico", icon)
+    return app
+
+
+def make_dcgm_app(agent: Agent, guard: Guard | None = None) -> web.Application:
+    """The listener of its own of the dcgm-exporter compatible output
+    (--compat.dcgm-exporter.listen-address): its bytes at /metrics, where dcgm-exporter's
+    scrapers look, and the probes; the same guard (TLS, auth, limits) as the agent's listener."""
+    app = web.Application(middlewares=[guard.middleware] if guard else [])
+    app[AGENT] = agent
+    app.router.add_get("/metrics", dcgm_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

@@ -81,11 +81,25 @@ class ReloadingTls:
 
 
 def peer_allowed(tls: TlsConfig, peercert: Mapping[str, Any] | None) -> bool:
-    """``client_allowed_sans``: the verified client certificate names one of them (any, if unset)."""
+    """``client_allowed_sans``: a Subject Alternative Name of the verified client certificate, of any
+    type (DNS name, IP address, email address, URI), is one of them (any certificate, if unset), as
+    in exporter-toolkit, which compares each SAN as Go prints it: an IP address canonical
+    (``2001:db8::1``, where Python's ssl gives ``2001:DB8:0:0:0:0:0:1``)."""
     if not tls.client_allowed_sans:
         return True
-    names = {value for _, value in (peercert or {}).get("subjectAltName", ())}
+    names = {_san_text(kind, value) for kind, value in (peercert or {}).get("subjectAltName", ())}
     return bool(names & set(tls.client_allowed_sans))
+
+
+def _san_text(kind: str, value: Any) -> Any:
+    if kind == "IP Address":
+        try:
+            ip = ipaddress.ip_address(value.strip())
+        except ValueError:
+            return value
+        mapped = getattr(ip, "ipv4_mapped", None)  # Go prints an IPv4-mapped address as IPv4
+        return str(mapped or ip)
+    return value
 
 
 # -- basic auth ----------------------------------------------------------------------------------

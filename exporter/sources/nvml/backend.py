@@ -62,8 +62,10 @@ class NvmlBackend:
 
     @classmethod
     def configured(cls, config: Config, **kwargs: Any) -> "NvmlBackend":
-        """The backend as the config asks for it (the agent's and ``check``'s)."""
-        return cls(slow_interval=config.collector_slow_interval, collectors=config.collectors, **kwargs)
+        """The backend as the config asks for it (the agent's and ``check``'s); ``collectors``, when
+        given, the groups to read in place of those on (the agent's, with --compat.dcgm-exporter)."""
+        kwargs.setdefault("collectors", config.collectors)
+        return cls(slow_interval=config.collector_slow_interval, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
