@@ -1,6 +1,7 @@
 """``kube-gpu-exporter report`` against a real Prometheus holding a simulated week
 (dashboards/week.py: backfilled, the efficiency rules over it backfilled too), every figure
-computed here by hand from the scenario's facts; its outputs' schemas; its errors and exit codes."""
+computed here by hand from the scenario's facts; its outputs' schemas; its errors and exit codes.
+The tests that start a server (Prometheus, Chromium, an HTTP API) are marked integration."""
 
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def expected_week() -> dict[tuple[str, str], dict[str, float]]:
     }
 
 
+@pytest.mark.integration
 def test_the_week_equals_the_hand_computed_figures(node, capsys):
     code, out, err = report(node, "--output", "json", capsys=capsys)
     assert code == 0, err
@@ -110,6 +112,7 @@ def test_the_week_equals_the_hand_computed_figures(node, capsys):
     assert data["interval_seconds"] == 60 and data["unpriced_models"] == []
 
 
+@pytest.mark.integration
 def test_each_day_of_the_trend_holds_a_seventh_of_the_week(node, capsys):
     code, out, _ = report(node, "--output", "json", capsys=capsys)
     days = json.loads(out)["days"]
@@ -120,6 +123,7 @@ def test_each_day_of_the_trend_holds_a_seventh_of_the_week(node, capsys):
         assert research["used_gpu_hours"] == pytest.approx(2.4 * 0.6)
 
 
+@pytest.mark.integration
 def test_the_lists_name_the_idle_interactive_holders_and_the_batch_workloads(node, capsys):
     code, out, _ = report(node, capsys=capsys)
     assert code == 0
@@ -130,6 +134,7 @@ def test_the_lists_name_the_idle_interactive_holders_and_the_batch_workloads(nod
     assert re.search(r"^total\s+484\.00\s+173\.36\s+241\.20\s+35\.8%", out, re.M), out
 
 
+@pytest.mark.integration
 def test_csv_and_json_hold_to_their_committed_schemas(node, capsys):
     code, out, _ = report(node, "--output", "json", capsys=capsys)
     jsonschema.validate(json.loads(out), json.loads((ROOT / "docs" / "report.schema.json").read_text()))
@@ -147,6 +152,7 @@ def test_csv_and_json_hold_to_their_committed_schemas(node, capsys):
         jsonschema.validate(dict(typed, held_gpu_hours=-1.0), schema)
 
 
+@pytest.mark.integration
 def test_a_range_before_the_data_is_no_data_exit_4(node, capsys):
     code = run.main([f"--prometheus.url={node.prometheus.url}", f"--from={_iso(START - 3 * 86400)}",
                      f"--to={_iso(START - 86400)}"])
@@ -160,6 +166,7 @@ def test_an_unreachable_prometheus_is_exit_3(capsys):
     assert "http://127.0.0.1:9: unreachable" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_prometheus_without_the_rules_is_exit_5_naming_the_rule_file(tmp_path, capsys):
     """The agent's series for an hour, and no efficiency rule over them."""
     from live import DemoNode
@@ -177,6 +184,7 @@ def test_prometheus_without_the_rules_is_exit_5_naming_the_rule_file(tmp_path, c
     assert "alerts/kube-gpu-exporter.rules.yaml" in err and efficiency.GROUP in err
 
 
+@pytest.mark.integration
 def test_rules_loaded_during_the_range_are_a_warning(tmp_path, capsys):
     """Two days of the agent's series, the efficiency rules over the second only."""
     from live import DemoNode
@@ -258,6 +266,7 @@ def test_the_command_reads_what_the_rules_record():
     assert (ROOT / prometheus.RULES_FILE).exists() and (ROOT / prometheus.PROMETHEUS_RULE).exists()
 
 
+@pytest.mark.integration
 def test_the_cli_runs_the_report(node):
     result = subprocess.run([sys.executable, "-m", "exporter", "report", f"--prometheus.url={node.prometheus.url}",
                              f"--from={_iso(START)}", f"--to={_iso(END)}", "--output=csv"],
@@ -282,6 +291,7 @@ def _chromium(tmp_path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.integration
 def test_the_html_page_is_self_contained_and_chromium_draws_it(node, tmp_path, capsys):
     import os
     import shutil
@@ -334,6 +344,7 @@ def _fleet_panel(title: str) -> list[str]:
     return [live.substitute(t["expr"], values, week.WEEK) for t in panel["targets"]]
 
 
+@pytest.mark.integration
 def test_the_fleet_dashboards_efficiency_row_shows_the_weeks_figures(node):
     """The same figures as the report for a time range of the week, read the way Grafana does."""
     def value(title: str) -> float:
@@ -410,6 +421,7 @@ def fake_prometheus():
     loop.close()
 
 
+@pytest.mark.integration
 def test_the_bearer_token_file_is_sent_and_a_refusal_is_exit_3(fake_prometheus, tmp_path, capsys):
     fake, url = fake_prometheus
     token = tmp_path / "token"
@@ -424,6 +436,7 @@ def test_the_bearer_token_file_is_sent_and_a_refusal_is_exit_3(fake_prometheus, 
     assert set(fake.seen) == {"Bearer wrong", "Bearer s3cret"}
 
 
+@pytest.mark.integration
 def test_not_a_prometheus_is_exit_3(fake_prometheus, capsys):
     _, url = fake_prometheus
     assert run.main([f"--prometheus.url={url}/nothing-here", "--since=1d"]) == run.EXIT_PROMETHEUS
