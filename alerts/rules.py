@@ -7,6 +7,7 @@ docs/runbooks.md. Where each part lives:
 - ``alerts/params.py``: ``Params``, every threshold, window and ``for:``;
 - ``alerts/promql.py``: PromQL and annotation-template building blocks;
 - ``alerts/recording.py``: the recording rules;
+- ``alerts/efficiency.py``: the efficiency rules (GPU-hours held, used, idle; energy), a group of their own;
 - ``alerts/groups/*.py``: the alerts, one module per group below (``alerts/alert.py``: what one is);
 - ``alerts/cases.py``: the promtool test cases' language and fixtures;
 - ``alerts/runbooks/<AlertName>.md``: each alert's runbook, in Markdown.

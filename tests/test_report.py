@@ -441,3 +441,15 @@ def test_not_a_prometheus_is_exit_3(fake_prometheus, capsys):
     _, url = fake_prometheus
     assert run.main([f"--prometheus.url={url}/nothing-here", "--since=1d"]) == run.EXIT_PROMETHEUS
     assert "not a Prometheus query API answer" in capsys.readouterr().err
+
+
+def test_a_model_without_a_price_has_no_cost_and_is_named():
+    per_span = [{figure: {("ns", "Job", "j", "Tesla T4"): 10.0, ("ns", "Job", "k", "NVIDIA H100 80GB HBM3"): 10.0}
+                 if figure == "held" else {} for figure in prometheus.RECORDS}]
+    report = figures.build(prometheus.days(0, 86400), per_span, {"*H100*": 2.0}, 60.0, "EUR")
+    costs = {row.workload: row.cost for row in report.rows}
+    assert costs == {"j": None, "k": 20.0} and report.total.cost == 20.0
+    assert report.unpriced_models == ("Tesla T4",)
+    text = output.table(report)
+    assert "No price for: Tesla T4 (--price MODEL=PRICE)" in text and "COST (EUR)" in text
+    assert [w.name for w in report.inefficient_batch] == ["ns/j", "ns/k"]  # both 0 % used
