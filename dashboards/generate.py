@@ -218,15 +218,14 @@ def fleet() -> list[Builder[Any]]:
               thresholds=[(None, "red"), (IDLE, "orange"), (0.5, "green")], height=9,
               columns=("namespace", "pod", "workload_kind", "workload", "node")),
         bargauge("GPU-hours by namespace (time range)",
-                 f"sort_desc(avg_over_time((sum by (namespace) ("
-                 f"{rule('namespace:nvidia_gpu_allocated_devices:sum', per_ns)}))[$__range:]) * $__range_s / 3600)",
+                 f"sort_desc({hours_over_range(efficiency.ALLOCATED, per_ns, 'namespace')})",
                  "{{namespace}}", unit="suffix: GPU-h", width=6, height=9,
-                 description="Allocated devices times hours over the dashboard's time range."),
+                 description="GPUs held times hours over the time range (a shared GPU 1/n per holder, a MIG "
+                             "instance its compute slices), from the efficiency rules (docs/efficiency.md)."),
         bargauge("Energy by namespace (time range)",
-                 f"sort_desc(avg_over_time((sum by (namespace) ("
-                 f"{rule('namespace:nvidia_gpu_power_watts:sum', per_ns)}))[$__range:]) * $__range_s)",
+                 f"sort_desc({hours_over_range(efficiency.POWER, per_ns, 'namespace')} * 3600)",
                  "{{namespace}}", unit="joule", width=6, height=9,
-                 description="Board power split evenly between the holders of each board, over the time range."),
+                 description="Board power times each holder's share of the board, over the time range."),
         timeseries("Allocated devices: batch vs interactive", target(
             f"sum by (class) ({workload_class(rule('namespace_workload:nvidia_gpu_allocated_devices:sum', per_ns))})",
             "{{class}}"), stack=True, width=12,

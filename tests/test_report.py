@@ -361,6 +361,14 @@ def test_the_fleet_dashboards_efficiency_row_shows_the_weeks_figures(node):
     assert value("Efficiency") == pytest.approx(used / held)
     assert value("SM-active GPU-hours") == pytest.approx(expected[("ml", "nightly-train")]["sm"])
     assert value("Energy") == pytest.approx(sum(e["kwh"] for e in expected.values()))
+    for title, figure, scale in (("GPU-hours by namespace (time range)", "held", 1.0),
+                                 ("Energy by namespace (time range)", "kwh", 3.6e6)):  # joules
+        (expr,) = _fleet_panel(title)
+        shown = {r["metric"]["namespace"]: float(r["value"][1]) for r in node.prometheus.query(expr, END)}
+        by_hand: dict[str, float] = {}
+        for (namespace, _), e in expected.items():
+            by_hand[namespace] = by_hand.get(namespace, 0.0) + e[figure] * scale
+        assert shown == pytest.approx(by_hand), title
     (idle,) = _fleet_panel("Idle GPU-hours per workload (time range)")
     ranked = [(r["metric"]["workload"], float(r["value"][1])) for r in node.prometheus.query(idle, END)]
     assert [w for w, _ in ranked] == ["notebook-alice", "dev-bob", "inference"]
