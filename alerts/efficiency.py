@@ -55,10 +55,10 @@ READS_OPT_IN = {BUSY: ("nvidia_gpu_graphics_active_ratio",), SM_ACTIVE: ("nvidia
 MIG_PROFILE_SLICES = (1, 2, 3, 4, 7)
 
 
-def _with_model(expr: str) -> str:
-    """``expr`` (per holder and device) summed per workload and the model of the device's GPU."""
-    return (f"sum by ({_KEY}) (\n  {expr}\n  * on (node, uuid) group_left (model)\n"
-            f"    max by (node, uuid, model) (nvidia_gpu_info)\n)")
+def _per_workload(expr: str) -> str:
+    """``expr`` (per holder and device, with the model of the device's GPU) summed per workload
+    and model."""
+    return f"sum by ({_KEY}) (\n  {expr}\n)"
 
 
 def mig_fraction(p: Params) -> str:
@@ -71,7 +71,7 @@ def mig_fraction(p: Params) -> str:
 def efficiency_rules(p: Params) -> list[tuple[str, str]]:
     """(record, expr), in evaluation order."""
     busy_whole = (f'max by ({_CONTAINER_ON_DEVICE}) (nvidia_gpu_container_utilization_ratio{{gpu_instance_id=""}})\n'
-                  f"  * on ({_CONTAINER_ON_DEVICE}) group_left (workload_kind, workload) ({ALLOCATED_SHARE} > bool 0)")
+                  f"  * on ({_CONTAINER_ON_DEVICE}) group_left (workload_kind, workload, model) ({ALLOCATED_SHARE} > bool 0)")
     mig_holders = f'({ALLOCATED_SHARE}{{gpu_instance_id!=""}} > bool 0)'
     busy_mig_gpm = (f"{mig_holders}\n  * on (node, uuid, gpu_instance_id) group_left ()\n"
                     f'    max by (node, uuid, gpu_instance_id) (nvidia_gpu_graphics_active_ratio{{gpu_instance_id!=""}})')
@@ -87,21 +87,24 @@ def efficiency_rules(p: Params) -> list[tuple[str, str]]:
     power = (f"{ALLOCATED_SHARE}\n  * on (node, uuid) group_left ()\n"
              "    max by (node, uuid) (nvidia_gpu_power_watts)")
     return [
+        # The GPU's model joined here once, so that the sums below need no join of their own.
         (ALLOCATED_SHARE,
-         f"{SHARE}\n  * on ({_DEVICE}) group_left ()\n    (\n    {mig_fraction(p)}\n    )\n"
-         f'or {SHARE}{{gpu_instance_id=""}}'),
+         f"(\n  {SHARE}\n  * on ({_DEVICE}) group_left ()\n    (\n    {mig_fraction(p)}\n    )\n"
+         f'  or {SHARE}{{gpu_instance_id=""}}\n)\n'
+         "* on (node, uuid) group_left (model)\n  max by (node, uuid, model) (nvidia_gpu_info)"),
         (BUSY, f"{busy_whole}\nor\n{busy_mig_gpm}\nor\n{busy_mig_processes}"),
-        (ALLOCATED, _with_model(ALLOCATED_SHARE)),
-        (USED, _with_model(f"(\n  {used}\n  )")),
-        (SM_ACTIVE, _with_model(f"(\n  {sm}\n  )")),
-        (IDLE, _with_model(f"(\n  {idle}\n  )")),
-        (POWER, _with_model(f"(\n  {power}\n  )")),
+        (ALLOCATED, _per_workload(ALLOCATED_SHARE)),
+        (USED, _per_workload(f"(\n  {used}\n  )")),
+        (SM_ACTIVE, _per_workload(f"(\n  {sm}\n  )")),
+        (IDLE, _per_workload(f"(\n  {idle}\n  )")),
+        (POWER, _per_workload(f"(\n  {power}\n  )")),
     ]
 
 
 EFFICIENCY_DOCS: Mapping[str, str] = {
-    ALLOCATED_SHARE: "Per container and device it holds: the GPUs it holds (a whole GPU 1, a shared GPU 1/n, a MIG "
-                     "instance its compute slices / `mig_slices`, divided by its holders). Group "
+    ALLOCATED_SHARE: "Per container and device it holds, with its workload and the GPU's `model`: the GPUs it holds "
+                     "(a whole GPU 1, a shared GPU 1/n, a MIG instance its compute slices / `mig_slices`, divided by "
+                     "its holders). Group "
                      f"`{GROUP}`, like the rows below.",
     BUSY: "Per container and device it holds: the container's utilisation; on a MIG instance its GPU instance's "
           "graphics activity with `--collector.profiling`, else 1 while the instance runs a process.",
