@@ -44,6 +44,11 @@ def _per_namespace(per_workload: str) -> str:
     return f"sum by (namespace) ({per_workload})"
 
 
+def xid_recurring_counters() -> str:
+    """The XID counters of the codes GpuXidRecurring judges."""
+    return f'nvidia_gpu_xid_errors_total{{xid=~"{one_of(definitions.XID_REPLACE_IF_RECURRING)}"}}'
+
+
 def xid_recent(p: Params) -> str:
     """The recording of the codes GpuXidRecurring judges, per GPU and code, that had an event in
     the event window: a series only while one did, so that a day of it costs what the events
@@ -69,7 +74,7 @@ def recording_rules(p: Params) -> list[tuple[str, str]]:
         "max by (node, uuid) (nvidia_gpu_retired_pages_pending) == 1",
         f"max by (node, uuid) ({events})",
     ])
-    recurring = f'nvidia_gpu_xid_errors_total{{xid=~"{one_of(definitions.XID_REPLACE_IF_RECURRING)}"}}'
+    recurring = xid_recurring_counters()
     per_workload = {
         "allocated_devices": "namespace_workload:nvidia_gpu_allocated_devices:sum",
         "utilization": "namespace_workload:nvidia_gpu_container_utilization_ratio:sum",

@@ -13,7 +13,7 @@ from alerts.alert import Alert, pushed_text
 from alerts.cases import EXCLUSIVE, TWO_MIG_HOLDERS, Case, expect_gpu, gpu, series
 from alerts.params import Params, minutes
 from alerts.promql import one_of
-from alerts.recording import xid_recent
+from alerts.recording import xid_recent, xid_recurring_counters
 from exporter.push import definitions
 from exporter.push.definitions import GPU_DESCRIPTION
 
@@ -132,12 +132,16 @@ def alerts(p: Params) -> list[Alert]:
     ]
 
     recent = xid_recent(p)
+    # An event now is read from the counters, not from the recording: this group may be evaluated
+    # just before the recording's group, and would then read the recording of a minute ago, still
+    # holding an event that the 24 h before (offset by the window) also holds: one event would page.
+    now = f"max by (node, gpu, uuid, xid) (increase({xid_recurring_counters()}[{p.event_window}])) > 0"
     rules.append(Alert(
         device_alert=True, name="GpuXidRecurring", severity="warning", for_="0s",
         summary="A GPU keeps reporting the same hardware XID: replace it.",
         description=GPU_DESCRIPTION + " reported XID {{ $labels.xid }} again within " + p.xid_recurring_window
                     + ": resets do not cure it; the GPU should be replaced.",
-        expr=f"{recent} >= 2\nor\n  {recent}\n  and on (node, uuid, xid)\n"
+        expr=f"{recent} >= 2\nor\n  {now}\n  and on (node, uuid, xid)\n"
              f"    count_over_time({recent}[{p.xid_recurring_window}] offset {p.event_window})",
         threshold=f"an event of one of {', '.join(map(str, definitions.XID_REPLACE_IF_RECURRING))} in "
                   f"{p.event_window} with another of the same code in the {p.xid_recurring_window} before "
@@ -148,7 +152,9 @@ def alerts(p: Params) -> list[Alert]:
             f"had an event in the window: the {p.xid_recurring_window} before it cost what the events cost, "
             f"where `increase()` over {p.xid_recurring_window} of every GPU's counters read "
             f"{minutes(p.xid_recurring_window) * 6:,} samples per series at 10 s scrapes, each evaluation "
-            "(docs/scaling.md). Active for the event window after the second event, as the XID alerts are. A "
+            "(docs/scaling.md). The event now is read from the counters themselves: the recording's group runs "
+            "apart from this one, and its value of a minute ago would still hold a lone event that the day "
+            "before also holds. Active for the event window after the second event, as the XID alerts are. A "
             "ticket, not a page: GpuXidResetRequired already paged.",
         cases=(Case({**code_series(0, 48, 5, "1x9 2x30"), **code_series(1, 48, 5, "1x40"), **EXCLUSIVE},
                     15, expect_gpu(0, xid="48"), name="the second event within the window; one event is silent"),
