@@ -23,7 +23,7 @@ run: run-deps venv
 ## check: the fast tier, for the edit loop: every test not marked integration (no real server, no
 ## waiting on real time; under a minute on two cores); it prints how long it took
 check: test-deps test-venv
-	$(PY) -m pytest -q -m 'not integration' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'not integration' $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 ## test: set up (Python and Debian packages, test extras included) and run the whole suite
 test: test-deps test-venv

@@ -153,10 +153,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Says how long the fast tier took, collection included (printed, never asserted: the
-    machine's load is no failure)."""
-    if config.getoption("markexpr", "") != f"not {INTEGRATION}" or _SELECTED not in config.stash:
+    machine's load is no failure). Under pytest-xdist the workers collect, so the tests are
+    counted from their reports."""
+    if config.getoption("markexpr", "") != f"not {INTEGRATION}" or _STARTED not in config.stash:
         return
     took = time.monotonic() - config.stash[_STARTED]
-    left = len(terminalreporter.stats.get("deselected", ()))
-    terminalreporter.write_line(f"fast tier: {config.stash[_SELECTED]} tests in {took:.1f} s; "
-                                f"`make test` also runs the {left} marked {INTEGRATION}")
+    ran = config.stash.get(_SELECTED, 0) or sum(
+        len(terminalreporter.stats.get(outcome, ())) for outcome in ("passed", "failed", "skipped", "error"))
+    left = len(terminalreporter.stats.get("deselected", ()))  # none reported under xdist
+    terminalreporter.write_line(f"fast tier: {ran} tests in {took:.1f} s; "
+                                f"`make test` also runs the {left or 'tests'} marked {INTEGRATION}")
