@@ -163,23 +163,27 @@ class Backfill:
         return paths
 
 
-def _agent(scenario: Path, clock: Callable[[], float]) -> Any:
-    """The agent ``kube-gpu-exporter --simulate <scenario> --kubernetes.enabled`` runs (with the
-    collector groups that some panel reads), its
+def _agent(scenario: Path, clock: Callable[[], float], flags: list[str]) -> Any:
+    """The agent ``kube-gpu-exporter --simulate <scenario> --kubernetes.enabled <flags>`` runs, its
     simulated node reading ``clock`` (its scenario time, from 0 when the agent is made) instead of
     the monotonic clock."""
     from exporter.cli import build_agent
     from exporter.config import parse_config
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import generate  # dashboards/generate.py: the groups off by default that some panel reads, on here
-
-    opt_in = [f"--collector.{group}" for group in generate.opt_in_groups()]
     return build_agent(parse_config(["--simulate", str(scenario), "--kubernetes.enabled",
-                                     "--kubernetes.node-name", NODE_NAME, *opt_in], environ={}), simulated_clock=clock)
+                                     "--kubernetes.node-name", NODE_NAME, *flags], environ={}), simulated_clock=clock)
 
 
-def record_run(start: int, end: int, workdir: Path) -> Backfill:
+def opt_in_flags() -> list[str]:
+    """``--collector.<group>`` for the groups off by default that some panel reads: the demo has
+    them on, so that every panel has its data."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import generate  # dashboards/generate.py
+
+    return [f"--collector.{group}" for group in generate.opt_in_groups()]
+
+
+def record_run(start: int, end: int, workdir: Path, flags: list[str]) -> Backfill:
     """The cycles of an agent that starts at history time ``start``, to ``end``, one every
     ``STEP_SECONDS``, as scrapes. Its simulated node's time is the history's: the GPUs' counters
     go on from the hours before ``start``."""
@@ -191,7 +195,7 @@ def record_run(start: int, end: int, workdir: Path) -> Backfill:
 
     async def run() -> None:
         now = [0.0]
-        agent = _agent(scenario, lambda: now[0])
+        agent = _agent(scenario, lambda: now[0], flags)
         node = agent.gpus.backend
         await agent.start_sources(sync_timeout=5.0)
         try:
@@ -213,10 +217,10 @@ def record_run(start: int, end: int, workdir: Path) -> Backfill:
     return backfill
 
 
-def _history_key() -> str:
+def _history_key(flags: list[str]) -> str:
     """A digest of what a recorded history depends on: the agent (its code and built-in
-    scenario), this module (the demo and its recording), Python and client_python."""
-    digest = hashlib.sha256(f"{sys.version} {importlib.metadata.version('prometheus-client')}".encode())
+    scenario, its flags), this module (the demo and its recording), Python and client_python."""
+    digest = hashlib.sha256(f"{sys.version} {importlib.metadata.version('prometheus-client')} {flags}".encode())
     for path in sorted([*(ROOT / "exporter").rglob("*.py"), *(ROOT / "exporter").rglob("*.yaml"), Path(__file__)]):
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -225,15 +229,16 @@ def _history_key() -> str:
 def record_history(workdir: Path) -> Backfill:
     """The scrapes of the agent's runs (history times), recorded at once in processes of their
     own; kept in ``HISTORY_CACHE`` for as long as nothing they depend on changes."""
-    cached = HISTORY_CACHE / f"dashboards-history-{_history_key()}.pickle"
+    flags = opt_in_flags()  # once here, not in each recording process
+    cached = HISTORY_CACHE / f"dashboards-history-{_history_key(flags)}.pickle"
     backfill = Backfill(TARGET)
     if cached.exists():
         backfill.headers, backfill.series = pickle.loads(cached.read_bytes())
         return backfill
     spawn = multiprocessing.get_context("spawn")  # not fork: the caller may run threads
     with concurrent.futures.ProcessPoolExecutor(len(RUNS) - 1, mp_context=spawn) as pool:
-        earlier = [pool.submit(record_run, start, end, workdir) for start, end in RUNS[:-1]]
-        last = record_run(*RUNS[-1], workdir)
+        earlier = [pool.submit(record_run, start, end, workdir, flags) for start, end in RUNS[:-1]]
+        last = record_run(*RUNS[-1], workdir, flags)
         for part in [*(f.result() for f in earlier), last]:
             backfill.extend(part)
     HISTORY_CACHE.mkdir(parents=True, exist_ok=True)
