@@ -32,7 +32,6 @@ Semantics (docs/migrate-from-dcgm-exporter.md#semantics):
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
 import socket
@@ -44,7 +43,7 @@ from ..attribution import Attribution, ContainerUsage, Holder
 from ..catalog import MetricSpec
 from ..model import vocabulary, xid
 from ..model.gpu import Gpu, GpuSnapshot, MigDevice, Readings
-from .exposition import GZIP_LEVEL, TEXT_CONTENT_TYPE
+from .exposition import TEXT_CONTENT_TYPE, _escape, _gzip  # one escaping and one gzip for both outputs
 
 CONTENT_TYPE = TEXT_CONTENT_TYPE  # text format 0.0.4, whatever the scraper accepts
 HOSTNAME_LABELS = ("Hostname", "hostname", "")  # dcgm-exporter <= 4.5.x; its HEAD (#655); none (-n)
@@ -253,7 +252,7 @@ class DcgmExposition:
 
     @classmethod
     def of(cls, text: bytes) -> DcgmExposition:
-        return cls(text, gzip.compress(text, GZIP_LEVEL, mtime=0))
+        return cls(text, _gzip(text))
 
 
 class DcgmRenderer:
@@ -428,9 +427,3 @@ def _line(name: str, labels: list[tuple[str, str]], value: float, integer: bool)
 
 def _special(value: float) -> str:
     return "NaN" if value != value else ("+Inf" if value > 0 else "-Inf")
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
