@@ -50,12 +50,11 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))  # generate.py, beside this file
+sys.path.insert(0, str(HERE))  # history.py, beside this file
 
 from alerts.efficiency import GROUP as EFFICIENCY_GROUP  # noqa: E402
 from alerts.generate import rule_groups  # noqa: E402
 from alerts.params import minutes  # noqa: E402
-import generate  # noqa: E402 - dashboards/generate.py, beside this file
 from alerts.rules import Params  # noqa: E402
 from history import DAY, HISTORY_SECONDS, HOUR, NODE_NAME, STEP_SECONDS, record_history  # noqa: E402,F401
 
